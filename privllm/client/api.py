@@ -1,0 +1,221 @@
+"""
+A client of protocol v1 on treq: fetch and verify the key set, seal, post, open the stream.
+
+The key set is trusted only through the pinned identity key; TLS is checked too (against
+the system roots, or a given certificate such as the dev router's self-signed one).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import treq
+from twisted.internet import ssl
+from twisted.internet.error import ConnectError, ConnectionLost, DNSLookupError, TimeoutError
+from twisted.web.client import Agent, ResponseFailed
+from twisted.web.iweb import IPolicyForHTTPS
+from zope.interface import implementer
+
+from ..body import BodyStream
+from ..protocol.keyset import KeySetError, PublishedKey, choose_key, verify_keyset
+from ..protocol.request import new_request_id, seal_request
+from ..protocol.response import ResponseReader
+from ..protocol.stream import StreamError
+from ..web.tls import ALPN
+
+
+class ClientError(Exception):
+    exit_code = 1
+
+
+class NetworkError(ClientError):
+    """The router could not be reached, or the connection broke."""
+
+    exit_code = 3
+
+
+class ProtocolFailure(ClientError):
+    """The router's answer broke the protocol: bad signature, tampered or malformed chunk."""
+
+    exit_code = 4
+
+
+class TruncatedError(ClientError):
+    """The stream ended without a verified final chunk."""
+
+    exit_code = 5
+
+
+class ServerError(ClientError):
+    """The router refused the request (plaintext error) or ended the stream with a sealed error."""
+
+    exit_code = 6
+
+    def __init__(
+        self, code: str, status: int | None = None, retry_after: str | None = None, date: str | None = None
+    ) -> None:
+        super().__init__(f"server error {code}" + (f" (HTTP {status})" if status else ""))
+        self.code = code
+        self.status = status
+        self.retry_after = retry_after
+        self.date = date
+
+
+@dataclass
+class ChatResult:
+    text: str = ""
+    finish_reason: str | None = None
+    usage: dict[str, int] = field(default_factory=dict)
+    chunks: list[dict[str, Any]] = field(default_factory=list)
+
+
+@implementer(IPolicyForHTTPS)
+class PinnedRootPolicy:
+    """Verify the server against one trust root (the dev certificate) or the platform's roots."""
+
+    def __init__(self, root_pem: bytes | None) -> None:
+        self._root = ssl.Certificate.loadPEM(root_pem) if root_pem else None
+
+    def creatorForNetloc(self, hostname: bytes, port: int) -> Any:
+        return ssl.optionsForClientTLS(hostname.decode("ascii"), trustRoot=self._root, acceptableProtocols=ALPN)
+
+
+NETWORK_ERRORS = (ConnectError, DNSLookupError, TimeoutError, ConnectionLost, ResponseFailed)
+
+
+class PrivllmClient:
+    def __init__(
+        self,
+        reactor: Any,
+        base_url: str,
+        pinned_identity: bytes,
+        device_private_key: bytes,
+        trust_root_pem: bytes | None = None,
+    ) -> None:
+        self._reactor = reactor
+        self._base = base_url.rstrip("/")
+        self._pin = pinned_identity
+        self._device = device_private_key
+        agent: Any = Agent(reactor, contextFactory=PinnedRootPolicy(trust_root_pem))
+        self._http = treq.client.HTTPClient(agent)
+        self._keys: list[PublishedKey] | None = None
+
+    async def fetch_keys(self) -> list[PublishedKey]:
+        try:
+            response = await self._http.get(self._base + "/api/pubkey", timeout=30)
+            raw = await treq.content(response)
+        except NETWORK_ERRORS as e:
+            raise NetworkError(f"cannot fetch the key set: {e.__class__.__name__}") from e
+        if response.code != 200:
+            raise ServerError("pubkey_unavailable", response.code)
+        try:
+            self._keys = verify_keyset(raw, self._pin)
+        except KeySetError as e:
+            raise ProtocolFailure(f"key set rejected: {e}") from e
+        return self._keys
+
+    def seal(self, plaintext: dict[str, Any], key: PublishedKey, request_id: str | None = None) -> Any:
+        return seal_request(
+            key_id=key.key_id,
+            router_public_key=key.public_key,
+            device_private_key=self._device,
+            plaintext=plaintext,
+            timestamp=int(self._reactor.seconds()),
+            request_id=request_id or new_request_id(),
+        )
+
+    async def chat(
+        self, plaintext: dict[str, Any], on_chunk: Callable[[dict[str, Any]], None] | None = None
+    ) -> ChatResult:
+        """Send one chat; `on_chunk` sees every opened chunk as it arrives. Retries once on unknown_key."""
+        for attempt in range(2):
+            keys = self._keys if self._keys is not None else await self.fetch_keys()
+            try:
+                key = choose_key(keys, int(self._reactor.seconds()))
+            except KeySetError:
+                key = None
+            if key is not None:
+                try:
+                    return await self._chat_once(plaintext, key, on_chunk)
+                except ServerError as e:
+                    if e.code != "unknown_key" or attempt:
+                        raise
+            elif attempt:
+                raise ProtocolFailure("the key set holds no key valid now")
+            self._keys = None
+        raise AssertionError("unreachable")
+
+    async def post(
+        self, body: dict[str, Any] | bytes, headers: dict[bytes | str, list[bytes | str]] | None = None
+    ) -> Any:
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        hdrs: dict[bytes | str, list[bytes | str]] = {
+            "Content-Type": ["application/json"],
+            "Accept": ["text/event-stream"],
+        }
+        hdrs.update(headers or {})
+        try:
+            return await self._http.post(self._base + "/api/chat", data=data, headers=hdrs, unbuffered=True, timeout=60)
+        except NETWORK_ERRORS as e:
+            raise NetworkError(f"cannot reach the router: {e.__class__.__name__}") from e
+
+    async def _chat_once(
+        self, plaintext: dict[str, Any], key: PublishedKey, on_chunk: Callable[[dict[str, Any]], None] | None
+    ) -> ChatResult:
+        sealed = self.seal(plaintext, key)
+        response = await self.post(sealed.body)
+        if response.code != 200:
+            await _raise_plaintext_error(response)
+        return await read_stream(response, ResponseReader(sealed), on_chunk)
+
+
+async def _raise_plaintext_error(response: Any) -> None:
+    raw = await treq.content(response)
+    try:
+        code = str(json.loads(raw)["error"])
+    except (ValueError, KeyError, TypeError):
+        code = "unknown"
+    headers = response.headers
+    retry = headers.getRawHeaders("retry-after")
+    date = headers.getRawHeaders("date")
+    raise ServerError(code, response.code, retry[0] if retry else None, date[0] if date else None)
+
+
+async def read_stream(
+    response: Any, reader: ResponseReader, on_chunk: Callable[[dict[str, Any]], None] | None = None
+) -> ChatResult:
+    result = ChatResult()
+
+    def on_data(data: bytes) -> None:
+        for chunk in reader.feed(data):
+            result.chunks.append(chunk)
+            if chunk["type"] == "delta":
+                result.text += str(chunk.get("text", ""))
+            elif chunk["type"] == "done":
+                result.finish_reason = chunk.get("finish_reason")
+                result.usage = chunk.get("usage") or {}
+            if on_chunk is not None:
+                on_chunk(chunk)
+
+    body = BodyStream(on_data)
+    response.deliverBody(body)
+    try:
+        await body.done
+    except StreamError as e:
+        if e.kind == "truncated":
+            raise TruncatedError("the stream was cut before its final chunk") from e
+        raise ProtocolFailure(f"stream rejected: {e.kind}") from e
+    except Exception as e:  # the connection broke: what counts is whether the final chunk arrived
+        if not reader.finished:
+            raise TruncatedError("the connection broke before the final chunk") from e
+    try:
+        reader.end()
+    except StreamError as e:
+        raise TruncatedError("the stream ended before its final chunk") from e
+    errors = [c for c in result.chunks if c["type"] == "error"]
+    if errors:
+        raise ServerError(str(errors[0].get("code", "unknown")))
+    return result

@@ -1,0 +1,123 @@
+"""`privllm-chat "question"`: an end-to-end encrypted chat from the terminal, printed as it streams."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+from twisted.internet.defer import ensureDeferred
+from twisted.internet.task import react
+
+from ..config.profiles import default_state_dir
+from ..keys.files import KeyFileError, ensure_private_dir, read_secret, write_secret
+from ..keys.material import IDENTITY_PUB, TLS_CERT, new_hpke_keypair
+from ..protocol.encoding import EncodingError, b64decode
+from .api import ClientError, PrivllmClient
+
+EXIT_USAGE = 2
+
+
+def default_device_key() -> str:
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return os.path.join(base, "privllm", "device.key")
+
+
+def load_or_create_device_key(path: str) -> bytes:
+    """The device's static X25519 key: it is the HPKE sender key, so it authenticates every request."""
+    ensure_private_dir(os.path.dirname(path))
+    if not os.path.lexists(path):
+        write_secret(path, new_hpke_keypair()[0])
+    key = read_secret(path)
+    if len(key) != 32:
+        raise KeyFileError(f"device key {path} is not 32 bytes")
+    return key
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="privllm-chat", description=__doc__)
+    p.add_argument("prompt", help="the question to ask")
+    p.add_argument("--url", default="https://127.0.0.1:8443", help="the router (default: the dev stack)")
+    p.add_argument("--pin", help="the router's identity key (base64 Ed25519); dev: read from --state-dir")
+    p.add_argument("--state-dir", default=default_state_dir(), help="the dev router's state directory")
+    p.add_argument("--ca", help="PEM certificate to trust for TLS (dev: the router's own certificate)")
+    p.add_argument(
+        "--device-key", default=default_device_key(), help="this device's key file (0600, created if missing)"
+    )
+    p.add_argument("--system", help="a system message")
+    p.add_argument("--max-tokens", type=int)
+    p.add_argument("--temperature", type=float)
+    p.add_argument("--json", action="store_true", help="print every decrypted event as a JSON line")
+    return p.parse_args(argv)
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def _pin_and_root(args: argparse.Namespace) -> tuple[bytes, bytes | None]:
+    pin_text = args.pin
+    if pin_text is None:
+        pin_text = _read(os.path.join(args.state_dir, IDENTITY_PUB)).decode().strip()
+    root = _read(args.ca) if args.ca else None
+    if root is None and args.pin is None:
+        root = _read(os.path.join(args.state_dir, TLS_CERT))
+    return b64decode(pin_text, 32), root
+
+
+def plaintext_from(args: argparse.Namespace) -> dict[str, Any]:
+    messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
+        {"role": "user", "content": args.prompt}
+    ]
+    body: dict[str, Any] = {"messages": messages}
+    if args.max_tokens is not None:
+        body["max_tokens"] = args.max_tokens
+    if args.temperature is not None:
+        body["temperature"] = args.temperature
+    return body
+
+
+async def run(reactor: Any, args: argparse.Namespace) -> int:
+    try:
+        pin, root = _pin_and_root(args)
+        device = load_or_create_device_key(args.device_key)
+    except (OSError, EncodingError, KeyFileError) as e:
+        print(f"privllm-chat: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    client = PrivllmClient(reactor, args.url, pin, device, root)
+
+    def show(chunk: dict[str, Any]) -> None:
+        if args.json:
+            print(json.dumps(chunk, ensure_ascii=False), flush=True)
+        elif chunk["type"] == "delta":
+            sys.stdout.write(str(chunk["text"]))
+            sys.stdout.flush()
+
+    try:
+        await client.chat(plaintext_from(args), show)
+    except ClientError as e:
+        if not args.json:
+            print()
+        print(f"privllm-chat: {e}", file=sys.stderr)
+        return e.exit_code
+    if not args.json:
+        print()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+
+    def _main(reactor: Any) -> Any:
+        d = ensureDeferred(run(reactor, args))
+
+        def finish(code: int) -> None:
+            if code:
+                raise SystemExit(code)
+
+        return d.addCallback(finish)
+
+    react(_main)

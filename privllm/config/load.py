@@ -1,0 +1,122 @@
+"""Merge profile, file and environment, then check every value against the schema."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from typing import Any
+
+from .profiles import profile
+from .schema import Config
+
+ENV_PREFIX = "PRIVLLM_"
+
+
+class ConfigError(Exception):
+    """One line naming the key and the reason; the daemon prints it and starts nothing."""
+
+    def __init__(self, key: str, reason: str) -> None:
+        super().__init__(f"config {key}: {reason}")
+        self.key = key
+
+
+def _merge(base: dict[str, Any], layer: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in layer.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _from_environment(environ: Mapping[str, str]) -> dict[str, Any]:
+    """PRIVLLM_SECTION__KEY=value (two underscores between section and key); values are TOML literals or bare strings."""
+    layer: dict[str, Any] = {}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX) or "__" not in name:
+            continue
+        section, _, key = name[len(ENV_PREFIX) :].lower().partition("__")
+        try:
+            value = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw
+        layer.setdefault(section, {})[key] = value
+    return layer
+
+
+def _coerce(key: str, value: Any, kind: Any, meta: Mapping[str, Any]) -> Any:
+    kind = {"str": str, "int": int, "float": float, "bool": bool}.get(kind, kind)
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if (kind is int and isinstance(value, bool)) or not isinstance(value, kind):
+        raise ConfigError(key, f"must be of type {kind.__name__}")
+    if "range" in meta:
+        low, high = meta["range"]
+        if not low <= value <= high:
+            raise ConfigError(key, f"must be between {low} and {high}")
+    if "choices" in meta and value not in meta["choices"]:
+        raise ConfigError(key, f"must be one of {', '.join(meta['choices'])}")
+    return value
+
+
+def _build(cls: Any, data: Mapping[str, Any], prefix: str) -> Any:
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in fields:
+            raise ConfigError(f"{prefix}{key}", "unknown key")
+    values = {}
+    for name, f in fields.items():
+        if name not in data:
+            continue
+        key = f"{prefix}{name}"
+        if dataclasses.is_dataclass(f.default):
+            if not isinstance(data[name], Mapping):
+                raise ConfigError(key, "must be a table")
+            values[name] = _build(type(f.default), data[name], f"{key}.")
+        else:
+            values[name] = _coerce(key, data[name], f.type, f.metadata)
+    return cls(**values)
+
+
+def load_config(env: str, path: str | None = None, environ: Mapping[str, str] | None = None) -> Config:
+    if env not in ("dev", "prod"):
+        raise ConfigError("env", "must be one of dev, prod")
+    data = profile(env)
+    if path:
+        try:
+            with open(path, "rb") as f:
+                data = _merge(data, tomllib.load(f))
+        except OSError as e:
+            raise ConfigError("--config", f"cannot read {path}: {e.strerror}") from e
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError("--config", f"not valid TOML: {e}") from e
+    data = _merge(data, _from_environment(os.environ if environ is None else environ))
+    if data.get("env", env) != env:
+        raise ConfigError("env", "the file or environment names a different profile than --env")
+    config: Config = _build(Config, data, "")
+    _check_consistency(config)
+    return config
+
+
+def _check_consistency(config: Config) -> None:
+    if config.chat.default_max_tokens > config.chat.max_tokens:
+        raise ConfigError("chat.default_max_tokens", "must not exceed chat.max_tokens")
+    if config.backend.url and not config.backend.url.startswith("unix:///"):
+        raise ConfigError("backend.url", "must be unix:///absolute/path/to/socket")
+    if not config.keys.state_dir:
+        raise ConfigError("keys.state_dir", "must be set")
+    if config.is_dev:
+        return
+    for key, value in (
+        ("server.certificate", config.server.certificate),
+        ("server.private_key", config.server.private_key),
+        ("keys.identity_key", config.keys.identity_key),
+        ("backend.url", config.backend.url),
+    ):
+        if not value:
+            raise ConfigError(key, "must be set in prod")
+    if config.llama.spawn:
+        raise ConfigError("llama.spawn", "prod runs llama-server as its own service, not spawned")

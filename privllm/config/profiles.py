@@ -1,0 +1,27 @@
+"""The built-in profiles. Only what differs from the schema defaults is written here."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+
+def default_state_dir() -> str:
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return os.path.join(base, "privllm")
+
+
+def profile(env: str) -> dict[str, Any]:
+    if env == "dev":
+        return {
+            "env": "dev",
+            "keys": {"state_dir": default_state_dir()},
+            "llama": {"spawn": True},
+            "rate_limit": {"per_address_rate": 50.0, "per_address_burst": 200},
+        }
+    return {
+        "env": "prod",
+        "server": {"host": "0.0.0.0", "port": 443},
+        "keys": {"state_dir": "/var/lib/privllm"},
+        "backend": {"url": "unix:///run/privllm/inference.sock"},
+    }

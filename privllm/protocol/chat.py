@@ -1,0 +1,107 @@
+"""The decrypted chat request: strict validation with explicit limits, errors that name a field only."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+ROLES = frozenset({"system", "user", "assistant"})
+VERBOSITY = frozenset({"brief", "normal", "detailed"})
+REASONING_EFFORT = frozenset({"low", "medium", "high"})
+FIELDS = frozenset({"messages", "max_tokens", "temperature", "top_p", "verbosity", "reasoning_effort"})
+
+
+@dataclass(frozen=True)
+class ChatLimits:
+    max_messages: int = 64
+    max_message_chars: int = 32_000
+    max_total_chars: int = 96_000
+    max_tokens: int = 1024
+    default_max_tokens: int = 300
+
+
+@dataclass(frozen=True)
+class Message:
+    role: str
+    content: str
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    messages: tuple[Message, ...]
+    max_tokens: int
+    temperature: float | None
+    top_p: float | None
+    verbosity: str | None
+    reasoning_effort: str | None
+
+
+class BadChatRequest(Exception):
+    """Sent back sealed as `bad_request`; the message names the field, never its value."""
+
+    def __init__(self, field: str) -> None:
+        super().__init__(f"invalid field: {field}")
+        self.field = field
+
+
+def _number(obj: dict[str, object], name: str, low: float, high: float, low_open: bool = False) -> float | None:
+    value = obj.get(name)
+    if value is None and name not in obj:
+        return None
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise BadChatRequest(name)
+    if not (low < value if low_open else low <= value) or not value <= high:
+        raise BadChatRequest(name)
+    return float(value)
+
+
+def _choice(obj: dict[str, object], name: str, allowed: frozenset[str]) -> str | None:
+    if name not in obj:
+        return None
+    value = obj[name]
+    if not isinstance(value, str) or value not in allowed:
+        raise BadChatRequest(name)
+    return value
+
+
+def _messages(value: object, limits: ChatLimits) -> tuple[Message, ...]:
+    if not isinstance(value, list) or not 1 <= len(value) <= limits.max_messages:
+        raise BadChatRequest("messages")
+    out, total = [], 0
+    for item in value:
+        if not isinstance(item, dict) or set(item) != {"role", "content"}:
+            raise BadChatRequest("messages")
+        role, content = item["role"], item["content"]
+        if not isinstance(role, str) or role not in ROLES:
+            raise BadChatRequest("messages.role")
+        if not isinstance(content, str) or len(content) > limits.max_message_chars:
+            raise BadChatRequest("messages.content")
+        total += len(content)
+        out.append(Message(role, content))
+    if total > limits.max_total_chars:
+        raise BadChatRequest("messages")
+    if out[-1].role != "user":
+        raise BadChatRequest("messages.role")
+    return tuple(out)
+
+
+def parse_chat_request(plaintext: bytes, limits: ChatLimits) -> ChatRequest:
+    try:
+        obj = json.loads(plaintext)
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
+        raise BadChatRequest("body") from e
+    if not isinstance(obj, dict):
+        raise BadChatRequest("body")
+    if set(obj) - FIELDS:
+        raise BadChatRequest("body")
+    max_tokens = obj.get("max_tokens", limits.default_max_tokens)
+    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
+        raise BadChatRequest("max_tokens")
+    return ChatRequest(
+        messages=_messages(obj.get("messages"), limits),
+        max_tokens=min(max_tokens, limits.max_tokens),
+        temperature=_number(obj, "temperature", 0.0, 2.0),
+        top_p=_number(obj, "top_p", 0.0, 1.0, low_open=True),
+        verbosity=_choice(obj, "verbosity", VERBOSITY),
+        reasoning_effort=_choice(obj, "reasoning_effort", REASONING_EFFORT),
+    )

@@ -1,0 +1,65 @@
+"""Strict encodings shared by both ends: base64 with exact lengths, and RFC 8785 (JCS) JSON."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from typing import Any
+
+
+class EncodingError(ValueError):
+    """A value is not in the exact form the protocol requires."""
+
+
+def b64encode(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def b64decode(value: object, length: int | None = None, max_length: int | None = None) -> bytes:
+    """Decode standard base64 with padding (RFC 4648 section 4); reject anything else."""
+    if not isinstance(value, str):
+        raise EncodingError("not a string")
+    if max_length is not None and len(value) > 4 * ((max_length + 2) // 3):
+        raise EncodingError("too long")
+    try:
+        raw = base64.b64decode(value.encode("ascii"), validate=True)
+    except (binascii.Error, UnicodeEncodeError) as e:
+        raise EncodingError("bad base64") from e
+    if b64encode(raw) != value:
+        # Non-canonical encodings (non-zero pad bits) would give one value two spellings.
+        raise EncodingError("non-canonical base64")
+    if length is not None and len(raw) != length:
+        raise EncodingError("wrong length")
+    return raw
+
+
+def _check_jcs_value(value: Any) -> None:
+    if isinstance(value, bool) or value is None or isinstance(value, float):
+        raise EncodingError("only strings, integers, arrays and objects are signed")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise EncodingError("object keys must be strings")
+            _check_jcs_value(item)
+    elif isinstance(value, list):
+        for item in value:
+            _check_jcs_value(item)
+    elif not isinstance(value, (str, int)):
+        raise EncodingError(f"unsupported type {type(value).__name__}")
+
+
+def canonical_json(value: Any) -> bytes:
+    """
+    RFC 8785 (JCS) for the subset the protocol signs: strings, integers, arrays, objects.
+
+    With no floats, JCS reduces to UTF-8 JSON with member names sorted by UTF-16 code
+    units and no whitespace; our member names are ASCII, where that equals code-point order.
+    """
+    _check_jcs_value(value)
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def dumps(value: Any) -> bytes:
+    """Compact UTF-8 JSON for messages on the wire."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")

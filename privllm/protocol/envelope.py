@@ -1,0 +1,66 @@
+"""Parse the outer JSON envelope of `POST /api/chat` with an allow-list, before any crypto."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+
+from . import suite
+from .encoding import EncodingError, b64decode
+from .errors import MALFORMED, RequestRejected
+
+REQUEST_ID = re.compile(r"[A-Za-z0-9_-]{22,64}")
+FIELDS = frozenset({"v", "key_id", "encapsulated_key", "device_pubkey", "timestamp", "request_id", "aad", "ciphertext"})
+MAX_TIMESTAMP = 2**40
+
+
+@dataclass(frozen=True)
+class Envelope:
+    key_id: int
+    encapsulated_key: bytes
+    device_pubkey: bytes
+    timestamp: int
+    request_id: str
+    aad: bytes
+    ciphertext: bytes
+
+
+def _integer(value: object, low: int, high: int) -> int:
+    # bool is an int in Python; the protocol does not accept true for 1.
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise RequestRejected(MALFORMED)
+    return value
+
+
+def _reject_constants(name: str) -> None:
+    raise ValueError(name)
+
+
+def parse_envelope(body: bytes, max_ciphertext: int) -> Envelope:
+    """Return the checked envelope, or raise RequestRejected(MALFORMED)."""
+    try:
+        obj = json.loads(body, parse_constant=_reject_constants)
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
+        raise RequestRejected(MALFORMED) from e
+    if not isinstance(obj, dict):
+        raise RequestRejected(MALFORMED)
+    if set(obj) != FIELDS:
+        raise RequestRejected(MALFORMED)
+    if _integer(obj["v"], 0, 2**31) != suite.VERSION:
+        raise RequestRejected(MALFORMED)
+    request_id = obj["request_id"]
+    if not isinstance(request_id, str) or not REQUEST_ID.fullmatch(request_id):
+        raise RequestRejected(MALFORMED)
+    try:
+        return Envelope(
+            key_id=_integer(obj["key_id"], 0, 255),
+            encapsulated_key=b64decode(obj["encapsulated_key"], suite.X25519_KEY_SIZE),
+            device_pubkey=b64decode(obj["device_pubkey"], suite.X25519_KEY_SIZE),
+            timestamp=_integer(obj["timestamp"], 0, MAX_TIMESTAMP),
+            request_id=request_id,
+            aad=b64decode(obj["aad"], max_length=256),
+            ciphertext=b64decode(obj["ciphertext"], max_length=max_ciphertext),
+        )
+    except EncodingError as e:
+        raise RequestRejected(MALFORMED) from e

@@ -1,0 +1,86 @@
+"""Seal a chat request (client) and open it (router), with the response keys each end derives."""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+from pyhpke import KEMKeyPair
+
+from . import suite
+from .encoding import b64encode, dumps
+from .envelope import Envelope
+from .errors import DECRYPT_FAILED, RequestRejected
+from .stream import StreamKeys, derive_stream_keys
+
+
+def new_request_id() -> str:
+    return secrets.token_urlsafe(24)  # 32 characters of A-Z a-z 0-9 _ -
+
+
+@dataclass(frozen=True)
+class SealedRequest:
+    """What the client keeps to read the answer: the body to send and the response secret."""
+
+    body: dict[str, Any]
+    encapsulated_key: bytes
+    response_secret: bytes
+
+    def stream_keys(self, response_nonce: bytes) -> StreamKeys:
+        return derive_stream_keys(self.response_secret, self.encapsulated_key, response_nonce)
+
+
+def seal_request(
+    *,
+    key_id: int,
+    router_public_key: bytes,
+    device_private_key: bytes,
+    plaintext: dict[str, Any],
+    timestamp: int,
+    request_id: str,
+    ephemeral: KEMKeyPair | None = None,
+) -> SealedRequest:
+    """`ephemeral` is for reproducible examples only; leave it None so a fresh key is drawn."""
+    device = suite.private_key(device_private_key)
+    enc, ctx = suite.SUITE.create_sender_context(
+        suite.public_key(router_public_key), info=suite.REQUEST_INFO, sks=device, eks=ephemeral
+    )
+    aad = suite.request_aad(key_id, timestamp, request_id)
+    ciphertext = ctx.seal(dumps(plaintext), aad)
+    body = {
+        "v": suite.VERSION,
+        "key_id": key_id,
+        "encapsulated_key": b64encode(enc),
+        "device_pubkey": b64encode(device.to_public_bytes()),
+        "timestamp": timestamp,
+        "request_id": request_id,
+        "aad": b64encode(aad),
+        "ciphertext": b64encode(ciphertext),
+    }
+    return SealedRequest(body, enc, ctx.export(suite.RESPONSE_EXPORT_LABEL, 32))
+
+
+@dataclass(frozen=True)
+class OpenedRequest:
+    plaintext: bytes
+    response_secret: bytes
+
+
+def open_request(envelope: Envelope, router_private_key: bytes) -> OpenedRequest:
+    """Check the AAD and open the ciphertext; any failure is DECRYPT_FAILED, with no detail."""
+    expected = suite.request_aad(envelope.key_id, envelope.timestamp, envelope.request_id)
+    if not hmac.compare_digest(expected, envelope.aad):
+        raise RequestRejected(DECRYPT_FAILED)
+    try:
+        ctx = suite.SUITE.create_recipient_context(
+            envelope.encapsulated_key,
+            suite.private_key(router_private_key),
+            info=suite.REQUEST_INFO,
+            pks=suite.public_key(envelope.device_pubkey),
+        )
+        plaintext = ctx.open(envelope.ciphertext, envelope.aad)
+    except Exception as e:  # pyhpke raises several types (OpenError, ValueError for low-order points)
+        raise RequestRejected(DECRYPT_FAILED) from e
+    return OpenedRequest(plaintext, ctx.export(suite.RESPONSE_EXPORT_LABEL, 32))

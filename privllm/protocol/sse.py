@@ -1,0 +1,95 @@
+"""Server-Sent Events, sans-IO: an incremental parser (any split point) and an encoder."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+KEEPALIVE = b": keepalive\n\n"
+
+
+@dataclass(frozen=True)
+class SSEEvent:
+    event: str
+    data: str
+
+
+class SSEError(Exception):
+    """The stream broke the SSE grammar or a size limit."""
+
+
+def encode_event(event: str, data: str) -> bytes:
+    if "\n" in data or "\r" in data or "\n" in event or "\r" in event:
+        raise ValueError("one line of data per event")
+    return f"event: {event}\ndata: {data}\n\n".encode()
+
+
+class SSEParser:
+    """Feed bytes as they arrive; get complete events back (WHATWG event-stream rules)."""
+
+    def __init__(self, max_line: int = 1 << 20, max_event: int = 1 << 20) -> None:
+        self._buffer = bytearray()
+        self._event = ""
+        self._data: list[str] = []
+        self._size = 0
+        self._max_line = max_line
+        self._max_event = max_event
+        self._skip_lf = False  # a CR ended the previous line; a following LF belongs to it
+
+    def feed(self, data: bytes) -> list[SSEEvent]:
+        events: list[SSEEvent] = []
+        self._buffer += data
+        start = 0
+        buf = self._buffer
+        while start < len(buf):
+            if self._skip_lf:
+                self._skip_lf = False
+                if buf[start] == 0x0A:
+                    start += 1
+                    continue
+            cr = buf.find(b"\r", start)
+            lf = buf.find(b"\n", start)
+            ends = [i for i in (cr, lf) if i != -1]
+            if not ends:
+                break
+            end = min(ends)
+            line = bytes(buf[start:end])
+            self._skip_lf = buf[end] == 0x0D
+            start = end + 1
+            event = self._line(line)
+            if event is not None:
+                events.append(event)
+        del buf[:start]
+        if len(buf) > self._max_line:
+            raise SSEError("line too long")
+        return events
+
+    def _line(self, raw: bytes) -> SSEEvent | None:
+        if len(raw) > self._max_line:
+            raise SSEError("line too long")
+        if not raw:
+            return self._dispatch()
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise SSEError("not UTF-8") from e
+        if line.startswith(":"):
+            return None
+        field, sep, value = line.partition(":")
+        if sep and value.startswith(" "):
+            value = value[1:]
+        if field == "event":
+            self._event = value
+        elif field == "data":
+            self._size += len(value) + 1
+            if self._size > self._max_event:
+                raise SSEError("event too large")
+            self._data.append(value)
+        # id, retry and unknown fields carry nothing this protocol uses.
+        return None
+
+    def _dispatch(self) -> SSEEvent | None:
+        event, data = self._event or "message", self._data
+        self._event, self._data, self._size = "", [], 0
+        if not data:
+            return None
+        return SSEEvent(event, "\n".join(data))

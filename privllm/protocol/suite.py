@@ -1,0 +1,37 @@
+"""The one HPKE cipher suite and the labels of protocol v1."""
+
+from __future__ import annotations
+
+from pyhpke import AEADId, CipherSuite, KDFId, KEMId, KEMKeyInterface
+
+VERSION = 1
+KEM_ID = 0x0020  # DHKEM(X25519, HKDF-SHA256)
+KDF_ID = 0x0001  # HKDF-SHA256
+AEAD_ID = 0x0003  # ChaCha20-Poly1305
+MODE_AUTH = 0x02
+
+REQUEST_INFO = b"privllm/v1 request"
+RESPONSE_EXPORT_LABEL = b"privllm/v1 response"
+FINAL_AAD = b"final"
+
+X25519_KEY_SIZE = 32
+ED25519_KEY_SIZE = 32
+ED25519_SIGNATURE_SIZE = 64
+RESPONSE_NONCE_SIZE = 32
+AEAD_KEY_SIZE = 32
+AEAD_NONCE_SIZE = 12
+AEAD_TAG_SIZE = 16
+
+SUITE = CipherSuite.new(KEMId.DHKEM_X25519_HKDF_SHA256, KDFId.HKDF_SHA256, AEADId.CHACHA20_POLY1305)
+
+
+def private_key(raw: bytes) -> KEMKeyInterface:
+    return SUITE.kem.deserialize_private_key(raw)
+
+
+def public_key(raw: bytes) -> KEMKeyInterface:
+    return SUITE.kem.deserialize_public_key(raw)
+
+
+def request_aad(key_id: int, timestamp: int, request_id: str) -> bytes:
+    return f"privllm/v1|{key_id}|{timestamp}|{request_id}".encode()

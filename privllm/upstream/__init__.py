@@ -1,0 +1,1 @@
+"""Inference backends: llama-server today. Sans-IO stream translation plus thin Twisted adapters."""

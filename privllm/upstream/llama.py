@@ -1,0 +1,83 @@
+"""
+llama-server over a UNIX socket, through treq with an Agent whose endpoints are UNIX endpoints.
+
+Bodies are streamed (`unbuffered=True`) into a protocol that hands each piece of bytes to
+the sans-IO translator; stopping that protocol's transport closes the connection, which is
+how llama-server learns the client left and frees the slot.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from urllib.parse import urlparse
+
+import treq
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import UNIXClientEndpoint
+from twisted.internet.interfaces import IReactorTime, IReactorUNIX
+from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IAgentEndpointFactory
+from zope.interface import implementer
+
+BASE = "http://llama-server"  # the authority is ignored: every connection goes to the socket
+
+
+def socket_path(url: str) -> str:
+    parsed = urlparse(url)
+    if parsed.scheme != "unix" or not parsed.path.startswith("/"):
+        raise ValueError("backend url must be unix:///absolute/path")
+    return parsed.path
+
+
+@implementer(IAgentEndpointFactory)
+class UNIXEndpointFactory:
+    def __init__(self, reactor: IReactorUNIX, path: str, timeout: float) -> None:
+        self._reactor, self._path, self._timeout = reactor, path, timeout
+
+    def endpointForURI(self, uri: object) -> Any:
+        return UNIXClientEndpoint(self._reactor, self._path, timeout=self._timeout)
+
+
+class UpstreamHTTPError(Exception):
+    def __init__(self, code: int) -> None:
+        super().__init__(f"upstream answered HTTP {code}")
+        self.code = code
+
+
+class LlamaServer:
+    def __init__(self, reactor: Any, url: str, connect_timeout: float) -> None:
+        self._reactor: IReactorTime = reactor
+        pool = HTTPConnectionPool(reactor, persistent=True)
+        pool.maxPersistentPerHost = 16
+        agent = Agent.usingEndpointFactory(
+            reactor, UNIXEndpointFactory(reactor, socket_path(url), connect_timeout), pool=pool
+        )
+        self._http = treq.client.HTTPClient(agent)
+        self._pool = pool
+
+    def close(self) -> Deferred[None]:
+        return self._pool.closeCachedConnections()
+
+    async def ready(self, timeout: float) -> bool:
+        """True when llama-server answers /health with 200, which it does once the model is loaded."""
+        try:
+            response = await self._http.get(BASE + "/health", timeout=timeout)
+            body = await treq.content(response)
+        except Exception:
+            return False
+        if response.code != 200:
+            return False
+        try:
+            return bool(json.loads(body).get("status") == "ok")
+        except (ValueError, AttributeError):
+            return False
+
+    def post_stream(self, path: str, body: dict[str, Any]) -> Deferred[Any]:
+        return self._http.post(
+            BASE + path,
+            data=json.dumps(body).encode(),
+            headers=Headers({b"Content-Type": [b"application/json"], b"Accept": [b"text/event-stream"]}),
+            unbuffered=True,
+        )

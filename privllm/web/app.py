@@ -1,0 +1,115 @@
+"""The public routes. Each handler is a few lines: checks live in the sans-IO admission."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from klein import Klein
+from twisted.internet.defer import Deferred
+from twisted.web.server import Request
+from werkzeug.exceptions import MethodNotAllowed, NotFound
+
+from ..protocol.admission import Admission
+from ..protocol.chat import ChatLimits
+from ..protocol.encoding import dumps
+from ..protocol.errors import METHOD_NOT_ALLOWED, NOT_FOUND, UNSUPPORTED_MEDIA_TYPE, Rejection, RequestRejected
+from ..upstream.llama import LlamaServer
+from .chat import ChatStream
+from .metrics import RouterMetrics
+from .request import error_body
+
+
+def client_address(request: Request) -> str:
+    peer = request.getClientAddress()
+    return str(getattr(peer, "host", "unix"))
+
+
+class RouterApp:
+    app = Klein()
+
+    def __init__(
+        self,
+        *,
+        clock: Any,
+        admission: Admission,
+        keyset: Callable[[], bytes],
+        upstream: LlamaServer,
+        backend_ready: Callable[[], bool],
+        limits: ChatLimits,
+        metrics: RouterMetrics,
+        hsts_max_age: int,
+        keepalive: float,
+        idle_timeout: float,
+    ) -> None:
+        self._clock = clock
+        self._admission = admission
+        self._keyset = keyset
+        self._upstream = upstream
+        self._backend_ready = backend_ready
+        self._limits = limits
+        self._metrics = metrics
+        self._hsts = f"max-age={hsts_max_age}; includeSubDomains".encode()
+        self._keepalive = keepalive
+        self._idle_timeout = idle_timeout
+
+    def resource(self) -> Any:
+        return self.app.resource()
+
+    def _common_headers(self, request: Request) -> None:
+        request.setHeader(b"strict-transport-security", self._hsts)
+        request.setHeader(b"x-content-type-options", b"nosniff")
+
+    def _json(self, request: Request, status: int, body: bytes, cache: bytes = b"no-store") -> bytes:
+        self._common_headers(request)
+        request.setResponseCode(status)
+        request.setHeader(b"content-type", b"application/json")
+        request.setHeader(b"cache-control", cache)
+        return body
+
+    def _reject(self, request: Request, rejection: Rejection, retry_after: int | None = None) -> bytes:
+        self._metrics.requests.labels(rejection.code).inc()
+        if retry_after is not None:
+            request.setHeader(b"retry-after", str(retry_after).encode())
+        return self._json(request, rejection.status, error_body(rejection))
+
+    @app.route("/api/pubkey", methods=["GET"])
+    def pubkey(self, request: Request) -> bytes:
+        return self._json(request, 200, self._keyset(), cache=b"public, max-age=300")
+
+    @app.route("/api/chat", methods=["POST"])
+    def chat(self, request: Request) -> bytes | Deferred[None]:
+        content_type = (request.getHeader(b"content-type") or b"").split(b";")[0].strip().lower()
+        if content_type != b"application/json":
+            return self._reject(request, UNSUPPORTED_MEDIA_TYPE)
+        body = request.content.read() if request.content is not None else b""
+        try:
+            admitted = self._admission.admit(
+                body, client_address(request), self._clock.seconds(), self._backend_ready()
+            )
+        except RequestRejected as e:
+            return self._reject(request, e.rejection, e.retry_after)
+        del body
+        self._common_headers(request)
+        stream = ChatStream(
+            request, self._clock, self._upstream, self._limits, self._metrics, self._keepalive, self._idle_timeout
+        )
+        return stream.start(admitted.opened, admitted.envelope.encapsulated_key)
+
+    @app.route("/health", methods=["GET"])
+    def health(self, request: Request) -> bytes:
+        return self._json(request, 200, dumps({"status": "ok"}))
+
+    @app.route("/health/ready", methods=["GET"])
+    def ready(self, request: Request) -> bytes:
+        if self._backend_ready():
+            return self._json(request, 200, dumps({"status": "ready"}))
+        return self._json(request, 503, dumps({"status": "unavailable"}))
+
+    @app.handle_errors(NotFound)
+    def not_found(self, request: Request, failure: object) -> bytes:
+        return self._json(request, NOT_FOUND.status, error_body(NOT_FOUND))
+
+    @app.handle_errors(MethodNotAllowed)
+    def method_not_allowed(self, request: Request, failure: object) -> bytes:
+        return self._json(request, METHOD_NOT_ALLOWED.status, error_body(METHOD_NOT_ALLOWED))

@@ -1,0 +1,186 @@
+"""
+One admitted chat, streamed: wires the sealer and the upstream translator to a request.
+
+Everything here happens after decryption succeeded, so every failure is sent sealed.
+The plaintext is dropped as soon as the upstream body is built.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.server import Request
+
+from ..body import BodyStream
+from ..protocol import suite
+from ..protocol.chat import BadChatRequest, ChatLimits, parse_chat_request
+from ..protocol.encoding import b64encode, dumps
+from ..protocol.request import OpenedRequest
+from ..protocol.sse import KEEPALIVE, encode_event
+from ..protocol.stream import StreamSealer, derive_stream_keys
+from ..upstream.llama import LlamaServer
+from ..upstream.openai_stream import ChatCompletionStream, Delta, Finished, UpstreamProtocolError, completion_body
+from .metrics import RouterMetrics
+
+log = Logger()
+
+
+class ChatStream:
+    def __init__(
+        self,
+        request: Request,
+        clock: Any,
+        upstream: LlamaServer,
+        limits: ChatLimits,
+        metrics: RouterMetrics,
+        keepalive: float,
+        idle_timeout: float,
+    ) -> None:
+        self._request = request
+        self._clock = clock
+        self._upstream = upstream
+        self._limits = limits
+        self._metrics = metrics
+        self._keepalive = keepalive
+        self._idle_timeout = idle_timeout
+        self._sealer: StreamSealer | None = None
+        self._translator = ChatCompletionStream()
+        self._pending: Deferred[Any] | None = None
+        self._body: BodyStream | None = None
+        self._ticker = LoopingCall(self._tick)
+        self._ticker.clock = clock
+        self._started = clock.seconds()
+        self._last_write = self._last_upstream = self._started
+        self._first_delta = True
+        self._open = False
+        self.done: Deferred[None] = Deferred(lambda _: self._abort("client_gone"))
+
+    def start(self, opened: OpenedRequest, encapsulated_key: bytes) -> Deferred[None]:
+        response_nonce = os.urandom(suite.RESPONSE_NONCE_SIZE)
+        self._sealer = StreamSealer(derive_stream_keys(opened.response_secret, encapsulated_key, response_nonce))
+        request = self._request
+        request.setResponseCode(200)
+        request.setHeader(b"content-type", b"text/event-stream")
+        request.setHeader(b"cache-control", b"no-store")
+        request.setHeader(b"x-accel-buffering", b"no")
+        self._write(encode_event("init", dumps({"response_nonce": b64encode(response_nonce)}).decode()))
+        self._metrics.active_streams.inc()
+        self._open = True
+        self._ticker.start(1.0, now=False)
+        try:
+            body = completion_body(parse_chat_request(opened.plaintext, self._limits))
+        except BadChatRequest as e:
+            self._end_with_error("bad_request", str(e), outcome="bad_request")
+            return self.done
+        del opened  # the request plaintext is not kept past this point
+        sent = self._clock.seconds()
+        self._pending = self._upstream.post_stream("/v1/chat/completions", body)
+        self._pending.addCallback(self._got_response, sent)
+        self._pending.addErrback(self._upstream_failed)
+        return self.done
+
+    # upstream events
+
+    def _got_response(self, response: Any, sent: float) -> None:
+        self._pending = None
+        self._metrics.upstream_latency.observe(self._clock.seconds() - sent)
+        self._body = BodyStream(self._upstream_data)
+        self._body.done.addCallbacks(self._upstream_ended, self._upstream_failed)
+        response.deliverBody(self._body)
+        if response.code != 200:
+            self._end_with_error(
+                "upstream_failed", "the inference server refused the request", outcome="upstream_failed"
+            )
+
+    def _upstream_data(self, data: bytes) -> None:
+        self._last_upstream = self._clock.seconds()
+        self._translate(lambda: self._translator.feed(data))
+
+    def _upstream_ended(self, _: None) -> None:
+        self._translate(self._translator.end)
+
+    def _translate(self, step: Callable[[], list[Delta | Finished]]) -> None:
+        if self.done.called:
+            return
+        try:
+            events = step()
+        except UpstreamProtocolError:
+            self._upstream_failed(Failure())
+            return
+        for event in events:
+            if isinstance(event, Delta):
+                self._send_delta(event.text)
+            else:
+                self._send_done(event)
+
+    def _upstream_failed(self, failure: Failure) -> None:
+        if self.done.called or failure.check(CancelledError):
+            return
+        log.info("upstream failed: {kind}", kind=getattr(failure.type, "__name__", "unknown"))
+        self._end_with_error("upstream_failed", "the inference server failed", outcome="upstream_failed")
+
+    # sending
+
+    def _write(self, data: bytes) -> None:
+        self._request.write(data)
+        self._last_write = self._clock.seconds()
+
+    def _send_chunk(self, chunk: dict[str, Any], final: bool) -> None:
+        assert self._sealer is not None
+        self._write(encode_event("chunk", self._sealer.seal(chunk, final=final)))
+        self._metrics.chunks.inc()
+
+    def _send_delta(self, text: str) -> None:
+        if self._first_delta:
+            self._first_delta = False
+            self._metrics.time_to_first_chunk.observe(self._clock.seconds() - self._started)
+        self._send_chunk({"type": "delta", "text": text}, final=False)
+
+    def _send_done(self, finished: Finished) -> None:
+        usage = {"prompt_tokens": finished.prompt_tokens, "completion_tokens": finished.completion_tokens}
+        self._send_chunk({"type": "done", "finish_reason": finished.finish_reason, "usage": usage}, final=True)
+        self._close("ok")
+
+    def _end_with_error(self, code: str, message: str, outcome: str) -> None:
+        self._send_chunk({"type": "error", "code": code, "message": message}, final=True)
+        self._close(outcome)
+
+    def _tick(self) -> None:
+        now = self._clock.seconds()
+        if now - self._last_upstream >= self._idle_timeout:
+            self._end_with_error("timeout", "the inference server stopped answering", outcome="timeout")
+        elif now - self._last_write >= self._keepalive:
+            self._write(KEEPALIVE)
+
+    # ending
+
+    def _stop_upstream(self) -> None:
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.cancel()
+        if self._body is not None:
+            self._body.stop()
+
+    def _release(self, outcome: str) -> None:
+        self._stop_upstream()
+        if self._ticker.running:
+            self._ticker.stop()
+        if self._open:
+            self._open = False
+            self._metrics.active_streams.dec()
+            self._metrics.requests.labels(outcome).inc()
+
+    def _close(self, outcome: str) -> None:
+        self._release(outcome)
+        if not self.done.called:
+            self.done.callback(None)
+
+    def _abort(self, outcome: str) -> None:
+        """The client went away (Klein cancels our Deferred): stop llama-server generating at once."""
+        self._release(outcome)

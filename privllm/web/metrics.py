@@ -1,0 +1,32 @@
+"""Prometheus metrics: counts and timings only, never payloads, keys, addresses or request ids."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+class RouterMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "privllm_chat_requests", "Chat requests by outcome", ["outcome"], registry=self.registry
+        )
+        self.active_streams = Gauge("privllm_active_streams", "Streams being answered now", registry=self.registry)
+        self.time_to_first_chunk = Histogram(
+            "privllm_time_to_first_chunk_seconds",
+            "From an admitted request to its first sealed delta",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.chunks = Counter("privllm_sealed_chunks", "Sealed chunks sent", registry=self.registry)
+        self.upstream_latency = Histogram(
+            "privllm_upstream_response_seconds",
+            "From sending a request upstream to its response headers",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.backend_ready = Gauge(
+            "privllm_backend_ready", "1 when the backend answers with its model loaded", registry=self.registry
+        )

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Build llama.cpp's llama-server from the pinned llama-cpp-python source distribution
+# (PyPI is the only registry reachable here) and cache the binary: the build takes
+# about 6 minutes on 2 cores, so it is done once per machine and reused.
+set -euo pipefail
+
+VERSION="0.3.36"
+CACHE="${PRIVLLM_CACHE:-$HOME/.cache/privllm}"
+OUT="$CACHE/llama-server-$VERSION"
+BIN="$OUT/llama-server"
+
+if [ -x "$BIN" ]; then
+    echo "$BIN"
+    exit 0
+fi
+
+command -v cmake >/dev/null || { echo "build-llama-server: cmake is required (apt-get install cmake)" >&2; exit 1; }
+command -v c++ >/dev/null || { echo "build-llama-server: a C++ compiler is required (apt-get install g++)" >&2; exit 1; }
+
+WORK="$(mktemp -d)"
+trap 'rm -rf "$WORK"' EXIT
+PY="${PYTHON:-python3}"
+"$PY" -m pip download --quiet --no-deps --no-binary :all: "llama-cpp-python==$VERSION" -d "$WORK" >&2
+tar -xzf "$WORK/llama_cpp_python-$VERSION.tar.gz" -C "$WORK"
+SRC="$WORK/llama_cpp_python-$VERSION/vendor/llama.cpp"
+
+cmake -S "$SRC" -B "$WORK/build" -DCMAKE_BUILD_TYPE=Release \
+    -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_BUILD_UI=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_CURL=OFF \
+    -DBUILD_SHARED_LIBS=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF >&2
+cmake --build "$WORK/build" --target llama-server -j "$(nproc)" >&2
+
+mkdir -p "$OUT.tmp"
+install -m 0755 "$WORK/build/bin/llama-server" "$OUT.tmp/llama-server"
+rm -rf "$OUT"
+mv "$OUT.tmp" "$OUT"
+echo "$BIN"
