@@ -72,7 +72,7 @@ def _ring_to_json(ring: KeyRing) -> bytes:
 
 def _ring_key(item: Any) -> RingKey:
     private = b64decode(item["private_key"], suite.X25519_KEY_SIZE)
-    public = suite.private_key(private).to_public_bytes()
+    public = suite.public_of(private)
     return RingKey(int(item["key_id"]), private, public, int(item["not_before"]), int(item["not_after"]))
 
 

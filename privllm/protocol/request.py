@@ -53,7 +53,7 @@ def seal_request(
         "v": suite.VERSION,
         "key_id": key_id,
         "encapsulated_key": b64encode(enc),
-        "device_pubkey": b64encode(device.to_public_bytes()),
+        "device_pubkey": b64encode(suite.public_of(device_private_key)),
         "timestamp": timestamp,
         "request_id": request_id,
         "aad": b64encode(aad),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from pyhpke import AEADId, CipherSuite, KDFId, KEMId, KEMKeyInterface
 
 VERSION = 1
@@ -27,6 +28,11 @@ SUITE = CipherSuite.new(KEMId.DHKEM_X25519_HKDF_SHA256, KDFId.HKDF_SHA256, AEADI
 
 def private_key(raw: bytes) -> KEMKeyInterface:
     return SUITE.kem.deserialize_private_key(raw)
+
+
+def public_of(private: bytes) -> bytes:
+    """The X25519 public key of a raw private key."""
+    return X25519PrivateKey.from_private_bytes(private).public_key().public_bytes_raw()
 
 
 def public_key(raw: bytes) -> KEMKeyInterface:

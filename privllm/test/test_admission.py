@@ -1,0 +1,96 @@
+"""Every pre-decryption check, in order, on real sealed requests."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from twisted.trial.unittest import TestCase
+
+from ..protocol.admission import Admission
+from ..protocol.encoding import b64encode
+from ..protocol.errors import (
+    DECRYPT_FAILED,
+    MALFORMED,
+    RATE_LIMITED,
+    REPLAY,
+    STALE,
+    UNAVAILABLE,
+    UNKNOWN_KEY,
+    Rejection,
+    RequestRejected,
+)
+from ..protocol.ratelimit import RateLimiter
+from ..protocol.replay import ReplayWindow
+from .helpers import NOW, current_key, ring, sealed_request
+
+
+class Admit(TestCase):
+    def setUp(self) -> None:
+        self.ring = ring()
+        self.key = current_key(self.ring)
+        self.admission = Admission(self.ring, ReplayWindow(60, 1000), RateLimiter(100, 100, 100), 65536)
+
+    def admit(self, body: dict[str, Any] | bytes, address: str = "a", ready: bool = True, now: float = NOW) -> Any:
+        raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+        return self.admission.admit(raw, address, now, ready)
+
+    def rejection(self, *args: Any, **kw: Any) -> Rejection:
+        with self.assertRaises(RequestRejected) as cm:
+            self.admit(*args, **kw)
+        return cm.exception.rejection
+
+    def test_admits_and_opens(self) -> None:
+        sealed = sealed_request(self.key, plaintext={"messages": [{"role": "user", "content": "secret"}]})
+        admitted = self.admit(sealed.body)
+        self.assertEqual(json.loads(admitted.opened.plaintext)["messages"][0]["content"], "secret")
+        self.assertEqual(admitted.opened.response_secret, sealed.response_secret)
+
+    def test_replay(self) -> None:
+        body = sealed_request(self.key).body
+        self.admit(body)
+        self.assertEqual(self.rejection(body), REPLAY)
+
+    def test_forged_copy_does_not_burn_the_id(self) -> None:
+        real = sealed_request(self.key)
+        forged = dict(real.body, ciphertext=b64encode(os.urandom(40)))
+        self.assertEqual(self.rejection(forged), DECRYPT_FAILED)
+        self.admit(real.body)
+
+    def test_stale(self) -> None:
+        self.assertEqual(self.rejection(sealed_request(self.key, timestamp=NOW - 61).body), STALE)
+        self.assertEqual(self.rejection(sealed_request(self.key, timestamp=NOW + 61).body), STALE)
+
+    def test_unknown_key(self) -> None:
+        body = sealed_request(self.key).body
+        live = {k.key_id for k in self.ring.keys}
+        body["key_id"] = next(i for i in range(256) if i not in live)
+        self.assertEqual(self.rejection(body), UNKNOWN_KEY)
+
+    def test_decrypt_failed(self) -> None:
+        body = sealed_request(self.key).body
+        body["aad"] = b64encode(b"privllm/v1|0|0|x")
+        self.assertEqual(self.rejection(body), DECRYPT_FAILED)
+        other_device = sealed_request(self.key).body
+        body = dict(sealed_request(self.key).body, device_pubkey=other_device["device_pubkey"])
+        self.assertEqual(self.rejection(body), DECRYPT_FAILED)
+        low_order = dict(sealed_request(self.key).body, encapsulated_key=b64encode(bytes(32)))
+        self.assertEqual(self.rejection(low_order), DECRYPT_FAILED)
+
+    def test_malformed(self) -> None:
+        self.assertEqual(self.rejection(b"nope"), MALFORMED)
+
+    def test_unavailable_before_parsing(self) -> None:
+        self.assertEqual(self.rejection(b"nope", ready=False), UNAVAILABLE)
+
+    def test_rate_limited_first_with_retry_after(self) -> None:
+        admission = Admission(self.ring, ReplayWindow(60, 1000), RateLimiter(1, 2, 100), 65536)
+        for _ in range(2):
+            with self.assertRaises(RequestRejected):
+                admission.admit(b"nope", "flood", NOW, True)
+        with self.assertRaises(RequestRejected) as cm:
+            admission.admit(b"nope", "flood", NOW, True)
+        self.assertEqual(cm.exception.rejection, RATE_LIMITED)
+        self.assertEqual(cm.exception.retry_after, 1)
+        admission.admit(json.dumps(sealed_request(self.key).body).encode(), "other", NOW, True)

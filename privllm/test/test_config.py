@@ -1,0 +1,65 @@
+from __future__ import annotations
+
+import os
+import tempfile
+
+from twisted.trial.unittest import TestCase
+
+from ..config import ConfigError, load_config
+
+PROD_ENV = {
+    "PRIVLLM_SERVER__CERTIFICATE": '"/etc/privllm/tls.crt"',
+    "PRIVLLM_SERVER__PRIVATE_KEY": "/etc/privllm/tls.key",
+    "PRIVLLM_KEYS__IDENTITY_KEY": "/etc/privllm/identity.key",
+}
+
+
+class Layers(TestCase):
+    def write(self, text: str) -> str:
+        fd, path = tempfile.mkstemp(suffix=".toml")
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        self.addCleanup(os.unlink, path)
+        return path
+
+    def error(self, *args, **kw) -> str:
+        with self.assertRaises(ConfigError) as cm:
+            load_config(*args, **kw)
+        message = str(cm.exception)
+        self.assertNotIn("\n", message)
+        return message
+
+    def test_dev_defaults(self) -> None:
+        c = load_config("dev", environ={})
+        self.assertEqual((c.server.host, c.server.port), ("127.0.0.1", 8443))
+        self.assertTrue(c.llama.spawn)
+        self.assertEqual(c.server.tls_min_version, "1.2")
+
+    def test_file_then_environment(self) -> None:
+        path = self.write('[server]\nport = 9443\ntls_min_version = "1.3"\n[replay]\nwindow = 30\n')
+        c = load_config("dev", path, environ={"PRIVLLM_SERVER__PORT": "10443", "OTHER": "x"})
+        self.assertEqual(c.server.port, 10443)
+        self.assertEqual(c.server.tls_min_version, "1.3")
+        self.assertEqual(c.replay.window, 30)
+
+    def test_bad_values_name_the_key(self) -> None:
+        self.assertIn("server.port", self.error("dev", environ={"PRIVLLM_SERVER__PORT": "70000"}))
+        self.assertIn("server.port", self.error("dev", environ={"PRIVLLM_SERVER__PORT": "high"}))
+        self.assertIn("replay.window", self.error("dev", environ={"PRIVLLM_REPLAY__WINDOW": "1"}))
+        self.assertIn("server.tls_min_version", self.error("dev", environ={"PRIVLLM_SERVER__TLS_MIN_VERSION": "1.0"}))
+        self.assertIn("server.bogus", self.error("dev", environ={"PRIVLLM_SERVER__BOGUS": "1"}))
+        self.assertIn("nope", self.error("dev", self.write("[nope]\nx = 1\n"), environ={}))
+        self.assertIn("metrics.enabled", self.error("dev", self.write("[metrics]\nenabled = 1\n"), environ={}))
+        self.assertIn("--config", self.error("dev", self.write("[server\n"), environ={}))
+        self.assertIn("--config", self.error("dev", "/nonexistent/privllm.toml", environ={}))
+        self.assertIn("env", self.error("staging", environ={}))
+
+    def test_prod_requires_explicit_secrets(self) -> None:
+        self.assertIn("server.certificate", self.error("prod", environ={}))
+        c = load_config("prod", environ=PROD_ENV)
+        self.assertEqual(c.server.private_key, "/etc/privllm/tls.key")
+        self.assertFalse(c.llama.spawn)
+        self.assertIn("llama.spawn", self.error("prod", environ={**PROD_ENV, "PRIVLLM_LLAMA__SPAWN": "true"}))
+
+    def test_backend_url_shape(self) -> None:
+        self.assertIn("backend.url", self.error("dev", environ={"PRIVLLM_BACKEND__URL": "http://x"}))

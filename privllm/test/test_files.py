@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+import os
+import stat
+
+from twisted.trial.unittest import TestCase
+
+from ..keys.files import KeyFileError, ensure_private_dir, read_secret, write_secret
+from ..keys.material import ensure_dev_certificate, ensure_identity, load_identity, load_keyring, save_keyring
+from .helpers import ring
+
+
+class SecretFiles(TestCase):
+    def setUp(self) -> None:
+        self.dir = os.path.abspath(self.mktemp())
+
+    def mode(self, path: str) -> int:
+        return stat.S_IMODE(os.stat(path).st_mode)
+
+    def test_dir_created_0700(self) -> None:
+        ensure_private_dir(self.dir)
+        self.assertEqual(self.mode(self.dir), 0o700)
+
+    def test_open_dir_refused(self) -> None:
+        os.makedirs(self.dir)
+        os.chmod(self.dir, 0o755)
+        self.assertRaises(KeyFileError, ensure_private_dir, self.dir)
+
+    def test_write_is_0600_and_atomic(self) -> None:
+        ensure_private_dir(self.dir)
+        path = os.path.join(self.dir, "k")
+        write_secret(path, b"one")
+        write_secret(path, b"two")
+        self.assertEqual(read_secret(path), b"two")
+        self.assertEqual(self.mode(path), 0o600)
+        self.assertEqual(os.listdir(self.dir), ["k"])
+
+    def test_readable_by_others_refused(self) -> None:
+        ensure_private_dir(self.dir)
+        path = os.path.join(self.dir, "k")
+        write_secret(path, b"x")
+        os.chmod(path, 0o640)
+        self.assertRaises(KeyFileError, read_secret, path)
+        self.assertRaises(KeyFileError, read_secret, path + ".missing")
+
+    def test_symlink_refused(self) -> None:
+        ensure_private_dir(self.dir)
+        target = os.path.join(self.dir, "k")
+        write_secret(target, b"x")
+        os.symlink(target, os.path.join(self.dir, "link"))
+        self.assertRaises(KeyFileError, read_secret, os.path.join(self.dir, "link"))
+
+    def test_identity_created_once(self) -> None:
+        ensure_private_dir(self.dir)
+        path = ensure_identity(self.dir)
+        first = load_identity(path).public_key().public_bytes_raw()
+        ensure_identity(self.dir)
+        self.assertEqual(load_identity(path).public_key().public_bytes_raw(), first)
+
+    def test_keyring_persists_and_corruption_stops(self) -> None:
+        ensure_private_dir(self.dir)
+        r = ring()
+        save_keyring(self.dir, r)
+        again = load_keyring(self.dir, r.interval, r.overlap)
+        self.assertEqual(again.keys, r.keys)
+        write_secret(os.path.join(self.dir, "hpke-keyring.json"), b"{garbage")
+        self.assertRaises(KeyFileError, load_keyring, self.dir, r.interval, r.overlap)
+        self.assertEqual(read_secret(os.path.join(self.dir, "hpke-keyring.json")), b"{garbage")
+
+    def test_dev_certificate(self) -> None:
+        ensure_private_dir(self.dir)
+        cert, key = ensure_dev_certificate(self.dir, ["127.0.0.1"])
+        self.assertEqual(self.mode(key), 0o600)
+        self.assertEqual(ensure_dev_certificate(self.dir, ["127.0.0.1"]), (cert, key))
