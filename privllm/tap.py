@@ -78,7 +78,9 @@ class Router:
         self.config = config
         self.service = MultiService()
         ensure_private_dir(config.keys.state_dir)
+        # Every secret is loaded and checked before anything is written or started.
         identity = load_identity(_identity_path(config))
+        tls = server_tls_options(*_tls_paths(config), config.server.tls_min_version)
         ring = load_keyring(config.keys.state_dir, config.keys.rotation_interval, config.keys.overlap)
         self.keys = KeyRingService(ring, identity, config.keys.state_dir, reactor)
         self.keys.setServiceParent(self.service)
@@ -113,9 +115,7 @@ class Router:
             keepalive=config.server.keepalive_seconds,
             idle_timeout=config.backend.idle_timeout,
         )
-        cert, key = _tls_paths(config)
-        tls = server_tls_options(cert, key, config.server.tls_min_version)
-        site = PrivllmSite(self.app.resource(), config.server.max_body_bytes)
+        site = PrivllmSite(self.app.resource(), config.server.max_body_bytes, reactor=reactor)
         self.https = StreamServerEndpointService(
             SSL4ServerEndpoint(reactor, config.server.port, tls, interface=config.server.host), site
         )

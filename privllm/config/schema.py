@@ -72,6 +72,7 @@ class Llama:
     parallel: int = field(default=4, metadata=_range(1, 256))
     ctx_size: int = field(default=8192, metadata=_range(256, 1 << 20))
     threads: int = field(default=2, metadata=_range(1, 256))
+    metrics: bool = False  # llama-server's own /metrics on its private socket (counts only); tests read it
 
 
 @dataclass(frozen=True)

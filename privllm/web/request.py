@@ -95,8 +95,8 @@ class PrivllmSite(server.Site):
     requestFactory = PrivllmRequest
     displayTracebacks = False
 
-    def __init__(self, resource: object, max_body: int) -> None:
-        super().__init__(resource)
+    def __init__(self, resource: object, max_body: int, reactor: Any = None) -> None:
+        super().__init__(resource, reactor=reactor)
         self.max_body = max_body
 
     def log(self, request: object) -> None:

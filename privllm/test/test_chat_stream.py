@@ -1,0 +1,178 @@
+"""ChatStream on a fake clock, with a synthetic upstream (test equipment) instead of llama-server."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.python.failure import Failure
+from twisted.trial.unittest import TestCase
+from twisted.web.client import ResponseDone
+from twisted.web.test.requesthelper import DummyRequest
+
+from ..protocol.chat import ChatLimits
+from ..protocol.request import OpenedRequest, SealedRequest
+from ..protocol.response import ResponseReader
+from ..protocol.stream import StreamError
+from ..web.chat import ChatStream
+from ..web.metrics import RouterMetrics
+
+ENC = os.urandom(32)
+SECRET = os.urandom(32)
+
+
+class FakeTransport:
+    def __init__(self) -> None:
+        self.stopped = False
+
+    def stopProducing(self) -> None:
+        self.stopped = True
+
+
+class FakeResponse:
+    def __init__(self, code: int = 200) -> None:
+        self.code = code
+        self.protocol: Any = None
+        self.transport = FakeTransport()
+
+    def deliverBody(self, protocol: Any) -> None:
+        self.protocol = protocol
+        protocol.makeConnection(self.transport)
+
+    def send(self, data: bytes) -> None:
+        self.protocol.dataReceived(data)
+
+    def end(self) -> None:
+        self.protocol.connectionLost(Failure(ResponseDone()))
+
+
+class SyntheticUpstream:
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, dict[str, Any]]] = []
+        self.pending: Deferred[Any] = Deferred()
+        self.cancelled = False
+
+    def post_stream(self, path: str, body: dict[str, Any]) -> Deferred[Any]:
+        self.requests.append((path, body))
+        self.pending = Deferred(lambda _: setattr(self, "cancelled", True))
+        return self.pending
+
+
+def delta(text: str) -> bytes:
+    return b"data: " + json.dumps({"choices": [{"delta": {"content": text}, "finish_reason": None}]}).encode() + b"\n\n"
+
+
+FINISH = b'data: {"choices":[{"delta":{},"finish_reason":"stop"}],"usage":{"prompt_tokens":4,"completion_tokens":2}}\n\ndata: [DONE]\n\n'
+
+
+class Streaming(TestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(1000)
+        self.upstream = SyntheticUpstream()
+        self.metrics = RouterMetrics()
+        self.request = DummyRequest([b"api", b"chat"])
+        self.stream = ChatStream(self.request, self.clock, self.upstream, ChatLimits(), self.metrics, 15, 60)  # type: ignore[arg-type]
+
+    def start(self, plaintext: dict[str, Any] | None = None) -> Deferred[None]:
+        body = json.dumps(plaintext or {"messages": [{"role": "user", "content": "hi"}]}).encode()
+        return self.stream.start(OpenedRequest(body, SECRET), ENC)
+
+    def opened(self) -> list[dict[str, Any]]:
+        reader = ResponseReader(SealedRequest({}, ENC, SECRET))
+        return reader.feed(b"".join(self.request.written))
+
+    def outcome(self, name: str) -> float:
+        return self.metrics.registry.get_sample_value("privllm_chat_requests_total", {"outcome": name}) or 0.0
+
+    def test_deltas_then_done(self) -> None:
+        done = self.start()
+        self.assertEqual(self.request.responseCode, 200)
+        self.assertEqual(self.request.responseHeaders.getRawHeaders(b"cache-control"), [b"no-store"])
+        self.assertEqual(self.upstream.requests[0][0], "/v1/chat/completions")
+        response = FakeResponse()
+        self.upstream.pending.callback(response)
+        response.send(delta("Hel") + delta("lo")[:10])
+        response.send(delta("lo")[10:] + FINISH)
+        self.assertTrue(done.called)
+        chunks = self.opened()
+        self.assertEqual([c.get("text") for c in chunks[:2]], ["Hel", "lo"])
+        self.assertEqual(
+            chunks[2], {"type": "done", "finish_reason": "stop", "usage": {"prompt_tokens": 4, "completion_tokens": 2}}
+        )
+        self.assertEqual(self.outcome("ok"), 1)
+        self.assertEqual(self.metrics.registry.get_sample_value("privllm_active_streams"), 0)
+
+    def test_bad_parameters_sealed(self) -> None:
+        done = self.start({"messages": [{"role": "user", "content": "x"}], "top_p": 0})
+        self.assertTrue(done.called)
+        self.assertEqual(self.opened()[-1]["code"], "bad_request")
+        self.assertIn("top_p", self.opened()[-1]["message"])
+        self.assertEqual(self.upstream.requests, [])
+
+    def test_keepalive_then_idle_timeout(self) -> None:
+        done = self.start()
+        self.upstream.pending.callback(FakeResponse())
+        written = len(self.request.written)
+        self.clock.pump([1] * 14)
+        self.assertEqual(len(self.request.written), written)
+        self.clock.advance(1)
+        self.assertEqual(self.request.written[-1], b": keepalive\n\n")
+        self.clock.pump([1] * 45)
+        self.assertTrue(done.called)
+        self.assertEqual(self.opened()[-1]["code"], "timeout")
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_upstream_refuses(self) -> None:
+        done = self.start()
+        response = FakeResponse(code=500)
+        self.upstream.pending.callback(response)
+        self.assertTrue(done.called)
+        self.assertTrue(response.transport.stopped)
+        self.assertEqual(self.opened()[-1]["code"], "upstream_failed")
+
+    def test_upstream_cut_short(self) -> None:
+        done = self.start()
+        response = FakeResponse()
+        self.upstream.pending.callback(response)
+        response.send(delta("partial"))
+        response.end()
+        self.assertTrue(done.called)
+        chunks = self.opened()
+        self.assertEqual((chunks[0]["text"], chunks[-1]["code"]), ("partial", "upstream_failed"))
+
+    def test_connect_failure(self) -> None:
+        done = self.start()
+        self.upstream.pending.errback(ConnectionRefusedError())
+        self.assertTrue(done.called)
+        self.assertEqual(self.opened()[-1]["code"], "upstream_failed")
+
+    def test_client_gone_cancels_upstream_request(self) -> None:
+        done = self.start()
+        done.addErrback(lambda f: None)
+        done.cancel()
+        self.assertTrue(self.upstream.cancelled)
+        self.assertEqual(self.outcome("client_gone"), 1)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_client_gone_mid_answer_stops_upstream_body(self) -> None:
+        done = self.start()
+        done.addErrback(lambda f: None)
+        response = FakeResponse()
+        self.upstream.pending.callback(response)
+        response.send(delta("a"))
+        done.cancel()
+        self.assertTrue(response.transport.stopped)
+        self.assertEqual(self.metrics.registry.get_sample_value("privllm_active_streams"), 0)
+
+    def test_truncated_stream_detected_by_reader(self) -> None:
+        self.start()
+        response = FakeResponse()
+        self.upstream.pending.callback(response)
+        response.send(delta("a"))
+        reader = ResponseReader(SealedRequest({}, ENC, SECRET))
+        reader.feed(b"".join(self.request.written))
+        self.assertRaises(StreamError, reader.end)

