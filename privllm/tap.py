@@ -66,6 +66,7 @@ def _backend(config: Config, root: MultiService) -> str:
         llama.parallel,
         llama.ctx_size,
         llama.threads,
+        llama.metrics,
     )
     LlamaSupervisor(args, socket).setServiceParent(root)
     return config.backend.url or f"unix://{socket}"

@@ -7,6 +7,7 @@ loopback; the daemon's whole output is kept in a file so tests can check what it
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import shutil
@@ -132,3 +133,15 @@ class Daemon:
     def cleanup(self) -> None:
         self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+_shared: dict[str, Daemon] = {}
+
+
+def shared(name: str, sections: dict[str, dict[str, Any]] | None = None, wait_ready: bool = True) -> Daemon:
+    """One daemon per name for the whole test run (trial has no class fixtures); stopped at exit."""
+    if name not in _shared:
+        daemon = Daemon(sections, name=name)
+        atexit.register(daemon.cleanup)
+        _shared[name] = daemon.start(wait_ready)
+    return _shared[name]

@@ -26,7 +26,7 @@ from privllm.protocol.keyset import choose_key
 from privllm.protocol.response import ResponseReader
 
 from .docclient import DocClient, b64
-from .stack import Daemon
+from .stack import shared
 
 QUESTION = "Who were the US presidents in the 1990s?"
 
@@ -48,16 +48,9 @@ def llama_metric(sock: str, name: str) -> float:
 
 class RealStack(TestCase):
     timeout = 300
-    daemon: Daemon
 
-    @classmethod
-    def setUpClass(cls) -> None:
-        cls.daemon = Daemon({"llama": {"metrics": True, "parallel": 4}}).start()
-        cls.prompts: list[str] = []
-
-    @classmethod
-    def tearDownClass(cls) -> None:
-        cls.daemon.cleanup()
+    def setUp(self) -> None:
+        self.daemon = shared("router", {"llama": {"metrics": True, "parallel": 4}})
 
     def client(self) -> PrivllmClient:
         return PrivllmClient(reactor, self.daemon.url, self.daemon.pin(), os.urandom(32), self.daemon.cert())
@@ -178,14 +171,17 @@ class RealStack(TestCase):
         client = self.client()
         keys = await client.fetch_keys()
         sealed = client.seal(
-            user("Count from one to five hundred, one number per line.", 1000), choose_key(keys, int(time.time()))
+            user("Repeat the word hello forever: hello hello hello hello hello hello hello", 2000),
+            choose_key(keys, int(time.time())),
         )
         response = await client.post(sealed.body)
         self.assertEqual(response.code, 200)
         reader = ResponseReader(sealed)
         got: list[dict[str, Any]] = []
         body = BodyStream(lambda data: got.extend(reader.feed(data)))
+        body.done.addErrback(lambda _: None)  # we cut it ourselves below
         response.deliverBody(body)
+        self.addCleanup(lambda: (body.stop(), deferLater(reactor, 0.2))[1])
         for _ in range(300):
             if any(c["type"] == "delta" for c in got):
                 break
@@ -193,7 +189,9 @@ class RealStack(TestCase):
         self.assertTrue(got, "the answer started")
         self.assertGreaterEqual(llama_metric(self.daemon.llama_socket, "requests_processing"), 1)
         body.stop()  # the phone goes away mid-answer
-        for _ in range(100):
+        # Generating the rest would take llama-server well over 10 s here (2000 tokens at
+        # about 110 tokens/s); the slot must be free within 3 s, so only the cut explains it.
+        for _ in range(30):
             await deferLater(reactor, 0.1)
             if llama_metric(self.daemon.llama_socket, "requests_processing") == 0:
                 break
@@ -296,7 +294,7 @@ class RealStack(TestCase):
     def test_zz_nothing_of_the_conversation_in_the_log(self) -> None:
         log = self.daemon.log()
         self.assertIn("privllm", log)
-        for secret in (QUESTION, "Count from one", "Name three colours", "still there"):
+        for secret in (QUESTION, "Repeat the word", "Name three colours", "still there"):
             self.assertNotIn(secret, log)
 
 
@@ -305,20 +303,16 @@ class NoBackend(TestCase):
 
     timeout = 120
 
-    @classmethod
-    def setUpClass(cls) -> None:
-        cls.daemon = Daemon(
+    def setUp(self) -> None:
+        self.daemon = shared(
+            "nobackend",
             {
                 "llama": {"spawn": False},
                 "backend": {"url": "unix:///nonexistent/privllm/llama.sock"},
                 "rate_limit": {"per_address_rate": 0.01, "per_address_burst": 3},
             },
-            name="nobackend",
-        ).start(wait_ready=False)
-
-    @classmethod
-    def tearDownClass(cls) -> None:
-        cls.daemon.cleanup()
+            wait_ready=False,
+        )
 
     def test_unavailable_then_rate_limited(self) -> None:
         status, _, body = self.daemon.get("/health/ready")

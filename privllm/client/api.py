@@ -24,7 +24,6 @@ from ..protocol.keyset import KeySetError, PublishedKey, choose_key, verify_keys
 from ..protocol.request import new_request_id, seal_request
 from ..protocol.response import ResponseReader
 from ..protocol.stream import StreamError
-from ..web.tls import ALPN
 
 
 class ClientError(Exception):
@@ -80,7 +79,8 @@ class PinnedRootPolicy:
         self._root = ssl.Certificate.loadPEM(root_pem) if root_pem else None
 
     def creatorForNetloc(self, hostname: bytes, port: int) -> Any:
-        return ssl.optionsForClientTLS(hostname.decode("ascii"), trustRoot=self._root, acceptableProtocols=ALPN)
+        # Twisted's Agent speaks HTTP/1.1 only, so no ALPN offer of h2 here.
+        return ssl.optionsForClientTLS(hostname.decode("ascii"), trustRoot=self._root)
 
 
 NETWORK_ERRORS = (ConnectError, DNSLookupError, TimeoutError, ConnectionLost, ResponseFailed)

@@ -16,7 +16,7 @@ import treq
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import UNIXClientEndpoint
 from twisted.internet.interfaces import IReactorTime, IReactorUNIX
-from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
@@ -40,10 +40,8 @@ class UNIXEndpointFactory:
         return UNIXClientEndpoint(self._reactor, self._path, timeout=self._timeout)
 
 
-class UpstreamHTTPError(Exception):
-    def __init__(self, code: int) -> None:
-        super().__init__(f"upstream answered HTTP {code}")
-        self.code = code
+class _QuietFactory(_HTTP11ClientFactory):
+    noisy = False
 
 
 class LlamaServer:
@@ -51,6 +49,7 @@ class LlamaServer:
         self._reactor: IReactorTime = reactor
         pool = HTTPConnectionPool(reactor, persistent=True)
         pool.maxPersistentPerHost = 16
+        pool._factory = _QuietFactory  # no "Starting factory" line for every upstream connection
         agent = Agent.usingEndpointFactory(
             reactor, UNIXEndpointFactory(reactor, socket_path(url), connect_timeout), pool=pool
         )
