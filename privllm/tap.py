@@ -15,8 +15,9 @@ from twisted.web.server import Site
 
 from .config import Config, ConfigError, load_config
 from .keys.files import KeyFileError, ensure_private_dir
-from .keys.material import ensure_dev_certificate, ensure_identity, load_identity, load_keyring
+from .keys.material import ensure_dev_certificate, ensure_identity, load_identity
 from .keys.service import KeyRingService
+from .keys.store import KeyRingStore
 from .protocol.admission import Admission
 from .protocol.chat import ChatLimits
 from .protocol.ratelimit import RateLimiter
@@ -82,8 +83,8 @@ class Router:
         # Every secret is loaded and checked before anything is written or started.
         identity = load_identity(_identity_path(config))
         tls = server_tls_options(*_tls_paths(config), config.server.tls_min_version)
-        ring = load_keyring(config.keys.state_dir, config.keys.rotation_interval, config.keys.overlap)
-        self.keys = KeyRingService(ring, identity, config.keys.state_dir, reactor)
+        store = KeyRingStore(config.keys.state_dir, config.keys.rotation_interval, config.keys.overlap)
+        self.keys = KeyRingService(store, identity, reactor)
         self.keys.setServiceParent(self.service)
 
         self.metrics = RouterMetrics()
@@ -97,7 +98,7 @@ class Router:
         self.health.setServiceParent(self.service)
 
         admission = Admission(
-            ring,
+            self.keys.ring,
             ReplayWindow(config.replay.window, config.replay.max_entries),
             RateLimiter(
                 config.rate_limit.per_address_rate, config.rate_limit.per_address_burst, config.rate_limit.max_addresses

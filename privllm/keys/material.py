@@ -61,19 +61,19 @@ def _ring_to_json(ring: KeyRing) -> bytes:
     keys = [
         {
             "key_id": k.key_id,
-            "private_key": b64encode(k.private_key),
+            "private_key": b64encode(bytes(k.private_key)),
             "not_before": k.not_before,
             "not_after": k.not_after,
         }
         for k in ring.keys
     ]
-    return json.dumps({"v": 1, "keys": keys}, indent=1).encode()
+    return json.dumps({"v": 1, "last_key_id": ring.last_key_id, "keys": keys}, indent=1).encode()
 
 
 def _ring_key(item: Any) -> RingKey:
     private = b64decode(item["private_key"], suite.X25519_KEY_SIZE)
     public = suite.public_of(private)
-    return RingKey(int(item["key_id"]), private, public, int(item["not_before"]), int(item["not_after"]))
+    return RingKey(int(item["key_id"]), bytearray(private), public, int(item["not_before"]), int(item["not_after"]))
 
 
 def load_keyring(state_dir: str, interval: int, overlap: int) -> KeyRing:
@@ -84,7 +84,10 @@ def load_keyring(state_dir: str, interval: int, overlap: int) -> KeyRing:
         doc = json.loads(read_secret(path))
         if doc.get("v") != 1:
             raise ValueError("unknown version")
-        return KeyRing([_ring_key(item) for item in doc["keys"]], interval, overlap)
+        last = doc.get("last_key_id")
+        if last is not None and (not isinstance(last, int) or not 0 <= last <= 255):
+            raise ValueError("bad last_key_id")
+        return KeyRing([_ring_key(item) for item in doc["keys"]], interval, overlap, last)
     except (ValueError, KeyError, TypeError, AttributeError, EncodingError) as e:
         raise KeyFileError(f"key ring {path} is corrupt; remove it deliberately to start a new one") from e
 

@@ -1,4 +1,4 @@
-"""Keep the HPKE key ring fresh on a timer, persist each change, and publish the signed key set."""
+"""Keep the HPKE key ring fresh on a timer, adopt the shared file's state, publish the signed set."""
 
 from __future__ import annotations
 
@@ -10,29 +10,34 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from ..protocol.encoding import dumps
-from ..protocol.keyring import KeyRing
 from ..protocol.keyset import keyset_document
-from .material import new_hpke_keypair, save_keyring
+from .files import KeyFileError
+from .store import KeyRingStore
 
 log = Logger()
 
 
 class KeyRingService(Service):
-    CHECK_EVERY = 60.0
+    CHECK_EVERY = 60.0  # rotations by the timer or by `privllm-admin rotate` show within a minute
 
-    def __init__(self, ring: KeyRing, identity: Ed25519PrivateKey, state_dir: str, clock: Any) -> None:
-        self.ring = ring
+    def __init__(self, store: KeyRingStore, identity: Ed25519PrivateKey, clock: Any) -> None:
+        self._store = store
         self._identity = identity
-        self._state_dir = state_dir
         self._clock = clock
         self._loop = LoopingCall(self.refresh)
         self._loop.clock = clock
         self._published: tuple[int, bytes] | None = None
-        self.refresh()
+        # At start a corrupt or foreign key file stops everything (KeyFileError propagates).
+        self.ring = store.update(int(clock.seconds()))
 
     def refresh(self) -> None:
-        if self.ring.refresh(int(self._clock.seconds()), new_hpke_keypair):
-            save_keyring(self._state_dir, self.ring)
+        try:
+            latest = self._store.update(int(self._clock.seconds()))
+        except (KeyFileError, OSError) as e:
+            # Keep serving the keys in memory; never overwrite a file we cannot read.
+            log.error("cannot refresh the key ring: {reason}", reason=str(e))
+            return
+        if self.ring.adopt(latest):
             self._published = None
             log.info("HPKE key ring updated: live key ids {ids}", ids=[k.key_id for k in self.ring.keys])
 
@@ -52,3 +57,4 @@ class KeyRingService(Service):
         super().stopService()
         if self._loop.running:
             self._loop.stop()
+        self.ring.wipe()

@@ -20,19 +20,25 @@ KEY_ID_SPACE = 256
 @dataclass(frozen=True)
 class RingKey:
     key_id: int
-    private_key: bytes
+    private_key: bytearray  # mutable so it can be overwritten when the key leaves the ring
     public_key: bytes
     not_before: int
     not_after: int
 
+    def wipe(self) -> None:
+        self.private_key[:] = bytes(len(self.private_key))
+
 
 class KeyRing:
-    def __init__(self, keys: list[RingKey], interval: int, overlap: int) -> None:
+    def __init__(self, keys: list[RingKey], interval: int, overlap: int, last_key_id: int | None = None) -> None:
         if interval <= 0 or overlap < 0:
             raise ValueError("interval must be positive and overlap not negative")
         self.interval = interval
         self.overlap = overlap
         self._keys = sorted(keys, key=lambda k: k.not_before)
+        # Ids are handed out in sequence (mod 256) so a dropped key's id is not reused soon:
+        # a client may still hold a key set naming it.
+        self.last_key_id = last_key_id if last_key_id is not None else max((k.key_id for k in keys), default=255)
 
     @property
     def keys(self) -> list[RingKey]:
@@ -44,16 +50,18 @@ class KeyRing:
 
     def _free_key_id(self) -> int:
         used = {k.key_id for k in self._keys}
-        last = self._keys[-1].key_id if self._keys else KEY_ID_SPACE - 1
         for step in range(1, KEY_ID_SPACE + 1):
-            candidate = (last + step) % KEY_ID_SPACE
+            candidate = (self.last_key_id + step) % KEY_ID_SPACE
             if candidate not in used:
+                self.last_key_id = candidate
                 return candidate
         raise RuntimeError("no free key id")  # impossible with at most a few live keys
 
     def _add(self, not_before: int, new_keypair: Callable[[], tuple[bytes, bytes]]) -> RingKey:
         private, public = new_keypair()
-        key = RingKey(self._free_key_id(), private, public, not_before, not_before + self.interval + self.overlap)
+        key = RingKey(
+            self._free_key_id(), bytearray(private), public, not_before, not_before + self.interval + self.overlap
+        )
         self._keys.append(key)
         self._keys.sort(key=lambda k: k.not_before)
         return key
@@ -61,12 +69,44 @@ class KeyRing:
     def refresh(self, now: int, new_keypair: Callable[[], tuple[bytes, bytes]]) -> bool:
         """Drop expired keys and make sure a current and a next key exist. Return True on change."""
         before = list(self._keys)
-        self._keys = [k for k in self._keys if now < k.not_after]
+        self._drop(lambda k: now >= k.not_after)
         current = self._current(now) or self._add(now, new_keypair)
         following = current.not_before + self.interval
         if not any(k.not_before == following for k in self._keys):
             self._add(following, new_keypair)
         return self._keys != before
+
+    def rotate_now(self, now: int, new_keypair: Callable[[], tuple[bytes, bytes]], revoke: bool = False) -> None:
+        """Start a new current key at once. Keys not yet started are dropped; with `revoke`,
+        every older key is dropped too (a suspected compromise), else they stay accepted
+        until their not_after."""
+        self._drop(lambda k: revoke or k.not_before > now)
+        self._add(now, new_keypair)
+        self.refresh(now, new_keypair)
+
+    def adopt(self, other: KeyRing) -> bool:
+        """Take the keys of a ring loaded from the shared file. Return True if anything changed."""
+        mine = {(k.key_id, k.not_before): k for k in self._keys}
+        theirs = {(k.key_id, k.not_before) for k in other.keys}
+        if set(mine) == theirs:
+            return False
+        for key, value in mine.items():
+            if key not in theirs:
+                value.wipe()
+        self._keys = [mine.get((k.key_id, k.not_before), k) for k in other.keys]
+        return True
+
+    def wipe(self) -> None:
+        self._drop(lambda k: True)
+
+    def _drop(self, condition: Callable[[RingKey], bool]) -> None:
+        kept = []
+        for k in self._keys:
+            if condition(k):
+                k.wipe()
+            else:
+                kept.append(k)
+        self._keys = kept
 
     def published(self, now: int) -> list[PublishedKey]:
         current = self._current(now)

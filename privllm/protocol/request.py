@@ -68,7 +68,7 @@ class OpenedRequest:
     response_secret: bytes
 
 
-def open_request(envelope: Envelope, router_private_key: bytes) -> OpenedRequest:
+def open_request(envelope: Envelope, router_private_key: bytes | bytearray) -> OpenedRequest:
     """Check the AAD and open the ciphertext; any failure is DECRYPT_FAILED, with no detail."""
     expected = suite.request_aad(envelope.key_id, envelope.timestamp, envelope.request_id)
     if not hmac.compare_digest(expected, envelope.aad):

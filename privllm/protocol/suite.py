@@ -26,8 +26,8 @@ AEAD_TAG_SIZE = 16
 SUITE = CipherSuite.new(KEMId.DHKEM_X25519_HKDF_SHA256, KDFId.HKDF_SHA256, AEADId.CHACHA20_POLY1305)
 
 
-def private_key(raw: bytes) -> KEMKeyInterface:
-    return SUITE.kem.deserialize_private_key(raw)
+def private_key(raw: bytes | bytearray) -> KEMKeyInterface:
+    return SUITE.kem.deserialize_private_key(bytes(raw))
 
 
 def public_of(private: bytes) -> bytes:

@@ -56,7 +56,17 @@ class ParseEnvelope(TestCase):
 
     def test_base64_strict(self) -> None:
         enc = self.body["encapsulated_key"]
-        for bad in (enc.rstrip("="), enc + "=", enc.replace("+", "-"), "A" * 44, "!" * 44, 5, None, enc[:-2] + "B="):
+        for bad in (
+            enc.rstrip("="),
+            enc + "=",
+            "-" + enc[1:],
+            "_" + enc[1:],
+            "A" * 44,
+            "!" * 44,
+            5,
+            None,
+            enc[:-2] + "B=",
+        ):
             self.assertMalformed(self.changed(encapsulated_key=bad))
         self.assertMalformed(self.changed(device_pubkey=self.body["device_pubkey"][:-4]))
 

@@ -1,0 +1,89 @@
+"""
+`privllm-admin`: what an operator needs to see and do with the router's keys.
+
+  privllm-admin show     identity fingerprint (what the app pins), TLS SPKI pin, live HPKE keys
+  privllm-admin rotate   start a new HPKE key now (--revoke drops every older key at once)
+
+Both read the same configuration as the daemon (--env, --config, PRIVLLM_* variables).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import datetime
+import hashlib
+import sys
+import time
+
+from cryptography.hazmat.primitives import serialization
+
+from .config import Config, ConfigError, load_config
+from .keys.files import KeyFileError
+from .keys.material import IDENTITY_KEY, TLS_CERT, load_identity, new_hpke_keypair
+from .keys.store import KeyRingStore
+from .protocol.keyring import KeyRing
+from .web.tls import load_chain
+
+
+def _when(t: int) -> str:
+    return datetime.datetime.fromtimestamp(t, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _paths(config: Config) -> tuple[str, str]:
+    state = config.keys.state_dir
+    return config.keys.identity_key or f"{state}/{IDENTITY_KEY}", config.server.certificate or f"{state}/{TLS_CERT}"
+
+
+def describe(config: Config, ring: KeyRing, now: int) -> list[str]:
+    identity_path, cert_path = _paths(config)
+    identity = load_identity(identity_path).public_key().public_bytes_raw()
+    spki = (
+        load_chain(cert_path)[0]
+        .public_key()
+        .public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    published = {k.key_id: k.status for k in ring.published(now)}
+    lines = [
+        f"identity key (pin this in the app): {base64.b64encode(identity).decode()}",
+        f"identity key SHA-256: {hashlib.sha256(identity).hexdigest()}",
+        f"TLS certificate SPKI SHA-256 pin: {base64.b64encode(hashlib.sha256(spki).digest()).decode()}",
+        "HPKE keys:",
+    ]
+    for k in ring.keys:
+        status = published.get(k.key_id, "previous" if k.not_before <= now else "pending")
+        lines.append(f"  key_id {k.key_id:3d}  {status:8s}  {_when(k.not_before)} .. {_when(k.not_after)}")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="privllm-admin", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("command", choices=["show", "rotate"])
+    p.add_argument("--env", default="dev", choices=["dev", "prod"])
+    p.add_argument("--config", help="the daemon's TOML file")
+    p.add_argument("--revoke", action="store_true", help="rotate: stop accepting every older key at once")
+    args = p.parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        config = load_config(args.env, args.config)
+        store = KeyRingStore(config.keys.state_dir, config.keys.rotation_interval, config.keys.overlap)
+        now = int(time.time())
+        if args.command == "rotate":
+            ring = store.update(now, lambda r: r.rotate_now(now, new_hpke_keypair, revoke=args.revoke))
+            print("rotated; running routers adopt the new key within a minute")
+        else:
+            ring = store.update(now)
+        print("\n".join(describe(config, ring, now)))
+    except (ConfigError, KeyFileError, OSError, ValueError) as e:
+        print(f"privllm-admin: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def entry_point() -> None:
+    raise SystemExit(main())
+
+
+if __name__ == "__main__":
+    entry_point()

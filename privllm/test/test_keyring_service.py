@@ -1,0 +1,127 @@
+"""The key ring over simulated days: schedule, client validity, expiry, restarts, shared directories."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from twisted.internet.task import Clock
+from twisted.trial.unittest import TestCase
+
+from ..keys.files import KeyFileError, write_secret
+from ..keys.material import KEYRING, new_hpke_keypair
+from ..keys.service import KeyRingService
+from ..keys.store import KeyRingStore
+from ..protocol.admission import Admission
+from ..protocol.errors import UNKNOWN_KEY, RequestRejected
+from ..protocol.keyset import choose_key, verify_keyset
+from ..protocol.ratelimit import RateLimiter
+from ..protocol.replay import ReplayWindow
+from .helpers import NOW, sealed_request
+
+DAY = 86400
+HOUR = 3600
+
+
+class Service(TestCase):
+    def setUp(self) -> None:
+        self.dir = os.path.abspath(self.mktemp())
+        self.clock = Clock()
+        self.clock.advance(NOW)
+        self.identity = Ed25519PrivateKey.generate()
+        self.pin = self.identity.public_key().public_bytes_raw()
+
+    def service(self, clock: Clock | None = None) -> KeyRingService:
+        s = KeyRingService(KeyRingStore(self.dir, DAY, HOUR), self.identity, clock or self.clock)
+        s.startService()
+        self.addCleanup(s.stopService)
+        return s
+
+    def published(self, s: KeyRingService) -> list:
+        return verify_keyset(s.keyset(), self.pin)
+
+    def test_rotates_on_schedule(self) -> None:
+        s = self.service()
+        first = self.published(s)[0]
+        self.clock.advance(DAY - 60)
+        self.assertEqual(self.published(s)[0].key_id, first.key_id)
+        self.clock.advance(60)
+        now_current = self.published(s)[0]
+        self.assertEqual(now_current.status, "current")
+        self.assertEqual(now_current.not_before, first.not_before + DAY)
+        for day in range(2, 8):
+            self.clock.pump([HOUR] * 24)
+            self.assertEqual(self.published(s)[0].not_before, first.not_before + day * DAY)
+
+    def test_a_set_fetched_up_to_one_interval_earlier_still_works(self) -> None:
+        s = self.service()
+        admission = Admission(s.ring, ReplayWindow(60, 100_000), RateLimiter(1e6, 10**6, 10), 65536)
+        fetched: list[tuple[int, list]] = []
+        for _ in range(6 * 24):  # the router's clock moves on hour by hour for six days
+            now = int(self.clock.seconds())
+            fetched.append((now, self.published(s)))
+            fetched = [(t, keys) for t, keys in fetched if now - t <= DAY]
+            for t, keys in fetched:  # every client that fetched within the last interval
+                key = s.ring.accepting(choose_key(keys, now).key_id, now)
+                self.assertIsNotNone(key, (t, now))
+                assert key is not None
+                body = sealed_request(key, timestamp=now).body
+                admission.admit(json.dumps(body).encode(), "a", now, True)
+            self.clock.advance(HOUR)
+
+    def test_expired_key_refused_unknown_key(self) -> None:
+        s = self.service()
+        admission = Admission(s.ring, ReplayWindow(60, 1000), RateLimiter(1000, 1000, 10), 65536)
+        old = self.published(s)[0]
+        ring_key = s.ring.accepting(old.key_id, NOW)
+        assert ring_key is not None
+        self.clock.pump([60] * ((old.not_after - NOW) // 60 + 1))
+        body = sealed_request(ring_key, timestamp=int(self.clock.seconds())).body
+        with self.assertRaises(RequestRejected) as cm:
+            admission.admit(json.dumps(body).encode(), "a", self.clock.seconds(), True)
+        self.assertEqual(cm.exception.rejection, UNKNOWN_KEY)
+        self.assertEqual(bytes(ring_key.private_key), bytes(32), "a key that left the ring is overwritten")
+
+    def test_restart_keeps_keys(self) -> None:
+        first = self.published(self.service())
+        self.clock.advance(HOUR)
+        self.assertEqual(self.published(self.service()), first)
+
+    def test_processes_sharing_a_directory_agree(self) -> None:
+        a, b = self.service(), self.service()
+        for _ in range(3):
+            self.clock.pump([HOUR] * 24)
+            self.assertEqual(self.published(a), self.published(b))
+
+    def test_rotation_on_demand_is_adopted(self) -> None:
+        s = self.service()
+        before = self.published(s)[0]
+        store = KeyRingStore(self.dir, DAY, HOUR)
+        store.update(NOW + 10, lambda r: r.rotate_now(NOW + 10, new_hpke_keypair))
+        self.clock.advance(60)
+        after = self.published(s)[0]
+        self.assertNotEqual(after.key_id, before.key_id)
+        self.assertIsNotNone(s.ring.accepting(before.key_id, NOW + 60), "the old key stays accepted")
+        store.update(NOW + 70, lambda r: r.rotate_now(NOW + 70, new_hpke_keypair, revoke=True))
+        self.clock.advance(60)
+        self.assertIsNone(s.ring.accepting(before.key_id, NOW + 130), "revoked")
+        live = [k.key_id for k in s.ring.keys]
+        self.assertEqual(len(live), len(set(live)))
+        self.assertNotIn(before.key_id, live)
+
+    def test_corrupt_file_stops_start_and_is_not_overwritten(self) -> None:
+        self.service()
+        path = os.path.join(self.dir, KEYRING)
+        write_secret(path, b"not json")
+        self.assertRaises(KeyFileError, KeyRingService, KeyRingStore(self.dir, DAY, HOUR), self.identity, self.clock)
+        with open(path, "rb") as f:
+            self.assertEqual(f.read(), b"not json")
+
+    def test_corrupt_file_while_running_keeps_serving(self) -> None:
+        s = self.service()
+        before = self.published(s)
+        write_secret(os.path.join(self.dir, KEYRING), b"not json")
+        self.clock.advance(60)
+        self.assertEqual(self.published(s), before)
+        self.flushLoggedErrors()
