@@ -9,11 +9,13 @@ from prometheus_client.twisted import MetricsResource
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
 from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint
+from twisted.logger import Logger
 from twisted.python import usage
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from .config import Config, ConfigError, load_config
+from .hygiene import HygieneError, harden
 from .keys.files import KeyFileError, ensure_private_dir
 from .keys.material import ensure_dev_certificate, ensure_identity, load_identity
 from .keys.service import KeyRingService
@@ -31,6 +33,7 @@ from .web.request import PrivllmSite
 from .web.tls import server_tls_options
 
 LLAMA_SOCKET = "llama.sock"
+log = Logger()
 
 
 class Options(usage.Options):
@@ -140,11 +143,21 @@ def build_router(config: Config, reactor: Any) -> Router:
         raise StartError(str(e)) from e
 
 
+def _harden(config: Config) -> None:
+    try:
+        warning = harden(config.process.require_mlock)
+    except HygieneError as e:
+        raise StartError(str(e)) from e
+    if warning:
+        log.warn("memory is not locked: {reason}", reason=warning)
+
+
 def makeService(options: Options) -> MultiService:
     from twisted.internet import reactor
 
     try:
         config = load_config(options["env"], options["config"])
+        _harden(config)
         router = build_router(config, reactor)
     except (ConfigError, StartError) as e:
         raise SystemExit(f"privllm: {e}") from None

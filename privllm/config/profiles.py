@@ -21,6 +21,7 @@ def profile(env: str) -> dict[str, Any]:
         }
     return {
         "env": "prod",
+        "process": {"require_mlock": True},
         "server": {"host": "0.0.0.0", "port": 443},
         "keys": {"state_dir": "/var/lib/privllm"},
         "backend": {"url": "unix:///run/privllm/inference.sock"},

@@ -85,8 +85,14 @@ class Chat:
 
 
 @dataclass(frozen=True)
+class Process:
+    require_mlock: bool = False  # prod: True; a failed mlockall then stops the start
+
+
+@dataclass(frozen=True)
 class Config:
     env: str = field(default="dev", metadata=_choice("dev", "prod"))
+    process: Process = Process()
     server: Server = Server()
     metrics: Metrics = Metrics()
     keys: Keys = Keys()
