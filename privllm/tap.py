@@ -14,6 +14,7 @@ from twisted.python import usage
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
+from . import logs
 from .config import Config, ConfigError, load_config
 from .hygiene import HygieneError, harden
 from .keys.files import KeyFileError, ensure_private_dir
@@ -155,6 +156,7 @@ def _harden(config: Config) -> None:
 def makeService(options: Options) -> MultiService:
     from twisted.internet import reactor
 
+    logs.install()  # before twistd adds its output observers
     try:
         config = load_config(options["env"], options["config"])
         _harden(config)

@@ -24,7 +24,6 @@ class Server:
     hsts_max_age: int = field(default=31536000, metadata=_range(0, 2 * 31536000))
     max_body_bytes: int = field(default=262144, metadata=_range(1024, 16 * 1024 * 1024))
     keepalive_seconds: int = field(default=15, metadata=_range(1, 300))
-    log_client_addresses: bool = False
 
 
 @dataclass(frozen=True)

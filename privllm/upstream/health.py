@@ -1,4 +1,9 @@
-"""Poll the backend's readiness on a timer, so a chat can be refused before decryption when it is down."""
+"""Poll the backend's readiness, so a chat can be refused before decryption when it is down.
+
+While the backend is not ready (starting, loading its model, or failed) it is polled
+every `retry` seconds, so it is put back into service quickly; once ready, every
+`interval` seconds.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +11,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from twisted.application.service import Service
+from twisted.internet.base import DelayedCall
 from twisted.internet.defer import Deferred, ensureDeferred
-from twisted.internet.task import LoopingCall
 
 
 class HealthMonitor(Service):
@@ -17,12 +22,14 @@ class HealthMonitor(Service):
         interval: float,
         clock: Any,
         on_change: Callable[[bool], None] | None = None,
+        retry: float = 0.5,
     ) -> None:
         self._probe = probe
         self._interval = interval
-        self._loop = LoopingCall(self.check)
-        self._loop.clock = clock
+        self._retry = min(retry, interval)
+        self._clock = clock
         self._on_change = on_change
+        self._next: DelayedCall | None = None
         self.ready = False
 
     async def _check(self) -> bool:
@@ -35,11 +42,21 @@ class HealthMonitor(Service):
     def check(self) -> Deferred[bool]:
         return ensureDeferred(self._check())
 
+    def _tick(self) -> None:
+        self._next = None
+        d = self.check()
+        d.addBoth(self._schedule)
+
+    def _schedule(self, _: object) -> None:
+        if self.running:
+            self._next = self._clock.callLater(self._interval if self.ready else self._retry, self._tick)
+
     def startService(self) -> None:
         super().startService()
-        self._loop.start(self._interval, now=True)
+        self._tick()
 
     def stopService(self) -> None:
         super().stopService()
-        if self._loop.running:
-            self._loop.stop()
+        if self._next is not None and self._next.active():
+            self._next.cancel()
+        self._next = None

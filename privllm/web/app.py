@@ -10,6 +10,7 @@ from twisted.internet.defer import Deferred
 from twisted.web.server import Request
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
+from ..logs import request_tag
 from ..protocol.admission import Admission
 from ..protocol.chat import ChatLimits
 from ..protocol.encoding import dumps
@@ -92,7 +93,14 @@ class RouterApp:
         del body
         self._common_headers(request)
         stream = ChatStream(
-            request, self._clock, self._upstream, self._limits, self._metrics, self._keepalive, self._idle_timeout
+            request,
+            self._clock,
+            self._upstream,
+            self._limits,
+            self._metrics,
+            self._keepalive,
+            self._idle_timeout,
+            request_tag(admitted.envelope.request_id),
         )
         return stream.start(admitted.opened, admitted.envelope.encapsulated_key)
 

@@ -41,7 +41,9 @@ class ChatStream:
         metrics: RouterMetrics,
         keepalive: float,
         idle_timeout: float,
+        tag: str = "-",
     ) -> None:
+        self._tag = tag  # a keyed hash of the request id, for log lines (privllm.logs.request_tag)
         self._request = request
         self._clock = clock
         self._upstream = upstream
@@ -175,6 +177,7 @@ class ChatStream:
             self._open = False
             self._metrics.active_streams.dec()
             self._metrics.requests.labels(outcome).inc()
+            log.info("chat {rid} ended: {outcome}", rid=self._tag, outcome=outcome)
 
     def _close(self, outcome: str) -> None:
         self._release(outcome)
