@@ -29,6 +29,7 @@ from .upstream.health import HealthMonitor
 from .upstream.llama import LlamaServer
 from .upstream.supervisor import LlamaSupervisor, SupervisorError, default_binary, default_model, llama_arguments
 from .web.app import RouterApp
+from .web.chat import StreamSettings
 from .web.metrics import RouterMetrics
 from .web.request import PrivllmSite
 from .web.tls import server_tls_options
@@ -115,11 +116,14 @@ class Router:
             keyset=self.keys.keyset,
             upstream=self.upstream,
             backend_ready=lambda: self.health.ready,
-            limits=ChatLimits(**vars(config.chat)),
             metrics=self.metrics,
             hsts_max_age=config.server.hsts_max_age,
-            keepalive=config.server.keepalive_seconds,
-            idle_timeout=config.backend.idle_timeout,
+            settings=StreamSettings(
+                ChatLimits(**vars(config.chat)),
+                config.server.keepalive_seconds,
+                config.backend.idle_timeout,
+                config.privacy,
+            ),
         )
         site = PrivllmSite(self.app.resource(), config.server.max_body_bytes, reactor=reactor)
         self.https = StreamServerEndpointService(

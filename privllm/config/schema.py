@@ -84,6 +84,12 @@ class Chat:
 
 
 @dataclass(frozen=True)
+class Privacy:
+    pad_to: int = field(default=256, metadata=_range(0, 65536))  # chunk plaintext padded to a multiple; 0: off
+    coalesce_ms: int = field(default=50, metadata=_range(0, 1000))  # gather deltas this long; 0: off
+
+
+@dataclass(frozen=True)
 class Process:
     require_mlock: bool = False  # prod: True; a failed mlockall then stops the start
 
@@ -92,6 +98,7 @@ class Process:
 class Config:
     env: str = field(default="dev", metadata=_choice("dev", "prod"))
     process: Process = Process()
+    privacy: Privacy = Privacy()
     server: Server = Server()
     metrics: Metrics = Metrics()
     keys: Keys = Keys()

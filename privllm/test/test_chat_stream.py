@@ -13,11 +13,12 @@ from twisted.trial.unittest import TestCase
 from twisted.web.client import ResponseDone
 from twisted.web.test.requesthelper import DummyRequest
 
+from ..config.schema import Privacy
 from ..protocol.chat import ChatLimits
 from ..protocol.request import OpenedRequest, SealedRequest
 from ..protocol.response import ResponseReader
 from ..protocol.stream import StreamError
-from ..web.chat import ChatStream
+from ..web.chat import ChatStream, StreamSettings
 from ..web.metrics import RouterMetrics
 
 ENC = os.urandom(32)
@@ -75,7 +76,8 @@ class Streaming(TestCase):
         self.upstream = SyntheticUpstream()
         self.metrics = RouterMetrics()
         self.request = DummyRequest([b"api", b"chat"])
-        self.stream = ChatStream(self.request, self.clock, self.upstream, ChatLimits(), self.metrics, 15, 60)  # type: ignore[arg-type]
+        settings = StreamSettings(ChatLimits(), 15, 60, Privacy(pad_to=0, coalesce_ms=0))
+        self.stream = ChatStream(self.request, self.clock, self.upstream, self.metrics, settings)  # type: ignore[arg-type]
 
     def start(self, plaintext: dict[str, Any] | None = None) -> Deferred[None]:
         body = json.dumps(plaintext or {"messages": [{"role": "user", "content": "hi"}]}).encode()
@@ -176,3 +178,40 @@ class Streaming(TestCase):
         reader = ResponseReader(SealedRequest({}, ENC, SECRET))
         reader.feed(b"".join(self.request.written))
         self.assertRaises(StreamError, reader.end)
+
+
+class Coalescing(TestCase):
+    """Padding and coalescing on the fake clock: the first delta at once, then one chunk per window."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.upstream = SyntheticUpstream()
+        self.request = DummyRequest([b"api", b"chat"])
+        settings = StreamSettings(ChatLimits(), 15, 60, Privacy(pad_to=256, coalesce_ms=50))
+        self.stream = ChatStream(self.request, self.clock, self.upstream, RouterMetrics(), settings)  # type: ignore[arg-type]
+        self.done = self.stream.start(OpenedRequest(b'{"messages":[{"role":"user","content":"hi"}]}', SECRET), ENC)
+        self.response = FakeResponse()
+        self.upstream.pending.callback(self.response)
+
+    def sealed_sizes(self) -> list[int]:
+        import base64
+
+        return [len(base64.b64decode(w.split(b"data: ")[1])) for w in self.request.written if w.startswith(b"event: chunk")]
+
+    def test_gathered_and_padded(self) -> None:
+        self.response.send(delta("First"))
+        self.assertEqual(len(self.sealed_sizes()), 1, "the first delta is not held back")
+        for word in ["a", "bb", "ccc", "dddd"]:
+            self.response.send(delta(word))
+            self.clock.advance(0.01)
+        self.assertEqual(len(self.sealed_sizes()), 1)
+        self.clock.advance(0.01)  # 50 ms after the second delta
+        self.assertEqual(len(self.sealed_sizes()), 2)
+        self.response.send(delta("x" * 300) + delta("tail") + FINISH)
+        chunks = ResponseReader(SealedRequest({}, ENC, SECRET)).feed(b"".join(self.request.written))
+        self.assertEqual("".join(c.get("text", "") for c in chunks), "First" + "abbcccdddd" + "x" * 300 + "tail")
+        sizes = self.sealed_sizes()
+        self.assertTrue(all(size % 256 == 16 for size in sizes), sizes)
+        self.assertEqual(set(sizes[:2] + sizes[3:-1]), {256 + 16})
+        self.assertTrue(self.done.called)
+        self.assertEqual(self.clock.getDelayedCalls(), [])

@@ -14,6 +14,7 @@ from ..protocol.chat import ChatLimits
 from ..protocol.ratelimit import RateLimiter
 from ..protocol.replay import ReplayWindow
 from ..web.app import RouterApp
+from ..web.chat import StreamSettings
 from ..web.metrics import RouterMetrics
 from ..web.request import PrivllmSite
 from .helpers import NOW, ring
@@ -32,11 +33,9 @@ class HTTP(TestCase):
             keyset=lambda: b'{"v":1}',
             upstream=SyntheticUpstream(),  # type: ignore[arg-type]
             backend_ready=lambda: True,
-            limits=ChatLimits(),
             metrics=RouterMetrics(),
             hsts_max_age=100,
-            keepalive=15,
-            idle_timeout=60,
+            settings=StreamSettings(ChatLimits(), 15, 60),
         )
         self.site = PrivllmSite(app.resource(), LIMIT, reactor=clock)
 

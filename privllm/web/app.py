@@ -12,11 +12,10 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from ..logs import request_tag
 from ..protocol.admission import Admission
-from ..protocol.chat import ChatLimits
 from ..protocol.encoding import dumps
 from ..protocol.errors import METHOD_NOT_ALLOWED, NOT_FOUND, UNSUPPORTED_MEDIA_TYPE, Rejection, RequestRejected
 from ..upstream.llama import LlamaServer
-from .chat import ChatStream
+from .chat import ChatStream, StreamSettings
 from .metrics import RouterMetrics
 from .request import error_body
 
@@ -37,22 +36,18 @@ class RouterApp:
         keyset: Callable[[], bytes],
         upstream: LlamaServer,
         backend_ready: Callable[[], bool],
-        limits: ChatLimits,
         metrics: RouterMetrics,
         hsts_max_age: int,
-        keepalive: float,
-        idle_timeout: float,
+        settings: StreamSettings,
     ) -> None:
         self._clock = clock
         self._admission = admission
         self._keyset = keyset
         self._upstream = upstream
         self._backend_ready = backend_ready
-        self._limits = limits
         self._metrics = metrics
         self._hsts = f"max-age={hsts_max_age}; includeSubDomains".encode()
-        self._keepalive = keepalive
-        self._idle_timeout = idle_timeout
+        self._settings = settings
 
     def resource(self) -> Any:
         return self.app.resource()
@@ -96,10 +91,8 @@ class RouterApp:
             request,
             self._clock,
             self._upstream,
-            self._limits,
             self._metrics,
-            self._keepalive,
-            self._idle_timeout,
+            self._settings,
             request_tag(admitted.envelope.request_id),
         )
         return stream.start(admitted.opened, admitted.envelope.encapsulated_key)

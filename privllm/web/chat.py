@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
+from twisted.internet.base import DelayedCall
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -18,8 +20,10 @@ from twisted.python.failure import Failure
 from twisted.web.server import Request
 
 from ..body import BodyStream
+from ..config.schema import Privacy
 from ..protocol import suite
 from ..protocol.chat import BadChatRequest, ChatLimits, parse_chat_request
+from ..protocol.coalesce import Coalescer
 from ..protocol.encoding import b64encode, dumps
 from ..protocol.request import OpenedRequest
 from ..protocol.sse import KEEPALIVE, encode_event
@@ -31,26 +35,32 @@ from .metrics import RouterMetrics
 log = Logger()
 
 
+@dataclass(frozen=True)
+class StreamSettings:
+    limits: ChatLimits
+    keepalive: float
+    idle_timeout: float
+    privacy: Privacy = field(default_factory=Privacy)
+
+
 class ChatStream:
     def __init__(
         self,
         request: Request,
         clock: Any,
         upstream: LlamaServer,
-        limits: ChatLimits,
         metrics: RouterMetrics,
-        keepalive: float,
-        idle_timeout: float,
+        settings: StreamSettings,
         tag: str = "-",
     ) -> None:
-        self._tag = tag  # a keyed hash of the request id, for log lines (privllm.logs.request_tag)
         self._request = request
         self._clock = clock
         self._upstream = upstream
-        self._limits = limits
         self._metrics = metrics
-        self._keepalive = keepalive
-        self._idle_timeout = idle_timeout
+        self._settings = settings
+        self._tag = tag  # a keyed hash of the request id, for log lines (privllm.logs.request_tag)
+        self._coalescer = Coalescer(settings.privacy.coalesce_ms / 1000.0, settings.privacy.pad_to)
+        self._flush_call: DelayedCall | None = None
         self._sealer: StreamSealer | None = None
         self._translator = ChatCompletionStream()
         self._pending: Deferred[Any] | None = None
@@ -65,7 +75,8 @@ class ChatStream:
 
     def start(self, opened: OpenedRequest, encapsulated_key: bytes) -> Deferred[None]:
         response_nonce = os.urandom(suite.RESPONSE_NONCE_SIZE)
-        self._sealer = StreamSealer(derive_stream_keys(opened.response_secret, encapsulated_key, response_nonce))
+        keys = derive_stream_keys(opened.response_secret, encapsulated_key, response_nonce)
+        self._sealer = StreamSealer(keys, pad_to=self._settings.privacy.pad_to)
         request = self._request
         request.setResponseCode(200)
         request.setHeader(b"content-type", b"text/event-stream")
@@ -76,7 +87,7 @@ class ChatStream:
         self._open = True
         self._ticker.start(1.0, now=False)
         try:
-            body = completion_body(parse_chat_request(opened.plaintext, self._limits))
+            body = completion_body(parse_chat_request(opened.plaintext, self._settings.limits))
         except BadChatRequest as e:
             self._end_with_error("bad_request", str(e), outcome="bad_request")
             return self.done
@@ -139,25 +150,41 @@ class ChatStream:
         self._metrics.chunks.inc()
 
     def _send_delta(self, text: str) -> None:
+        now = self._clock.seconds()
         if self._first_delta:
             self._first_delta = False
-            self._metrics.time_to_first_chunk.observe(self._clock.seconds() - self._started)
-        self._send_chunk({"type": "delta", "text": text}, final=False)
+            self._metrics.time_to_first_chunk.observe(now - self._started)
+        for piece in self._coalescer.add(text, now):
+            self._send_chunk({"type": "delta", "text": piece}, final=False)
+        due = self._coalescer.due()
+        if due is not None and self._flush_call is None:
+            self._flush_call = self._clock.callLater(max(0.0, due - now), self._flush)
+
+    def _flush(self) -> None:
+        """Send the gathered deltas: when their window ends, and before the final chunk."""
+        if self._flush_call is not None and self._flush_call.active():
+            self._flush_call.cancel()
+        self._flush_call = None
+        piece = self._coalescer.take()
+        if piece:
+            self._send_chunk({"type": "delta", "text": piece}, final=False)
 
     def _send_done(self, finished: Finished) -> None:
+        self._flush()
         usage = {"prompt_tokens": finished.prompt_tokens, "completion_tokens": finished.completion_tokens}
         self._send_chunk({"type": "done", "finish_reason": finished.finish_reason, "usage": usage}, final=True)
         self._close("ok")
 
     def _end_with_error(self, code: str, message: str, outcome: str) -> None:
+        self._flush()
         self._send_chunk({"type": "error", "code": code, "message": message}, final=True)
         self._close(outcome)
 
     def _tick(self) -> None:
         now = self._clock.seconds()
-        if now - self._last_upstream >= self._idle_timeout:
+        if now - self._last_upstream >= self._settings.idle_timeout:
             self._end_with_error("timeout", "the inference server stopped answering", outcome="timeout")
-        elif now - self._last_write >= self._keepalive:
+        elif now - self._last_write >= self._settings.keepalive:
             self._write(KEEPALIVE)
 
     # ending
@@ -170,6 +197,8 @@ class ChatStream:
             self._body.stop()
 
     def _release(self, outcome: str) -> None:
+        if self._flush_call is not None and self._flush_call.active():
+            self._flush_call.cancel()
         self._stop_upstream()
         if self._ticker.running:
             self._ticker.stop()
