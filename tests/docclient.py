@@ -59,7 +59,8 @@ class DocClient:
         request_id = secrets.token_urlsafe(24)
         aad = f"privllm/v1|{key['key_id']}|{ts}|{request_id}".encode()
         enc, ctx = rfc9180.setup_auth_sender(unb64(key["public_key"]), INFO, self.device, os.urandom(32))
-        ciphertext = ctx.seal(aad, json.dumps(plaintext).encode())
+        raw = plaintext if isinstance(plaintext, bytes) else json.dumps(plaintext).encode()
+        ciphertext = ctx.seal(aad, raw)
         body = {
             "v": 1,
             "key_id": key["key_id"],
@@ -81,21 +82,34 @@ class DocClient:
         response = conn.getresponse()
         return response.status, response.headers, response.read()
 
-    def chat(self, plaintext: dict[str, Any]) -> list[dict[str, Any]]:
+    def chat(self, plaintext: dict[str, Any] | bytes) -> list[dict[str, Any]]:
+        return open_stream(*self.chat_raw(plaintext))
+
+    def chat_raw(self, plaintext: dict[str, Any] | bytes) -> tuple[bytes, bytes, bytes]:
+        """The raw event stream with what opens it: (body, enc, response secret)."""
         body, enc, secret = self.seal(plaintext)
         status, headers, raw = self.post(body)
         assert status == 200, (status, raw)
         assert headers["Content-Type"] == "text/event-stream"
-        return open_stream(raw, enc, secret)
+        return raw, enc, secret
 
 
-def open_stream(raw: bytes, enc: bytes, secret: bytes) -> list[dict[str, Any]]:
-    """Parse the SSE body and open every chunk, following the document step by step."""
+def sealed_chunks(raw: bytes) -> list[bytes]:
+    return [unb64(data) for name, data in _events(raw) if name == "chunk"]
+
+
+def _events(raw: bytes) -> list[tuple[str, str]]:
     events = []
     for block in raw.decode().replace("\r\n", "\n").split("\n\n"):
         fields = dict(line.split(": ", 1) for line in block.split("\n") if line and not line.startswith(":"))
         if fields:
             events.append((fields["event"], fields["data"]))
+    return events
+
+
+def open_stream(raw: bytes, enc: bytes, secret: bytes) -> list[dict[str, Any]]:
+    """Parse the SSE body and open every chunk, following the document step by step."""
+    events = _events(raw)
     assert events[0][0] == "init"
     nonce_r = unb64(json.loads(events[0][1])["response_nonce"])
     prk = hmac.new(enc + nonce_r, secret, hashlib.sha256).digest()

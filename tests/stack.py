@@ -58,6 +58,7 @@ class Daemon:
             for section, values in config.items():
                 f.write(f"[{section}]\n" + "".join(f"{k} = {_toml(v)}\n" for k, v in values.items()))
         self.log_path = os.path.join(self.dir, "daemon.log")
+        self.tmp_dir = os.path.join(self.dir, "tmp")
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -70,6 +71,9 @@ class Daemon:
 
     def start(self, wait_ready: bool = True) -> Daemon:
         env = {k: v for k, v in os.environ.items() if not k.startswith("PRIVLLM_") or k == "PRIVLLM_CACHE"}
+        os.makedirs(self.tmp_dir, exist_ok=True)
+        env["TMPDIR"] = self.tmp_dir  # so a test can search everything the daemon wrote
+        env["PYTHONUNBUFFERED"] = "1"  # the log file is complete the moment a line is logged
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
                 [TWISTD, "--pidfile=", "-n", "--logfile=-", "privllm", "--env", "dev", "--config", self.config_path],

@@ -29,6 +29,7 @@ from .docclient import DocClient, b64
 from .stack import shared
 
 QUESTION = "Who were the US presidents in the 1990s?"
+ROUTER = ("router", {"llama": {"metrics": True, "parallel": 4}})  # the one shared real stack
 
 
 def user(text: str, max_tokens: int = 48) -> dict[str, Any]:
@@ -50,7 +51,7 @@ class RealStack(TestCase):
     timeout = 300
 
     def setUp(self) -> None:
-        self.daemon = shared("router", {"llama": {"metrics": True, "parallel": 4}})
+        self.daemon = shared(*ROUTER)
 
     def client(self) -> PrivllmClient:
         return PrivllmClient(reactor, self.daemon.url, self.daemon.pin(), os.urandom(32), self.daemon.cert())

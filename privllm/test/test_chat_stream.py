@@ -196,7 +196,9 @@ class Coalescing(TestCase):
     def sealed_sizes(self) -> list[int]:
         import base64
 
-        return [len(base64.b64decode(w.split(b"data: ")[1])) for w in self.request.written if w.startswith(b"event: chunk")]
+        return [
+            len(base64.b64decode(w.split(b"data: ")[1])) for w in self.request.written if w.startswith(b"event: chunk")
+        ]
 
     def test_gathered_and_padded(self) -> None:
         self.response.send(delta("First"))
