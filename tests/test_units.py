@@ -1,0 +1,33 @@
+"""The systemd units parse and keep their sandboxing (systemd-analyze's offline rating)."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+
+from twisted.trial.unittest import TestCase
+
+UNITS = os.path.join(os.path.dirname(__file__), "..", "systemd")
+# Ratings seen when the units were written; a change that loosens the sandbox fails here.
+MAX_EXPOSURE = {"privllm.service": 2.0, "privllm-llama.service": 1.0}
+
+
+class Units(TestCase):
+    def test_exposure(self) -> None:
+        for unit, ceiling in MAX_EXPOSURE.items():
+            out = subprocess.run(
+                ["systemd-analyze", "security", "--offline=yes", os.path.join(UNITS, unit)],
+                capture_output=True, text=True, check=True,
+            ).stdout  # fmt: skip
+            match = re.search(r"Overall exposure level for \S+: ([0-9.]+)", out)
+            assert match, out
+            self.assertLessEqual(float(match.group(1)), ceiling, unit)
+
+    def test_llama_server_flags(self) -> None:
+        with open(os.path.join(UNITS, "privllm-llama.service")) as f:
+            exec_start = next(line for line in f if line.startswith("ExecStart="))
+        for flag in ("--no-slots", "--no-webui", "--host /run/privllm/inference.sock"):
+            self.assertIn(flag, exec_start)
+        for flag in ("--slot-save-path", "--log-prompts-dir", "--metrics", "--log-file"):
+            self.assertNotIn(flag, exec_start)
