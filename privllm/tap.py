@@ -1,4 +1,8 @@
-"""Build the privllm service tree from configuration; twistd's plugin hands straight to here."""
+"""Build the privllm service tree from configuration; twistd's plugin hands straight to here.
+
+Two roles share the package: the router (the public HTTPS endpoint that decrypts and
+streams) and an inference node (mutual TLS in front of a node-local llama-server).
+"""
 
 from __future__ import annotations
 
@@ -21,18 +25,22 @@ from .keys.files import KeyFileError, ensure_private_dir
 from .keys.material import ensure_dev_certificate, ensure_identity, load_identity
 from .keys.service import KeyRingService
 from .keys.store import KeyRingStore
+from .node import NodeProxy
 from .protocol.admission import Admission
 from .protocol.chat import ChatLimits
 from .protocol.ratelimit import RateLimiter
 from .protocol.replay import ReplayWindow
+from .upstream.breaker import CircuitBreaker
 from .upstream.health import HealthMonitor
 from .upstream.llama import LlamaServer
+from .upstream.mtls import MutualTLSPolicy
+from .upstream.pool import Node, NodePool
 from .upstream.supervisor import LlamaSupervisor, SupervisorError, default_binary, default_model, llama_arguments
 from .web.app import RouterApp
 from .web.chat import StreamSettings
 from .web.metrics import RouterMetrics
 from .web.request import PrivllmSite
-from .web.tls import server_tls_options
+from .web.tls import ReloadingServerOptions, server_tls_options
 
 LLAMA_SOCKET = "llama.sock"
 log = Logger()
@@ -42,7 +50,12 @@ class Options(usage.Options):
     optParameters = [
         ["env", None, "dev", "Built-in profile: dev or prod."],
         ["config", None, None, "TOML file overriding the profile."],
+        ["role", None, "router", "router (the public endpoint) or node (mTLS in front of llama-server)."],
     ]
+
+    def postOptions(self) -> None:
+        if self["role"] not in ("router", "node"):
+            raise usage.UsageError("--role must be router or node")
 
 
 class StartError(Exception):
@@ -55,14 +68,24 @@ def _tls_paths(config: Config) -> tuple[str, str]:
     return ensure_dev_certificate(config.keys.state_dir, [config.server.host])
 
 
-def _identity_path(config: Config) -> str:
-    return config.keys.identity_key or ensure_identity(config.keys.state_dir)
+def _https_listener(
+    config: Config, reactor: Any, site: Site, client_ca: str = "", alpn: list[bytes] | None = None
+) -> Any:
+    cert, key = _tls_paths(config)
+    paths = [cert, key, client_ca]
+
+    def build() -> Any:
+        return server_tls_options(cert, key, config.server.tls_min_version, client_ca, alpn)
+
+    options = ReloadingServerOptions(paths, build)  # renewed certificates apply to new connections
+    endpoint = SSL4ServerEndpoint(reactor, config.server.port, options, interface=config.server.host)  # type: ignore[arg-type]
+    return StreamServerEndpointService(endpoint, site)
 
 
-def _backend(config: Config, root: MultiService) -> str:
-    """The backend URL; in dev, also the supervised llama-server that serves it."""
+def _local_llama(config: Config, root: MultiService) -> list[str]:
+    """Dev: start and supervise llama-server on a socket in the state directory; return its URL."""
     if not config.llama.spawn:
-        return config.backend.url
+        return []
     socket = os.path.join(config.keys.state_dir, LLAMA_SOCKET)
     llama = config.llama
     args = llama_arguments(
@@ -75,32 +98,36 @@ def _backend(config: Config, root: MultiService) -> str:
         llama.metrics,
     )
     LlamaSupervisor(args, socket).setServiceParent(root)
-    return config.backend.url or f"unix://{socket}"
+    return [f"unix://{socket}"]
+
+
+def _metrics_listener(config: Config, reactor: Any, metrics: RouterMetrics, root: MultiService) -> None:
+    if config.metrics.enabled:
+        resource = Resource()
+        resource.putChild(b"metrics", MetricsResource(registry=metrics.registry))  # type: ignore[arg-type]
+        endpoint = TCP4ServerEndpoint(reactor, config.metrics.port, interface=config.metrics.host)
+        StreamServerEndpointService(endpoint, Site(resource)).setServiceParent(root)
 
 
 class Router:
-    """The assembled router; tests reach its parts (ports, metrics, key ring) through it."""
+    """The assembled router; tests reach its parts (metrics, key ring, nodes) through it."""
 
     def __init__(self, config: Config, reactor: Any) -> None:
         self.config = config
         self.service = MultiService()
         ensure_private_dir(config.keys.state_dir)
         # Every secret is loaded and checked before anything is written or started.
-        identity = load_identity(_identity_path(config))
-        tls = server_tls_options(*_tls_paths(config), config.server.tls_min_version)
+        identity = load_identity(config.keys.identity_key or ensure_identity(config.keys.state_dir))
+        server_tls_options(*_tls_paths(config), config.server.tls_min_version)
+        backend = config.backend
+        tls = MutualTLSPolicy(backend.ca, backend.client_certificate, backend.client_key) if backend.ca else None
         store = KeyRingStore(config.keys.state_dir, config.keys.rotation_interval, config.keys.overlap)
         self.keys = KeyRingService(store, identity, reactor)
         self.keys.setServiceParent(self.service)
 
         self.metrics = RouterMetrics()
-        self.upstream = LlamaServer(reactor, _backend(config, self.service), config.backend.connect_timeout)
-        self.health = HealthMonitor(
-            lambda: self.upstream.ready(config.backend.health_timeout),
-            config.backend.health_interval,
-            reactor,
-            on_change=self.metrics.backend_ready.set,
-        )
-        self.health.setServiceParent(self.service)
+        urls = _local_llama(config, self.service) + list(backend.urls)
+        self.pool = NodePool([self._node(url, reactor, tls) for url in urls], backend.balance)
 
         admission = Admission(
             self.keys.ring,
@@ -110,40 +137,73 @@ class Router:
             ),
             config.server.max_body_bytes,
         )
+        settings = StreamSettings(
+            ChatLimits(**vars(config.chat)),
+            keepalive=config.server.keepalive_seconds,
+            idle_timeout=backend.idle_timeout,
+            privacy=config.privacy,
+            first_token_timeout=backend.first_token_timeout,
+            request_timeout=backend.request_timeout,
+            retries=backend.retries,
+            retry_base=backend.retry_base,
+            retry_cap=backend.retry_cap,
+        )
         self.app = RouterApp(
             clock=reactor,
             admission=admission,
             keyset=self.keys.keyset,
-            upstream=self.upstream,
-            backend_ready=lambda: self.health.ready,
+            pool=self.pool,
             metrics=self.metrics,
             hsts_max_age=config.server.hsts_max_age,
-            settings=StreamSettings(
-                ChatLimits(**vars(config.chat)),
-                config.server.keepalive_seconds,
-                config.backend.idle_timeout,
-                config.privacy,
-            ),
+            settings=settings,
         )
         site = PrivllmSite(self.app.resource(), config.server.max_body_bytes, reactor=reactor)
-        self.https = StreamServerEndpointService(
-            SSL4ServerEndpoint(reactor, config.server.port, tls, interface=config.server.host), site
+        _https_listener(config, reactor, site).setServiceParent(self.service)
+        _metrics_listener(config, reactor, self.metrics, self.service)
+
+    def _node(self, url: str, reactor: Any, tls: MutualTLSPolicy | None) -> Node:
+        backend = self.config.backend
+        transitions = self.metrics.breaker_transitions
+        breaker = CircuitBreaker(
+            backend.breaker_failures, backend.breaker_cooldown, lambda state: transitions.labels(url, state).inc()
         )
-        self.https.setServiceParent(self.service)
+        node = Node(url, LlamaServer(reactor, url, backend.connect_timeout, tls), breaker)
 
-        self.metrics_listener: StreamServerEndpointService | None = None
-        if config.metrics.enabled:
-            root = Resource()
-            root.putChild(b"metrics", MetricsResource(registry=self.metrics.registry))  # type: ignore[arg-type]
-            self.metrics_listener = StreamServerEndpointService(
-                TCP4ServerEndpoint(reactor, config.metrics.port, interface=config.metrics.host), Site(root)
-            )
-            self.metrics_listener.setServiceParent(self.service)
+        def changed(ready: bool) -> None:
+            node.healthy = ready
+            self.metrics.node_healthy.labels(url).set(1 if ready else 0)
+            log.info("node {kind} is {outcome}", kind=len(self.pool.nodes), outcome="up" if ready else "down")
+
+        health = HealthMonitor(
+            lambda: node.client.ready(backend.health_timeout), backend.health_interval, reactor, changed
+        )
+        health.setServiceParent(self.service)
+        return node
 
 
-def build_router(config: Config, reactor: Any) -> Router:
+class InferenceNode:
+    """An inference node: mutual TLS, a client certificate from the deployment CA naming an
+    allowed client (the router), and a forward to the node-local llama-server."""
+
+    def __init__(self, config: Config, reactor: Any) -> None:
+        if not config.server.client_ca:
+            raise StartError("config server.client_ca: a node requires client certificates from the deployment CA")
+        self.service = MultiService()
+        ensure_private_dir(config.keys.state_dir)
+        urls = _local_llama(config, self.service) + [u for u in config.backend.urls if u.startswith("unix://")]
+        if len(urls) != 1:
+            raise StartError("config backend.urls: a node forwards to exactly one local llama-server (unix://)")
+        llama = LlamaServer(reactor, urls[0], config.backend.connect_timeout)
+        proxy = NodeProxy(llama, config.server.allowed_clients, config.backend.health_timeout)
+        site = PrivllmSite(proxy, config.server.max_body_bytes, reactor=reactor)
+        _https_listener(config, reactor, site, config.server.client_ca, alpn=[b"http/1.1"]).setServiceParent(
+            self.service
+        )
+
+
+def build(config: Config, role: str, reactor: Any) -> MultiService:
     try:
-        return Router(config, reactor)
+        return (Router if role == "router" else InferenceNode)(config, reactor).service
     except (KeyFileError, SupervisorError, ValueError) as e:
         raise StartError(str(e)) from e
 
@@ -164,7 +224,6 @@ def makeService(options: Options) -> MultiService:
     try:
         config = load_config(options["env"], options["config"])
         _harden(config)
-        router = build_router(config, reactor)
+        return build(config, options["role"], reactor)
     except (ConfigError, StartError) as e:
         raise SystemExit(f"privllm: {e}") from None
-    return router.service

@@ -39,7 +39,7 @@ class ProdStart(TestCase):
             "PRIVLLM_SERVER__PRIVATE_KEY": self.key,
             "PRIVLLM_KEYS__IDENTITY_KEY": self.identity,
             "PRIVLLM_KEYS__STATE_DIR": os.path.join(self.dir, "state"),
-            "PRIVLLM_BACKEND__URL": "unix:///nonexistent/llama.sock",
+            "PRIVLLM_BACKEND__URLS": '["unix:///nonexistent/llama.sock"]',
         }
         return subprocess.run(
             [TWISTD, "--pidfile=", "-n", "privllm", "--env", "prod"],

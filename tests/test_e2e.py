@@ -224,7 +224,7 @@ class RealStack(TestCase):
         text = body.decode()
         self.assertIn('privllm_chat_requests_total{outcome="ok"}', text)
         self.assertIn("privllm_time_to_first_chunk_seconds_bucket", text)
-        self.assertIn("privllm_backend_ready 1.0", text)
+        self.assertRegex(text, r"privllm_node_healthy\{node=\"unix://[^\"]+\"\} 1.0")
         self.assertNotIn("127.0.0.1", text)
 
     def test_tls_versions(self) -> None:
@@ -309,7 +309,7 @@ class NoBackend(TestCase):
             "nobackend",
             {
                 "llama": {"spawn": False},
-                "backend": {"url": "unix:///nonexistent/privllm/llama.sock"},
+                "backend": {"urls": ["unix:///nonexistent/privllm/llama.sock"]},
                 "rate_limit": {"per_address_rate": 0.01, "per_address_burst": 3},
             },
             wait_ready=False,

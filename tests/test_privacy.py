@@ -78,7 +78,7 @@ class Canary(TestCase):
         # A failing upstream (test equipment) behind its own router.
         socket_path = os.path.join(self.mktemp() + ".sock")
         socket_path = os.path.abspath(socket_path)
-        broken = Daemon({"llama": {"spawn": False}, "backend": {"url": f"unix://{socket_path}"}}, name="broken")
+        broken = Daemon({"llama": {"spawn": False}, "backend": {"urls": [f"unix://{socket_path}"]}}, name="broken")
         self.addCleanup(broken.cleanup)
         listening, chat = broken_upstream(reactor, socket_path)
         port = await listening

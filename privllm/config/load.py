@@ -48,6 +48,10 @@ def _from_environment(environ: Mapping[str, str]) -> dict[str, Any]:
 
 
 def _coerce(key: str, value: Any, kind: Any, meta: Mapping[str, Any]) -> Any:
+    if kind == "list[str]":
+        if not isinstance(value, list) or not all(isinstance(item, str) and item for item in value):
+            raise ConfigError(key, "must be a list of non-empty strings")
+        return list(value)
     kind = {"str": str, "int": int, "float": float, "bool": bool}.get(kind, kind)
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
@@ -72,7 +76,7 @@ def _build(cls: Any, data: Mapping[str, Any], prefix: str) -> Any:
         if name not in data:
             continue
         key = f"{prefix}{name}"
-        if dataclasses.is_dataclass(f.default):
+        if dataclasses.is_dataclass(f.default) and not isinstance(f.default, type):
             if not isinstance(data[name], Mapping):
                 raise ConfigError(key, "must be a table")
             values[name] = _build(type(f.default), data[name], f"{key}.")
@@ -104,8 +108,7 @@ def load_config(env: str, path: str | None = None, environ: Mapping[str, str] | 
 def _check_consistency(config: Config) -> None:
     if config.chat.default_max_tokens > config.chat.max_tokens:
         raise ConfigError("chat.default_max_tokens", "must not exceed chat.max_tokens")
-    if config.backend.url and not config.backend.url.startswith("unix:///"):
-        raise ConfigError("backend.url", "must be unix:///absolute/path/to/socket")
+    _check_backends(config)
     if not config.keys.state_dir:
         raise ConfigError("keys.state_dir", "must be set")
     if config.is_dev:
@@ -114,9 +117,23 @@ def _check_consistency(config: Config) -> None:
         ("server.certificate", config.server.certificate),
         ("server.private_key", config.server.private_key),
         ("keys.identity_key", config.keys.identity_key),
-        ("backend.url", config.backend.url),
     ):
         if not value:
             raise ConfigError(key, "must be set in prod")
+    if not config.backend.urls:
+        raise ConfigError("backend.urls", "must name at least one backend in prod")
     if config.llama.spawn:
         raise ConfigError("llama.spawn", "prod runs llama-server as its own service, not spawned")
+
+
+def _check_backends(config: Config) -> None:
+    backend = config.backend
+    for url in backend.urls:
+        if not (url.startswith("unix:///") or url.startswith("https://")):
+            raise ConfigError("backend.urls", f"{url!r} must be unix:///absolute/path or https://host:port")
+        if url.startswith("https://") and not (backend.ca and backend.client_certificate and backend.client_key):
+            raise ConfigError(
+                "backend.ca", "https backends need backend.ca, backend.client_certificate and backend.client_key"
+            )
+    if len(set(backend.urls)) != len(backend.urls):
+        raise ConfigError("backend.urls", "a backend is named twice")

@@ -24,5 +24,5 @@ def profile(env: str) -> dict[str, Any]:
         "process": {"require_mlock": True},
         "server": {"host": "0.0.0.0", "port": 443},
         "keys": {"state_dir": "/var/lib/privllm"},
-        "backend": {"url": "unix:///run/privllm/inference.sock"},
+        "backend": {"urls": ["unix:///run/privllm/inference.sock"]},
     }

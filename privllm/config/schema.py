@@ -21,6 +21,9 @@ class Server:
     tls_min_version: str = field(default="1.2", metadata=_choice("1.2", "1.3"))
     certificate: str = ""  # PEM chain; dev generates a self-signed one in the state directory
     private_key: str = ""  # PEM key, a secret file
+    # node role: require a client certificate from this CA, with one of these names
+    client_ca: str = ""
+    allowed_clients: list[str] = field(default_factory=lambda: ["router"])
     hsts_max_age: int = field(default=31536000, metadata=_range(0, 2 * 31536000))
     max_body_bytes: int = field(default=262144, metadata=_range(1024, 16 * 1024 * 1024))
     keepalive_seconds: int = field(default=15, metadata=_range(1, 300))
@@ -56,11 +59,24 @@ class RateLimit:
 
 @dataclass(frozen=True)
 class Backend:
-    url: str = ""  # unix:///path/to/llama.sock
+    # unix:///path/llama.sock (a local llama-server) or https://10.0.0.2:8443 (a node, mutual TLS)
+    urls: list[str] = field(default_factory=list)
+    balance: str = field(default="round_robin", metadata=_choice("round_robin", "least_streams"))
+    # mutual TLS towards https nodes: trust only the deployment CA, present the router's certificate
+    ca: str = ""
+    client_certificate: str = ""
+    client_key: str = ""
     health_interval: float = field(default=5.0, metadata=_range(0.1, 3600))
     health_timeout: float = field(default=2.0, metadata=_range(0.1, 60))
     connect_timeout: float = field(default=5.0, metadata=_range(0.1, 60))
+    first_token_timeout: float = field(default=60.0, metadata=_range(1, 3600))
     idle_timeout: float = field(default=120.0, metadata=_range(1, 3600))
+    request_timeout: float = field(default=600.0, metadata=_range(1, 86400))
+    breaker_failures: int = field(default=3, metadata=_range(1, 1000))
+    breaker_cooldown: float = field(default=10.0, metadata=_range(0.1, 3600))
+    retries: int = field(default=2, metadata=_range(0, 10))
+    retry_base: float = field(default=0.1, metadata=_range(0.001, 60))
+    retry_cap: float = field(default=2.0, metadata=_range(0.001, 600))
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ import os
 from typing import Any
 
 from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
@@ -18,6 +19,8 @@ from ..protocol.chat import ChatLimits
 from ..protocol.request import OpenedRequest, SealedRequest
 from ..protocol.response import ResponseReader
 from ..protocol.stream import StreamError
+from ..upstream.breaker import CircuitBreaker
+from ..upstream.pool import Node, NodePool
 from ..web.chat import ChatStream, StreamSettings
 from ..web.metrics import RouterMetrics
 
@@ -28,9 +31,12 @@ SECRET = os.urandom(32)
 class FakeTransport:
     def __init__(self) -> None:
         self.stopped = False
+        self.protocol: Any = None
 
     def stopProducing(self) -> None:
-        self.stopped = True
+        if not self.stopped:
+            self.stopped = True
+            self.protocol.connectionLost(Failure(ConnectionDone()))
 
 
 class FakeResponse:
@@ -41,6 +47,7 @@ class FakeResponse:
 
     def deliverBody(self, protocol: Any) -> None:
         self.protocol = protocol
+        self.transport.protocol = protocol
         protocol.makeConnection(self.transport)
 
     def send(self, data: bytes) -> None:
@@ -62,6 +69,11 @@ class SyntheticUpstream:
         return self.pending
 
 
+def pool_of(*upstreams: SyntheticUpstream) -> NodePool:
+    nodes = [Node(f"node{i}", u, CircuitBreaker(3, 10), healthy=True) for i, u in enumerate(upstreams)]
+    return NodePool(nodes)
+
+
 def delta(text: str) -> bytes:
     return b"data: " + json.dumps({"choices": [{"delta": {"content": text}, "finish_reason": None}]}).encode() + b"\n\n"
 
@@ -76,8 +88,8 @@ class Streaming(TestCase):
         self.upstream = SyntheticUpstream()
         self.metrics = RouterMetrics()
         self.request = DummyRequest([b"api", b"chat"])
-        settings = StreamSettings(ChatLimits(), 15, 60, Privacy(pad_to=0, coalesce_ms=0))
-        self.stream = ChatStream(self.request, self.clock, self.upstream, self.metrics, settings)  # type: ignore[arg-type]
+        settings = StreamSettings(ChatLimits(), 15, 60, Privacy(pad_to=0, coalesce_ms=0), retries=0)
+        self.stream = ChatStream(self.request, self.clock, pool_of(self.upstream), self.metrics, settings)  # type: ignore[arg-type]
 
     def start(self, plaintext: dict[str, Any] | None = None) -> Deferred[None]:
         body = json.dumps(plaintext or {"messages": [{"role": "user", "content": "hi"}]}).encode()
@@ -188,7 +200,7 @@ class Coalescing(TestCase):
         self.upstream = SyntheticUpstream()
         self.request = DummyRequest([b"api", b"chat"])
         settings = StreamSettings(ChatLimits(), 15, 60, Privacy(pad_to=256, coalesce_ms=50))
-        self.stream = ChatStream(self.request, self.clock, self.upstream, RouterMetrics(), settings)  # type: ignore[arg-type]
+        self.stream = ChatStream(self.request, self.clock, pool_of(self.upstream), RouterMetrics(), settings)  # type: ignore[arg-type]
         self.done = self.stream.start(OpenedRequest(b'{"messages":[{"role":"user","content":"hi"}]}', SECRET), ENC)
         self.response = FakeResponse()
         self.upstream.pending.callback(self.response)

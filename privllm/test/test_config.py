@@ -62,4 +62,6 @@ class Layers(TestCase):
         self.assertIn("llama.spawn", self.error("prod", environ={**PROD_ENV, "PRIVLLM_LLAMA__SPAWN": "true"}))
 
     def test_backend_url_shape(self) -> None:
-        self.assertIn("backend.url", self.error("dev", environ={"PRIVLLM_BACKEND__URL": "http://x"}))
+        self.assertIn("backend.urls", self.error("dev", environ={"PRIVLLM_BACKEND__URLS": '["http://x"]'}))
+        self.assertIn("backend.ca", self.error("dev", environ={"PRIVLLM_BACKEND__URLS": '["https://10.0.0.2:8443"]'}))
+        self.assertIn("backend.urls", self.error("dev", environ={"PRIVLLM_BACKEND__URLS": '"unix:///x"'}))

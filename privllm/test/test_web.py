@@ -18,7 +18,7 @@ from ..web.chat import StreamSettings
 from ..web.metrics import RouterMetrics
 from ..web.request import PrivllmSite
 from .helpers import NOW, ring
-from .test_chat_stream import SyntheticUpstream
+from .test_chat_stream import SyntheticUpstream, pool_of
 
 LIMIT = 4096
 
@@ -31,8 +31,7 @@ class HTTP(TestCase):
             clock=clock,
             admission=Admission(ring(), ReplayWindow(60, 100), RateLimiter(100, 100, 100), LIMIT),
             keyset=lambda: b'{"v":1}',
-            upstream=SyntheticUpstream(),  # type: ignore[arg-type]
-            backend_ready=lambda: True,
+            pool=pool_of(SyntheticUpstream()),
             metrics=RouterMetrics(),
             hsts_max_age=100,
             settings=StreamSettings(ChatLimits(), 15, 60),

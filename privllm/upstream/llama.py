@@ -1,8 +1,10 @@
 """
-llama-server over a UNIX socket, through treq with an Agent whose endpoints are UNIX endpoints.
+The HTTP client for one backend speaking llama-server's API: llama-server itself on a
+UNIX socket, or an inference node over mutual TLS (which forwards to its own llama-server).
 
-Bodies are streamed (`unbuffered=True`) into a protocol that hands each piece of bytes to
-the sans-IO translator; stopping that protocol's transport closes the connection, which is
+treq with an Agent whose endpoints are UNIX endpoints (or TLS with the mTLS policy).
+Bodies are streamed (`unbuffered=True`) into a protocol that hands each piece to the
+sans-IO translator; stopping that protocol's transport closes the connection, which is
 how llama-server learns the client left and frees the slot.
 """
 
@@ -15,13 +17,13 @@ from urllib.parse import urlparse
 import treq
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import UNIXClientEndpoint
-from twisted.internet.interfaces import IReactorTime, IReactorUNIX
+from twisted.internet.interfaces import IReactorUNIX
 from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
 
-BASE = "http://llama-server"  # the authority is ignored: every connection goes to the socket
+UNIX_BASE = "http://llama-server"  # the authority is ignored: every connection goes to the socket
 
 
 def socket_path(url: str) -> str:
@@ -45,14 +47,20 @@ class _QuietFactory(_HTTP11ClientFactory):
 
 
 class LlamaServer:
-    def __init__(self, reactor: Any, url: str, connect_timeout: float) -> None:
-        self._reactor: IReactorTime = reactor
+    def __init__(self, reactor: Any, url: str, connect_timeout: float, tls: Any = None) -> None:
         pool = HTTPConnectionPool(reactor, persistent=True)
         pool.maxPersistentPerHost = 16
         pool._factory = _QuietFactory  # no "Starting factory" line for every upstream connection
-        agent = Agent.usingEndpointFactory(
-            reactor, UNIXEndpointFactory(reactor, socket_path(url), connect_timeout), pool=pool
-        )
+        agent: Any
+        if url.startswith("unix://"):
+            factory = UNIXEndpointFactory(reactor, socket_path(url), connect_timeout)
+            agent = Agent.usingEndpointFactory(reactor, factory, pool=pool)
+            self._base = UNIX_BASE
+        else:
+            if tls is None:
+                raise ValueError("an https backend needs mutual TLS settings")
+            agent = Agent(reactor, contextFactory=tls, pool=pool, connectTimeout=connect_timeout)
+            self._base = url.rstrip("/")
         self._http = treq.client.HTTPClient(agent)
         self._pool = pool
 
@@ -60,9 +68,9 @@ class LlamaServer:
         return self._pool.closeCachedConnections()
 
     async def ready(self, timeout: float) -> bool:
-        """True when llama-server answers /health with 200, which it does once the model is loaded."""
+        """True when /health answers 200 with status ok: llama-server does once its model is loaded."""
         try:
-            response = await self._http.get(BASE + "/health", timeout=timeout)
+            response = await self._http.get(self._base + "/health", timeout=timeout)
             body = await treq.content(response)
         except Exception:
             return False
@@ -73,10 +81,11 @@ class LlamaServer:
         except (ValueError, AttributeError):
             return False
 
-    def post_stream(self, path: str, body: dict[str, Any]) -> Deferred[Any]:
+    def post_stream(self, path: str, body: dict[str, Any] | bytes) -> Deferred[Any]:
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
         return self._http.post(
-            BASE + path,
-            data=json.dumps(body).encode(),
+            self._base + path,
+            data=data,
             headers=Headers({b"Content-Type": [b"application/json"], b"Accept": [b"text/event-stream"]}),
             unbuffered=True,
         )

@@ -14,7 +14,7 @@ from ..logs import request_tag
 from ..protocol.admission import Admission
 from ..protocol.encoding import dumps
 from ..protocol.errors import METHOD_NOT_ALLOWED, NOT_FOUND, UNSUPPORTED_MEDIA_TYPE, Rejection, RequestRejected
-from ..upstream.llama import LlamaServer
+from ..upstream.pool import NodePool
 from .chat import ChatStream, StreamSettings
 from .metrics import RouterMetrics
 from .request import error_body
@@ -34,8 +34,7 @@ class RouterApp:
         clock: Any,
         admission: Admission,
         keyset: Callable[[], bytes],
-        upstream: LlamaServer,
-        backend_ready: Callable[[], bool],
+        pool: NodePool,
         metrics: RouterMetrics,
         hsts_max_age: int,
         settings: StreamSettings,
@@ -43,11 +42,13 @@ class RouterApp:
         self._clock = clock
         self._admission = admission
         self._keyset = keyset
-        self._upstream = upstream
-        self._backend_ready = backend_ready
+        self._pool = pool
         self._metrics = metrics
         self._hsts = f"max-age={hsts_max_age}; includeSubDomains".encode()
         self._settings = settings
+
+    def _ready(self) -> bool:
+        return self._pool.ready(self._clock.seconds())
 
     def resource(self) -> Any:
         return self.app.resource()
@@ -80,9 +81,7 @@ class RouterApp:
             return self._reject(request, UNSUPPORTED_MEDIA_TYPE)
         body = request.content.read() if request.content is not None else b""
         try:
-            admitted = self._admission.admit(
-                body, client_address(request), self._clock.seconds(), self._backend_ready()
-            )
+            admitted = self._admission.admit(body, client_address(request), self._clock.seconds(), self._ready())
         except RequestRejected as e:
             return self._reject(request, e.rejection, e.retry_after)
         del body
@@ -90,7 +89,7 @@ class RouterApp:
         stream = ChatStream(
             request,
             self._clock,
-            self._upstream,
+            self._pool,
             self._metrics,
             self._settings,
             request_tag(admitted.envelope.request_id),
@@ -103,7 +102,7 @@ class RouterApp:
 
     @app.route("/health/ready", methods=["GET"])
     def ready(self, request: Request) -> bytes:
-        if self._backend_ready():
+        if self._ready():
             return self._json(request, 200, dumps({"status": "ready"}))
         return self._json(request, 503, dumps({"status": "unavailable"}))
 

@@ -1,13 +1,18 @@
 """
-One admitted chat, streamed: wires the sealer and the upstream translator to a request.
+One admitted chat, streamed: wires the sealer, the coalescer and the upstream translator
+to a request, and picks inference nodes from the pool.
 
 Everything here happens after decryption succeeded, so every failure is sent sealed.
-The plaintext is dropped as soon as the upstream body is built.
+A failed node is retried on another, with capped exponential backoff and full jitter,
+only while nothing but `init` has reached the client; after the first delta a failure
+ends the stream with a sealed error. The upstream body (which holds the conversation) is
+kept only until the first delta arrives, for those retries.
 """
 
 from __future__ import annotations
 
 import os
+import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,19 +33,25 @@ from ..protocol.encoding import b64encode, dumps
 from ..protocol.request import OpenedRequest
 from ..protocol.sse import KEEPALIVE, encode_event
 from ..protocol.stream import StreamSealer, derive_stream_keys
-from ..upstream.llama import LlamaServer
 from ..upstream.openai_stream import ChatCompletionStream, Delta, Finished, UpstreamProtocolError, completion_body
+from ..upstream.pool import Node, NodePool, backoff
 from .metrics import RouterMetrics
 
 log = Logger()
+CHAT_PATH = "/v1/chat/completions"
 
 
 @dataclass(frozen=True)
 class StreamSettings:
     limits: ChatLimits
-    keepalive: float
-    idle_timeout: float
+    keepalive: float = 15.0
+    idle_timeout: float = 120.0
     privacy: Privacy = field(default_factory=Privacy)
+    first_token_timeout: float = 60.0
+    request_timeout: float = 600.0
+    retries: int = 2
+    retry_base: float = 0.1
+    retry_cap: float = 2.0
 
 
 class ChatStream:
@@ -48,27 +59,33 @@ class ChatStream:
         self,
         request: Request,
         clock: Any,
-        upstream: LlamaServer,
+        pool: NodePool,
         metrics: RouterMetrics,
         settings: StreamSettings,
         tag: str = "-",
+        jitter: Callable[[float, float], float] = random.uniform,
     ) -> None:
         self._request = request
         self._clock = clock
-        self._upstream = upstream
+        self._pool = pool
         self._metrics = metrics
         self._settings = settings
         self._tag = tag  # a keyed hash of the request id, for log lines (privllm.logs.request_tag)
+        self._jitter = jitter
         self._coalescer = Coalescer(settings.privacy.coalesce_ms / 1000.0, settings.privacy.pad_to)
         self._flush_call: DelayedCall | None = None
+        self._retry_call: DelayedCall | None = None
         self._sealer: StreamSealer | None = None
+        self._upstream_body: dict[str, Any] | None = None
+        self._tried: list[Node] = []
+        self._node: Node | None = None
         self._translator = ChatCompletionStream()
         self._pending: Deferred[Any] | None = None
         self._body: BodyStream | None = None
         self._ticker = LoopingCall(self._tick)
         self._ticker.clock = clock
         self._started = clock.seconds()
-        self._last_write = self._last_upstream = self._started
+        self._last_write = self._last_upstream = self._sent_at = self._started
         self._first_delta = True
         self._open = False
         self.done: Deferred[None] = Deferred(lambda _: self._abort("client_gone"))
@@ -87,29 +104,53 @@ class ChatStream:
         self._open = True
         self._ticker.start(1.0, now=False)
         try:
-            body = completion_body(parse_chat_request(opened.plaintext, self._settings.limits))
+            self._upstream_body = completion_body(parse_chat_request(opened.plaintext, self._settings.limits))
         except BadChatRequest as e:
             self._end_with_error("bad_request", str(e), outcome="bad_request")
             return self.done
         del opened  # the request plaintext is not kept past this point
-        sent = self._clock.seconds()
-        self._pending = self._upstream.post_stream("/v1/chat/completions", body)
-        self._pending.addCallback(self._got_response, sent)
-        self._pending.addErrback(self._upstream_failed)
+        self._attempt()
         return self.done
+
+    # choosing a node, and trying again
+
+    def _attempt(self) -> None:
+        self._retry_call = None
+        now = self._clock.seconds()
+        node = self._pool.choose(now, exclude=self._tried)
+        if node is None or self._upstream_body is None:
+            self._end_with_error("upstream_failed", "no inference node is available", outcome="upstream_failed")
+            return
+        self._node = node
+        self._tried.append(node)
+        node.outstanding += 1
+        self._translator = ChatCompletionStream()
+        self._sent_at = self._last_upstream = now
+        self._pending = node.client.post_stream(CHAT_PATH, self._upstream_body)
+        self._pending.addCallback(self._got_response, node, now)
+        self._pending.addErrback(self._upstream_failed, node)
+
+    def _release_node(self, node: Node, failed: bool) -> None:
+        if node is not self._node:
+            return
+        self._node = None
+        node.outstanding -= 1
+        if failed:
+            node.breaker.failure(self._clock.seconds())
+            self._metrics.node_failures.labels(node.name).inc()
+        else:
+            node.breaker.success()
 
     # upstream events
 
-    def _got_response(self, response: Any, sent: float) -> None:
+    def _got_response(self, response: Any, node: Node, sent: float) -> None:
         self._pending = None
-        self._metrics.upstream_latency.observe(self._clock.seconds() - sent)
+        self._metrics.upstream_latency.labels(node.name).observe(self._clock.seconds() - sent)
         self._body = BodyStream(self._upstream_data)
-        self._body.done.addCallbacks(self._upstream_ended, self._upstream_failed)
+        self._body.done.addCallbacks(self._upstream_ended, self._upstream_failed, errbackArgs=(node,))
         response.deliverBody(self._body)
         if response.code != 200:
-            self._end_with_error(
-                "upstream_failed", "the inference server refused the request", outcome="upstream_failed"
-            )
+            self._body.stop()
 
     def _upstream_data(self, data: bytes) -> None:
         self._last_upstream = self._clock.seconds()
@@ -119,12 +160,12 @@ class ChatStream:
         self._translate(self._translator.end)
 
     def _translate(self, step: Callable[[], list[Delta | Finished]]) -> None:
-        if self.done.called:
+        if self.done.called or self._node is None:
             return
         try:
             events = step()
         except UpstreamProtocolError:
-            self._upstream_failed(Failure())
+            self._upstream_failed(Failure(), self._node)
             return
         for event in events:
             if isinstance(event, Delta):
@@ -132,10 +173,16 @@ class ChatStream:
             else:
                 self._send_done(event)
 
-    def _upstream_failed(self, failure: Failure) -> None:
-        if self.done.called or failure.check(CancelledError):
+    def _upstream_failed(self, failure: Failure, node: Node) -> None:
+        if self.done.called or failure.check(CancelledError) or node is not self._node:
             return
-        log.info("upstream failed: {kind}", kind=getattr(failure.type, "__name__", "unknown"))
+        self._release_node(node, failed=True)
+        self._stop_upstream()
+        log.info("chat {rid}: upstream failed ({kind})", rid=self._tag, kind=getattr(failure.type, "__name__", "?"))
+        if self._first_delta and len(self._tried) <= self._settings.retries:
+            delay = backoff(len(self._tried) - 1, self._settings.retry_base, self._settings.retry_cap, self._jitter)
+            self._retry_call = self._clock.callLater(delay, self._attempt)
+            return
         self._end_with_error("upstream_failed", "the inference server failed", outcome="upstream_failed")
 
     # sending
@@ -153,6 +200,7 @@ class ChatStream:
         now = self._clock.seconds()
         if self._first_delta:
             self._first_delta = False
+            self._upstream_body = None  # no more retries: the conversation is dropped
             self._metrics.time_to_first_chunk.observe(now - self._started)
         for piece in self._coalescer.add(text, now):
             self._send_chunk({"type": "delta", "text": piece}, final=False)
@@ -170,6 +218,8 @@ class ChatStream:
             self._send_chunk({"type": "delta", "text": piece}, final=False)
 
     def _send_done(self, finished: Finished) -> None:
+        if self._node is not None:
+            self._release_node(self._node, failed=False)
         self._flush()
         usage = {"prompt_tokens": finished.prompt_tokens, "completion_tokens": finished.completion_tokens}
         self._send_chunk({"type": "done", "finish_reason": finished.finish_reason, "usage": usage}, final=True)
@@ -182,10 +232,21 @@ class ChatStream:
 
     def _tick(self) -> None:
         now = self._clock.seconds()
-        if now - self._last_upstream >= self._settings.idle_timeout:
-            self._end_with_error("timeout", "the inference server stopped answering", outcome="timeout")
-        elif now - self._last_write >= self._settings.keepalive:
+        s = self._settings
+        waiting_first = self._first_delta and self._retry_call is None
+        if now - self._started >= s.request_timeout:
+            self._time_out("the answer took longer than allowed")
+        elif waiting_first and now - self._sent_at >= s.first_token_timeout:
+            self._time_out("the inference server did not start answering")
+        elif not self._first_delta and now - self._last_upstream >= s.idle_timeout:
+            self._time_out("the inference server stopped answering")
+        elif now - self._last_write >= s.keepalive:
             self._write(KEEPALIVE)
+
+    def _time_out(self, message: str) -> None:
+        if self._node is not None:
+            self._release_node(self._node, failed=True)
+        self._end_with_error("timeout", message, outcome="timeout")
 
     # ending
 
@@ -194,11 +255,17 @@ class ChatStream:
             pending, self._pending = self._pending, None
             pending.cancel()
         if self._body is not None:
-            self._body.stop()
+            body, self._body = self._body, None
+            body.stop()
 
     def _release(self, outcome: str) -> None:
-        if self._flush_call is not None and self._flush_call.active():
-            self._flush_call.cancel()
+        for call in (self._flush_call, self._retry_call):
+            if call is not None and call.active():
+                call.cancel()
+        self._upstream_body = None
+        if self._node is not None:
+            node, self._node = self._node, None
+            node.outstanding -= 1
         self._stop_upstream()
         if self._ticker.running:
             self._ticker.stop()

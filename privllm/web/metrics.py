@@ -23,10 +23,20 @@ class RouterMetrics:
         self.chunks = Counter("privllm_sealed_chunks", "Sealed chunks sent", registry=self.registry)
         self.upstream_latency = Histogram(
             "privllm_upstream_response_seconds",
-            "From sending a request upstream to its response headers",
+            "From sending a request upstream to its response headers, per node",
+            ["node"],
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
-        self.backend_ready = Gauge(
-            "privllm_backend_ready", "1 when the backend answers with its model loaded", registry=self.registry
+        self.node_healthy = Gauge(
+            "privllm_node_healthy", "1 while the node passes its health check", ["node"], registry=self.registry
+        )
+        self.node_failures = Counter(
+            "privllm_node_failures", "Failed upstream attempts per node", ["node"], registry=self.registry
+        )
+        self.breaker_transitions = Counter(
+            "privllm_breaker_transitions",
+            "Circuit breaker state changes per node",
+            ["node", "state"],
+            registry=self.registry,
         )

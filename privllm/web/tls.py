@@ -1,10 +1,18 @@
-"""Server TLS options built by hand: the `ssl:` endpoint string cannot set ALPN or the minimum version."""
+"""
+TLS options built by hand (the `ssl:` endpoint string cannot set ALPN or the minimum
+version), re-read when the certificate files change so short-lived certificates can be
+renewed without a restart: new connections get the new files, open streams are untouched.
+"""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
+from typing import Any
+
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from OpenSSL import crypto
+from OpenSSL import SSL, crypto
 from twisted.internet import ssl
 from twisted.internet.ssl import TLSVersion
 
@@ -25,18 +33,68 @@ def load_chain(path: str) -> list[x509.Certificate]:
     return chain
 
 
-def server_tls_options(cert_path: str, key_path: str, min_version: str) -> ssl.CertificateOptions:
-    chain = load_chain(cert_path)
+def load_key(path: str) -> crypto.PKey:
     try:
-        key = serialization.load_pem_private_key(read_secret(key_path), password=None)
+        key = serialization.load_pem_private_key(read_secret(path), password=None)
     except ValueError as e:
-        raise KeyFileError(f"TLS key {key_path} is not a PEM private key") from e
-    # CertificateOptions already disables TLS compression and session tickets' weak modes;
-    # it uses Twisted's vetted cipher list (forward secrecy, AEAD first).
+        raise KeyFileError(f"TLS key {path} is not a PEM private key") from e
+    return crypto.PKey.from_cryptography_key(key)  # type: ignore[arg-type]
+
+
+def server_tls_options(
+    cert_path: str,
+    key_path: str,
+    min_version: str,
+    client_ca: str = "",
+    alpn: list[bytes] | None = None,
+) -> ssl.CertificateOptions:
+    """With `client_ca`, a client certificate signed by that CA is required (mutual TLS)."""
+    chain = load_chain(cert_path)
+    extra: dict[str, Any] = {}
+    if client_ca:
+        extra = {
+            "verify": True,
+            "requireCertificate": True,
+            "caCerts": [crypto.X509.from_cryptography(c) for c in load_chain(client_ca)],
+        }
+    # CertificateOptions disables TLS compression and uses Twisted's vetted cipher list.
     return ssl.CertificateOptions(
-        privateKey=crypto.PKey.from_cryptography_key(key),  # type: ignore[arg-type]
+        privateKey=load_key(key_path),
         certificate=crypto.X509.from_cryptography(chain[0]),
         extraCertChain=[crypto.X509.from_cryptography(c) for c in chain[1:]],
         raiseMinimumTo=MIN_VERSIONS[min_version],
-        acceptableProtocols=ALPN,
+        acceptableProtocols=ALPN if alpn is None else alpn,
+        **extra,
     )
+
+
+class Reloading:
+    """Rebuild a value from files when any of their modification times changes."""
+
+    def __init__(self, paths: list[str], build: Callable[[], Any]) -> None:
+        self._paths = [p for p in paths if p]
+        self._build = build
+        self._stamp = self._stamps()
+        self.value = build()
+
+    def _stamps(self) -> tuple[int, ...]:
+        return tuple(os.stat(p).st_mtime_ns for p in self._paths)
+
+    def current(self) -> Any:
+        try:
+            stamp = self._stamps()
+            if stamp != self._stamp:
+                self.value, self._stamp = self._build(), stamp
+        except (OSError, KeyFileError):
+            pass  # a renewal half-written or broken: keep serving with what we have
+        return self.value
+
+
+class ReloadingServerOptions:
+    """A server context factory that hands each new connection the latest certificate."""
+
+    def __init__(self, paths: list[str], build: Callable[[], ssl.CertificateOptions]) -> None:
+        self._options = Reloading(paths, build)
+
+    def getContext(self) -> SSL.Context:
+        return self._options.current().getContext()

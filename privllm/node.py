@@ -1,0 +1,110 @@
+"""
+The inference node's HTTPS front: llama-server cannot require client certificates, so a
+node runs privllm in the node role. Only the router (a client certificate from the
+deployment CA naming an allowed client) may reach two paths, forwarded to the node-local
+llama-server: GET /health and POST /v1/chat/completions (streamed through, never buffered).
+Nothing of the content is logged; the node never sees plaintext from outside the tunnel.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cryptography import x509
+from twisted.internet.defer import CancelledError, ensureDeferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request
+
+from .body import BodyStream
+from .upstream.llama import LlamaServer
+
+log = Logger()
+CHAT = b"/v1/chat/completions"
+
+
+def peer_names(request: Request) -> set[str]:
+    """DNS names and the common name of the verified client certificate."""
+    transport: Any = request.channel.transport if request.channel is not None else None
+    cert = (
+        transport.getPeerCertificate() if transport is not None and hasattr(transport, "getPeerCertificate") else None
+    )
+    if cert is None:
+        return set()
+    parsed = cert.to_cryptography()
+    names = {a.value for a in parsed.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)}
+    try:
+        names |= set(
+            parsed.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
+                x509.DNSName
+            )
+        )
+    except x509.ExtensionNotFound:
+        pass
+    return {str(n) for n in names}
+
+
+class NodeProxy(Resource):
+    isLeaf = True
+
+    def __init__(self, llama: LlamaServer, allowed_clients: list[str], health_timeout: float) -> None:
+        super().__init__()
+        self._llama = llama
+        self._allowed = set(allowed_clients)
+        self._health_timeout = health_timeout
+
+    def render(self, request: Request) -> Any:
+        request.setHeader(b"content-type", b"application/json")
+        if not peer_names(request) & self._allowed:
+            request.setResponseCode(403)
+            return b'{"error":"forbidden"}'
+        if request.method == b"GET" and request.path == b"/health":
+            return self._health(request)
+        if request.method == b"POST" and request.path == CHAT:
+            return self._chat(request)
+        request.setResponseCode(404)
+        return b'{"error":"not_found"}'
+
+    def _health(self, request: Request) -> Any:
+        async def answer() -> None:
+            ready = await self._llama.ready(self._health_timeout)
+            request.setResponseCode(200 if ready else 503)
+            request.write(b'{"status":"ok"}' if ready else b'{"status":"loading"}')
+            request.finish()
+
+        ensureDeferred(answer()).addErrback(lambda _: None)
+        return NOT_DONE_YET
+
+    def _chat(self, request: Request) -> Any:
+        body = request.content.read() if request.content is not None else b""
+        pending = self._llama.post_stream(CHAT.decode(), body)
+        stream: list[BodyStream] = []
+
+        def got(response: Any) -> Any:
+            request.setResponseCode(response.code)
+            request.setHeader(b"content-type", b"text/event-stream")
+            request.setHeader(b"cache-control", b"no-store")
+            relay = BodyStream(request.write)
+            stream.append(relay)
+            response.deliverBody(relay)
+            return relay.done
+
+        def ended(result: object) -> None:
+            if isinstance(result, Failure) and not result.check(CancelledError):
+                log.info("upstream body failed: {kind}", kind=getattr(result.type, "__name__", "?"))
+                transport: Any = request.channel.transport if request.channel is not None else None
+                if transport is not None:
+                    transport.abortConnection()  # the router must see a cut, not a clean end
+                return
+            if not request.finished and not request._disconnected:
+                request.finish()
+
+        def client_gone(_: object) -> None:
+            pending.cancel()
+            for relay in stream:
+                relay.stop()
+
+        request.notifyFinish().addErrback(client_gone)
+        pending.addCallback(got).addBoth(ended)
+        return NOT_DONE_YET

@@ -1,0 +1,187 @@
+"""Circuit breaker, balancing, backoff and retries across nodes, on a fake clock."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from twisted.internet.task import Clock
+from twisted.trial.unittest import TestCase
+from twisted.web.test.requesthelper import DummyRequest
+
+from ..config.schema import Privacy
+from ..protocol.chat import ChatLimits
+from ..protocol.request import OpenedRequest, SealedRequest
+from ..protocol.response import ResponseReader
+from ..upstream.breaker import CircuitBreaker
+from ..upstream.pool import Node, NodePool, backoff
+from ..web.chat import ChatStream, StreamSettings
+from ..web.metrics import RouterMetrics
+from .test_chat_stream import ENC, FINISH, SECRET, FakeResponse, SyntheticUpstream, delta
+
+
+class Breaker(TestCase):
+    def test_lifecycle(self) -> None:
+        seen: list[str] = []
+        b = CircuitBreaker(3, 10, seen.append)
+        for _ in range(2):
+            self.assertTrue(b.allow(0))
+            b.failure(0)
+        self.assertEqual(b.state, "closed")
+        b.success()  # a success resets the count
+        for _ in range(3):
+            b.failure(1)
+        self.assertEqual(b.state, "open")
+        self.assertFalse(b.allow(5))
+        self.assertFalse(b.available(10.9))
+        self.assertTrue(b.allow(11))  # cooled down: the probe
+        self.assertEqual(b.state, "half_open")
+        self.assertFalse(b.allow(11), "one probe at a time")
+        b.failure(12)
+        self.assertEqual(b.state, "open")
+        self.assertTrue(b.allow(22))
+        b.success()
+        self.assertEqual(seen, ["open", "half_open", "open", "half_open", "closed"])
+        self.assertTrue(b.allow(22))
+
+    def test_bad_settings(self) -> None:
+        self.assertRaises(ValueError, CircuitBreaker, 0, 1)
+        self.assertRaises(ValueError, CircuitBreaker, 1, 0)
+
+
+def nodes(n: int) -> list[Node]:
+    return [Node(f"n{i}", SyntheticUpstream(), CircuitBreaker(2, 5), healthy=True) for i in range(n)]
+
+
+class Balancing(TestCase):
+    def test_round_robin_over_healthy(self) -> None:
+        a, b, c = nodes(3)
+        pool = NodePool([a, b, c])
+        b.healthy = False
+        picks = [pool.choose(0).name for _ in range(4)]  # type: ignore[union-attr]
+        self.assertEqual(sorted(set(picks)), ["n0", "n2"])
+        self.assertEqual(picks.count("n0"), 2)
+
+    def test_least_streams(self) -> None:
+        a, b = nodes(2)
+        a.outstanding = 3
+        pool = NodePool([a, b], "least_streams")
+        self.assertIs(pool.choose(0), b)
+        b.outstanding = 5
+        self.assertIs(pool.choose(0), a)
+
+    def test_open_breaker_and_exclusions(self) -> None:
+        a, b = nodes(2)
+        pool = NodePool([a, b])
+        a.breaker.failure(0)
+        a.breaker.failure(0)
+        self.assertEqual([pool.choose(1) for _ in range(3)], [b, b, b])
+        self.assertIsNone(pool.choose(1, exclude=[b]))
+        self.assertTrue(pool.ready(1))
+        b.healthy = False
+        self.assertFalse(pool.ready(1))
+        self.assertTrue(pool.ready(5), "a cooled-down breaker may take a probe")
+
+    def test_backoff_capped_full_jitter(self) -> None:
+        top = lambda low, high: high  # noqa: E731
+        self.assertEqual([backoff(i, 0.1, 1.0, top) for i in range(6)], [0.1, 0.2, 0.4, 0.8, 1.0, 1.0])
+        self.assertEqual(backoff(3, 0.1, 1.0, lambda low, high: low), 0.0)
+
+
+class Retries(TestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.nodes = nodes(2)
+        self.pool = NodePool(self.nodes)
+        self.request = DummyRequest([b"api", b"chat"])
+        self.settings = StreamSettings(ChatLimits(), 15, 30, Privacy(0, 0), first_token_timeout=20, request_timeout=100)
+
+    def start(self, settings: StreamSettings | None = None) -> Any:
+        stream = ChatStream(
+            self.request,  # type: ignore[arg-type]
+            self.clock,
+            self.pool,
+            RouterMetrics(),
+            settings or self.settings,
+            jitter=lambda a, b: b,
+        )
+        body = json.dumps({"messages": [{"role": "user", "content": "hi"}]}).encode()
+        return stream.start(OpenedRequest(body, SECRET), ENC)
+
+    def chunks(self) -> list[dict[str, Any]]:
+        return ResponseReader(SealedRequest({}, ENC, SECRET)).feed(b"".join(self.request.written))
+
+    def upstream(self, i: int) -> SyntheticUpstream:
+        return self.nodes[i].client
+
+    def test_failure_before_first_delta_goes_to_another_node(self) -> None:
+        done = self.start()
+        first = self.upstream(0) if self.upstream(0).requests else self.upstream(1)
+        other = self.upstream(1) if first is self.upstream(0) else self.upstream(0)
+        first.pending.errback(ConnectionRefusedError())
+        self.assertEqual(other.requests, [])
+        self.clock.advance(0.1)  # backoff (jitter at its top): 0.1 s
+        self.assertEqual(len(other.requests), 1)
+        self.assertEqual(other.requests[0][1]["messages"], [{"role": "user", "content": "hi"}])
+        response = FakeResponse()
+        other.pending.callback(response)
+        response.send(delta("hello") + FINISH)
+        self.assertTrue(done.called)
+        self.assertEqual([c["type"] for c in self.chunks()], ["delta", "done"])
+
+    def test_failure_after_first_delta_ends_sealed(self) -> None:
+        done = self.start()
+        first = self.upstream(0) if self.upstream(0).requests else self.upstream(1)
+        response = FakeResponse()
+        first.pending.callback(response)
+        response.send(delta("partial"))
+        response.transport.stopProducing()  # the node dies mid-answer
+        self.assertTrue(done.called)
+        self.assertEqual(self.chunks()[-1]["code"], "upstream_failed")
+        self.assertEqual(sum(len(u.client.requests) for u in self.nodes), 1, "no retry after a delta")
+
+    def test_all_nodes_fail(self) -> None:
+        done = self.start()
+        for _ in range(2):
+            self.clock.advance(1)
+            for n in self.nodes:
+                if n.client.requests and not n.client.pending.called:
+                    n.client.pending.errback(ConnectionRefusedError())
+        self.clock.advance(1)
+        self.assertTrue(done.called)
+        self.assertEqual(self.chunks()[-1]["code"], "upstream_failed")
+
+    def test_first_token_timeout_cancels_upstream(self) -> None:
+        done = self.start()
+        upstream = self.upstream(0) if self.upstream(0).requests else self.upstream(1)
+        self.clock.pump([1] * 20)
+        self.assertTrue(done.called)
+        self.assertEqual(self.chunks()[-1]["code"], "timeout")
+        self.assertTrue(upstream.cancelled)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_request_budget(self) -> None:
+        done = self.start(
+            StreamSettings(ChatLimits(), 15, 30, Privacy(0, 0), first_token_timeout=20, request_timeout=50)
+        )
+        upstream = self.upstream(0) if self.upstream(0).requests else self.upstream(1)
+        response = FakeResponse()
+        upstream.pending.callback(response)
+        for _ in range(49):
+            response.send(delta("x"))
+            self.clock.advance(1)
+        self.assertFalse(done.called)
+        self.clock.advance(1)
+        self.assertTrue(done.called)
+        self.assertEqual(self.chunks()[-1]["code"], "timeout")
+        self.assertTrue(response.transport.stopped)
+
+    def test_breaker_opens_after_repeated_failures(self) -> None:
+        node = self.nodes[0]
+        self.pool = NodePool([node])
+        for _ in range(2):
+            self.request = DummyRequest([b"api", b"chat"])
+            self.start(StreamSettings(ChatLimits(), 15, 30, Privacy(0, 0), retries=0))
+            node.client.pending.errback(ConnectionRefusedError())
+        self.assertEqual(node.breaker.state, "open")
+        self.assertFalse(self.pool.ready(self.clock.seconds()))
