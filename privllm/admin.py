@@ -1,10 +1,12 @@
 """
 `privllm-admin`: what an operator needs to see and do with the router's keys.
 
-  privllm-admin show     identity fingerprint (what the app pins), TLS SPKI pin, live HPKE keys
-  privllm-admin rotate   start a new HPKE key now (--revoke drops every older key at once)
+  privllm-admin show       identity fingerprint (what the app pins), TLS SPKI pin, live HPKE keys
+  privllm-admin rotate     start a new HPKE key now (--revoke drops every older key at once)
+  privllm-admin ca-init    create a deployment CA in --dir (for mutual TLS router <-> nodes)
+  privllm-admin ca-issue   issue --name's certificate and key from the CA in --dir into --out
 
-Both read the same configuration as the daemon (--env, --config, PRIVLLM_* variables).
+show and rotate read the same configuration as the daemon (--env, --config, PRIVLLM_*).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from cryptography.hazmat.primitives import serialization
 from .config import Config, ConfigError, load_config
 from .keys.files import KeyFileError
 from .keys.material import IDENTITY_KEY, TLS_CERT, load_identity, new_hpke_keypair
+from .keys.pki import create_ca, issue
 from .keys.store import KeyRingStore
 from .protocol.keyring import KeyRing
 from .web.tls import load_chain
@@ -60,11 +63,19 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="privllm-admin", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("command", choices=["show", "rotate"])
+    p.add_argument("command", choices=["show", "rotate", "ca-init", "ca-issue"])
     p.add_argument("--env", default="dev", choices=["dev", "prod"])
     p.add_argument("--config", help="the daemon's TOML file")
     p.add_argument("--revoke", action="store_true", help="rotate: stop accepting every older key at once")
+    p.add_argument("--dir", help="ca-*: the CA's directory (0700)")
+    p.add_argument("--name", help="ca-issue: the certificate's name (router, node1, ...)")
+    p.add_argument("--out", help="ca-issue: where to write NAME.crt and NAME.key")
+    p.add_argument("--ip", action="append", default=[], help="ca-issue: an IP address SAN (repeatable)")
+    p.add_argument("--dns", action="append", default=[], help="ca-issue: another DNS SAN (repeatable)")
+    p.add_argument("--hours", type=float, default=168, help="ca-issue: validity (default a week)")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
+    if args.command.startswith("ca-"):
+        return _ca(args)
     try:
         config = load_config(args.env, args.config)
         store = KeyRingStore(config.keys.state_dir, config.keys.rotation_interval, config.keys.overlap)
@@ -76,6 +87,22 @@ def main(argv: list[str] | None = None) -> int:
             ring = store.update(now)
         print("\n".join(describe(config, ring, now)))
     except (ConfigError, KeyFileError, OSError, ValueError) as e:
+        print(f"privllm-admin: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _ca(args: argparse.Namespace) -> int:
+    try:
+        if not args.dir:
+            raise ValueError("--dir is required")
+        if args.command == "ca-init":
+            print(create_ca(args.dir))
+        else:
+            if not args.name or not args.out:
+                raise ValueError("--name and --out are required")
+            print("\n".join(issue(args.dir, args.name, args.out, args.dns, args.ip, args.hours)))
+    except (KeyFileError, OSError, ValueError) as e:
         print(f"privllm-admin: {e}", file=sys.stderr)
         return 2
     return 0

@@ -115,6 +115,8 @@ class Router:
     def __init__(self, config: Config, reactor: Any) -> None:
         self.config = config
         self.service = MultiService()
+        if not config.is_dev and not config.keys.identity_key:
+            raise StartError("config keys.identity_key: must be set in prod (the key the app pins)")
         ensure_private_dir(config.keys.state_dir)
         # Every secret is loaded and checked before anything is written or started.
         identity = load_identity(config.keys.identity_key or ensure_identity(config.keys.state_dir))

@@ -40,7 +40,18 @@ def _toml(value: Any) -> str:
 
 
 class Daemon:
-    def __init__(self, sections: dict[str, dict[str, Any]] | None = None, name: str = "router") -> None:
+    def __init__(
+        self,
+        sections: dict[str, dict[str, Any]] | None = None,
+        name: str = "router",
+        role: str = "router",
+        env: str = "dev",
+        config_file: str | None = None,
+        environ: dict[str, str] | None = None,
+        ca_file: str | None = None,
+    ) -> None:
+        """`config_file` replaces the generated one; `environ` adds PRIVLLM_* overrides."""
+        self.role, self.env, self.environ = role, env, environ or {}
         self.dir = tempfile.mkdtemp(prefix=f"privllm-{name}-")
         self.state_dir = os.path.join(self.dir, "state")
         self.port = free_port()
@@ -53,10 +64,12 @@ class Daemon:
         }
         for section, values in (sections or {}).items():
             config.setdefault(section, {}).update(values)
-        self.config_path = os.path.join(self.dir, "privllm.toml")
-        with open(self.config_path, "w") as f:
-            for section, values in config.items():
-                f.write(f"[{section}]\n" + "".join(f"{k} = {_toml(v)}\n" for k, v in values.items()))
+        self.config_path = config_file or os.path.join(self.dir, "privllm.toml")
+        self.ca_file = ca_file or os.path.join(self.state_dir, TLS_CERT)
+        if config_file is None:
+            with open(self.config_path, "w") as f:
+                for section, values in config.items():
+                    f.write(f"[{section}]\n" + "".join(f"{k} = {_toml(v)}\n" for k, v in values.items()))
         self.log_path = os.path.join(self.dir, "daemon.log")
         self.tmp_dir = os.path.join(self.dir, "tmp")
         self.process: subprocess.Popen[bytes] | None = None
@@ -69,20 +82,23 @@ class Daemon:
     def llama_socket(self) -> str:
         return os.path.join(self.state_dir, "llama.sock")
 
-    def start(self, wait_ready: bool = True) -> Daemon:
+    def start(self, wait_ready: bool = True, wait: bool = True) -> Daemon:
         env = {k: v for k, v in os.environ.items() if not k.startswith("PRIVLLM_") or k == "PRIVLLM_CACHE"}
         os.makedirs(self.tmp_dir, exist_ok=True)
         env["TMPDIR"] = self.tmp_dir  # so a test can search everything the daemon wrote
         env["PYTHONUNBUFFERED"] = "1"  # the log file is complete the moment a line is logged
+        env.update(self.environ)
         with open(self.log_path, "wb") as log:
+            argv = [TWISTD, "--pidfile=", "-n", "--logfile=-", "privllm", "--env", self.env, "--role", self.role]
             self.process = subprocess.Popen(
-                [TWISTD, "--pidfile=", "-n", "--logfile=-", "privllm", "--env", "dev", "--config", self.config_path],
+                [*argv, "--config", self.config_path],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=env,
                 cwd=self.dir,
             )
-        self._wait("/health/ready" if wait_ready else "/health")
+        if wait:
+            self._wait("/health/ready" if wait_ready else "/health")
         return self
 
     def _wait(self, path: str) -> None:
@@ -100,7 +116,7 @@ class Daemon:
         raise RuntimeError(f"privllm did not become ready:\n{self.log()}")
 
     def ssl_context(self) -> ssl.SSLContext:
-        return ssl.create_default_context(cafile=os.path.join(self.state_dir, TLS_CERT))
+        return ssl.create_default_context(cafile=self.ca_file)
 
     def get(self, path: str, port: int | None = None, tls: bool = True) -> tuple[int, dict[str, str], bytes]:
         url = (self.url if tls else f"http://127.0.0.1:{self.metrics_port}") + path
@@ -117,7 +133,7 @@ class Daemon:
             return b64decode(f.read().strip(), 32)
 
     def cert(self) -> bytes:
-        with open(os.path.join(self.state_dir, TLS_CERT), "rb") as f:
+        with open(self.ca_file, "rb") as f:
             return f.read()
 
     def log(self) -> str:

@@ -116,7 +116,6 @@ def _check_consistency(config: Config) -> None:
     for key, value in (
         ("server.certificate", config.server.certificate),
         ("server.private_key", config.server.private_key),
-        ("keys.identity_key", config.keys.identity_key),
     ):
         if not value:
             raise ConfigError(key, "must be set in prod")

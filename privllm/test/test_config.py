@@ -61,6 +61,13 @@ class Layers(TestCase):
         self.assertFalse(c.llama.spawn)
         self.assertIn("llama.spawn", self.error("prod", environ={**PROD_ENV, "PRIVLLM_LLAMA__SPAWN": "true"}))
 
+    def test_examples_load(self) -> None:
+        docs = os.path.join(os.path.dirname(__file__), "..", "..", "docs", "examples")
+        router = load_config("prod", os.path.join(docs, "router.toml"), environ={})
+        self.assertEqual(len(router.backend.urls), 2)
+        node = load_config("prod", os.path.join(docs, "node.toml"), environ={})
+        self.assertEqual(node.server.allowed_clients, ["router"])
+
     def test_backend_url_shape(self) -> None:
         self.assertIn("backend.urls", self.error("dev", environ={"PRIVLLM_BACKEND__URLS": '["http://x"]'}))
         self.assertIn("backend.ca", self.error("dev", environ={"PRIVLLM_BACKEND__URLS": '["https://10.0.0.2:8443"]'}))

@@ -1,0 +1,87 @@
+"""Router and two inference nodes on loopback, with real mutual TLS and real llama-servers."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import re
+import ssl
+import subprocess
+
+from twisted.trial.unittest import TestCase
+
+from .docclient import DocClient, open_stream
+from .test_e2e import user
+from .topology import topology
+
+
+def llama_counter(sock: str, name: str) -> float:
+    out = subprocess.run(
+        ["curl", "-sS", "--max-time", "5", "--unix-socket", sock, "http://llama/metrics"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    match = re.search(rf"^llamacpp:{name} ([0-9.e+-]+)$", out, re.M)
+    assert match, out
+    return float(match.group(1))
+
+
+class Nodes(TestCase):
+    timeout = 400
+
+    def doc(self) -> DocClient:
+        t = topology()
+        return DocClient(t.router.port, t.router.ssl_context(), t.pin())
+
+    def test_a_chats_go_through_both_nodes(self) -> None:
+        t = topology()
+        doc = self.doc()
+        for _ in range(4):
+            self.assertEqual(doc.chat(user("Say hi."))[-1]["type"], "done")
+        for node in t.nodes:
+            self.assertGreater(llama_counter(node.llama_socket, "prompt_tokens_total"), 0)
+
+    def test_b_node_accepts_only_the_router(self) -> None:
+        t = topology()
+        node = t.nodes[0]
+        self.assertEqual(t.node_get(node, t.router_cert), 200)
+        self.assertEqual(t.node_get(node, t.wrong_name), 403, "right CA, but not the router's name")
+        for cert in (None, t.foreign_router, t.expired_router):
+            with self.assertRaises((ssl.SSLError, ConnectionError, http.client.HTTPException, OSError)):
+                t.node_get(node, cert)
+
+    def test_c_a_node_dies_mid_answer(self) -> None:
+        t = topology()
+        doc = self.doc()
+        body, enc, secret = doc.seal(
+            user("Repeat the word hello forever: hello hello hello hello hello hello hello", 2000)
+        )
+        conn = doc.connection()
+        conn.request("POST", "/api/chat", json.dumps(body), {"Content-Type": "application/json"})
+        response = conn.getresponse()
+        self.assertEqual(response.status, 200)
+        raw = b""
+        while raw.count(b"event: chunk") < 2:
+            raw += response.read1(65536)
+        busy = [n for n in t.nodes if llama_counter(n.llama_socket, "requests_processing") >= 1]
+        self.assertEqual(len(busy), 1)
+        victim = busy[0]
+        survivor = next(n for n in t.nodes if n is not victim)
+        assert victim.process is not None
+        victim.process.kill()  # its llama-server follows (parent-death signal)
+        victim.process.wait(timeout=30)
+        while chunk := response.read1(65536):
+            raw += chunk
+        chunks = open_stream(raw, enc, secret)
+        self.assertEqual(chunks[-1]["type"], "error")
+        self.assertEqual(chunks[-1]["code"], "upstream_failed")
+
+        before = llama_counter(survivor.llama_socket, "prompt_tokens_total")
+        for _ in range(3):  # the next chats go to the other node
+            self.assertEqual(doc.chat(user("Say hi."))[-1]["type"], "done")
+        self.assertGreater(llama_counter(survivor.llama_socket, "prompt_tokens_total"), before)
+
+        victim.start(wait=False)  # the node comes back and rejoins after a health check
+        t.wait_nodes_healthy([True, True])
+        for _ in range(4):
+            self.assertEqual(doc.chat(user("Say hi."))[-1]["type"], "done")
+        self.assertGreater(llama_counter(victim.llama_socket, "prompt_tokens_total"), 0)
