@@ -12,6 +12,11 @@ command -v cmake >/dev/null || missing+=(cmake)
 command -v c++ >/dev/null || missing+=(g++)
 command -v curl >/dev/null || missing+=(curl)
 command -v systemd-analyze >/dev/null || missing+=(systemd)
+# The WireGuard integration test: userspace WireGuard between two network namespaces.
+command -v ip >/dev/null || missing+=(iproute2)
+command -v wg >/dev/null || missing+=(wireguard-tools)
+command -v wireguard-go >/dev/null || missing+=(wireguard-go)
+command -v nft >/dev/null || missing+=(nftables)
 if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
         echo "bootstrap: installing ${missing[*]}" >&2

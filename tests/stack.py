@@ -49,9 +49,10 @@ class Daemon:
         config_file: str | None = None,
         environ: dict[str, str] | None = None,
         ca_file: str | None = None,
+        netns: str | None = None,
     ) -> None:
         """`config_file` replaces the generated one; `environ` adds PRIVLLM_* overrides."""
-        self.role, self.env, self.environ = role, env, environ or {}
+        self.role, self.env, self.environ, self.netns = role, env, environ or {}, netns
         self.dir = tempfile.mkdtemp(prefix=f"privllm-{name}-")
         self.state_dir = os.path.join(self.dir, "state")
         self.port = free_port()
@@ -90,6 +91,8 @@ class Daemon:
         env.update(self.environ)
         with open(self.log_path, "wb") as log:
             argv = [TWISTD, "--pidfile=", "-n", "--logfile=-", "privllm", "--env", self.env, "--role", self.role]
+            if self.netns:
+                argv = ["ip", "netns", "exec", self.netns, *argv]
             self.process = subprocess.Popen(
                 [*argv, "--config", self.config_path],
                 stdout=log,
