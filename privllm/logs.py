@@ -25,7 +25,7 @@ from twisted.logger import LogEvent, globalLogPublisher
 ALLOWED = frozenset(
     {
         # privllm's own fields
-        "rid", "outcome", "kind", "reason", "ids", "failure_type", "withheld",
+        "rid", "outcome", "kind", "reason", "ids", "failure_type", "withheld", "category",
         # Twisted's start-up and shut-down lines
         "factory", "port", "reactor", "version", "pyVersion", "exe", "pid", "protocol", "reactorClass",
     }
@@ -49,6 +49,9 @@ def _referenced(fmt: str) -> set[str]:
 
 def sanitize(event: LogEvent) -> None:
     failure: Any = event.pop("log_failure", None)
+    if failure is None and "failure" in event:  # twisted.python.log.err: its text may quote data
+        failure = event.pop("failure")
+        event["log_format"] = "failure"
     if failure is not None:
         event["failure_type"] = getattr(failure.type, "__qualname__", "unknown")
         event["log_format"] = (event.get("log_format") or "failure") + " [{failure_type}]"

@@ -62,6 +62,15 @@ class AllowList(TestCase):
         self.assertNotIn("log_failure", event)
         self.assertEqual(formatEvent(event), "boom [ValueError]")
 
+    def test_legacy_failure_reduced_to_its_type(self) -> None:
+        try:
+            raise KeyError("CANARY")
+        except KeyError:
+            failure = Failure()
+        event = {"log_format": "{log_text}", "log_text": "CANARY why", "failure": failure, "why": "CANARY", "isError": 1}
+        sanitize(event)
+        self.assertEqual(formatEvent(event), "failure [KeyError]")
+
     def test_legacy_text_and_stdout_withheld(self) -> None:
         for event in (
             {"log_format": "{log_text}", "log_text": "CANARY", "message": ("CANARY",)},
