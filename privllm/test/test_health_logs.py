@@ -67,7 +67,13 @@ class AllowList(TestCase):
             raise KeyError("CANARY")
         except KeyError:
             failure = Failure()
-        event = {"log_format": "{log_text}", "log_text": "CANARY why", "failure": failure, "why": "CANARY", "isError": 1}
+        event = {
+            "log_format": "{log_text}",
+            "log_text": "CANARY why",
+            "failure": failure,
+            "why": "CANARY",
+            "isError": 1,
+        }
         sanitize(event)
         self.assertEqual(formatEvent(event), "failure [KeyError]")
 
