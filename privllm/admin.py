@@ -5,6 +5,7 @@
   privllm-admin rotate     start a new HPKE key now (--revoke drops every older key at once)
   privllm-admin ca-init    create a deployment CA in --dir (for mutual TLS router <-> nodes)
   privllm-admin ca-issue   issue --name's certificate and key from the CA in --dir into --out
+  privllm-admin pin        print the SPKI pin of --cert (for backend.pins)
 
 show and rotate read the same configuration as the daemon (--env, --config, PRIVLLM_*).
 """
@@ -18,14 +19,13 @@ import hashlib
 import sys
 import time
 
-from cryptography.hazmat.primitives import serialization
-
 from .config import Config, ConfigError, load_config
 from .keys.files import KeyFileError
 from .keys.material import IDENTITY_KEY, TLS_CERT, load_identity, new_hpke_keypair
 from .keys.pki import create_ca, issue
 from .keys.store import KeyRingStore
 from .protocol.keyring import KeyRing
+from .upstream.mtls import spki_pin
 from .web.tls import load_chain
 
 
@@ -41,16 +41,11 @@ def _paths(config: Config) -> tuple[str, str]:
 def describe(config: Config, ring: KeyRing, now: int) -> list[str]:
     identity_path, cert_path = _paths(config)
     identity = load_identity(identity_path).public_key().public_bytes_raw()
-    spki = (
-        load_chain(cert_path)[0]
-        .public_key()
-        .public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    )
     published = {k.key_id: k.status for k in ring.published(now)}
     lines = [
         f"identity key (pin this in the app): {base64.b64encode(identity).decode()}",
         f"identity key SHA-256: {hashlib.sha256(identity).hexdigest()}",
-        f"TLS certificate SPKI SHA-256 pin: {base64.b64encode(hashlib.sha256(spki).digest()).decode()}",
+        f"TLS certificate SPKI SHA-256 pin: {spki_pin(load_chain(cert_path)[0])}",
         "HPKE keys:",
     ]
     for k in ring.keys:
@@ -63,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="privllm-admin", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("command", choices=["show", "rotate", "ca-init", "ca-issue"])
+    p.add_argument("command", choices=["show", "rotate", "ca-init", "ca-issue", "pin"])
+    p.add_argument("--cert", help="pin: a PEM certificate")
     p.add_argument("--env", default="dev", choices=["dev", "prod"])
     p.add_argument("--config", help="the daemon's TOML file")
     p.add_argument("--revoke", action="store_true", help="rotate: stop accepting every older key at once")
@@ -76,6 +72,13 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
     if args.command.startswith("ca-"):
         return _ca(args)
+    if args.command == "pin":
+        try:
+            print(spki_pin(load_chain(args.cert or "")[0]))
+        except KeyFileError as e:
+            print(f"privllm-admin: {e}", file=sys.stderr)
+            return 2
+        return 0
     try:
         config = load_config(args.env, args.config)
         store = KeyRingStore(config.keys.state_dir, config.keys.rotation_interval, config.keys.overlap)

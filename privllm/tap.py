@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from typing import Any
+from urllib.parse import urlparse
 
 from prometheus_client.twisted import MetricsResource
 from twisted.application.internet import StreamServerEndpointService
@@ -122,7 +123,10 @@ class Router:
         identity = load_identity(config.keys.identity_key or ensure_identity(config.keys.state_dir))
         server_tls_options(*_tls_paths(config), config.server.tls_min_version)
         backend = config.backend
-        tls = MutualTLSPolicy(backend.ca, backend.client_certificate, backend.client_key) if backend.ca else None
+        tls = None
+        if backend.ca:
+            pins = {urlparse(url).netloc: value for url, _, value in (p.partition("=") for p in backend.pins)}
+            tls = MutualTLSPolicy(backend.ca, backend.client_certificate, backend.client_key, pins)
         store = KeyRingStore(config.keys.state_dir, config.keys.rotation_interval, config.keys.overlap)
         self.keys = KeyRingService(store, identity, reactor)
         self.keys.setServiceParent(self.service)

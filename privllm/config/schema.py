@@ -66,6 +66,8 @@ class Backend:
     ca: str = ""
     client_certificate: str = ""
     client_key: str = ""
+    # optional SPKI pins: "https://10.0.0.2:8443=<base64 SHA-256 of the node's public key>"
+    pins: list[str] = field(default_factory=list)
     health_interval: float = field(default=5.0, metadata=_range(0.1, 3600))
     health_timeout: float = field(default=2.0, metadata=_range(0.1, 60))
     connect_timeout: float = field(default=5.0, metadata=_range(0.1, 60))

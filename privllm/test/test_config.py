@@ -61,6 +61,20 @@ class Layers(TestCase):
         self.assertFalse(c.llama.spawn)
         self.assertIn("llama.spawn", self.error("prod", environ={**PROD_ENV, "PRIVLLM_LLAMA__SPAWN": "true"}))
 
+    def test_pins(self) -> None:
+        mtls = {
+            "PRIVLLM_BACKEND__URLS": '["https://10.0.0.2:8443"]',
+            "PRIVLLM_BACKEND__CA": "/ca.crt",
+            "PRIVLLM_BACKEND__CLIENT_CERTIFICATE": "/r.crt",
+            "PRIVLLM_BACKEND__CLIENT_KEY": "/r.key",
+        }
+        pin = "https://10.0.0.2:8443=" + "A" * 43 + "="
+        self.assertEqual(
+            load_config("dev", environ={**mtls, "PRIVLLM_BACKEND__PINS": f'["{pin}"]'}).backend.pins, [pin]
+        )
+        for bad in ("https://10.0.0.3:8443=AAAA", "no-equals-sign", "https://10.0.0.2:8443="):
+            self.assertIn("backend.pins", self.error("dev", environ={**mtls, "PRIVLLM_BACKEND__PINS": f'["{bad}"]'}))
+
     def test_examples_load(self) -> None:
         docs = os.path.join(os.path.dirname(__file__), "..", "..", "docs", "examples")
         router = load_config("prod", os.path.join(docs, "router.toml"), environ={})

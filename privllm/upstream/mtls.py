@@ -1,16 +1,34 @@
 """The router's side of mutual TLS towards inference nodes: trust only the deployment CA,
-present the router's certificate, check the node's name or address with service-identity."""
+present the router's certificate, check the node's name or address with service-identity,
+and, where configured, the SHA-256 of the node's public key (an SPKI pin)."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 from typing import Any
 
-from OpenSSL import crypto
+from cryptography.hazmat.primitives import serialization
+from OpenSSL import SSL, crypto
 from twisted.internet import ssl
+from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
+from twisted.python.failure import Failure
 from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
 from ..web.tls import Reloading, load_chain, load_key
+
+
+def spki_pin(certificate: Any) -> str:
+    """base64(SHA-256(SubjectPublicKeyInfo)) of a pyOpenSSL or cryptography certificate."""
+    cert = certificate.to_cryptography() if hasattr(certificate, "to_cryptography") else certificate
+    spki = cert.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return base64.b64encode(hashlib.sha256(spki).digest()).decode()
+
+
+class PinMismatch(Exception):
+    """The node's certificate is valid but its key is not the pinned one."""
 
 
 def _client_material(ca: str, cert: str, key: str) -> tuple[ssl.Certificate, ssl.PrivateCertificate]:
@@ -21,14 +39,39 @@ def _client_material(ca: str, cert: str, key: str) -> tuple[ssl.Certificate, ssl
     return ssl.Certificate(crypto.X509.from_cryptography(roots[0])), private
 
 
+@implementer(IOpenSSLClientConnectionCreator)
+class _Pinned:
+    """Wraps Twisted's client connection creator; after the handshake (which has checked the
+    CA and the name) the leaf's public key must match the pin, or the connection is failed."""
+
+    def __init__(self, inner: Any, pin: str) -> None:
+        self._inner = inner
+        self._pin = pin
+
+    def clientConnectionForTLS(self, tls_protocol: Any) -> SSL.Connection:
+        connection = self._inner.clientConnectionForTLS(tls_protocol)
+
+        def info(conn: SSL.Connection, where: int, ret: int) -> None:
+            if where & SSL.SSL_CB_HANDSHAKE_DONE:
+                peer = conn.get_peer_certificate()
+                if peer is None or not hmac.compare_digest(spki_pin(peer), self._pin):
+                    tls_protocol.failVerification(Failure(PinMismatch("node key does not match its pin")))
+
+        connection.set_info_callback(info)
+        return connection
+
+
 @implementer(IPolicyForHTTPS)
 class MutualTLSPolicy:
-    def __init__(self, ca: str, client_certificate: str, client_key: str) -> None:
+    def __init__(self, ca: str, client_certificate: str, client_key: str, pins: dict[str, str] | None = None) -> None:
         self._material = Reloading(
             [ca, client_certificate, client_key], lambda: _client_material(ca, client_certificate, client_key)
         )
+        self._pins = pins or {}  # "host:port" -> base64 SPKI SHA-256
 
     def creatorForNetloc(self, hostname: bytes, port: int) -> Any:
         root, mine = self._material.current()
         # HTTP/1.1 only towards nodes: Twisted's Agent does not speak h2.
-        return ssl.optionsForClientTLS(hostname.decode("ascii"), trustRoot=root, clientCertificate=mine)
+        creator = ssl.optionsForClientTLS(hostname.decode("ascii"), trustRoot=root, clientCertificate=mine)
+        pin = self._pins.get(f"{hostname.decode('ascii')}:{port}")
+        return _Pinned(creator, pin) if pin else creator

@@ -1,0 +1,56 @@
+"""The router's mTLS client against a node-like TLS server on loopback (real sockets, real TLS)."""
+
+from __future__ import annotations
+
+import os
+
+from twisted.internet import reactor
+from twisted.internet.defer import ensureDeferred
+from twisted.internet.endpoints import SSL4ServerEndpoint
+from twisted.trial.unittest import TestCase
+from twisted.web.resource import Resource
+from twisted.web.server import Site
+
+from ..keys.pki import CA_CERT, create_ca, issue
+from ..upstream.llama import LlamaServer
+from ..upstream.mtls import MutualTLSPolicy, spki_pin
+from ..web.tls import load_chain, server_tls_options
+
+
+class Health(Resource):
+    isLeaf = True
+
+    def render_GET(self, request: object) -> bytes:
+        return b'{"status":"ok"}'
+
+
+class Pins(TestCase):
+    async def _setup(self) -> None:
+        d = os.path.abspath(self.mktemp())
+        create_ca(os.path.join(d, "ca"))
+        self.ca = os.path.join(d, "ca", CA_CERT)
+        self.node = issue(os.path.join(d, "ca"), "node1", os.path.join(d, "certs"), ips=["127.0.0.1"])
+        self.router = issue(os.path.join(d, "ca"), "router", os.path.join(d, "certs"))
+        options = server_tls_options(*self.node, "1.2", client_ca=self.ca, alpn=[b"http/1.1"])
+        site = Site(Health())
+        self.port = await SSL4ServerEndpoint(reactor, 0, options, interface="127.0.0.1").listen(site)
+        self.addCleanup(self.port.stopListening)
+        self.url = f"https://127.0.0.1:{self.port.getHost().port}"
+
+    async def ready_with(self, pin: str | None) -> bool:
+        pins = {f"127.0.0.1:{self.port.getHost().port}": pin} if pin else {}
+        client = LlamaServer(reactor, self.url, 5, MutualTLSPolicy(self.ca, *self.router, pins))
+        try:
+            return await client.ready(5)
+        finally:
+            await client.close()
+
+    async def _pins(self) -> None:
+        await self._setup()
+        self.assertTrue(await self.ready_with(None), "CA and name suffice without a pin")
+        right = spki_pin(load_chain(self.node[0])[0])
+        self.assertTrue(await self.ready_with(right))
+        self.assertFalse(await self.ready_with(spki_pin(load_chain(self.router[0])[0])), "another key is refused")
+
+    def test_pins(self):
+        return ensureDeferred(self._pins())
