@@ -22,15 +22,17 @@ from twisted.web.server import Site
 from . import logs
 from .config import Config, ConfigError, load_config
 from .hygiene import HygieneError, harden
-from .keys.files import KeyFileError, ensure_private_dir
+from .keys.files import KeyFileError, ensure_private_dir, read_secret, write_secret
 from .keys.material import ensure_dev_certificate, ensure_identity, load_identity
 from .keys.service import KeyRingService
 from .keys.store import KeyRingStore
 from .node import NodeProxy
-from .protocol.admission import Admission
+from .protocol.admission import Admission, PowGate
 from .protocol.chat import ChatLimits
+from .protocol.pow import Challenges, DifficultyPolicy
 from .protocol.ratelimit import RateLimiter
 from .protocol.replay import ReplayWindow
+from .protocol.slots import StreamSlots
 from .upstream.breaker import CircuitBreaker
 from .upstream.health import HealthMonitor
 from .upstream.llama import LlamaServer
@@ -39,11 +41,13 @@ from .upstream.pool import Node, NodePool
 from .upstream.supervisor import LlamaSupervisor, SupervisorError, default_binary, default_model, llama_arguments
 from .web.app import RouterApp
 from .web.chat import StreamSettings
+from .web.limits import ClientAddress, ConnectionsPerAddress
 from .web.metrics import RouterMetrics
 from .web.request import PrivllmSite
 from .web.tls import ReloadingServerOptions, server_tls_options
 
 LLAMA_SOCKET = "llama.sock"
+POW_KEY = "pow.key"
 log = Logger()
 
 
@@ -69,6 +73,23 @@ def _tls_paths(config: Config) -> tuple[str, str]:
     return ensure_dev_certificate(config.keys.state_dir, [config.server.host])
 
 
+def _site(config: Config, resource: Any, reactor: Any) -> PrivllmSite:
+    server = config.server
+    return PrivllmSite(resource, server.max_body_bytes, reactor, server.idle_timeout, server.request_read_timeout)
+
+
+def _pow_gate(config: Config) -> PowGate | None:
+    """Proof of work under stress; the secret is shared by routers on one state directory."""
+    if not config.pow.enabled:
+        return None
+    path = os.path.join(config.keys.state_dir, POW_KEY)
+    if not os.path.lexists(path):
+        write_secret(path, os.urandom(32))
+    p = config.pow
+    policy = DifficultyPolicy(p.stream_threshold, p.rate_threshold, p.base_difficulty, p.step, p.max_difficulty)
+    return PowGate(Challenges(read_secret(path), p.ttl), policy, forced=p.forced)
+
+
 def _https_listener(
     config: Config, reactor: Any, site: Site, client_ca: str = "", alpn: list[bytes] | None = None
 ) -> Any:
@@ -80,7 +101,7 @@ def _https_listener(
 
     options = ReloadingServerOptions(paths, build)  # renewed certificates apply to new connections
     endpoint = SSL4ServerEndpoint(reactor, config.server.port, options, interface=config.server.host)  # type: ignore[arg-type]
-    return StreamServerEndpointService(endpoint, site)
+    return StreamServerEndpointService(endpoint, ConnectionsPerAddress(site, config.server.max_connections_per_address))
 
 
 def _local_llama(config: Config, root: MultiService) -> list[str]:
@@ -133,15 +154,18 @@ class Router:
 
         self.metrics = RouterMetrics()
         urls = _local_llama(config, self.service) + list(backend.urls)
-        self.pool = NodePool([self._node(url, reactor, tls) for url in urls], backend.balance)
+        nodes = [self._node(url, reactor, tls) for url in urls]
+        self.pool = NodePool(nodes, backend.balance, config.load.max_streams_per_node, config.load.queue_size)
 
+        limits = config.rate_limit
         admission = Admission(
             self.keys.ring,
             ReplayWindow(config.replay.window, config.replay.max_entries),
-            RateLimiter(
-                config.rate_limit.per_address_rate, config.rate_limit.per_address_burst, config.rate_limit.max_addresses
-            ),
+            RateLimiter(limits.per_address_rate, limits.per_address_burst, limits.max_addresses),
             config.server.max_body_bytes,
+            per_device=RateLimiter(limits.per_device_rate, limits.per_device_burst, limits.max_devices),
+            slots=StreamSlots(config.load.max_streams, config.load.max_streams_per_device),
+            pow_gate=_pow_gate(config),
         )
         settings = StreamSettings(
             ChatLimits(**vars(config.chat)),
@@ -153,6 +177,7 @@ class Router:
             retries=backend.retries,
             retry_base=backend.retry_base,
             retry_cap=backend.retry_cap,
+            queue_timeout=config.load.queue_timeout,
         )
         self.app = RouterApp(
             clock=reactor,
@@ -162,8 +187,9 @@ class Router:
             metrics=self.metrics,
             hsts_max_age=config.server.hsts_max_age,
             settings=settings,
+            client_address=ClientAddress(config.server.trusted_proxies, config.server.client_address_header),
         )
-        site = PrivllmSite(self.app.resource(), config.server.max_body_bytes, reactor=reactor)
+        site = _site(config, self.app.resource(), reactor)
         _https_listener(config, reactor, site).setServiceParent(self.service)
         _metrics_listener(config, reactor, self.metrics, self.service)
 
@@ -201,7 +227,7 @@ class InferenceNode:
             raise StartError("config backend.urls: a node forwards to exactly one local llama-server (unix://)")
         llama = LlamaServer(reactor, urls[0], config.backend.connect_timeout)
         proxy = NodeProxy(llama, config.server.allowed_clients, config.backend.health_timeout)
-        site = PrivllmSite(proxy, config.server.max_body_bytes, reactor=reactor)
+        site = _site(config, proxy, reactor)
         _https_listener(config, reactor, site, config.server.client_ca, alpn=[b"http/1.1"]).setServiceParent(
             self.service
         )

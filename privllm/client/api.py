@@ -15,12 +15,15 @@ from typing import Any
 import treq
 from twisted.internet import ssl
 from twisted.internet.error import ConnectError, ConnectionLost, DNSLookupError, TimeoutError
+from twisted.internet.threads import deferToThreadPool
 from twisted.web.client import Agent, ResponseFailed
 from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
 from ..body import BodyStream
+from ..protocol.encoding import b64decode, b64encode
 from ..protocol.keyset import KeySetError, PublishedKey, choose_key, verify_keyset
+from ..protocol.pow import CHALLENGE_SIZE, solve
 from ..protocol.request import new_request_id, seal_request
 from ..protocol.response import ResponseReader
 from ..protocol.stream import StreamError
@@ -54,13 +57,19 @@ class ServerError(ClientError):
     exit_code = 6
 
     def __init__(
-        self, code: str, status: int | None = None, retry_after: str | None = None, date: str | None = None
+        self,
+        code: str,
+        status: int | None = None,
+        retry_after: str | None = None,
+        date: str | None = None,
+        details: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(f"server error {code}" + (f" (HTTP {status})" if status else ""))
         self.code = code
         self.status = status
         self.retry_after = retry_after
         self.date = date
+        self.details = details or {}  # the whole JSON reply, e.g. a proof-of-work challenge
 
 
 @dataclass
@@ -83,6 +92,8 @@ class PinnedRootPolicy:
         return ssl.optionsForClientTLS(hostname.decode("ascii"), trustRoot=self._root)
 
 
+MAX_DIFFICULTY = 32  # 2**32 hashes: a router asking more is not one to spend the battery on
+
 NETWORK_ERRORS = (ConnectError, DNSLookupError, TimeoutError, ConnectionLost, ResponseFailed)
 
 
@@ -94,7 +105,10 @@ class PrivllmClient:
         pinned_identity: bytes,
         device_private_key: bytes,
         trust_root_pem: bytes | None = None,
+        on_pow: Callable[[int, int], None] | None = None,
     ) -> None:
+        """`on_pow(difficulty, tries)` is told how a proof of work the router asked for is going."""
+        self._on_pow = on_pow
         self._reactor = reactor
         self._base = base_url.rstrip("/")
         self._pin = pinned_identity
@@ -166,22 +180,51 @@ class PrivllmClient:
         self, plaintext: dict[str, Any], key: PublishedKey, on_chunk: Callable[[dict[str, Any]], None] | None
     ) -> ChatResult:
         sealed = self.seal(plaintext, key)
-        response = await self.post(sealed.body)
-        if response.code != 200:
-            await _raise_plaintext_error(response)
-        return await read_stream(response, ResponseReader(sealed), on_chunk)
+        body = sealed.body
+        for attempt in range(3):
+            response = await self.post(body)
+            if response.code == 200:
+                return await read_stream(response, ResponseReader(sealed), on_chunk)
+            try:
+                await _raise_plaintext_error(response)
+            except ServerError as e:
+                if e.code != "pow_required" or attempt == 2:
+                    raise
+                body = {**sealed.body, "pow": await self._solve(e.details, sealed.body["request_id"])}
+        raise AssertionError("unreachable")
+
+    async def _solve(self, challenge: dict[str, Any], request_id: str) -> dict[str, str]:
+        """The router is under stress and asks for proof of work: find it off the reactor thread."""
+        try:
+            raw = b64decode(challenge["challenge"], CHALLENGE_SIZE)
+            difficulty = int(challenge["difficulty"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise ProtocolFailure("malformed proof-of-work challenge") from e
+        if not 0 < difficulty <= MAX_DIFFICULTY:
+            raise ProtocolFailure("proof-of-work difficulty out of range")
+        report = self._on_pow
+
+        def progress(tries: int) -> None:
+            if report is not None:
+                self._reactor.callFromThread(report, difficulty, tries)
+
+        nonce = await deferToThreadPool(
+            self._reactor, self._reactor.getThreadPool(), solve, raw, request_id, difficulty, progress
+        )
+        return {"challenge": challenge["challenge"], "nonce": b64encode(nonce)}
 
 
 async def _raise_plaintext_error(response: Any) -> None:
     raw = await treq.content(response)
     try:
-        code = str(json.loads(raw)["error"])
+        details = json.loads(raw)
+        code = str(details["error"])
     except (ValueError, KeyError, TypeError):
-        code = "unknown"
+        details, code = {}, "unknown"
     headers = response.headers
     retry = headers.getRawHeaders("retry-after")
     date = headers.getRawHeaders("date")
-    raise ServerError(code, response.code, retry[0] if retry else None, date[0] if date else None)
+    raise ServerError(code, response.code, retry[0] if retry else None, date[0] if date else None, details)
 
 
 async def read_stream(

@@ -87,7 +87,13 @@ async def run(reactor: Any, args: argparse.Namespace) -> int:
     except (OSError, EncodingError, KeyFileError) as e:
         print(f"privllm-chat: {e}", file=sys.stderr)
         return EXIT_USAGE
-    client = PrivllmClient(reactor, args.url, pin, device, root)
+
+    def pow_progress(difficulty: int, tries: int) -> None:
+        if sys.stderr.isatty():
+            sys.stderr.write(f"\rthe router is busy: proof of work ({difficulty} bits), {tries:,} tries")
+            sys.stderr.flush()
+
+    client = PrivllmClient(reactor, args.url, pin, device, root, on_pow=pow_progress)
 
     def show(chunk: dict[str, Any]) -> None:
         if args.json:

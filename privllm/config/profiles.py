@@ -17,7 +17,12 @@ def profile(env: str) -> dict[str, Any]:
             "env": "dev",
             "keys": {"state_dir": default_state_dir()},
             "llama": {"spawn": True},
-            "rate_limit": {"per_address_rate": 50.0, "per_address_burst": 200},
+            "rate_limit": {
+                "per_address_rate": 50.0,
+                "per_address_burst": 200,
+                "per_device_rate": 20.0,
+                "per_device_burst": 100,
+            },
         }
     return {
         "env": "prod",

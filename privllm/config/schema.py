@@ -27,6 +27,13 @@ class Server:
     hsts_max_age: int = field(default=31536000, metadata=_range(0, 2 * 31536000))
     max_body_bytes: int = field(default=262144, metadata=_range(1024, 16 * 1024 * 1024))
     keepalive_seconds: int = field(default=15, metadata=_range(1, 300))
+    # slow clients: idle connections close, a request must arrive whole in time, few connections per address
+    idle_timeout: int = field(default=60, metadata=_range(1, 3600))
+    request_read_timeout: float = field(default=15.0, metadata=_range(0.5, 600))
+    max_connections_per_address: int = field(default=32, metadata=_range(1, 100_000))
+    # behind a reverse proxy: the client address comes from this header only when the peer is trusted
+    trusted_proxies: list[str] = field(default_factory=list)
+    client_address_header: str = ""
 
 
 @dataclass(frozen=True)
@@ -55,6 +62,31 @@ class RateLimit:
     per_address_rate: float = field(default=2.0, metadata=_range(0.001, 100_000))
     per_address_burst: int = field(default=20, metadata=_range(1, 100_000))
     max_addresses: int = field(default=100_000, metadata=_range(16, 10_000_000))
+    # counted only after decryption has proven the device key
+    per_device_rate: float = field(default=0.5, metadata=_range(0.001, 100_000))
+    per_device_burst: int = field(default=10, metadata=_range(1, 100_000))
+    max_devices: int = field(default=100_000, metadata=_range(16, 10_000_000))
+
+
+@dataclass(frozen=True)
+class Load:
+    max_streams: int = field(default=256, metadata=_range(1, 1_000_000))  # beyond: 503 before decryption
+    max_streams_per_device: int = field(default=4, metadata=_range(1, 10_000))  # beyond: sealed overloaded
+    max_streams_per_node: int = field(default=4, metadata=_range(1, 10_000))  # llama-server's --parallel
+    queue_size: int = field(default=32, metadata=_range(0, 100_000))  # waiting for a node slot
+    queue_timeout: float = field(default=10.0, metadata=_range(0.1, 600))
+
+
+@dataclass(frozen=True)
+class Pow:
+    enabled: bool = True
+    stream_threshold: int = field(default=192, metadata=_range(1, 1_000_000))  # active streams
+    rate_threshold: float = field(default=50.0, metadata=_range(0.1, 1_000_000))  # chat requests per second
+    base_difficulty: int = field(default=16, metadata=_range(1, 32))  # leading zero bits at the threshold
+    step: int = field(default=2, metadata=_range(0, 16))  # more bits each time the load doubles
+    max_difficulty: int = field(default=24, metadata=_range(1, 40))
+    ttl: int = field(default=120, metadata=_range(5, 3600))
+    forced: bool = False  # ask every request for proof of work (tests, or an operator under attack)
 
 
 @dataclass(frozen=True)
@@ -116,6 +148,8 @@ class Process:
 class Config:
     env: str = field(default="dev", metadata=_choice("dev", "prod"))
     process: Process = Process()
+    load: Load = Load()
+    pow: Pow = Pow()
     privacy: Privacy = Privacy()
     server: Server = Server()
     metrics: Metrics = Metrics()

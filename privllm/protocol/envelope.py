@@ -12,6 +12,7 @@ from .errors import MALFORMED, RequestRejected
 
 REQUEST_ID = re.compile(r"[A-Za-z0-9_-]{22,64}")
 FIELDS = frozenset({"v", "key_id", "encapsulated_key", "device_pubkey", "timestamp", "request_id", "aad", "ciphertext"})
+OPTIONAL = frozenset({"pow"})  # proof of work, sent only when the router asked for it
 MAX_TIMESTAMP = 2**40
 
 
@@ -24,6 +25,7 @@ class Envelope:
     request_id: str
     aad: bytes
     ciphertext: bytes
+    pow: tuple[str, str] | None = None  # (challenge, nonce), both base64, checked by the pow gate
 
 
 def _integer(value: object, low: int, high: int) -> int:
@@ -45,7 +47,14 @@ def parse_envelope(body: bytes, max_ciphertext: int) -> Envelope:
         raise RequestRejected(MALFORMED) from e
     if not isinstance(obj, dict):
         raise RequestRejected(MALFORMED)
-    if set(obj) != FIELDS:
+    if not FIELDS <= set(obj) <= FIELDS | OPTIONAL:
+        raise RequestRejected(MALFORMED)
+    pow_ = obj.get("pow")
+    if pow_ is not None and not (
+        isinstance(pow_, dict)
+        and set(pow_) == {"challenge", "nonce"}
+        and all(isinstance(v, str) and len(v) <= 128 for v in pow_.values())
+    ):
         raise RequestRejected(MALFORMED)
     if _integer(obj["v"], 0, 2**31) != suite.VERSION:
         raise RequestRejected(MALFORMED)
@@ -61,6 +70,7 @@ def parse_envelope(body: bytes, max_ciphertext: int) -> Envelope:
             request_id=request_id,
             aad=b64decode(obj["aad"], max_length=256),
             ciphertext=b64decode(obj["ciphertext"], max_length=max_ciphertext),
+            pow=(pow_["challenge"], pow_["nonce"]) if pow_ is not None else None,
         )
     except EncodingError as e:
         raise RequestRejected(MALFORMED) from e

@@ -43,6 +43,9 @@ class ParseEnvelope(TestCase):
             self.assertMalformed({k: v for k, v in self.body.items() if k != name})
         self.assertMalformed(self.changed(extra=1))
         self.assertMalformed(self.changed(pow={"nonce": "x"}))
+        self.assertMalformed(self.changed(pow={"nonce": "x", "challenge": 5}))
+        self.assertMalformed(self.changed(pow="x"))
+        self.assertEqual(self.parse(self.changed(pow={"challenge": "c", "nonce": "n"})).pow, ("c", "n"))
 
     def test_version(self) -> None:
         for v in (0, 2, "1", True, 1.0, None):

@@ -185,3 +185,47 @@ class Retries(TestCase):
             node.client.pending.errback(ConnectionRefusedError())
         self.assertEqual(node.breaker.state, "open")
         self.assertFalse(self.pool.ready(self.clock.seconds()))
+
+
+class Queueing(TestCase):
+    """Past the per-node cap a request waits briefly in a bounded queue; running streams are untouched."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.node = nodes(1)[0]
+        self.pool = NodePool([self.node], max_per_node=1, queue_size=1)
+        self.settings = StreamSettings(ChatLimits(), 15, 30, Privacy(0, 0), queue_timeout=5)
+
+    def start(self) -> tuple[Any, DummyRequest]:
+        request = DummyRequest([b"api", b"chat"])
+        stream = ChatStream(request, self.clock, self.pool, RouterMetrics(), self.settings)  # type: ignore[arg-type]
+        body = json.dumps({"messages": [{"role": "user", "content": "hi"}]}).encode()
+        return stream.start(OpenedRequest(body, SECRET), ENC), request
+
+    def last(self, request: DummyRequest) -> dict[str, Any]:
+        return ResponseReader(SealedRequest({}, ENC, SECRET)).feed(b"".join(request.written))[-1]
+
+    def test_wait_then_proceed_or_overload(self) -> None:
+        upstream = self.node.client
+        first, _ = self.start()
+        response = FakeResponse()
+        upstream.pending.callback(response)
+        second, second_request = self.start()
+        self.assertEqual(len(upstream.requests), 1, "the second waits for the slot")
+        third, third_request = self.start()
+        self.assertTrue(third.called)
+        self.assertEqual(self.last(third_request)["code"], "overloaded")  # the queue holds one
+        response.send(delta("a") + FINISH)
+        self.assertTrue(first.called)
+        self.assertEqual(len(upstream.requests), 2, "the slot went to the waiting request")
+        upstream.pending.callback(FakeResponse())
+        self.clock.pump([1] * 61)
+        self.assertTrue(second.called)
+        self.assertEqual(self.last(second_request)["code"], "timeout")  # first-token timeout, not a queue one
+
+    def test_queue_timeout(self) -> None:
+        self.start()
+        waiting, request = self.start()
+        self.clock.advance(5)
+        self.assertTrue(waiting.called)
+        self.assertEqual(self.last(request)["code"], "overloaded")

@@ -8,6 +8,7 @@ through. Balancing is round-robin over those nodes, or least outstanding streams
 from __future__ import annotations
 
 import random
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,19 +27,53 @@ class Node:
 
 
 class NodePool:
-    def __init__(self, nodes: Iterable[Node], balance: str = "round_robin") -> None:
+    def __init__(
+        self, nodes: Iterable[Node], balance: str = "round_robin", max_per_node: int = 1 << 30, queue_size: int = 0
+    ) -> None:
         if balance not in ("round_robin", "least_streams"):
             raise ValueError("balance must be round_robin or least_streams")
         self.nodes = list(nodes)
         self.balance = balance
+        self.max_per_node = max_per_node  # llama-server's --parallel slots on each node
+        self.queue_size = queue_size
+        self._waiting: deque[Callable[[], None]] = deque()
         self._next = 0
+
+    def saturated(self, now: float) -> bool:
+        """Every usable node is at its cap: a request may wait in the queue for a slot."""
+        usable = [n for n in self.nodes if n.healthy and n.breaker.available(now)]
+        return bool(usable) and all(n.outstanding >= self.max_per_node for n in usable)
+
+    def wait(self, callback: Callable[[], None]) -> bool:
+        """Queue `callback` for the next free slot; False when the queue is full."""
+        if len(self._waiting) >= self.queue_size:
+            return False
+        self._waiting.append(callback)
+        return True
+
+    def forget(self, callback: Callable[[], None]) -> None:
+        if callback in self._waiting:
+            self._waiting.remove(callback)
+
+    def take(self, node: Node) -> None:
+        node.outstanding += 1
+
+    def release(self, node: Node) -> None:
+        """A stream left `node`: hand the slot to the longest-waiting request, if any."""
+        node.outstanding -= 1
+        if self._waiting:
+            self._waiting.popleft()()
 
     def ready(self, now: float) -> bool:
         return any(n.healthy and n.breaker.available(now) for n in self.nodes)
 
     def choose(self, now: float, exclude: Iterable[Node] = ()) -> Node | None:
         excluded = set(map(id, exclude))
-        candidates = [n for n in self._order() if id(n) not in excluded and n.healthy and n.breaker.available(now)]
+        candidates = [
+            n
+            for n in self._order()
+            if id(n) not in excluded and n.healthy and n.outstanding < self.max_per_node and n.breaker.available(now)
+        ]
         if self.balance == "least_streams":
             candidates.sort(key=lambda n: n.outstanding)  # stable: ties keep round-robin order
         for node in candidates:

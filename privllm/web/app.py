@@ -16,13 +16,9 @@ from ..protocol.encoding import dumps
 from ..protocol.errors import METHOD_NOT_ALLOWED, NOT_FOUND, UNSUPPORTED_MEDIA_TYPE, Rejection, RequestRejected
 from ..upstream.pool import NodePool
 from .chat import ChatStream, StreamSettings
+from .limits import ClientAddress
 from .metrics import RouterMetrics
 from .request import error_body
-
-
-def client_address(request: Request) -> str:
-    peer = request.getClientAddress()
-    return str(getattr(peer, "host", "unix"))
 
 
 class RouterApp:
@@ -38,7 +34,9 @@ class RouterApp:
         metrics: RouterMetrics,
         hsts_max_age: int,
         settings: StreamSettings,
+        client_address: Callable[[Request], str] | None = None,
     ) -> None:
+        self._client_address = client_address or ClientAddress([], "")
         self._clock = clock
         self._admission = admission
         self._keyset = keyset
@@ -64,11 +62,17 @@ class RouterApp:
         request.setHeader(b"cache-control", cache)
         return body
 
-    def _reject(self, request: Request, rejection: Rejection, retry_after: int | None = None) -> bytes:
+    def _reject(
+        self,
+        request: Request,
+        rejection: Rejection,
+        retry_after: int | None = None,
+        body: dict[str, object] | None = None,
+    ) -> bytes:
         self._metrics.requests.labels(rejection.code).inc()
         if retry_after is not None:
             request.setHeader(b"retry-after", str(retry_after).encode())
-        return self._json(request, rejection.status, error_body(rejection))
+        return self._json(request, rejection.status, dumps(body) if body else error_body(rejection))
 
     @app.route("/api/pubkey", methods=["GET"])
     def pubkey(self, request: Request) -> bytes:
@@ -81,9 +85,9 @@ class RouterApp:
             return self._reject(request, UNSUPPORTED_MEDIA_TYPE)
         body = request.content.read() if request.content is not None else b""
         try:
-            admitted = self._admission.admit(body, client_address(request), self._clock.seconds(), self._ready())
+            admitted = self._admission.admit(body, self._client_address(request), self._clock.seconds(), self._ready())
         except RequestRejected as e:
-            return self._reject(request, e.rejection, e.retry_after)
+            return self._reject(request, e.rejection, e.retry_after, e.body)
         del body
         self._common_headers(request)
         stream = ChatStream(
@@ -93,6 +97,8 @@ class RouterApp:
             self._metrics,
             self._settings,
             request_tag(admitted.envelope.request_id),
+            slots=self._admission.slots,
+            device=admitted.envelope.device_pubkey,
         )
         return stream.start(admitted.opened, admitted.envelope.encapsulated_key)
 

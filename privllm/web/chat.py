@@ -31,6 +31,7 @@ from ..protocol.chat import BadChatRequest, ChatLimits, parse_chat_request
 from ..protocol.coalesce import Coalescer
 from ..protocol.encoding import b64encode, dumps
 from ..protocol.request import OpenedRequest
+from ..protocol.slots import StreamSlots
 from ..protocol.sse import KEEPALIVE, encode_event
 from ..protocol.stream import StreamSealer, derive_stream_keys
 from ..upstream.openai_stream import ChatCompletionStream, Delta, Finished, UpstreamProtocolError, completion_body
@@ -52,6 +53,7 @@ class StreamSettings:
     retries: int = 2
     retry_base: float = 0.1
     retry_cap: float = 2.0
+    queue_timeout: float = 10.0
 
 
 class ChatStream:
@@ -64,7 +66,13 @@ class ChatStream:
         settings: StreamSettings,
         tag: str = "-",
         jitter: Callable[[float, float], float] = random.uniform,
+        slots: StreamSlots | None = None,
+        device: bytes = b"",
     ) -> None:
+        self._slots = slots
+        self._device = device
+        self._holds_slot = False
+        self._queue_call: DelayedCall | None = None
         self._request = request
         self._clock = clock
         self._pool = pool
@@ -103,6 +111,11 @@ class ChatStream:
         self._metrics.active_streams.inc()
         self._open = True
         self._ticker.start(1.0, now=False)
+        if self._slots is not None:
+            if not self._slots.acquire(self._device):
+                self._end_with_error("overloaded", "too many answers at once; try again shortly", outcome="overloaded")
+                return self.done
+            self._holds_slot = True
         try:
             self._upstream_body = completion_body(parse_chat_request(opened.plaintext, self._settings.limits))
         except BadChatRequest as e:
@@ -116,25 +129,43 @@ class ChatStream:
 
     def _attempt(self) -> None:
         self._retry_call = None
+        if self._queue_call is not None:
+            if self._queue_call.active():
+                self._queue_call.cancel()
+            self._queue_call = None
+        if self.done.called or self._upstream_body is None:
+            return
         now = self._clock.seconds()
         node = self._pool.choose(now, exclude=self._tried)
-        if node is None or self._upstream_body is None:
+        if node is None and self._pool.saturated(now):
+            # Every node is busy: wait briefly in a bounded queue rather than slow anyone down.
+            if self._pool.wait(self._attempt):
+                self._queue_call = self._clock.callLater(self._settings.queue_timeout, self._queue_timed_out)
+            else:
+                self._end_with_error("overloaded", "every inference slot is busy", outcome="overloaded")
+            return
+        if node is None:
             self._end_with_error("upstream_failed", "no inference node is available", outcome="upstream_failed")
             return
         self._node = node
         self._tried.append(node)
-        node.outstanding += 1
+        self._pool.take(node)
         self._translator = ChatCompletionStream()
         self._sent_at = self._last_upstream = now
         self._pending = node.client.post_stream(CHAT_PATH, self._upstream_body)
         self._pending.addCallback(self._got_response, node, now)
         self._pending.addErrback(self._upstream_failed, node)
 
+    def _queue_timed_out(self) -> None:
+        self._queue_call = None
+        self._pool.forget(self._attempt)
+        self._end_with_error("overloaded", "every inference slot stayed busy", outcome="overloaded")
+
     def _release_node(self, node: Node, failed: bool) -> None:
         if node is not self._node:
             return
         self._node = None
-        node.outstanding -= 1
+        self._pool.release(node)
         if failed:
             node.breaker.failure(self._clock.seconds())
             self._metrics.node_failures.labels(node.name).inc()
@@ -222,6 +253,8 @@ class ChatStream:
             self._release_node(self._node, failed=False)
         self._flush()
         usage = {"prompt_tokens": finished.prompt_tokens, "completion_tokens": finished.completion_tokens}
+        self._metrics.tokens.labels("prompt").inc(finished.prompt_tokens)
+        self._metrics.tokens.labels("completion").inc(finished.completion_tokens)
         self._send_chunk({"type": "done", "finish_reason": finished.finish_reason, "usage": usage}, final=True)
         self._close("ok")
 
@@ -259,13 +292,17 @@ class ChatStream:
             body.stop()
 
     def _release(self, outcome: str) -> None:
-        for call in (self._flush_call, self._retry_call):
+        for call in (self._flush_call, self._retry_call, self._queue_call):
             if call is not None and call.active():
                 call.cancel()
+        self._pool.forget(self._attempt)
         self._upstream_body = None
+        if self._holds_slot and self._slots is not None:
+            self._holds_slot = False
+            self._slots.release(self._device)
         if self._node is not None:
             node, self._node = self._node, None
-            node.outstanding -= 1
+            self._pool.release(node)
         self._stop_upstream()
         if self._ticker.running:
             self._ticker.stop()

@@ -28,6 +28,9 @@ class RouterMetrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.tokens = Counter(
+            "privllm_tokens", "Tokens, all requests together (no per-device records)", ["kind"], registry=self.registry
+        )
         self.node_healthy = Gauge(
             "privllm_node_healthy", "1 while the node passes its health check", ["node"], registry=self.registry
         )

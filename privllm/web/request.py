@@ -28,6 +28,33 @@ class PrivllmRequest(server.Request):
     _received = 0
     _too_large = False
     _refused_early = False
+    _deadline: Any = None
+
+    def __init__(self, channel: Any, *args: Any, **kw: Any) -> None:
+        super().__init__(channel, *args, **kw)
+        # The whole request (headers and body) must arrive in time: a slowloris that trickles
+        # bytes keeps an idle timer alive forever, but not this deadline.
+        site = getattr(channel, "site", None)
+        if site is not None and getattr(site, "request_read_timeout", None):
+            self._deadline = site.reactor.callLater(site.request_read_timeout, self._read_timed_out)
+
+    def _read_timed_out(self) -> None:
+        self._deadline = None
+        channel: Any = self.channel
+        if isinstance(channel, http.HTTPChannel):
+            if channel.transport is not None:
+                channel.transport.abortConnection()
+        elif channel is not None:
+            channel.abortConnection()
+
+    def _cancel_deadline(self) -> None:
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        self._deadline = None
+
+    def connectionLost(self, reason: Any) -> None:
+        self._cancel_deadline()
+        super().connectionLost(reason)
 
     @property
     def _limit(self) -> int:
@@ -73,6 +100,7 @@ class PrivllmRequest(server.Request):
         # the 413 goes out when the stream's request completes (see process).
 
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        self._cancel_deadline()
         if self._refused_early:
             return
         super().requestReceived(command, path, version)
@@ -95,9 +123,17 @@ class PrivllmSite(server.Site):
     requestFactory = PrivllmRequest
     displayTracebacks = False
 
-    def __init__(self, resource: object, max_body: int, reactor: Any = None) -> None:
-        super().__init__(resource, reactor=reactor)
+    def __init__(
+        self,
+        resource: object,
+        max_body: int,
+        reactor: Any = None,
+        idle_timeout: float = 60,
+        request_read_timeout: float = 0,
+    ) -> None:
+        super().__init__(resource, reactor=reactor, timeout=idle_timeout)
         self.max_body = max_body
+        self.request_read_timeout = request_read_timeout
 
     def log(self, request: object) -> None:
         return None

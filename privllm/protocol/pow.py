@@ -1,0 +1,133 @@
+"""
+Proof of work under stress, sans-IO: stateless challenges and a difficulty that rises with load.
+
+A challenge is `version || difficulty || expires || random || HMAC(secret, those)[:16]`,
+so any router process holding the secret can check it without remembering anything. The
+client finds `nonce` such that SHA-256(challenge || request_id || nonce) starts with at
+least `difficulty` zero bits. A solution is bound to one request id, which the replay
+window covers once the request is accepted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import math
+import os
+import struct
+from collections.abc import Callable
+
+from .encoding import EncodingError, b64decode, b64encode
+
+VERSION = 1
+_HEAD = struct.Struct(">BBQ16s")  # version, difficulty, expires, random
+MAC_SIZE = 16
+CHALLENGE_SIZE = _HEAD.size + MAC_SIZE
+MAX_NONCE = 64
+
+
+class PowError(Exception):
+    """The solution is missing, malformed, forged, expired or too weak."""
+
+
+def leading_zero_bits(digest: bytes) -> int:
+    bits = 0
+    for byte in digest:
+        if byte:
+            return bits + 8 - byte.bit_length()
+        bits += 8
+    return bits
+
+
+def work_hash(challenge: bytes, request_id: str, nonce: bytes) -> bytes:
+    return hashlib.sha256(challenge + request_id.encode() + nonce).digest()
+
+
+class Challenges:
+    def __init__(self, secret: bytes, ttl: int) -> None:
+        if len(secret) < 32 or ttl < 1:
+            raise ValueError("a 32-byte secret and a positive ttl are required")
+        self._secret = secret
+        self.ttl = ttl
+
+    def _mac(self, head: bytes) -> bytes:
+        return hmac.new(self._secret, head, hashlib.sha256).digest()[:MAC_SIZE]
+
+    def issue(self, difficulty: int, now: float) -> dict[str, object]:
+        expires = int(now) + self.ttl
+        head = _HEAD.pack(VERSION, difficulty, expires, os.urandom(16))
+        return {
+            "error": "pow_required",
+            "challenge": b64encode(head + self._mac(head)),
+            "difficulty": difficulty,
+            "expires": expires,
+        }
+
+    def verify(self, challenge_b64: object, nonce_b64: object, request_id: str, now: float) -> None:
+        try:
+            challenge = b64decode(challenge_b64, CHALLENGE_SIZE)
+            nonce = b64decode(nonce_b64, max_length=MAX_NONCE)
+        except EncodingError as e:
+            raise PowError("malformed") from e
+        head, mac = challenge[: _HEAD.size], challenge[_HEAD.size :]
+        if not hmac.compare_digest(mac, self._mac(head)):
+            raise PowError("not ours")
+        version, difficulty, expires, _ = _HEAD.unpack(head)
+        if version != VERSION or now > expires:
+            raise PowError("expired")
+        if leading_zero_bits(work_hash(challenge, request_id, nonce)) < difficulty:
+            raise PowError("too weak")
+
+
+def solve(
+    challenge: bytes,
+    request_id: str,
+    difficulty: int,
+    progress: Callable[[int], None] | None = None,
+    limit: int = 1 << 32,
+) -> bytes:
+    """The client's side: try nonces 0, 1, 2, ... (8 bytes each) until one is good enough."""
+    for counter in range(limit):
+        nonce = counter.to_bytes(8, "big")
+        if leading_zero_bits(work_hash(challenge, request_id, nonce)) >= difficulty:
+            return nonce
+        if progress is not None and counter % 65536 == 65535:
+            progress(counter + 1)
+    raise PowError("no solution within the limit")
+
+
+class DifficultyPolicy:
+    """0 (no proof of work) below the threshold; above it, `base` bits, plus `step` bits each
+    time the load doubles, up to `maximum`. Load is the larger of the two ratios."""
+
+    def __init__(self, stream_threshold: int, rate_threshold: float, base: int, step: int, maximum: int) -> None:
+        self.stream_threshold = stream_threshold
+        self.rate_threshold = rate_threshold
+        self.base, self.step, self.maximum = base, step, maximum
+
+    def difficulty(self, active_streams: int, request_rate: float, forced: bool = False) -> int:
+        load = max(active_streams / self.stream_threshold, request_rate / self.rate_threshold)
+        if load < 1.0 and not forced:
+            return 0
+        return min(self.maximum, self.base + int(self.step * math.log2(max(load, 1.0))))
+
+
+class RateMeter:
+    """Requests per second over a sliding window of whole seconds: O(1) per request."""
+
+    def __init__(self, window: int = 10) -> None:
+        self.window = window
+        self._counts = [0] * window
+        self._seconds = [0] * window
+
+    def add(self, now: float) -> None:
+        second = int(now)
+        slot = second % self.window
+        if self._seconds[slot] != second:
+            self._seconds[slot], self._counts[slot] = second, 0
+        self._counts[slot] += 1
+
+    def rate(self, now: float) -> float:
+        second = int(now)
+        total = sum(c for c, s in zip(self._counts, self._seconds, strict=True) if second - s < self.window)
+        return total / self.window
