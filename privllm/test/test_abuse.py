@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+from typing import Any
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
@@ -31,7 +33,7 @@ class ProofOfWork(TestCase):
         challenges = Challenges(SECRET, ttl=60)
         issued = challenges.issue(10, NOW)
         self.assertEqual((issued["error"], issued["difficulty"], issued["expires"]), ("pow_required", 10, NOW + 60))
-        raw = __import__("base64").b64decode(issued["challenge"])
+        raw = base64.b64decode(issued["challenge"])
         nonce = solve(raw, "r" * 22, 10)
         challenges.verify(issued["challenge"], b64encode(nonce), "r" * 22, NOW + 30)
         with self.assertRaises(PowError):  # bound to the request id
@@ -43,7 +45,7 @@ class ProofOfWork(TestCase):
 
     def test_difficulty_cannot_be_lowered(self) -> None:
         challenges = Challenges(SECRET, ttl=60)
-        raw = bytearray(__import__("base64").b64decode(challenges.issue(20, NOW)["challenge"]))
+        raw = bytearray(base64.b64decode(challenges.issue(20, NOW)["challenge"]))
         raw[1] = 1  # claim difficulty 1
         with self.assertRaises(PowError):
             challenges.verify(b64encode(bytes(raw)), b64encode(b"\0"), "r" * 22, NOW)
@@ -120,10 +122,9 @@ class Admitting(TestCase):
         asked = self.refusal(admission, sealed.body)
         self.assertEqual(asked.rejection, POW_REQUIRED)
         assert asked.body is not None
-        challenge = str(asked.body["challenge"])
-        nonce = solve(
-            __import__("base64").b64decode(challenge), sealed.body["request_id"], int(asked.body["difficulty"])
-        )  # type: ignore[arg-type]
+        challenge, difficulty = str(asked.body["challenge"]), asked.body["difficulty"]
+        assert isinstance(difficulty, int)
+        nonce = solve(base64.b64decode(challenge), sealed.body["request_id"], difficulty)
         body = dict(sealed.body, pow={"challenge": challenge, "nonce": b64encode(nonce)})
         admission.admit(json.dumps(body).encode(), "a", NOW, True)
         self.assertEqual(
@@ -172,7 +173,7 @@ class SlowClients(TestCase):
 
     def test_client_address_from_trusted_proxy_only(self) -> None:
         address = ClientAddress(["127.0.0.1"], "X-Forwarded-For")
-        request = DummyRequest([b""])
+        request: Any = DummyRequest([b""])
         request.client = IPv4Address("TCP", "127.0.0.1", 1)
         request.requestHeaders.setRawHeaders(b"x-forwarded-for", [b"6.6.6.6, 203.0.113.7"])
         self.assertEqual(address(request), "203.0.113.7")
