@@ -33,7 +33,7 @@ class ProofOfWork(TestCase):
         challenges = Challenges(SECRET, ttl=60)
         issued = challenges.issue(10, NOW)
         self.assertEqual((issued["error"], issued["difficulty"], issued["expires"]), ("pow_required", 10, NOW + 60))
-        raw = base64.b64decode(issued["challenge"])
+        raw = base64.b64decode(str(issued["challenge"]))
         nonce = solve(raw, "r" * 22, 10)
         challenges.verify(issued["challenge"], b64encode(nonce), "r" * 22, NOW + 30)
         with self.assertRaises(PowError):  # bound to the request id
@@ -45,7 +45,7 @@ class ProofOfWork(TestCase):
 
     def test_difficulty_cannot_be_lowered(self) -> None:
         challenges = Challenges(SECRET, ttl=60)
-        raw = bytearray(base64.b64decode(challenges.issue(20, NOW)["challenge"]))
+        raw = bytearray(base64.b64decode(str(challenges.issue(20, NOW)["challenge"])))
         raw[1] = 1  # claim difficulty 1
         with self.assertRaises(PowError):
             challenges.verify(b64encode(bytes(raw)), b64encode(b"\0"), "r" * 22, NOW)
