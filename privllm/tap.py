@@ -13,8 +13,9 @@ from urllib.parse import urlparse
 from prometheus_client.twisted import MetricsResource
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
-from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint
+from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
 from twisted.web.resource import Resource
 from twisted.web.server import Site
@@ -100,8 +101,10 @@ def _https_listener(
         return server_tls_options(cert, key, config.server.tls_min_version, client_ca, alpn)
 
     options = ReloadingServerOptions(paths, build)  # renewed certificates apply to new connections
-    endpoint = SSL4ServerEndpoint(reactor, config.server.port, options, interface=config.server.host)  # type: ignore[arg-type]
-    return StreamServerEndpointService(endpoint, ConnectionsPerAddress(site, config.server.max_connections_per_address))
+    # The per-address cap sits outside TLS, so a refused connection costs no handshake.
+    tls = TLSMemoryBIOFactory(options, False, site)  # type: ignore[arg-type]
+    endpoint = TCP4ServerEndpoint(reactor, config.server.port, interface=config.server.host)
+    return StreamServerEndpointService(endpoint, ConnectionsPerAddress(tls, config.server.max_connections_per_address))
 
 
 def _local_llama(config: Config, root: MultiService) -> list[str]:

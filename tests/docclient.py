@@ -33,12 +33,16 @@ def unb64(text: str) -> bytes:
 
 
 class DocClient:
-    def __init__(self, port: int, context: ssl.SSLContext, pin: bytes) -> None:
+    def __init__(self, port: int, context: ssl.SSLContext, pin: bytes, source: str | None = None) -> None:
+        """`source`: a loopback address to send from (127.0.0.2, ...), to act as another client."""
         self.port, self.context, self.pin = port, context, pin
         self.device = os.urandom(32)
+        self.source = (source, 0) if source else None
 
     def connection(self) -> http.client.HTTPSConnection:
-        return http.client.HTTPSConnection("127.0.0.1", self.port, context=self.context, timeout=60)
+        return http.client.HTTPSConnection(
+            "127.0.0.1", self.port, context=self.context, timeout=60, source_address=self.source
+        )
 
     def keyset(self) -> dict[str, Any]:
         conn = self.connection()

@@ -14,7 +14,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from OpenSSL import SSL, crypto
 from twisted.internet import ssl
+from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from twisted.internet.ssl import TLSVersion
+from zope.interface import implementer
 
 from ..keys.files import KeyFileError, read_secret
 
@@ -90,11 +92,15 @@ class Reloading:
         return self.value
 
 
+@implementer(IOpenSSLServerConnectionCreator)
 class ReloadingServerOptions:
-    """A server context factory that hands each new connection the latest certificate."""
+    """Hands each new connection the latest certificate; open connections keep theirs."""
 
     def __init__(self, paths: list[str], build: Callable[[], ssl.CertificateOptions]) -> None:
         self._options = Reloading(paths, build)
 
     def getContext(self) -> SSL.Context:
         return self._options.current().getContext()
+
+    def serverConnectionForTLS(self, protocol: Any) -> SSL.Connection:
+        return self._options.current().serverConnectionForTLS(protocol)

@@ -1,0 +1,120 @@
+"""
+Abuse prevention on the real stack: floods, per-device limits, proof of work, slowloris.
+Different clients are different loopback source addresses (127.0.0.2, ...). The guarded
+routers share the real llama-server of the main test router.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import socket
+import ssl
+import time
+
+from twisted.internet import reactor
+from twisted.internet.defer import ensureDeferred
+from twisted.trial.unittest import TestCase
+
+from privllm.client import PrivllmClient
+
+from .docclient import DocClient
+from .stack import Daemon, shared
+from .test_e2e import ROUTER, user
+
+_guarded: dict[str, Daemon] = {}
+
+
+def guarded(name: str, sections: dict) -> Daemon:
+    if name not in _guarded:
+        router = shared(*ROUTER)
+        base = {"llama": {"spawn": False}, "backend": {"urls": [f"unix://{router.llama_socket}"]}}
+        daemon = Daemon({**base, **sections}, name=name)
+        atexit.register(daemon.cleanup)
+        _guarded[name] = daemon.start()
+    return _guarded[name]
+
+
+LIMITED = {
+    "rate_limit": {"per_address_rate": 0.02, "per_address_burst": 4, "per_device_rate": 0.02, "per_device_burst": 2},
+    "server": {"max_connections_per_address": 8, "request_read_timeout": 2.0},
+    "pow": {"enabled": False},
+}
+
+
+class Limits(TestCase):
+    timeout = 300
+
+    def client(self, source: str) -> DocClient:
+        d = guarded("limited", LIMITED)
+        return DocClient(d.port, d.ssl_context(), d.pin(), source=source)
+
+    def test_flood_from_one_address(self) -> None:
+        flood = self.client("127.0.0.2")
+        codes = []
+        for _ in range(8):
+            _status, headers, body = flood.post(b"{}")
+            codes.append(json.loads(body)["error"])
+        self.assertEqual(codes[:4], ["malformed"] * 4)
+        self.assertEqual(set(codes[4:]), {"rate_limited"})
+        self.assertGreaterEqual(int(headers["Retry-After"]), 1)
+        # Meanwhile another address streams as usual.
+        self.assertEqual(self.client("127.0.0.1").chat(user("Say hi.", 8))[-1]["type"], "done")
+
+    def test_second_device_unaffected(self) -> None:
+        first = self.client("127.0.0.3")
+        for _ in range(2):
+            self.assertEqual(first.chat(user("Say hi.", 8))[-1]["type"], "done")
+        body, _, _ = first.seal(user("Say hi.", 8))
+        status, _headers, raw = first.post(body)
+        self.assertEqual((status, json.loads(raw)), (429, {"error": "rate_limited"}))
+        second = self.client("127.0.0.3")  # another device, same address
+        self.assertEqual(second.chat(user("Say hi.", 8))[-1]["type"], "done")
+
+    def test_slowloris_does_not_stop_a_chat(self) -> None:
+        d = guarded("limited", LIMITED)
+        context = d.ssl_context()
+        held: list[ssl.SSLSocket] = []
+        refused = 0
+        for _ in range(40):
+            try:
+                raw = socket.create_connection(("127.0.0.1", d.port), timeout=5, source_address=("127.0.0.4", 0))
+                conn = context.wrap_socket(raw, server_hostname="127.0.0.1")
+                conn.sendall(b"POST /api/chat HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n")
+                held.append(conn)
+            except (OSError, ssl.SSLError):
+                refused += 1
+        self.addCleanup(lambda: [c.close() for c in held])
+        self.assertGreaterEqual(refused, 30, "at most 8 connections per address are taken")
+        self.assertEqual(self.client("127.0.0.1").chat(user("Say hi.", 8))[-1]["type"], "done")
+        time.sleep(2.5)  # past request_read_timeout
+        closed = 0
+        for conn in held:
+            conn.settimeout(2)
+            try:
+                if conn.recv(1024) == b"":
+                    closed += 1
+            except (OSError, ssl.SSLError):
+                closed += 1
+        self.assertEqual(closed, len(held), "half-sent requests are cut after the read deadline")
+
+
+class ProofOfWorkUnderStress(TestCase):
+    timeout = 300
+
+    async def _solve(self) -> None:
+        d = guarded("stressed", {"pow": {"forced": True, "base_difficulty": 12}})
+        doc = DocClient(d.port, d.ssl_context(), d.pin())
+        body, _, _ = doc.seal(user("Say hi.", 8))
+        status, _, raw = doc.post(body)
+        asked = json.loads(raw)
+        self.assertEqual((status, asked["error"], asked["difficulty"]), (429, "pow_required", 12))
+        self.assertGreater(asked["expires"], time.time())
+        client = PrivllmClient(reactor, d.url, d.pin(), os.urandom(32), d.cert())
+        result = await client.chat(user("Say hi.", 8))
+        self.assertIn(result.finish_reason, ("stop", "length"))
+        self.assertTrue(result.text.strip())
+
+    def test_client_solves_and_succeeds(self):
+        return ensureDeferred(self._solve())
