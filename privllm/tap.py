@@ -22,6 +22,8 @@ from twisted.web.server import Site
 
 from . import logs
 from .config import Config, ConfigError, load_config
+from .harmony import vocabulary
+from .harmony.dialect import HarmonyDialect
 from .hygiene import HygieneError, harden
 from .keys.files import KeyFileError, ensure_private_dir, read_secret, write_secret
 from .keys.material import ensure_dev_certificate, ensure_identity, load_identity
@@ -38,6 +40,7 @@ from .upstream.breaker import CircuitBreaker
 from .upstream.health import HealthMonitor
 from .upstream.llama import LlamaServer
 from .upstream.mtls import MutualTLSPolicy
+from .upstream.openai_stream import ChatDialect
 from .upstream.pool import Node, NodePool
 from .upstream.supervisor import LlamaSupervisor, SupervisorError, default_binary, default_model, llama_arguments
 from .web.app import RouterApp
@@ -157,7 +160,8 @@ class Router:
 
         self.metrics = RouterMetrics()
         urls = _local_llama(config, self.service) + list(backend.urls)
-        nodes = [self._node(url, reactor, tls) for url in urls]
+        dialect = self._dialect(reactor)
+        nodes = [self._node(url, reactor, tls, dialect) for url in urls]
         self.pool = NodePool(nodes, backend.balance, config.load.max_streams_per_node, config.load.queue_size)
 
         limits = config.rate_limit
@@ -196,13 +200,23 @@ class Router:
         _https_listener(config, reactor, site).setServiceParent(self.service)
         _metrics_listener(config, reactor, self.metrics, self.service)
 
-    def _node(self, url: str, reactor: Any, tls: MutualTLSPolicy | None) -> Node:
+    def _dialect(self, reactor: Any) -> Any:
+        if self.config.backend.mode == "chat":
+            return ChatDialect()
+        directory = self.config.harmony.vocabulary_dir or os.path.join(self.config.keys.state_dir, "tiktoken")
+        try:
+            encoding = vocabulary.encoding(directory)
+        except vocabulary.VocabularyError as e:
+            raise StartError(f"harmony: {e}") from e
+        return HarmonyDialect(encoding, self.config.harmony.reasoning_effort, reactor, self.metrics.tool_calls.inc)
+
+    def _node(self, url: str, reactor: Any, tls: MutualTLSPolicy | None, dialect: Any) -> Node:
         backend = self.config.backend
         transitions = self.metrics.breaker_transitions
         breaker = CircuitBreaker(
             backend.breaker_failures, backend.breaker_cooldown, lambda state: transitions.labels(url, state).inc()
         )
-        node = Node(url, LlamaServer(reactor, url, backend.connect_timeout, tls), breaker)
+        node = Node(url, LlamaServer(reactor, url, backend.connect_timeout, tls), breaker, dialect=dialect)
 
         def changed(ready: bool) -> None:
             node.healthy = ready

@@ -51,3 +51,29 @@ def broken_upstream(reactor: object, path: str) -> tuple[Deferred[IListeningPort
     v1.putChild(b"chat", completions)
     completions.putChild(b"completions", chat)
     return UNIXServerEndpoint(reactor, path).listen(Site(root)), chat
+
+
+class _Replay(Resource):
+    """`POST /completion`: answers with recorded streaming events; keeps the prompts it was sent."""
+
+    isLeaf = True
+
+    def __init__(self, events: list[bytes]) -> None:
+        super().__init__()
+        self.events = events
+        self.prompts: list[list[int]] = []
+
+    def render_POST(self, request: Request) -> bytes:
+        assert request.content is not None
+        self.prompts.append(json.loads(request.content.read())["prompt"])
+        request.setHeader(b"content-type", b"text/event-stream")
+        return b"".join(self.events)
+
+
+def replaying_upstream(reactor: object, path: str, events: list[bytes]) -> tuple[Deferred[IListeningPort], _Replay]:
+    """A llama-server stand-in for gpt-oss: health, and `/completion` replaying `events`."""
+    root = Resource()
+    replay = _Replay(events)
+    root.putChild(b"health", _Health())
+    root.putChild(b"completion", replay)
+    return UNIXServerEndpoint(reactor, path).listen(Site(root)), replay

