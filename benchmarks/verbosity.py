@@ -47,7 +47,7 @@ async def measure(client: PrivllmClient, parallel: int = 4) -> dict[str, Any]:
         result = await client.chat(body)
         return level, int(result.usage.get("completion_tokens", 0)), bool(TABLE.search(result.text))
 
-    jobs = [gate.run(lambda q=q, v=v: ensureDeferred(ask(q, v))) for q in QUESTIONS for v in LEVELS]
+    jobs = [gate.run(ask, q, v) for q in QUESTIONS for v in LEVELS]
     answers = await gatherResults(jobs)
     report: dict[str, Any] = {"questions": len(QUESTIONS)}
     for level in LEVELS:

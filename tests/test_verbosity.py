@@ -25,7 +25,10 @@ class Verbosity(TestCase):
         router = shared(*ROUTER)
         client = PrivllmClient(reactor, router.url, router.pin(), os.urandom(32), router.cert())
         report = await measure(client)
-        print("\nverbosity medians (tokens):", {level: report[level]["median_tokens"] for level in ("brief", "normal", "detailed")})
+        print(
+            "\nverbosity medians (tokens):",
+            {level: report[level]["median_tokens"] for level in ("brief", "normal", "detailed")},
+        )
         if os.environ.get("PRIVLLM_VERBOSITY_OUT"):
             with open(os.environ["PRIVLLM_VERBOSITY_OUT"], "w") as f:
                 json.dump(report, f, indent=2)
