@@ -112,6 +112,7 @@ class ProofOfWorkUnderStress(TestCase):
         self.assertEqual((status, asked["error"], asked["difficulty"]), (429, "pow_required", 12))
         self.assertGreater(asked["expires"], time.time())
         client = PrivllmClient(reactor, d.url, d.pin(), os.urandom(32), d.cert())
+        self.addCleanup(client.close)
         result = await client.chat(user("Say hi.", 8))
         self.assertIn(result.finish_reason, ("stop", "length"))
         self.assertTrue(result.text.strip())

@@ -54,7 +54,9 @@ class RealStack(TestCase):
         self.daemon = shared(*ROUTER)
 
     def client(self) -> PrivllmClient:
-        return PrivllmClient(reactor, self.daemon.url, self.daemon.pin(), os.urandom(32), self.daemon.cert())
+        client = PrivllmClient(reactor, self.daemon.url, self.daemon.pin(), os.urandom(32), self.daemon.cert())
+        self.addCleanup(client.close)  # it keeps connections alive, as an app would
+        return client
 
     def doc_client(self) -> DocClient:
         return DocClient(self.daemon.port, self.daemon.ssl_context(), self.daemon.pin())

@@ -52,6 +52,7 @@ class HarmonyRouter(TestCase):
 
         chunks: list[dict] = []
         client = PrivllmClient(reactor, daemon.url, daemon.pin(), os.urandom(32), daemon.cert())
+        self.addCleanup(client.close)
         result = await client.chat({**user("Tell me about café au lait."), "reasoning_effort": "low"}, chunks.append)
         self.assertEqual(result.text, FINAL)
         self.assertGreater(len([c for c in chunks if c["type"] == "delta"]), 5)

@@ -94,6 +94,7 @@ class Canary(TestCase):
 
         # 1. A real answer through the real stack.
         client = PrivllmClient(reactor, router.url, router.pin(), os.urandom(32), router.cert())
+        self.addCleanup(client.close)
         result = await client.chat(user(f"Repeat after me: {canary}", 48))
         answer = result.text.strip()
         self.assertTrue(answer)
@@ -105,6 +106,7 @@ class Canary(TestCase):
 
         # 3. An upstream that fails mid-answer.
         broken_client = PrivllmClient(reactor, broken.url, broken.pin(), os.urandom(32), broken.cert())
+        self.addCleanup(broken_client.close)
         with self.assertRaises(ServerError) as cm:
             await broken_client.chat(user(f"Tell me about {canary}"))
         self.assertEqual(cm.exception.code, "upstream_failed")

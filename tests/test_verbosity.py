@@ -24,6 +24,7 @@ class Verbosity(TestCase):
     async def _measure(self) -> None:
         router = shared(*ROUTER)
         client = PrivllmClient(reactor, router.url, router.pin(), os.urandom(32), router.cert())
+        self.addCleanup(client.close)
         report = await measure(client)
         print(
             "\nverbosity medians (tokens):",

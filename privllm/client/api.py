@@ -14,9 +14,10 @@ from typing import Any
 
 import treq
 from twisted.internet import ssl
+from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectError, ConnectionLost, DNSLookupError, TimeoutError
 from twisted.internet.threads import deferToThreadPool
-from twisted.web.client import Agent, ResponseFailed
+from twisted.web.client import Agent, HTTPConnectionPool, ResponseFailed
 from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
@@ -113,9 +114,15 @@ class PrivllmClient:
         self._base = base_url.rstrip("/")
         self._pin = pinned_identity
         self._device = device_private_key
-        agent: Any = Agent(reactor, contextFactory=PinnedRootPolicy(trust_root_pem))
+        # Keep connections open between chats, as an app would: no TLS handshake per message.
+        self._pool = HTTPConnectionPool(reactor, persistent=True)
+        agent: Any = Agent(reactor, contextFactory=PinnedRootPolicy(trust_root_pem), pool=self._pool)
         self._http = treq.client.HTTPClient(agent)
         self._keys: list[PublishedKey] | None = None
+
+    def close(self) -> Deferred[None]:
+        """Close the kept-alive connections (a client that is done, or a test that must leave none)."""
+        return self._pool.closeCachedConnections()
 
     async def fetch_keys(self) -> list[PublishedKey]:
         try:
