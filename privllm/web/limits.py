@@ -8,12 +8,22 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.protocols.policies import WrappingFactory
+from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.web.server import Request
+
+
+class _Connection(ProtocolWrapper):
+    def makeConnection(self, transport: Any) -> None:
+        # Sealed chunks are small and must leave at once: no Nagle delay behind the last one.
+        if hasattr(transport, "setTcpNoDelay"):
+            transport.setTcpNoDelay(True)
+        super().makeConnection(transport)
 
 
 class ConnectionsPerAddress(WrappingFactory):
     """Refuse a new connection from an address that already holds `limit` open ones."""
+
+    protocol = _Connection
 
     def __init__(self, wrapped: Any, limit: int) -> None:
         super().__init__(wrapped)
