@@ -1,0 +1,31 @@
+"""A short run of the overhead benchmark, so it cannot rot. It checks that figures come
+out, not that they meet the targets: speed is judged from full runs (docs/performance.md)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from twisted.trial.unittest import TestCase
+
+
+class Overhead(TestCase):
+    timeout = 300
+
+    def test_smoke(self) -> None:
+        out = os.path.abspath(self.mktemp() + ".json")
+        root = os.path.join(os.path.dirname(__file__), "..")
+        done = subprocess.run(
+            [sys.executable, "-m", "benchmarks.overhead", "--pairs", "2", "--max-tokens", "24", "--out", out],
+            capture_output=True, text=True, timeout=240, cwd=root,
+        )  # fmt: skip
+        self.assertEqual(done.returncode, 0, done.stderr[-2000:])
+        with open(out) as f:
+            report = json.load(f)
+        for side in ("llama_server", "privllm"):
+            self.assertGreater(report[side]["tokens_per_second_median"], 0)
+            self.assertGreater(report[side]["ttft_median_ms"], 0)
+        self.assertGreater(report["tokens_per_second_ratio"], 0)
+        self.assertEqual(report["machine"]["cpus"], os.cpu_count())
