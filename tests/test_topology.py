@@ -4,25 +4,13 @@ from __future__ import annotations
 
 import http.client
 import json
-import re
 import ssl
-import subprocess
 
 from twisted.trial.unittest import TestCase
 
 from .docclient import DocClient, open_stream
-from .test_e2e import user
+from .test_e2e import llama_metric, user
 from .topology import topology
-
-
-def llama_counter(sock: str, name: str) -> float:
-    out = subprocess.run(
-        ["curl", "-sS", "--max-time", "5", "--unix-socket", sock, "http://llama/metrics"],
-        capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
-    match = re.search(rf"^llamacpp:{name} ([0-9.e+-]+)$", out, re.M)
-    assert match, out
-    return float(match.group(1))
 
 
 class Nodes(TestCase):
@@ -38,7 +26,7 @@ class Nodes(TestCase):
         for _ in range(4):
             self.assertEqual(doc.chat(user("Say hi."))[-1]["type"], "done")
         for node in t.nodes:
-            self.assertGreater(llama_counter(node.llama_socket, "prompt_tokens_total"), 0)
+            self.assertGreater(llama_metric(node.llama_socket, "prompt_tokens_total"), 0)
 
     def test_b_node_accepts_only_the_router(self) -> None:
         t = topology()
@@ -62,7 +50,7 @@ class Nodes(TestCase):
         raw = b""
         while raw.count(b"event: chunk") < 2:
             raw += response.read1(65536)
-        busy = [n for n in t.nodes if llama_counter(n.llama_socket, "requests_processing") >= 1]
+        busy = [n for n in t.nodes if llama_metric(n.llama_socket, "requests_processing") >= 1]
         self.assertEqual(len(busy), 1)
         victim = busy[0]
         survivor = next(n for n in t.nodes if n is not victim)
@@ -75,13 +63,13 @@ class Nodes(TestCase):
         self.assertEqual(chunks[-1]["type"], "error")
         self.assertEqual(chunks[-1]["code"], "upstream_failed")
 
-        before = llama_counter(survivor.llama_socket, "prompt_tokens_total")
+        before = llama_metric(survivor.llama_socket, "prompt_tokens_total")
         for _ in range(3):  # the next chats go to the other node
             self.assertEqual(doc.chat(user("Say hi."))[-1]["type"], "done")
-        self.assertGreater(llama_counter(survivor.llama_socket, "prompt_tokens_total"), before)
+        self.assertGreater(llama_metric(survivor.llama_socket, "prompt_tokens_total"), before)
 
         victim.start(wait=False)  # the node comes back and rejoins after a health check
         t.wait_nodes_healthy([True, True])
         for _ in range(4):
             self.assertEqual(doc.chat(user("Say hi."))[-1]["type"], "done")
-        self.assertGreater(llama_counter(victim.llama_socket, "prompt_tokens_total"), 0)
+        self.assertGreater(llama_metric(victim.llama_socket, "prompt_tokens_total"), 0)

@@ -11,7 +11,6 @@ as `final` messages (earlier analysis is not kept, as the Harmony guide prescrib
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from typing import Any
@@ -28,9 +27,9 @@ from openai_harmony import (
 )
 
 from ..protocol.chat import ChatRequest
-from ..protocol.sse import SSEError, SSEParser
+from ..protocol.sse import SSEParser
 from ..upstream.instructions import INSTRUCTIONS
-from ..upstream.openai_stream import Delta, Finished, UpstreamProtocolError
+from ..upstream.openai_stream import Delta, Finished, UpstreamProtocolError, event_object, sse_events
 
 EFFORT = {"low": ReasoningEffort.LOW, "medium": ReasoningEffort.MEDIUM, "high": ReasoningEffort.HIGH}
 ROLES = {"user": Role.USER, "assistant": Role.ASSISTANT}
@@ -89,20 +88,11 @@ class HarmonyStream:
         return []
 
     def feed(self, data: bytes) -> list[Delta | Finished]:
-        try:
-            events = self._sse.feed(data)
-        except SSEError as e:
-            raise UpstreamProtocolError(str(e)) from e
         out: list[Delta | Finished] = []
-        for event in events:
+        for event in sse_events(self._sse, data):
             if self.finished:
                 break
-            try:
-                obj = json.loads(event.data)
-            except ValueError as e:
-                raise UpstreamProtocolError("upstream event is not JSON") from e
-            if not isinstance(obj, dict) or "error" in obj:
-                raise UpstreamProtocolError("upstream reported an error")
+            obj = event_object(event)
             tokens = obj.get("tokens") or []
             if not isinstance(tokens, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in tokens):
                 raise UpstreamProtocolError("malformed tokens")

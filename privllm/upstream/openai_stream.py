@@ -34,6 +34,24 @@ class UpstreamProtocolError(Exception):
     """The upstream stream was malformed, reported an error, or ended early."""
 
 
+def sse_events(parser: SSEParser, data: bytes) -> list[SSEEvent]:
+    try:
+        return parser.feed(data)
+    except SSEError as e:
+        raise UpstreamProtocolError(str(e)) from e
+
+
+def event_object(event: SSEEvent) -> dict[str, Any]:
+    """An upstream event's JSON object; an error event or anything else is a protocol error."""
+    try:
+        obj = json.loads(event.data)
+    except ValueError as e:
+        raise UpstreamProtocolError("upstream event is not JSON") from e
+    if not isinstance(obj, dict) or "error" in obj:
+        raise UpstreamProtocolError("upstream reported an error")
+    return obj
+
+
 def chat_messages(chat: ChatRequest) -> list[dict[str, str]]:
     """The conversation with the verbosity instruction as (the start of) the system message."""
     messages = [{"role": m.role, "content": m.content} for m in chat.messages]
@@ -83,12 +101,8 @@ class ChatCompletionStream:
         self.finished = False
 
     def feed(self, data: bytes) -> list[Delta | Finished]:
-        try:
-            events = self._sse.feed(data)
-        except SSEError as e:
-            raise UpstreamProtocolError(str(e)) from e
         out: list[Delta | Finished] = []
-        for event in events:
+        for event in sse_events(self._sse, data):
             out.extend(self._event(event))
         return out
 
@@ -113,12 +127,7 @@ class ChatCompletionStream:
             return []
         if event.data == "[DONE]":
             return self.end()
-        try:
-            obj = json.loads(event.data)
-        except ValueError as e:
-            raise UpstreamProtocolError("upstream event is not JSON") from e
-        if not isinstance(obj, dict) or "error" in obj:
-            raise UpstreamProtocolError("upstream reported an error")
+        obj = event_object(event)
         if obj.get("usage") is not None:
             self._usage = obj["usage"]
         out: list[Delta | Finished] = []
