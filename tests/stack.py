@@ -50,9 +50,11 @@ class Daemon:
         environ: dict[str, str] | None = None,
         ca_file: str | None = None,
         netns: str | None = None,
+        prefix: list[str] | None = None,
     ) -> None:
         """`config_file` replaces the generated one; `environ` adds PRIVLLM_* overrides."""
         self.role, self.env, self.environ, self.netns = role, env, environ or {}, netns
+        self.prefix = prefix or []  # e.g. ["taskset", "-c", "0"] to pin the daemon to a core
         self.dir = tempfile.mkdtemp(prefix=f"privllm-{name}-")
         self.state_dir = os.path.join(self.dir, "state")
         self.port = free_port()
@@ -91,6 +93,7 @@ class Daemon:
         env.update(self.environ)
         with open(self.log_path, "wb") as log:
             argv = [TWISTD, "--pidfile=", "-n", "--logfile=-", "privllm", "--env", self.env, "--role", self.role]
+            argv = [*self.prefix, *argv]
             if self.netns:
                 argv = ["ip", "netns", "exec", self.netns, *argv]
             self.process = subprocess.Popen(

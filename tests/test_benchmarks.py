@@ -29,3 +29,26 @@ class Overhead(TestCase):
             self.assertGreater(report[side]["ttft_median_ms"], 0)
         self.assertGreater(report["tokens_per_second_ratio"], 0)
         self.assertEqual(report["machine"]["cpus"], os.cpu_count())
+
+
+class Capacity(TestCase):
+    timeout = 300
+
+    def test_smoke_and_shedding(self) -> None:
+        out = os.path.abspath(self.mktemp() + ".json")
+        root = os.path.join(os.path.dirname(__file__), "..")
+        done = subprocess.run(
+            [sys.executable, "-m", "benchmarks.capacity", "--levels", "10", "--deltas", "10", "--ramp", "0.3",
+             "--shed-cap", "5", "--out", out],
+            capture_output=True, text=True, timeout=240, cwd=root,
+        )  # fmt: skip
+        self.assertEqual(done.returncode, 0, done.stderr[-2000:])
+        with open(out) as f:
+            report = json.load(f)
+        first = report["levels"][0]
+        self.assertEqual((first["completed"], first["errors"]), (10, {}))
+        self.assertGreater(first["sealed_chunks_per_second"], 0)
+        # Past the cap the router refuses new streams (503 before decryption) and finishes the others.
+        shed = report["shedding"]
+        self.assertEqual(shed["completed"], 5)
+        self.assertEqual(shed["errors"], {"unavailable": 5})
