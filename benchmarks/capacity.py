@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from itertools import pairwise
 from typing import Any
 
 from twisted.internet.defer import ensureDeferred, gatherResults
@@ -84,9 +85,7 @@ async def level(
     wall = time.perf_counter() - start
     cpu = cpu_seconds(pid) - cpu_before
     chunks = sum(len(a) for a in arrivals)
-    added = [
-        (b - a) * 1000 - 1000 / rate for stream in arrivals for a, b in zip(stream[1:-2], stream[2:-1], strict=True)
-    ]
+    added = [(b - a) * 1000 - 1000 / rate for stream in arrivals for a, b in pairwise(stream[1:-1])]
     return {
         "streams": streams,
         "completed": sum(1 for a in arrivals if a),
