@@ -25,7 +25,7 @@ from twisted.logger import LogEvent, globalLogPublisher
 ALLOWED = frozenset(
     {
         # privllm's own fields
-        "rid", "outcome", "kind", "reason", "ids", "failure_type", "withheld", "category",
+        "rid", "outcome", "kind", "reason", "ids", "failure_type", "withheld", "category", "node",
         # Twisted's start-up and shut-down lines
         "factory", "port", "reactor", "version", "pyVersion", "exe", "pid", "protocol", "reactorClass",
     }

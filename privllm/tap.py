@@ -95,7 +95,7 @@ def _pow_gate(config: Config) -> PowGate | None:
 
 
 def _https_listener(
-    config: Config, reactor: Any, site: Site, client_ca: str = "", alpn: list[bytes] | None = None
+    config: Config, reactor: Any, site: Site, client_ca: str = "", alpn: list[bytes] | None = None, public: bool = True
 ) -> Any:
     cert, key = _tls_paths(config)
     paths = [cert, key, client_ca]
@@ -107,7 +107,10 @@ def _https_listener(
     # The per-address cap sits outside TLS, so a refused connection costs no handshake.
     tls = TLSMemoryBIOFactory(options, False, site)  # type: ignore[arg-type]
     endpoint = TCP4ServerEndpoint(reactor, config.server.port, interface=config.server.host)
-    return StreamServerEndpointService(endpoint, ConnectionsPerAddress(tls, config.server.max_connections_per_address))
+    # A node's only client is the router, which opens a connection per concurrent stream:
+    # the per-address cap is for the public listener.
+    factory = ConnectionsPerAddress(tls, config.server.max_connections_per_address if public else 1 << 30)
+    return StreamServerEndpointService(endpoint, factory)
 
 
 def _local_llama(config: Config, root: MultiService) -> list[str]:
@@ -221,7 +224,7 @@ class Router:
         def changed(ready: bool) -> None:
             node.healthy = ready
             self.metrics.node_healthy.labels(url).set(1 if ready else 0)
-            log.info("node {kind} is {outcome}", kind=len(self.pool.nodes), outcome="up" if ready else "down")
+            log.info("node {node} is {outcome}", node=url, outcome="up" if ready else "down")
 
         health = HealthMonitor(
             lambda: node.client.ready(backend.health_timeout), backend.health_interval, reactor, changed
