@@ -248,9 +248,8 @@ class InferenceNode:
         llama = LlamaServer(reactor, urls[0], config.backend.connect_timeout)
         proxy = NodeProxy(llama, config.server.allowed_clients, config.backend.health_timeout)
         site = _site(config, proxy, reactor)
-        _https_listener(config, reactor, site, config.server.client_ca, alpn=[b"http/1.1"]).setServiceParent(
-            self.service
-        )
+        listener = _https_listener(config, reactor, site, config.server.client_ca, alpn=[b"http/1.1"], public=False)
+        listener.setServiceParent(self.service)
 
 
 def build(config: Config, role: str, reactor: Any) -> MultiService:
