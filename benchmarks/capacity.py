@@ -98,6 +98,35 @@ async def level(
     }
 
 
+async def short_chats(
+    reactor: Any, client: PrivllmClient, pid: int, concurrency: int, seconds: float
+) -> dict[str, Any]:
+    """New chats per second for one-delta answers: `concurrency` clients, back to back, for `seconds`."""
+    plaintext = {"messages": [{"role": "user", "content": "go"}], "max_tokens": 4}
+    done = [0]
+    errors: dict[str, int] = {}
+    cpu_before, start = cpu_seconds(pid), time.perf_counter()
+
+    async def worker() -> None:
+        while time.perf_counter() - start < seconds:
+            try:
+                await client.chat(plaintext)
+                done[0] += 1
+            except ServerError as e:
+                errors[e.code] = errors.get(e.code, 0) + 1
+            except Exception as e:
+                errors[type(e).__name__] = errors.get(type(e).__name__, 0) + 1
+
+    await gatherResults([ensureDeferred(worker()) for _ in range(concurrency)])
+    wall = time.perf_counter() - start
+    return {
+        "concurrency": concurrency,
+        "chats_per_second": done[0] / wall,
+        "errors": errors,
+        "router_cpu_percent": 100 * (cpu_seconds(pid) - cpu_before) / wall,
+    }
+
+
 def start_upstream(socket: str, rate: float, deltas: int, core: str) -> subprocess.Popen[bytes]:
     argv = [
         "taskset",
@@ -127,6 +156,7 @@ def main() -> None:
     p.add_argument("--deltas", type=int, default=40)
     p.add_argument("--ramp", type=float, default=1.0, help="seconds over which each level's streams start")
     p.add_argument("--shed-cap", type=int, default=50, help="stream cap of the shedding check (0: skip)")
+    p.add_argument("--short-seconds", type=float, default=5.0, help="the new-chats-per-second phase (0: skip)")
     p.add_argument("--out", default="capacity.json")
     args = p.parse_args()
     from tests.stack import Daemon  # test equipment: the real router under twistd
@@ -136,12 +166,17 @@ def main() -> None:
     workdir = tempfile.mkdtemp(prefix="privllm-capacity-")
     socket = os.path.join(workdir, "upstream.sock")
     upstream = start_upstream(socket, args.rate, args.deltas, cores[1])
+    short_socket = os.path.join(workdir, "short.sock")
+    short_upstream = start_upstream(short_socket, 1000.0, 1, cores[1])
     sections = {**UNLIMITED, "backend": {"urls": [f"unix://{socket}"], "health_interval": 0.5}}
     router = Daemon(sections, name="capacity", prefix=["taskset", "-c", cores[0]]).start()
     shed_sections = {**sections, "load": {**UNLIMITED["load"], "max_streams": max(args.shed_cap, 1)}}
     shedder = (
         Daemon(shed_sections, name="shedding", prefix=["taskset", "-c", cores[0]]).start() if args.shed_cap else None
     )
+    short_sections = {**sections, "backend": {"urls": [f"unix://{short_socket}"], "health_interval": 0.5}}
+    pin = ["taskset", "-c", cores[0]]
+    shorts = Daemon(short_sections, name="short", prefix=pin).start() if args.short_seconds else None
     report: dict[str, Any] = {
         "machine": machine(),
         "rate_per_stream": args.rate,
@@ -163,6 +198,13 @@ def main() -> None:
                 )
                 report["shedding"]["cap"] = args.shed_cap
                 await shed_client.close()
+            if shorts is not None and shorts.process is not None:
+                short_client = PrivllmClient(reactor, shorts.url, shorts.pin(), os.urandom(32), shorts.cert())
+                short_client._pool.maxPersistentPerHost = 64  # one kept-alive connection per worker, as apps would
+                report["short_chats"] = await short_chats(
+                    reactor, short_client, shorts.process.pid, 32, args.short_seconds
+                )
+                await short_client.close()
             text = json.dumps(report, indent=2)
             print(text)
             with open(args.out, "w") as f:
@@ -171,10 +213,12 @@ def main() -> None:
         react(lambda reactor: ensureDeferred(go(reactor)))
     finally:
         router.cleanup()
-        if shedder is not None:
-            shedder.cleanup()
-        upstream.terminate()
-        upstream.wait(timeout=10)
+        for daemon in (shedder, shorts):
+            if daemon is not None:
+                daemon.cleanup()
+        for process in (upstream, short_upstream):
+            process.terminate()
+            process.wait(timeout=10)
 
 
 if __name__ == "__main__":

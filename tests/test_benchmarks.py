@@ -39,7 +39,7 @@ class Capacity(TestCase):
         root = os.path.join(os.path.dirname(__file__), "..")
         done = subprocess.run(
             [sys.executable, "-m", "benchmarks.capacity", "--levels", "10", "--deltas", "10", "--ramp", "0.3",
-             "--shed-cap", "5", "--out", out],
+             "--shed-cap", "5", "--short-seconds", "0", "--out", out],
             capture_output=True, text=True, timeout=240, cwd=root,
         )  # fmt: skip
         self.assertEqual(done.returncode, 0, done.stderr[-2000:])
