@@ -178,7 +178,7 @@ class Router:
             pow_gate=_pow_gate(config),
         )
         settings = StreamSettings(
-            ChatLimits(**vars(config.chat)),
+            ChatLimits(**vars(config.chat), default_verbosity=config.defaults.verbosity),
             keepalive=config.server.keepalive_seconds,
             idle_timeout=backend.idle_timeout,
             privacy=config.privacy,

@@ -132,11 +132,15 @@ class Chat:
     max_message_chars: int = field(default=32000, metadata=_range(1, 1 << 20))
     max_total_chars: int = field(default=96000, metadata=_range(1, 1 << 22))
     max_tokens: int = field(default=1024, metadata=_range(1, 1 << 17))
-    # answers sized for a phone: the default verbosity, and each level's default max_tokens
-    default_verbosity: str = field(default="brief", metadata=_choice("brief", "normal", "detailed"))
+    # answers sized for a phone: each verbosity level's default max_tokens
     brief_max_tokens: int = field(default=150, metadata=_range(1, 1 << 17))
     normal_max_tokens: int = field(default=300, metadata=_range(1, 1 << 17))
     detailed_max_tokens: int = field(default=800, metadata=_range(1, 1 << 17))
+
+
+@dataclass(frozen=True)
+class Defaults:
+    verbosity: str = field(default="brief", metadata=_choice("brief", "normal", "detailed"))  # the app is mobile
 
 
 @dataclass(frozen=True)
@@ -162,6 +166,7 @@ class Config:
     process: Process = Process()
     load: Load = Load()
     harmony: Harmony = Harmony()
+    defaults: Defaults = Defaults()
     pow: Pow = Pow()
     privacy: Privacy = Privacy()
     server: Server = Server()

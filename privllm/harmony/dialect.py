@@ -118,6 +118,7 @@ class HarmonyDialect:
         self._default_effort = default_effort
         self._clock = clock
         self._on_tool_call = on_tool_call
+        self._stops = [encoding.decode_utf8([t]) for t in encoding.stop_tokens_for_assistant_actions()]
 
     def body(self, chat: ChatRequest) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -125,6 +126,7 @@ class HarmonyDialect:
             "stream": True,
             "return_tokens": True,
             "n_predict": chat.max_tokens,
+            "stop": self._stops,  # <|return|>, <|call|>; the parser stops on them too
             "cache_prompt": True,
         }
         if chat.temperature is not None:

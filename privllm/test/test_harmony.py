@@ -107,3 +107,4 @@ class Streaming(TestCase):
         self.assertEqual((body["stream"], body["return_tokens"], body["n_predict"]), (True, True, 33))
         self.assertIn("Reasoning: high", self.enc.decode_utf8(body["prompt"]))
         self.assertEqual(dialect.path, "/completion")
+        self.assertEqual(sorted(body["stop"]), ["<|call|>", "<|return|>"])

@@ -176,6 +176,15 @@ class Retries(TestCase):
         self.assertEqual(self.chunks()[-1]["code"], "timeout")
         self.assertTrue(response.transport.stopped)
 
+    def test_connect_timeout_ends_sealed_as_timeout(self) -> None:
+        from twisted.internet.error import TimeoutError as ConnectTimeout
+
+        done = self.start(StreamSettings(ChatLimits(), 15, 30, Privacy(0, 0), retries=0))
+        upstream = self.upstream(0) if self.upstream(0).requests else self.upstream(1)
+        upstream.pending.errback(ConnectTimeout())
+        self.assertTrue(done.called)
+        self.assertEqual(self.chunks()[-1]["code"], "timeout")
+
     def test_breaker_opens_after_repeated_failures(self) -> None:
         node = self.nodes[0]
         self.pool = NodePool([node])

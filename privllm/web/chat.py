@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from twisted.internet import error as neterror
 from twisted.internet.base import DelayedCall
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import LoopingCall
@@ -213,6 +214,9 @@ class ChatStream:
         if self._first_delta and len(self._tried) <= self._settings.retries:
             delay = backoff(len(self._tried) - 1, self._settings.retry_base, self._settings.retry_cap, self._jitter)
             self._retry_call = self._clock.callLater(delay, self._attempt)
+            return
+        if failure.check(neterror.TimeoutError, neterror.ConnectingCancelledError):
+            self._end_with_error("timeout", "the inference server could not be reached in time", outcome="timeout")
             return
         self._end_with_error("upstream_failed", "the inference server failed", outcome="upstream_failed")
 
