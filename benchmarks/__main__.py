@@ -3,7 +3,7 @@ The whole benchmark suite in one command, bounded in time and loopback only:
 
     python -m benchmarks [--out-dir benchmark-results]
 
-runs the overhead comparison and the capacity ramp, writes every figure with the
+runs the overhead comparison, the capacity ramp and the same ramp through nginx, writes every figure with the
 machine's description to results.json and, where matplotlib is installed
 (`pip install matplotlib`), capacity.png (sealed chunks per second and added delay against
 concurrent streams). docs/performance.md explains the figures.
@@ -57,6 +57,9 @@ def main() -> None:
     results = {
         "overhead": run("benchmarks.overhead", os.path.join(args.out_dir, "overhead.json"), "--pairs", "16"),
         "capacity": run("benchmarks.capacity", os.path.join(args.out_dir, "capacity.json"), "--levels", args.levels),
+        "plain_proxy": run(
+            "benchmarks.plain_proxy", os.path.join(args.out_dir, "plain_proxy.json"), "--levels", args.levels
+        ),
     }
     with open(os.path.join(args.out_dir, "results.json"), "w") as f:
         json.dump(results, f, indent=2)

@@ -1,0 +1,166 @@
+"""
+The same capacity ramp through nginx, a plain SSE reverse proxy with TLS and no encryption
+of its own, in front of the same synthetic upstream: the ratio privllm / nginx says what
+HPKE sealing and Python cost. nginx (Debian's package) runs one worker, pinned to the
+router's core.
+
+    python -m benchmarks.plain_proxy [--levels 10,100,500] [--out plain_proxy.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pwd
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from itertools import pairwise
+from typing import Any
+
+import treq
+from twisted.internet import ssl
+from twisted.internet.defer import ensureDeferred, gatherResults
+from twisted.internet.task import deferLater, react
+from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.iweb import IPolicyForHTTPS
+from zope.interface import implementer
+
+from privllm.body import BodyStream
+from privllm.keys.files import ensure_private_dir
+from privllm.keys.material import ensure_dev_certificate
+
+from .capacity import cpu_seconds, percentile, start_upstream
+from .overhead import machine
+
+NGINX_CONF = """
+user {user};
+worker_processes 1;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+events {{ worker_connections 8192; }}
+http {{
+    access_log off;
+    upstream synthetic {{ server unix:{socket}; keepalive 64; }}
+    server {{
+        listen 127.0.0.1:{port} ssl;
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
+        ssl_protocols TLSv1.2 TLSv1.3;
+        location / {{
+            proxy_pass http://synthetic;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+        }}
+    }}
+}}
+"""
+
+
+async def level(reactor: Any, http: Any, url: str, pid: int, streams: int, rate: float, ramp: float) -> dict[str, Any]:
+    arrivals: list[list[float]] = [[] for _ in range(streams)]
+    errors: dict[str, int] = {}
+    body = json.dumps({"messages": [{"role": "user", "content": "go"}], "stream": True}).encode()
+
+    async def one(i: int) -> None:
+        await deferLater(reactor, ramp * i / streams)
+        try:
+            response = await http.post(
+                url, data=body, headers={b"Content-Type": [b"application/json"]}, unbuffered=True
+            )
+            pending = b""
+
+            def on_data(data: bytes) -> None:
+                nonlocal pending
+                pending += data
+                while b"\n\n" in pending:
+                    _, pending = pending.split(b"\n\n", 1)
+                    arrivals[i].append(time.perf_counter())
+
+            stream = BodyStream(on_data)
+            response.deliverBody(stream)
+            await stream.done
+        except Exception as e:
+            errors[type(e).__name__] = errors.get(type(e).__name__, 0) + 1
+
+    cpu_before, start = cpu_seconds(pid), time.perf_counter()
+    await gatherResults([ensureDeferred(one(i)) for i in range(streams)])
+    wall = time.perf_counter() - start
+    added = [(b - a) * 1000 - 1000 / rate for stream in arrivals for a, b in pairwise(stream[1:-3])]
+    return {
+        "streams": streams,
+        "completed": sum(1 for a in arrivals if a),
+        "errors": errors,
+        "events_per_second": sum(len(a) for a in arrivals) / wall,
+        "added_interchunk_delay_ms_p50": percentile(added, 0.5),
+        "added_interchunk_delay_ms_p99": percentile(added, 0.99),
+        "proxy_cpu_percent": 100 * (cpu_seconds(pid) - cpu_before) / wall,
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--levels", default="10,100,500")
+    p.add_argument("--rate", type=float, default=20.0)
+    p.add_argument("--deltas", type=int, default=40)
+    p.add_argument("--ramp", type=float, default=1.0)
+    p.add_argument("--out", default="plain_proxy.json")
+    args = p.parse_args()
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    if not os.path.exists(nginx):
+        sys.exit("nginx is not installed (apt-get install nginx-light)")
+    os.sched_setaffinity(0, {1})
+    workdir = tempfile.mkdtemp(prefix="privllm-nginx-")
+    socket = os.path.join(workdir, "upstream.sock")
+    upstream = start_upstream(socket, args.rate, args.deltas, "1")
+    ensure_private_dir(os.path.join(workdir, "tls"))
+    cert, key = ensure_dev_certificate(os.path.join(workdir, "tls"), ["127.0.0.1"])
+    from tests.stack import free_port
+
+    port = free_port()
+    conf = os.path.join(workdir, "nginx.conf")
+    with open(conf, "w") as f:
+        user = pwd.getpwuid(os.getuid()).pw_name  # the worker must reach the upstream's socket
+        f.write(NGINX_CONF.format(user=user, dir=workdir, socket=socket, port=port, cert=cert, key=key))
+    proxy = subprocess.Popen(["taskset", "-c", "0", nginx, "-c", conf, "-g", "daemon off;"])
+    time.sleep(1.0)
+    try:
+        workers = subprocess.run(["pgrep", "-P", str(proxy.pid)], capture_output=True, text=True).stdout.split()
+        worker = int(workers[0]) if workers else proxy.pid
+
+        async def go(reactor: Any) -> None:
+            with open(cert, "rb") as pem:
+                root = ssl.Certificate.loadPEM(pem.read())
+
+            @implementer(IPolicyForHTTPS)
+            class Policy:
+                def creatorForNetloc(self, hostname: bytes, port: int) -> Any:
+                    return ssl.optionsForClientTLS("127.0.0.1", trustRoot=root)
+
+            pool = HTTPConnectionPool(reactor, persistent=True)
+            http = treq.client.HTTPClient(Agent(reactor, contextFactory=Policy(), pool=pool))  # type: ignore[arg-type]
+            url = f"https://127.0.0.1:{port}/v1/chat/completions"
+            report: dict[str, Any] = {"machine": machine(), "rate_per_stream": args.rate, "levels": []}
+            for n in (int(x) for x in args.levels.split(",")):
+                report["levels"].append(await level(reactor, http, url, worker, n, args.rate, args.ramp))
+            await pool.closeCachedConnections()
+            text = json.dumps(report, indent=2)
+            print(text)
+            with open(args.out, "w") as f:
+                f.write(text + "\n")
+
+        react(lambda reactor: ensureDeferred(go(reactor)))
+    finally:
+        proxy.terminate()
+        proxy.wait(timeout=10)
+        upstream.terminate()
+        upstream.wait(timeout=10)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
