@@ -3,7 +3,8 @@ The whole benchmark suite in one command, bounded in time and loopback only:
 
     python -m benchmarks [--out-dir benchmark-results]
 
-runs the overhead comparison, the capacity ramp and the same ramp through nginx, writes every figure with the
+runs the overhead comparison, the capacity ramp, the same ramp through nginx and the load
+scenarios, writes every figure with the
 machine's description to results.json and, where matplotlib is installed
 (`pip install matplotlib`), capacity.png (sealed chunks per second and added delay against
 concurrent streams). docs/performance.md explains the figures.
