@@ -142,14 +142,14 @@ class Retries(TestCase):
 
     def test_all_nodes_fail(self) -> None:
         done = self.start()
-        for _ in range(2):
-            self.clock.advance(1)
+        for _ in range(4):
             for n in self.nodes:
                 if n.client.requests and not n.client.pending.called:
                     n.client.pending.errback(ConnectionRefusedError())
-        self.clock.advance(1)
+            self.clock.advance(1)
         self.assertTrue(done.called)
         self.assertEqual(self.chunks()[-1]["code"], "upstream_failed")
+        self.assertEqual(sum(len(n.client.requests) for n in self.nodes), 3, "the first try and two retries")
 
     def test_first_token_timeout_cancels_upstream(self) -> None:
         done = self.start()
@@ -175,6 +175,21 @@ class Retries(TestCase):
         self.assertTrue(done.called)
         self.assertEqual(self.chunks()[-1]["code"], "timeout")
         self.assertTrue(response.transport.stopped)
+
+    def test_single_node_retried_after_a_dropped_connection(self) -> None:
+        from twisted.web._newclient import ResponseNeverReceived
+
+        self.pool = NodePool([self.nodes[0]])
+        done = self.start()
+        upstream = self.upstream(0)
+        upstream.pending.errback(ResponseNeverReceived([]))  # a stale kept-alive connection
+        self.clock.advance(0.1)
+        self.assertEqual(len(upstream.requests), 2, "retried on the same node")
+        response = FakeResponse()
+        upstream.pending.callback(response)
+        response.send(delta("ok") + FINISH)
+        self.assertTrue(done.called)
+        self.assertEqual(self.chunks()[-1]["type"], "done")
 
     def test_connect_timeout_ends_sealed_as_timeout(self) -> None:
         from twisted.internet.error import TimeoutError as ConnectTimeout

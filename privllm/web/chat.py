@@ -137,6 +137,10 @@ class ChatStream:
             return
         now = self._clock.seconds()
         node = self._pool.choose(now, exclude=self._tried)
+        if node is None and self._tried:
+            # Every node was tried once (or there is only one): a retry may go to one again,
+            # e.g. after a kept-alive connection the server had just closed.
+            node = self._pool.choose(now)
         if node is None and self._pool.saturated(now):
             # Every node is busy: wait briefly in a bounded queue rather than slow anyone down.
             if self._pool.wait(self._attempt):
