@@ -11,7 +11,6 @@ pushes past a stream cap to check the router sheds (503) instead of stalling eve
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -25,7 +24,7 @@ from twisted.internet.task import deferLater, react
 
 from privllm.client import PrivllmClient, ServerError
 
-from .overhead import machine
+from .report import machine, percentile, write_report
 
 UNLIMITED: dict[str, dict[str, Any]] = {
     "llama": {"spawn": False},
@@ -40,11 +39,6 @@ UNLIMITED: dict[str, dict[str, Any]] = {
     "pow": {"enabled": False},
     "privacy": {"coalesce_ms": 0},  # measure the router, not the coalescing window
 }
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] if ordered else 0.0
 
 
 def cpu_seconds(pid: int) -> float:
@@ -205,10 +199,7 @@ def main() -> None:
                     reactor, short_client, shorts.process.pid, 32, args.short_seconds
                 )
                 await short_client.close()
-            text = json.dumps(report, indent=2)
-            print(text)
-            with open(args.out, "w") as f:
-                f.write(text + "\n")
+            write_report(report, args.out)
 
         react(lambda reactor: ensureDeferred(go(reactor)))
     finally:

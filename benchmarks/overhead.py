@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import time
 from typing import Any
@@ -27,22 +26,9 @@ from privllm.protocol.chat import ChatLimits, parse_chat_request
 from privllm.upstream.llama import LlamaServer
 from privllm.upstream.openai_stream import ChatCompletionStream, Delta, Finished, completion_body
 
+from .report import machine, percentile, write_report
+
 PROMPT = "Who were the US presidents in the 1990s? Answer in detail."
-
-
-def machine() -> dict[str, Any]:
-    model = ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
-    except OSError:
-        pass
-    return {"cpus": os.cpu_count(), "cpu": model, "python": platform.python_version(), "system": platform.platform()}
-
-
-def p95(values: list[float]) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
 
 
 def summary(samples: list[dict[str, float]]) -> dict[str, float]:
@@ -50,9 +36,9 @@ def summary(samples: list[dict[str, float]]) -> dict[str, float]:
     tps = [s["tokens_per_second"] for s in samples]
     return {
         "ttft_median_ms": statistics.median(ttft) * 1000,
-        "ttft_p95_ms": p95(ttft) * 1000,
+        "ttft_p95_ms": percentile(ttft, 0.95) * 1000,
         "tokens_per_second_median": statistics.median(tps),
-        "tokens_per_second_p95": p95(tps),
+        "tokens_per_second_p95": percentile(tps, 0.95),
     }
 
 
@@ -148,10 +134,7 @@ def main() -> None:
             report = await run(
                 reactor, daemon.url, daemon.llama_socket, daemon.pin(), daemon.cert(), args.pairs, args.max_tokens
             )
-            text = json.dumps(report, indent=2)
-            print(text)
-            with open(args.out, "w") as f:
-                f.write(text + "\n")
+            write_report(report, args.out)
 
         react(lambda reactor: ensureDeferred(go(reactor)))
     finally:

@@ -33,8 +33,8 @@ from privllm.body import BodyStream
 from privllm.keys.files import ensure_private_dir
 from privllm.keys.material import ensure_dev_certificate
 
-from .capacity import cpu_seconds, percentile, start_upstream
-from .overhead import machine
+from .capacity import cpu_seconds, start_upstream
+from .report import machine, percentile, write_report
 
 NGINX_CONF = """
 user {user};
@@ -148,10 +148,7 @@ def main() -> None:
             for n in (int(x) for x in args.levels.split(",")):
                 report["levels"].append(await level(reactor, http, url, worker, n, args.rate, args.ramp))
             await pool.closeCachedConnections()
-            text = json.dumps(report, indent=2)
-            print(text)
-            with open(args.out, "w") as f:
-                f.write(text + "\n")
+            write_report(report, args.out)
 
         react(lambda reactor: ensureDeferred(go(reactor)))
     finally:

@@ -10,7 +10,6 @@ tokens per second delivered, and errors by code.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import tempfile
 import time
@@ -21,8 +20,8 @@ from twisted.internet.task import deferLater, react
 
 from privllm.client import PrivllmClient, ServerError
 
-from .capacity import UNLIMITED, percentile, start_upstream
-from .overhead import machine
+from .capacity import UNLIMITED, start_upstream
+from .report import machine, percentile, write_report
 
 # (name, [(start second, number of chats started then)]): every chat is one answer.
 SCENARIOS: list[tuple[str, list[tuple[float, int]]]] = [
@@ -102,10 +101,7 @@ def main() -> None:
                 report["scenarios"][name] = await scenario(reactor, client, plan)
                 await deferLater(reactor, 2.0)  # let the router settle between scenarios
             await client.close()
-            text = json.dumps(report, indent=2)
-            print(text)
-            with open(args.out, "w") as f:
-                f.write(text + "\n")
+            write_report(report, args.out)
 
         react(lambda reactor: ensureDeferred(go(reactor)))
     finally:
