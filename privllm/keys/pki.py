@@ -33,6 +33,25 @@ def _now() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
 
 
+def self_signed(
+    key: ec.EllipticCurvePrivateKey, common_name: str, days: int, extensions: list[tuple[x509.ExtensionType, bool]]
+) -> x509.Certificate:
+    """A self-signed certificate (a CA, or the dev listener's own), valid from five minutes ago."""
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(_now() - datetime.timedelta(minutes=5))
+        .not_valid_after(_now() + datetime.timedelta(days=days))
+    )
+    for extension, critical in extensions:
+        builder = builder.add_extension(extension, critical=critical)
+    return builder.sign(key, hashes.SHA256())
+
+
 def create_ca(directory: str, name: str = "privllm deployment CA", days: int = 3650) -> str:
     """Write ca.key (0600) and ca.crt into `directory` (0700); refuse to overwrite a CA."""
     ensure_private_dir(directory)
@@ -40,21 +59,15 @@ def create_ca(directory: str, name: str = "privllm deployment CA", days: int = 3
     if os.path.lexists(key_path) or os.path.lexists(cert_path):
         raise FileExistsError(f"a CA already exists in {directory}")
     key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(_now() - datetime.timedelta(minutes=5))
-        .not_valid_after(_now() + datetime.timedelta(days=days))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
-        )  # keyCertSign, cRLSign
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .sign(key, hashes.SHA256())
+    cert = self_signed(
+        key,
+        name,
+        days,
+        [
+            (x509.BasicConstraints(ca=True, path_length=0), True),
+            (x509.KeyUsage(False, False, False, False, False, True, True, False, False), True),  # keyCertSign, cRLSign
+            (x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False),
+        ],
     )
     write_secret(key_path, _pem_key(key))
     write_secret(cert_path, cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
