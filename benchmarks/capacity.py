@@ -22,9 +22,15 @@ from typing import Any
 from twisted.internet.defer import ensureDeferred, gatherResults
 from twisted.internet.task import deferLater, react
 
+from privllm.body import BodyStream
 from privllm.client import PrivllmClient, ServerError
+from privllm.protocol.keyset import choose_key
 
 from .report import machine, percentile, write_report
+
+# The synthetic upstream shares a core with the load generator and answers health checks
+# late under load: the router must not take it out of rotation for that.
+PATIENT = {"health_timeout": 30.0, "breaker_failures": 1000}
 
 UNLIMITED: dict[str, dict[str, Any]] = {
     "llama": {"spawn": False},
@@ -52,8 +58,30 @@ def rss_kib(pid: int) -> int:
         return int(next(line.split()[1] for line in f if line.startswith("VmRSS")))
 
 
+async def counted(client: PrivllmClient, plaintext: dict[str, Any], arrivals: list[float]) -> None:
+    """A light load generator: a real sealed request, but the answer's chunks are counted as
+    they arrive, not opened, so one Python core can keep up with the router."""
+    keys = client._keys if client._keys is not None else await client.fetch_keys()
+    sealed = client.seal(plaintext, choose_key(keys, int(time.time())))
+    response = await client.post(sealed.body)
+    if response.code != 200:
+        raise ServerError(str(response.code), response.code)
+    pending = [b""]
+
+    def on_data(data: bytes) -> None:
+        pending[0] += data
+        while b"\n\n" in pending[0]:
+            event, pending[0] = pending[0].split(b"\n\n", 1)
+            if event.startswith(b"event: chunk"):
+                arrivals.append(time.perf_counter())
+
+    body = BodyStream(on_data)
+    response.deliverBody(body)
+    await body.done
+
+
 async def level(
-    reactor: Any, client: PrivllmClient, pid: int, streams: int, rate: float, ramp: float
+    reactor: Any, client: PrivllmClient, pid: int, streams: int, rate: float, ramp: float, raw: bool = False
 ) -> dict[str, Any]:
     arrivals: list[list[float]] = [[] for _ in range(streams)]
     errors: dict[str, int] = {}
@@ -62,7 +90,10 @@ async def level(
     async def one(i: int) -> None:
         await deferLater(reactor, ramp * i / streams)
         try:
-            await client.chat(plaintext, lambda chunk: arrivals[i].append(time.perf_counter()))
+            if raw and i:
+                await counted(client, plaintext, arrivals[i])
+            else:  # the first stream of each level is opened and verified in full
+                await client.chat(plaintext, lambda chunk: arrivals[i].append(time.perf_counter()))
         except ServerError as e:
             errors[e.code] = errors.get(e.code, 0) + 1
         except Exception as e:  # network errors under overload are results too
@@ -151,6 +182,7 @@ def main() -> None:
     p.add_argument("--ramp", type=float, default=1.0, help="seconds over which each level's streams start")
     p.add_argument("--shed-cap", type=int, default=50, help="stream cap of the shedding check (0: skip)")
     p.add_argument("--short-seconds", type=float, default=5.0, help="the new-chats-per-second phase (0: skip)")
+    p.add_argument("--light", action="store_true", help="count sealed chunks without opening them (all but one stream)")
     p.add_argument("--out", default="capacity.json")
     args = p.parse_args()
     from tests.stack import Daemon  # test equipment: the real router under twistd
@@ -162,19 +194,20 @@ def main() -> None:
     upstream = start_upstream(socket, args.rate, args.deltas, cores[1])
     short_socket = os.path.join(workdir, "short.sock")
     short_upstream = start_upstream(short_socket, 1000.0, 1, cores[1])
-    sections = {**UNLIMITED, "backend": {"urls": [f"unix://{socket}"], "health_interval": 0.5}}
+    sections = {**UNLIMITED, "backend": {"urls": [f"unix://{socket}"], "health_interval": 0.5, **PATIENT}}
     router = Daemon(sections, name="capacity", prefix=["taskset", "-c", cores[0]]).start()
     shed_sections = {**sections, "load": {**UNLIMITED["load"], "max_streams": max(args.shed_cap, 1)}}
     shedder = (
         Daemon(shed_sections, name="shedding", prefix=["taskset", "-c", cores[0]]).start() if args.shed_cap else None
     )
-    short_sections = {**sections, "backend": {"urls": [f"unix://{short_socket}"], "health_interval": 0.5}}
+    short_sections = {**sections, "backend": {"urls": [f"unix://{short_socket}"], "health_interval": 0.5, **PATIENT}}
     pin = ["taskset", "-c", cores[0]]
     shorts = Daemon(short_sections, name="short", prefix=pin).start() if args.short_seconds else None
     report: dict[str, Any] = {
         "machine": machine(),
         "rate_per_stream": args.rate,
         "deltas_per_answer": args.deltas,
+        "load_generator": "counts sealed chunks" if args.light else "opens every chunk",
         "levels": [],
     }
     try:
@@ -183,7 +216,9 @@ def main() -> None:
             assert router.process is not None
             client = PrivllmClient(reactor, router.url, router.pin(), os.urandom(32), router.cert())
             for n in (int(x) for x in args.levels.split(",")):
-                report["levels"].append(await level(reactor, client, router.process.pid, n, args.rate, args.ramp))
+                report["levels"].append(
+                    await level(reactor, client, router.process.pid, n, args.rate, args.ramp, args.light)
+                )
             await client.close()
             if shedder is not None and shedder.process is not None:
                 shed_client = PrivllmClient(reactor, shedder.url, shedder.pin(), os.urandom(32), shedder.cert())
