@@ -94,16 +94,19 @@ def _pow_gate(config: Config) -> PowGate | None:
     return PowGate(Challenges(read_secret(path), p.ttl), policy, forced=p.forced)
 
 
-def _https_listener(
-    config: Config, reactor: Any, site: Site, client_ca: str = "", alpn: list[bytes] | None = None, public: bool = True
-) -> Any:
+def _server_tls(config: Config, client_ca: str = "", alpn: list[bytes] | None = None) -> ReloadingServerOptions:
+    """Load and check the listener's certificate and key now; renewed files apply to new connections."""
     cert, key = _tls_paths(config)
-    paths = [cert, key, client_ca]
 
     def build() -> Any:
         return server_tls_options(cert, key, config.server.tls_min_version, client_ca, alpn)
 
-    options = ReloadingServerOptions(paths, build)  # renewed certificates apply to new connections
+    return ReloadingServerOptions([cert, key, client_ca], build)
+
+
+def _https_listener(
+    config: Config, reactor: Any, site: Site, options: ReloadingServerOptions, public: bool = True
+) -> Any:
     # The per-address cap sits outside TLS, so a refused connection costs no handshake.
     tls = TLSMemoryBIOFactory(options, False, site)  # type: ignore[arg-type]
     endpoint = TCP4ServerEndpoint(reactor, config.server.port, interface=config.server.host)
@@ -151,7 +154,7 @@ class Router:
         ensure_private_dir(config.keys.state_dir)
         # Every secret is loaded and checked before anything is written or started.
         identity = load_identity(config.keys.identity_key or ensure_identity(config.keys.state_dir))
-        server_tls_options(*_tls_paths(config), config.server.tls_min_version)
+        tls_options = _server_tls(config)
         backend = config.backend
         tls = None
         if backend.ca:
@@ -200,7 +203,7 @@ class Router:
             client_address=ClientAddress(config.server.trusted_proxies, config.server.client_address_header),
         )
         site = _site(config, self.app.resource(), reactor)
-        _https_listener(config, reactor, site).setServiceParent(self.service)
+        _https_listener(config, reactor, site, tls_options).setServiceParent(self.service)
         _metrics_listener(config, reactor, self.metrics, self.service)
 
     def _dialect(self, reactor: Any) -> Any:
@@ -248,7 +251,8 @@ class InferenceNode:
         llama = LlamaServer(reactor, urls[0], config.backend.connect_timeout)
         proxy = NodeProxy(llama, config.server.allowed_clients, config.backend.health_timeout)
         site = _site(config, proxy, reactor)
-        listener = _https_listener(config, reactor, site, config.server.client_ca, alpn=[b"http/1.1"], public=False)
+        options = _server_tls(config, config.server.client_ca, alpn=[b"http/1.1"])
+        listener = _https_listener(config, reactor, site, options, public=False)
         listener.setServiceParent(self.service)
 
 
