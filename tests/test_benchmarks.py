@@ -10,20 +10,25 @@ import sys
 
 from twisted.trial.unittest import TestCase
 
+ROOT = os.path.join(os.path.dirname(__file__), "..")
+
+
+def run_benchmark(test: TestCase, module: str, *args: str) -> dict:
+    """Run `python -m module ... --out FILE` as a user would; return the figures it wrote."""
+    out = os.path.abspath(test.mktemp() + ".json")
+    done = subprocess.run(
+        [sys.executable, "-m", module, *args, "--out", out], capture_output=True, text=True, timeout=240, cwd=ROOT
+    )
+    test.assertEqual(done.returncode, 0, done.stderr[-2000:])
+    with open(out) as f:
+        return json.load(f)
+
 
 class Overhead(TestCase):
     timeout = 300
 
     def test_smoke(self) -> None:
-        out = os.path.abspath(self.mktemp() + ".json")
-        root = os.path.join(os.path.dirname(__file__), "..")
-        done = subprocess.run(
-            [sys.executable, "-m", "benchmarks.overhead", "--pairs", "2", "--max-tokens", "24", "--out", out],
-            capture_output=True, text=True, timeout=240, cwd=root,
-        )  # fmt: skip
-        self.assertEqual(done.returncode, 0, done.stderr[-2000:])
-        with open(out) as f:
-            report = json.load(f)
+        report = run_benchmark(self, "benchmarks.overhead", "--pairs", "2", "--max-tokens", "24")
         for side in ("llama_server", "privllm"):
             self.assertGreater(report[side]["tokens_per_second_median"], 0)
             self.assertGreater(report[side]["ttft_median_ms"], 0)
@@ -35,16 +40,8 @@ class Capacity(TestCase):
     timeout = 300
 
     def test_smoke_and_shedding(self) -> None:
-        out = os.path.abspath(self.mktemp() + ".json")
-        root = os.path.join(os.path.dirname(__file__), "..")
-        done = subprocess.run(
-            [sys.executable, "-m", "benchmarks.capacity", "--levels", "10", "--deltas", "10", "--ramp", "0.3",
-             "--shed-cap", "5", "--short-seconds", "0", "--out", out],
-            capture_output=True, text=True, timeout=240, cwd=root,
-        )  # fmt: skip
-        self.assertEqual(done.returncode, 0, done.stderr[-2000:])
-        with open(out) as f:
-            report = json.load(f)
+        args = ("--levels", "10", "--deltas", "10", "--ramp", "0.3", "--shed-cap", "5", "--short-seconds", "0")
+        report = run_benchmark(self, "benchmarks.capacity", *args)
         first = report["levels"][0]
         self.assertEqual((first["completed"], first["errors"]), (10, {}))
         self.assertGreater(first["sealed_chunks_per_second"], 0)
