@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 KEEPALIVE = b": keepalive\n\n"
 
 
-@dataclass(frozen=True)
-class SSEEvent:
+class SSEEvent(NamedTuple):  # a tuple: made once per streamed delta, cheaply
     event: str
     data: str
 
@@ -36,8 +35,25 @@ class SSEParser:
         self._skip_lf = False  # a CR ended the previous line; a following LF belongs to it
 
     def feed(self, data: bytes) -> list[SSEEvent]:
-        events: list[SSEEvent] = []
         self._buffer += data
+        if self._skip_lf or b"\r" in self._buffer:
+            lines = self._split_any()
+        else:  # the usual case, and the hot path of every streamed delta: LF line ends only
+            end = self._buffer.rfind(b"\n")
+            lines = bytes(self._buffer[:end]).split(b"\n") if end != -1 else []
+            del self._buffer[: end + 1]
+        if len(self._buffer) > self._max_line:
+            raise SSEError("line too long")
+        events: list[SSEEvent] = []
+        for line in lines:
+            event = self._line(line)
+            if event is not None:
+                events.append(event)
+        return events
+
+    def _split_any(self) -> list[bytes]:
+        """Complete lines ended by CRLF, LF or CR (a CR at the very end may own the next LF)."""
+        lines = []
         start = 0
         buf = self._buffer
         while start < len(buf):
@@ -48,20 +64,14 @@ class SSEParser:
                     continue
             cr = buf.find(b"\r", start)
             lf = buf.find(b"\n", start)
-            ends = [i for i in (cr, lf) if i != -1]
-            if not ends:
+            end = lf if cr == -1 else cr if lf == -1 else min(cr, lf)
+            if end == -1:
                 break
-            end = min(ends)
-            line = bytes(buf[start:end])
+            lines.append(bytes(buf[start:end]))
             self._skip_lf = buf[end] == 0x0D
             start = end + 1
-            event = self._line(line)
-            if event is not None:
-                events.append(event)
         del buf[:start]
-        if len(buf) > self._max_line:
-            raise SSEError("line too long")
-        return events
+        return lines
 
     def _line(self, raw: bytes) -> SSEEvent | None:
         if len(raw) > self._max_line:

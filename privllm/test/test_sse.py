@@ -35,6 +35,13 @@ class Parsing(TestCase):
                 events = p.feed(STREAM[:i]) + p.feed(STREAM[i:j]) + p.feed(STREAM[j:])
                 self.assertEqual(events, EXPECTED, (i, j))
 
+    def test_line_feeds_only(self) -> None:
+        """The LF-only fast path (every upstream delta) agrees with the general one, at any split."""
+        stream = STREAM.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        for i in range(len(stream) + 1):
+            p = SSEParser()
+            self.assertEqual(p.feed(stream[:i]) + p.feed(stream[i:]), EXPECTED, i)
+
     def test_byte_by_byte(self) -> None:
         p = SSEParser()
         events = []

@@ -8,8 +8,7 @@ ids, fingerprints and timings stay behind.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..protocol.chat import ChatRequest
 from ..protocol.sse import SSEError, SSEEvent, SSEParser
@@ -18,13 +17,11 @@ from .instructions import INSTRUCTIONS
 FINISH_REASONS = {"stop": "stop", "length": "length"}
 
 
-@dataclass(frozen=True)
-class Delta:
+class Delta(NamedTuple):  # tuples: made once per streamed delta, cheaply
     text: str
 
 
-@dataclass(frozen=True)
-class Finished:
+class Finished(NamedTuple):
     finish_reason: str
     prompt_tokens: int
     completion_tokens: int
