@@ -64,6 +64,7 @@ class HarmonyStream:
         self._completion_tokens = 0
         self._on_tool_call = on_tool_call
         self.finished = False
+        self.upstream_complete = False  # llama-server said stop: the response ends, its connection is reusable
 
     def _finish(self, reason: str) -> list[Delta | Finished]:
         self.finished = True
@@ -101,6 +102,7 @@ class HarmonyStream:
                 if self.finished:
                     return out
             if obj.get("stop") is True:
+                self.upstream_complete = True
                 out += self._finish("length" if obj.get("stop_type") == "limit" else "stop")
         return out
 

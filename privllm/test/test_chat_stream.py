@@ -182,6 +182,39 @@ class Streaming(TestCase):
         self.assertTrue(response.transport.stopped)
         self.assertEqual(self.metrics.registry.get_sample_value("privllm_active_streams"), 0)
 
+    def test_complete_answer_keeps_upstream_connection(self) -> None:
+        """After [DONE] the response's end is read, not cut, so the connection can be reused."""
+        done = self.start()
+        response = FakeResponse()
+        self.upstream.pending.callback(response)
+        response.send(delta("a") + FINISH)
+        self.assertTrue(done.called)
+        self.assertFalse(response.transport.stopped)
+        response.end()
+        self.assertFalse(response.transport.stopped)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_complete_answer_whose_response_never_ends_is_cut(self) -> None:
+        self.start()
+        response = FakeResponse()
+        self.upstream.pending.callback(response)
+        response.send(delta("a") + FINISH)
+        self.clock.advance(4.9)
+        self.assertFalse(response.transport.stopped)
+        self.clock.advance(0.2)
+        self.assertTrue(response.transport.stopped)
+
+    def test_answer_cut_short_by_upstream_stops_at_once(self) -> None:
+        """A finish without [DONE] (the upstream ended early): nothing to wait for."""
+        done = self.start()
+        response = FakeResponse()
+        self.upstream.pending.callback(response)
+        response.send(delta("a") + FINISH.replace(b"data: [DONE]\n\n", b""))
+        self.assertFalse(done.called)
+        response.end()
+        self.assertTrue(done.called)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
     def test_truncated_stream_detected_by_reader(self) -> None:
         self.start()
         response = FakeResponse()
@@ -228,4 +261,5 @@ class Coalescing(TestCase):
         self.assertTrue(all(size % 256 == 16 for size in sizes), sizes)
         self.assertEqual(set(sizes[:2] + sizes[3:-1]), {256 + 16})
         self.assertTrue(self.done.called)
+        self.response.end()
         self.assertEqual(self.clock.getDelayedCalls(), [])

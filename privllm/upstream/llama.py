@@ -2,10 +2,12 @@
 The HTTP client for one backend speaking llama-server's API: llama-server itself on a
 UNIX socket, or an inference node over mutual TLS (which forwards to its own llama-server).
 
-treq with an Agent whose endpoints are UNIX endpoints (or TLS with the mTLS policy).
-Bodies are streamed (`unbuffered=True`) into a protocol that hands each piece to the
-sans-IO translator; stopping that protocol's transport closes the connection, which is
-how llama-server learns the client left and frees the slot.
+An Agent whose endpoints are UNIX endpoints (or TLS with the mTLS policy), with kept-alive
+connections; treq for the health check. The chat request goes straight to the Agent (treq's
+conveniences cost about a millisecond of time to first token), and the answer is streamed into
+a protocol that hands each piece to the sans-IO translator. Stopping that protocol's
+transport closes the connection, which is how llama-server learns the client left and frees
+the slot.
 """
 
 from __future__ import annotations
@@ -23,7 +25,11 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
 
+from ..body import BytesProducer
+from ..protocol.encoding import dumps
+
 UNIX_BASE = "http://llama-server"  # the authority is ignored: every connection goes to the socket
+STREAM_HEADERS = Headers({b"Content-Type": [b"application/json"], b"Accept": [b"text/event-stream"]})
 
 
 def socket_path(url: str) -> str:
@@ -61,6 +67,7 @@ class LlamaServer:
                 raise ValueError("an https backend needs mutual TLS settings")
             agent = Agent(reactor, contextFactory=tls, pool=pool, connectTimeout=connect_timeout)
             self._base = url.rstrip("/")
+        self._agent = agent
         self._http = treq.client.HTTPClient(agent)
         self._pool = pool
 
@@ -82,10 +89,5 @@ class LlamaServer:
             return False
 
     def post_stream(self, path: str, body: dict[str, Any] | bytes) -> Deferred[Any]:
-        data = body if isinstance(body, bytes) else json.dumps(body).encode()
-        return self._http.post(
-            self._base + path,
-            data=data,
-            headers=Headers({b"Content-Type": [b"application/json"], b"Accept": [b"text/event-stream"]}),
-            unbuffered=True,
-        )
+        data = body if isinstance(body, bytes) else dumps(body)
+        return self._agent.request(b"POST", (self._base + path).encode(), STREAM_HEADERS, BytesProducer(data))  # type: ignore[no-any-return]

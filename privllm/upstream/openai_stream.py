@@ -96,6 +96,7 @@ class ChatCompletionStream:
         self._finish_reason: str | None = None
         self._usage: object = None
         self.finished = False
+        self.upstream_complete = False  # [DONE] was seen: the response ends, its connection is reusable
 
     def feed(self, data: bytes) -> list[Delta | Finished]:
         out: list[Delta | Finished] = []
@@ -123,6 +124,7 @@ class ChatCompletionStream:
         if self.finished:
             return []
         if event.data == "[DONE]":
+            self.upstream_complete = True
             return self.end()
         obj = event_object(event)
         if obj.get("usage") is not None:

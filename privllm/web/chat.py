@@ -41,6 +41,8 @@ from .metrics import RouterMetrics
 
 log = Logger()
 
+UPSTREAM_LINGER = 5.0  # seconds to wait for the end of an upstream response already complete
+
 
 @dataclass(frozen=True)
 class StreamSettings:
@@ -297,7 +299,16 @@ class ChatStream:
             pending.cancel()
         if self._body is not None:
             body, self._body = self._body, None
-            body.stop()
+            if self._translator.upstream_complete and not body.done.called:
+                self._linger(body)
+            else:
+                body.stop()
+
+    def _linger(self, body: BodyStream) -> None:
+        """The upstream answered in full and its response is about to end: read that end, so
+        the connection goes back to the pool (a new one per chat costs time to first token)."""
+        stop = self._clock.callLater(UPSTREAM_LINGER, body.stop)
+        body.done.addBoth(lambda _: stop.cancel() if stop.active() else None)
 
     def _release(self, outcome: str) -> None:
         for call in (self._flush_call, self._retry_call, self._queue_call):
