@@ -26,7 +26,7 @@ from ..body import BodyStream, BytesProducer
 from ..protocol.encoding import b64decode, b64encode, dumps
 from ..protocol.keyset import KeySetError, PublishedKey, choose_key, verify_keyset
 from ..protocol.pow import CHALLENGE_SIZE, solve
-from ..protocol.request import new_request_id, seal_request
+from ..protocol.request import Encapsulation, encapsulate, new_request_id, seal_request
 from ..protocol.response import ResponseReader
 from ..protocol.stream import StreamError
 
@@ -122,6 +122,7 @@ class PrivllmClient:
         self._agent = agent
         self._http = treq.client.HTTPClient(agent)
         self._keys: list[PublishedKey] | None = None
+        self._prepared: Encapsulation | None = None
 
     def close(self) -> Deferred[None]:
         """Close the kept-alive connections (a client that is done, or a test that must leave none)."""
@@ -142,6 +143,9 @@ class PrivllmClient:
         return self._keys
 
     def seal(self, plaintext: dict[str, Any], key: PublishedKey, request_id: str | None = None) -> Any:
+        prepared, self._prepared = self._prepared, None  # an encapsulation seals once
+        if prepared is not None and prepared.router_public_key != key.public_key:
+            prepared = None
         return seal_request(
             key_id=key.key_id,
             router_public_key=key.public_key,
@@ -149,7 +153,13 @@ class PrivllmClient:
             plaintext=plaintext,
             timestamp=int(self._reactor.seconds()),
             request_id=request_id or new_request_id(),
+            encapsulation=prepared,
         )
+
+    def prepare(self, key: PublishedKey) -> None:
+        """Make the next chat's HPKE encapsulation now, while idle: about half a millisecond
+        less between send and first token (the key exchange does not depend on the message)."""
+        self._prepared = encapsulate(key.public_key, self._device)
 
     async def chat(
         self, plaintext: dict[str, Any], on_chunk: Callable[[dict[str, Any]], None] | None = None
@@ -190,7 +200,9 @@ class PrivllmClient:
         for attempt in range(3):
             response = await self.post(body)
             if response.code == 200:
-                return await read_stream(response, ResponseReader(sealed), on_chunk)
+                result = await read_stream(response, ResponseReader(sealed), on_chunk)
+                self.prepare(key)  # idle now, until the next message
+                return result
             try:
                 await _raise_plaintext_error(response)
             except ServerError as e:

@@ -32,6 +32,28 @@ class SealedRequest:
         return derive_stream_keys(self.response_secret, self.encapsulated_key, response_nonce)
 
 
+@dataclass(frozen=True)
+class Encapsulation:
+    """An HPKE sender context, made before the request it seals: it does not depend on the
+    plaintext, so an app can make it while the user writes. Seal with it exactly once."""
+
+    router_public_key: bytes
+    encapsulated_key: bytes
+    context: Any
+    device_pubkey: bytes
+
+
+def encapsulate(
+    router_public_key: bytes, device_private_key: bytes, ephemeral: KEMKeyPair | None = None
+) -> Encapsulation:
+    """`ephemeral` is for reproducible examples only; leave it None so a fresh key is drawn."""
+    device = suite.private_key(device_private_key)
+    enc, ctx = suite.SUITE.create_sender_context(
+        suite.public_key(router_public_key), info=suite.REQUEST_INFO, sks=device, eks=ephemeral
+    )
+    return Encapsulation(router_public_key, enc, ctx, suite.public_of(device_private_key))
+
+
 def seal_request(
     *,
     key_id: int,
@@ -41,25 +63,27 @@ def seal_request(
     timestamp: int,
     request_id: str,
     ephemeral: KEMKeyPair | None = None,
+    encapsulation: Encapsulation | None = None,
 ) -> SealedRequest:
-    """`ephemeral` is for reproducible examples only; leave it None so a fresh key is drawn."""
-    device = suite.private_key(device_private_key)
-    enc, ctx = suite.SUITE.create_sender_context(
-        suite.public_key(router_public_key), info=suite.REQUEST_INFO, sks=device, eks=ephemeral
-    )
+    """Seal with a fresh encapsulation, or with one made ahead for this router key (used up here)."""
+    if encapsulation is None:
+        encapsulation = encapsulate(router_public_key, device_private_key, ephemeral)
+    elif not hmac.compare_digest(encapsulation.router_public_key, router_public_key):
+        raise ValueError("the encapsulation was made for another router key")
     aad = suite.request_aad(key_id, timestamp, request_id)
-    ciphertext = ctx.seal(dumps(plaintext), aad)
+    ciphertext = encapsulation.context.seal(dumps(plaintext), aad)
     body = {
         "v": suite.VERSION,
         "key_id": key_id,
-        "encapsulated_key": b64encode(enc),
-        "device_pubkey": b64encode(suite.public_of(device_private_key)),
+        "encapsulated_key": b64encode(encapsulation.encapsulated_key),
+        "device_pubkey": b64encode(encapsulation.device_pubkey),
         "timestamp": timestamp,
         "request_id": request_id,
         "aad": b64encode(aad),
         "ciphertext": b64encode(ciphertext),
     }
-    return SealedRequest(body, enc, ctx.export(suite.RESPONSE_EXPORT_LABEL, 32))
+    response_secret = encapsulation.context.export(suite.RESPONSE_EXPORT_LABEL, 32)
+    return SealedRequest(body, encapsulation.encapsulated_key, response_secret)
 
 
 @dataclass(frozen=True)

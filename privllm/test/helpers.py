@@ -7,7 +7,7 @@ from typing import Any
 
 from ..keys.material import new_hpke_keypair
 from ..protocol.keyring import KeyRing, RingKey
-from ..protocol.request import SealedRequest, new_request_id, seal_request
+from ..protocol.request import Encapsulation, SealedRequest, new_request_id, seal_request
 
 NOW = 1_800_000_000
 
@@ -31,6 +31,7 @@ def sealed_request(
     timestamp: int = NOW,
     request_id: str | None = None,
     plaintext: dict[str, Any] | None = None,
+    encapsulation: Encapsulation | None = None,
 ) -> SealedRequest:
     return seal_request(
         key_id=key.key_id,
@@ -39,4 +40,5 @@ def sealed_request(
         plaintext=plaintext or {"messages": [{"role": "user", "content": "hi"}]},
         timestamp=timestamp,
         request_id=request_id or new_request_id(),
+        encapsulation=encapsulation,
     )

@@ -8,6 +8,7 @@ from typing import Any
 
 from twisted.trial.unittest import TestCase
 
+from ..protocol import suite
 from ..protocol.admission import Admission
 from ..protocol.encoding import b64encode
 from ..protocol.errors import (
@@ -23,6 +24,7 @@ from ..protocol.errors import (
 )
 from ..protocol.ratelimit import RateLimiter
 from ..protocol.replay import ReplayWindow
+from ..protocol.request import encapsulate, new_request_id, seal_request
 from .helpers import NOW, current_key, ring, sealed_request
 
 
@@ -46,6 +48,30 @@ class Admit(TestCase):
         admitted = self.admit(sealed.body)
         self.assertEqual(json.loads(admitted.opened.plaintext)["messages"][0]["content"], "secret")
         self.assertEqual(admitted.opened.response_secret, sealed.response_secret)
+
+    def test_encapsulation_made_ahead(self) -> None:
+        """A client may make the HPKE encapsulation before it knows the message; it opens the same."""
+        device = os.urandom(32)
+        ahead = encapsulate(self.key.public_key, device)
+        sealed = seal_request(
+            key_id=self.key.key_id,
+            router_public_key=self.key.public_key,
+            device_private_key=device,
+            plaintext={"messages": [{"role": "user", "content": "later"}]},
+            timestamp=int(NOW),
+            request_id=new_request_id(),
+            encapsulation=ahead,
+        )
+        self.assertEqual(sealed.encapsulated_key, ahead.encapsulated_key)
+        admitted = self.admit(sealed.body)
+        self.assertEqual(json.loads(admitted.opened.plaintext)["messages"][0]["content"], "later")
+        self.assertEqual(admitted.opened.response_secret, sealed.response_secret)
+        self.assertEqual(admitted.envelope.device_pubkey, suite.public_of(device))
+
+    def test_encapsulation_for_another_key_refused(self) -> None:
+        ahead = encapsulate(suite.public_of(os.urandom(32)), os.urandom(32))
+        with self.assertRaises(ValueError):
+            sealed_request(self.key, encapsulation=ahead)
 
     def test_replay(self) -> None:
         body = sealed_request(self.key).body
