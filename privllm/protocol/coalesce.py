@@ -10,11 +10,14 @@ chunk is sent early rather than spill into a second padding bucket.
 
 from __future__ import annotations
 
-from .encoding import dumps
+from json.encoder import encode_basestring  # type: ignore[attr-defined]
+
+DELTA_FRAME = len(b'{"type":"delta","text":}')
 
 
 def delta_size(text: str) -> int:
-    return len(dumps({"type": "delta", "text": text}))
+    """len(dumps({"type": "delta", "text": text})), without building the object (this runs per delta)."""
+    return DELTA_FRAME + len(encode_basestring(text).encode("utf-8"))
 
 
 class Coalescer:
