@@ -6,29 +6,35 @@ router adds between chunks (p50, p99), router CPU and resident memory per open s
 pushes past a stream cap to check the router sheds (503) instead of stalling everyone.
 
     python -m benchmarks.capacity [--levels 10,100,500] [--rate 20] [--deltas 40] [--out capacity.json]
+
+With --light, all streams of a level but the first go through benchmarks.loadgen (one TLS
+connection each, sealed chunks timestamped, not opened), cheap enough for 1,000 streams.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from itertools import pairwise
-from typing import Any
+from typing import Any, NamedTuple
 
 from twisted.internet.defer import ensureDeferred, gatherResults
 from twisted.internet.task import deferLater, react
+from twisted.internet.threads import deferToThread
 
-from privllm.body import BodyStream
 from privllm.client import PrivllmClient, ServerError
 from privllm.protocol.keyset import choose_key
 
+from . import loadgen
 from .report import machine, percentile, write_report
 
-# The synthetic upstream shares a core with the load generator and answers health checks
+# The synthetic upstream shares a core with the load generator and may answer health checks
 # late under load: the router must not take it out of rotation for that.
 PATIENT = {"health_timeout": 30.0, "breaker_failures": 1000}
 
@@ -46,6 +52,8 @@ UNLIMITED: dict[str, dict[str, Any]] = {
     "privacy": {"coalesce_ms": 0},  # measure the router, not the coalescing window
 }
 
+LIGHT_DEADLINE = 60.0  # seconds after the ramp: the light load generator abandons streams still open
+
 
 def cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
@@ -58,58 +66,81 @@ def rss_kib(pid: int) -> int:
         return int(next(line.split()[1] for line in f if line.startswith("VmRSS")))
 
 
-async def counted(client: PrivllmClient, plaintext: dict[str, Any], arrivals: list[float]) -> None:
-    """A light load generator: a real sealed request, but the answer's chunks are counted as
-    they arrive, not opened, so one Python core can keep up with the router."""
+class Router(NamedTuple):
+    """Where the light load generator connects: the router's address and its self-signed certificate."""
+
+    host: str
+    port: int
+    cert: bytes
+
+
+async def sealed_bodies(client: PrivllmClient, plaintext: dict[str, Any], count: int) -> list[bytes]:
+    """One freshly sealed request per stream (the router's replay window refuses a repeat),
+    sealed before the clock starts so that sealing does not load the load generator."""
     keys = client._keys if client._keys is not None else await client.fetch_keys()
-    sealed = client.seal(plaintext, choose_key(keys, int(time.time())))
-    response = await client.post(sealed.body)
-    if response.code != 200:
-        raise ServerError(str(response.code), response.code)
-    pending = [b""]
+    key = choose_key(keys, int(time.time()))
+    return [json.dumps(client.seal(plaintext, key).body).encode() for _ in range(count)]
 
-    def on_data(data: bytes) -> None:
-        pending[0] += data
-        while b"\n\n" in pending[0]:
-            event, pending[0] = pending[0].split(b"\n\n", 1)
-            if event.startswith(b"event: chunk"):
-                arrivals.append(time.perf_counter())
 
-    body = BodyStream(on_data)
-    response.deliverBody(body)
-    await body.done
+def equipment_cost(result: loadgen.LoadResult) -> dict[str, float]:
+    """The light load generator's own CPU per chunk taken in (TLS handshakes apart) and per
+    handshake: both must stay far below the router's, or the level measures the equipment."""
+    chunks, streams = sum(len(a) for a in result.arrivals), len(result.arrivals)
+    return {
+        "us_per_chunk": 1e6 * (result.cpu_seconds - result.handshake_seconds) / max(1, chunks),
+        "ms_per_handshake": 1e3 * result.handshake_seconds / max(1, streams),
+    }
 
 
 async def level(
-    reactor: Any, client: PrivllmClient, pid: int, streams: int, rate: float, ramp: float, raw: bool = False
+    reactor: Any,
+    client: PrivllmClient,
+    pid: int,
+    streams: int,
+    rate: float,
+    ramp: float,
+    light: Router | None = None,
+    equipment: Sequence[int] = (),
 ) -> dict[str, Any]:
+    """One level of `streams` concurrent chats started over `ramp` seconds. With `light`, all but the
+    first go through benchmarks.loadgen; `equipment` are the test equipment's pids (CPU shown)."""
     arrivals: list[list[float]] = [[] for _ in range(streams)]
     errors: dict[str, int] = {}
     plaintext = {"messages": [{"role": "user", "content": "go"}], "max_tokens": 64}
+    bodies = await sealed_bodies(client, plaintext, streams - 1) if light else []
 
     async def one(i: int) -> None:
         await deferLater(reactor, ramp * i / streams)
         try:
-            if raw and i:
-                await counted(client, plaintext, arrivals[i])
-            else:  # the first stream of each level is opened and verified in full
-                await client.chat(plaintext, lambda chunk: arrivals[i].append(time.perf_counter()))
+            await client.chat(plaintext, lambda chunk: arrivals[i].append(time.perf_counter()))
         except ServerError as e:
             errors[e.code] = errors.get(e.code, 0) + 1
         except Exception as e:  # network errors under overload are results too
             errors[type(e).__name__] = errors.get(type(e).__name__, 0) + 1
 
     rss_before, cpu_before, start = rss_kib(pid), cpu_seconds(pid), time.perf_counter()
+    equipment_before = sum(cpu_seconds(p) for p in equipment)
     rss_open: list[int] = []
 
     async def sample() -> None:
         await deferLater(reactor, ramp + 0.5)
         rss_open.append(rss_kib(pid))
 
-    await gatherResults([ensureDeferred(one(i)) for i in range(streams)] + [ensureDeferred(sample())])
+    counted = None
+    if light is not None:  # the first stream of each level is still opened and verified in full
+        starts = [ramp * i / streams for i in range(1, streams)]
+        counted = deferToThread(loadgen.run, *light, bodies, starts, ramp + LIGHT_DEADLINE)
+    verified = range(1 if light else streams)
+    await gatherResults([ensureDeferred(one(i)) for i in verified] + [ensureDeferred(sample())])
+    result = await counted if counted is not None else None
+    if result is not None:
+        arrivals[1:] = result.arrivals
+        for kind, n in result.errors.items():
+            errors[kind] = errors.get(kind, 0) + n
     wall = time.perf_counter() - start
     cpu = cpu_seconds(pid) - cpu_before
     chunks = sum(len(a) for a in arrivals)
+    equipment_cpu = sum(cpu_seconds(p) for p in equipment) - equipment_before
     added = [(b - a) * 1000 - 1000 / rate for stream in arrivals for a, b in pairwise(stream[1:-1])]
     return {
         "streams": streams,
@@ -120,6 +151,8 @@ async def level(
         "added_interchunk_delay_ms_p99": percentile(added, 0.99),
         "router_cpu_percent": 100 * cpu / wall,
         "resident_kib_per_open_stream": (rss_open[0] - rss_before) / streams if rss_open else None,
+        "test_equipment_cpu_percent": 100 * equipment_cpu / wall if equipment else None,
+        "load_generator_cpu": equipment_cost(result) if result is not None else None,
     }
 
 
@@ -207,7 +240,7 @@ def main() -> None:
         "machine": machine(),
         "rate_per_stream": args.rate,
         "deltas_per_answer": args.deltas,
-        "load_generator": "counts sealed chunks" if args.light else "opens every chunk",
+        "load_generator": "counts sealed chunks (benchmarks.loadgen)" if args.light else "opens every chunk",
         "levels": [],
     }
     try:
@@ -215,9 +248,11 @@ def main() -> None:
         async def go(reactor: Any) -> None:
             assert router.process is not None
             client = PrivllmClient(reactor, router.url, router.pin(), os.urandom(32), router.cert())
+            light = Router("127.0.0.1", router.port, router.cert()) if args.light else None
+            equipment = [upstream.pid, os.getpid()]  # core 1: the synthetic upstream and this process
             for n in (int(x) for x in args.levels.split(",")):
                 report["levels"].append(
-                    await level(reactor, client, router.process.pid, n, args.rate, args.ramp, args.light)
+                    await level(reactor, client, router.process.pid, n, args.rate, args.ramp, light, equipment)
                 )
             await client.close()
             if shedder is not None and shedder.process is not None:

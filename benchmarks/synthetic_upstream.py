@@ -3,6 +3,11 @@ Test equipment: a synthetic upstream that speaks llama-server's streaming chat f
 UNIX socket and emits deltas at a chosen rate, so the model is not the bottleneck when the
 router's own capacity is measured.
 
+It is one selectors loop without Twisted, so that it and the load generator fit on one
+core at 20,000 deltas/s: every delta is one `send` of a prebuilt HTTP chunk, and all
+streams share one timer queue. HTTP/1.1 with keep-alive, as the router's client expects
+(answers are always chunked, as to an HTTP/1.1 client).
+
     python -m benchmarks.synthetic_upstream SOCKET --rate 20 --deltas 40
 """
 
@@ -11,57 +16,229 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import selectors
+import socket
+import time
+from collections import deque
 from typing import Any
 
-from twisted.internet import reactor
-from twisted.internet.endpoints import UNIXServerEndpoint
-from twisted.internet.task import LoopingCall
-from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET, Request, Site
+READ, WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
+HEALTH = b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 15\r\n\r\n{"status":"ok"}'
+NOT_FOUND = b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"
+BAD_REQUEST = b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+STREAM_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
 
 
 def event(obj: dict[str, Any]) -> bytes:
     return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
 
 
-class Health(Resource):
-    isLeaf = True
-
-    def render_GET(self, request: Request) -> bytes:
-        return b'{"status":"ok"}'
+def chunk(data: bytes) -> bytes:
+    """One HTTP/1.1 chunk, built once and sent many times."""
+    return b"%x\r\n%s\r\n" % (len(data), data)
 
 
-class Chat(Resource):
-    isLeaf = True
+DELTA = chunk(event({"choices": [{"delta": {"content": " word"}, "finish_reason": None}]}))
 
-    def __init__(self, rate: float, deltas: int) -> None:
-        super().__init__()
-        self.rate, self.deltas = rate, deltas
 
-    def render_POST(self, request: Request) -> Any:
-        request.setHeader(b"content-type", b"text/event-stream")
-        sent = [0]
+def ending(deltas: int) -> bytes:
+    """The finish events llama-server sends after the last delta, then the end of the chunked body."""
+    stop = event({"choices": [{"delta": {}, "finish_reason": "stop"}]})
+    usage = event({"choices": [], "usage": {"prompt_tokens": 10, "completion_tokens": deltas}})
+    return chunk(stop + usage + b"data: [DONE]\n\n") + b"0\r\n\r\n"
 
-        def tick() -> None:
-            if sent[0] < self.deltas:
-                request.write(event({"choices": [{"delta": {"content": " word"}, "finish_reason": None}]}))
-                sent[0] += 1
+
+def chunked_end(buffer: bytes, pos: int) -> int | None:
+    """Where a chunked body starting at `pos` ends (after any trailers); None while incomplete."""
+    while True:
+        eol = buffer.find(b"\r\n", pos)
+        if eol < 0:
+            return None
+        size = int(buffer[pos:eol].split(b";")[0], 16)
+        pos = eol + 2
+        if size == 0:
+            end = buffer.find(b"\r\n\r\n", pos - 2)
+            return None if end < 0 else end + 4
+        pos += size + 2
+        if pos > len(buffer):
+            return None
+
+
+def parse_request(buffer: bytes) -> tuple[bytes, bytes, int, bool] | None:
+    """(method, path, bytes used, keep-alive) once a whole request, body included, is in `buffer`.
+
+    The body is skipped, not parsed: the answer does not depend on it. Raises ValueError when
+    the request is malformed."""
+    end = buffer.find(b"\r\n\r\n")
+    if end < 0:
+        return None
+    lines = buffer[:end].split(b"\r\n")
+    method, path, version = lines[0].split(b" ", 2)
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(b":")
+        headers[name.strip().lower()] = value.strip().lower()
+    if b"chunked" in headers.get(b"transfer-encoding", b""):
+        used = chunked_end(buffer, end + 4)
+        if used is None:
+            return None
+    else:
+        used = end + 4 + int(headers.get(b"content-length", b"0"))
+        if len(buffer) < used:
+            return None
+    keep_alive = version == b"HTTP/1.1" and headers.get(b"connection") != b"close"
+    return method, path.split(b"?")[0], used, keep_alive
+
+
+class Connection:
+    """One connection from the router: its requests in turn, and what the socket would not take yet."""
+
+    def __init__(self, upstream: Upstream, sock: socket.socket) -> None:
+        self.upstream, self.sock = upstream, sock
+        self.inbox = b""
+        self.outbox = bytearray()
+        self.streaming = self.closed = self.close_when_sent = False
+        upstream.selector.register(sock, READ, self.on_event)
+
+    def on_event(self, mask: int) -> None:
+        if mask & WRITE:
+            self.flush()
+        if mask & READ and not self.closed:
+            self.receive()
+
+    def receive(self) -> None:
+        try:
+            data = self.sock.recv(65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:  # the router went away, perhaps mid-stream: its queued deltas are dropped
+            self.close()
+            return
+        self.inbox += data
+        self.serve()
+
+    def serve(self) -> None:
+        """Answer the requests waiting in the inbox, one at a time (a stream holds the connection)."""
+        while not self.streaming and not self.closed and self.inbox:
+            try:
+                request = parse_request(self.inbox)
+            except ValueError:
+                self.write(BAD_REQUEST)
+                self.end(keep_alive=False)
                 return
-            request.write(event({"choices": [{"delta": {}, "finish_reason": "stop"}]}))
-            request.write(event({"choices": [], "usage": {"prompt_tokens": 10, "completion_tokens": self.deltas}}))
-            request.write(b"data: [DONE]\n\n")
-            loop.stop()
-            request.finish()
+            if request is None:
+                return
+            method, path, used, keep_alive = request
+            self.inbox = self.inbox[used:]
+            if method == b"POST" and path == b"/v1/chat/completions":
+                self.streaming, self.close_when_sent = True, not keep_alive
+                self.write(STREAM_HEAD)
+                self.upstream.step(time.perf_counter(), self, self.upstream.deltas)
+            else:
+                self.write(HEALTH if method == b"GET" and path == b"/health" else NOT_FOUND)
+                self.end(keep_alive)
 
-        loop = LoopingCall(tick)
+    def end(self, keep_alive: bool) -> None:
+        """One response is whole: close if asked, else serve a request that came meanwhile."""
+        self.streaming = False
+        if not keep_alive:
+            self.close_when_sent = True
+            if not self.outbox:
+                self.close()
+        elif self.inbox:
+            self.serve()
 
-        def client_gone(_: object) -> None:
-            if loop.running:
-                loop.stop()
+    def write(self, data: bytes) -> None:
+        if self.closed:
+            return
+        if self.outbox:
+            self.outbox += data
+            return
+        try:
+            sent = self.sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            self.close()
+            return
+        if sent < len(data):
+            self.outbox += data[sent:]
+            self.upstream.selector.modify(self.sock, READ | WRITE, self.on_event)
 
-        request.notifyFinish().addErrback(client_gone)
-        loop.start(1.0 / self.rate, now=True)
-        return NOT_DONE_YET
+    def flush(self) -> None:
+        try:
+            sent = self.sock.send(self.outbox)
+        except BlockingIOError:
+            return
+        except OSError:
+            self.close()
+            return
+        del self.outbox[:sent]
+        if not self.outbox:
+            if self.close_when_sent and not self.streaming:
+                self.close()
+            else:
+                self.upstream.selector.modify(self.sock, READ, self.on_event)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.upstream.selector.unregister(self.sock)
+            self.sock.close()
+
+
+class Upstream:
+    """The server loop. All streams share one period, so a FIFO of (due, connection, deltas left)
+    stays in time order: each delta is a popleft, a send and an append, whatever the count."""
+
+    def __init__(self, listener: socket.socket, rate: float, deltas: int) -> None:
+        self.listener, self.period, self.deltas = listener, 1.0 / rate, deltas
+        self.ending = ending(deltas)
+        self.due: deque[tuple[float, Connection, int]] = deque()
+        self.selector = selectors.DefaultSelector()
+        listener.setblocking(False)
+        self.selector.register(listener, READ, self.accept)
+
+    def accept(self, mask: int) -> None:
+        while True:
+            try:
+                sock, _ = self.listener.accept()
+            except BlockingIOError:
+                return
+            sock.setblocking(False)
+            Connection(self, sock)
+
+    def step(self, due: float, connection: Connection, left: int) -> None:
+        """Send one delta and queue the next one period later (keeping the stream's phase), or finish."""
+        if left:
+            connection.write(DELTA)
+            self.due.append((due + self.period, connection, left - 1))
+        else:
+            connection.write(self.ending)
+            connection.end(keep_alive=not connection.close_when_sent)
+
+    def run(self) -> None:
+        due, select, clock = self.due, self.selector.select, time.perf_counter
+        while True:
+            timeout = max(0.0, due[0][0] - clock()) if due else None
+            for key, mask in select(timeout):
+                key.data(mask)
+            now = clock()
+            while due and due[0][0] <= now:
+                when, connection, left = due.popleft()
+                if not connection.closed:
+                    self.step(when, connection, left)
+
+
+def listen(path: str) -> socket.socket:
+    if os.path.exists(path):
+        os.unlink(path)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(4096)
+    return listener
 
 
 def main() -> None:
@@ -70,17 +247,7 @@ def main() -> None:
     p.add_argument("--rate", type=float, default=20.0, help="deltas per second per stream")
     p.add_argument("--deltas", type=int, default=40, help="deltas per answer")
     args = p.parse_args()
-    if os.path.exists(args.socket):
-        os.unlink(args.socket)
-    root: Any = Resource()
-    root.putChild(b"health", Health())
-    v1: Any = Resource()
-    root.putChild(b"v1", v1)
-    chat: Any = Resource()
-    v1.putChild(b"chat", chat)
-    chat.putChild(b"completions", Chat(args.rate, args.deltas))
-    UNIXServerEndpoint(reactor, args.socket).listen(Site(root))
-    reactor.run()  # type: ignore[attr-defined,misc]
+    Upstream(listen(args.socket), args.rate, args.deltas).run()
 
 
 if __name__ == "__main__":
