@@ -1,13 +1,14 @@
 """
 The whole benchmark suite in one command, bounded in time and loopback only:
 
-    python -m benchmarks [--out-dir benchmark-results]
+    python -m benchmarks [--out-dir benchmark-results] [--levels 10,100,500,1000,2000]
 
-runs the overhead comparison, the capacity ramp, the same ramp through nginx and the load
-scenarios, writes every figure with the
-machine's description to results.json and, where matplotlib is installed
-(`pip install matplotlib`), capacity.png (sealed chunks per second and added delay against
-concurrent streams). docs/performance.md explains the figures.
+(or `scripts/bench`, which installs what it needs first). It runs the overhead comparison
+on the real llama-server, the capacity ramp of one router core (with the light load
+generator), shedding past the default stream cap, new short chats per second, the same
+ramp through nginx, and the load scenarios. Every figure goes to results.json with the
+machine's description, and capacity.png plots throughput and added delay against
+concurrent streams. docs/performance.md explains the figures.
 """
 
 from __future__ import annotations
@@ -17,55 +18,67 @@ import json
 import os
 import subprocess
 import sys
+from typing import Any
+
+SHED_CAP = "256"  # the default load.max_streams
+SHED_STREAMS = "2000"
 
 
-def run(module: str, out: str, *extra: str) -> dict:
+def run(module: str, out: str, *extra: str) -> Any:
     subprocess.run([sys.executable, "-m", module, "--out", out, *extra], check=True, timeout=1800)
     with open(out) as f:
         return json.load(f)
 
 
-def plot(capacity: dict, path: str) -> bool:
-    try:
-        import matplotlib
+def plot(capacity: dict[str, Any], plain: dict[str, Any], path: str) -> None:
+    import matplotlib
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return False
-    levels = capacity["levels"]
-    streams = [level["streams"] for level in levels]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    left.plot(streams, [level["sealed_chunks_per_second"] for level in levels], marker="o")
-    left.set(
-        xscale="log", xlabel="concurrent streams", ylabel="sealed chunks / s", title="throughput (one router core)"
-    )
-    right.plot(streams, [level["added_interchunk_delay_ms_p50"] for level in levels], marker="o", label="p50")
-    right.plot(streams, [level["added_interchunk_delay_ms_p99"] for level in levels], marker="o", label="p99")
-    right.set(xscale="log", xlabel="concurrent streams", ylabel="added inter-chunk delay (ms)", title="latency")
-    right.legend()
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ours, theirs = capacity["levels"], plain["levels"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    left.plot([x["streams"] for x in ours], [x["sealed_chunks_per_second"] for x in ours], marker="o", label="privllm")
+    left.plot([x["streams"] for x in theirs], [x["events_per_second"] for x in theirs], marker="s", label="nginx")
+    offered = [x["streams"] * capacity["rate_per_stream"] for x in ours]
+    left.plot([x["streams"] for x in ours], offered, linestyle=":", color="grey", label="offered")
+    left.set(xscale="log", yscale="log", xlabel="concurrent streams", ylabel="chunks / s", title="throughput, one core")
+    left.legend()
+    for name, levels, style in (("privllm", ours, "-"), ("nginx", theirs, "--")):
+        streams = [x["streams"] for x in levels]
+        for q in ("p50", "p99"):
+            values = [max(x[f"added_interchunk_delay_ms_{q}"], 0.1) for x in levels]
+            right.plot(streams, values, linestyle=style, marker="o", label=f"{name} {q}")
+    right.axhline(25, color="red", linewidth=0.8, label="target p99")
+    right.set(xscale="log", yscale="log", xlabel="concurrent streams", ylabel="added inter-chunk delay (ms)")
+    right.set_title("latency (values below 0.1 ms drawn at 0.1)")
+    right.legend(fontsize="small")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    return True
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out-dir", default="benchmark-results")
-    p.add_argument("--levels", default="10,100,500")
+    p.add_argument("--levels", default="10,100,500,1000,2000")
+    p.add_argument("--pairs", default="16", help="overhead: interleaved pairs of chats")
     args = p.parse_args()
     os.makedirs(args.out_dir, exist_ok=True)
+
+    def out(name: str) -> str:
+        return os.path.join(args.out_dir, name)
+
+    capacity_args = ["--levels", args.levels, "--light", "--shed-cap", SHED_CAP, "--shed-streams", SHED_STREAMS]
     results = {
-        "overhead": run("benchmarks.overhead", os.path.join(args.out_dir, "overhead.json"), "--pairs", "16"),
-        "capacity": run("benchmarks.capacity", os.path.join(args.out_dir, "capacity.json"), "--levels", args.levels),
-        "plain_proxy": run(
-            "benchmarks.plain_proxy", os.path.join(args.out_dir, "plain_proxy.json"), "--levels", args.levels
-        ),
+        "overhead": run("benchmarks.overhead", out("overhead.json"), "--pairs", args.pairs),
+        "capacity": run("benchmarks.capacity", out("capacity.json"), *capacity_args),
+        "plain_proxy": run("benchmarks.plain_proxy", out("plain_proxy.json"), "--levels", args.levels),
+        "scenarios": run("benchmarks.scenarios", out("scenarios.json")),
     }
-    with open(os.path.join(args.out_dir, "results.json"), "w") as f:
+    with open(out("results.json"), "w") as f:
         json.dump(results, f, indent=2)
-    drawn = plot(results["capacity"], os.path.join(args.out_dir, "capacity.png"))
-    print(f"results in {args.out_dir}/results.json" + ("" if drawn else " (no plot: matplotlib is not installed)"))
+    plot(results["capacity"], results["plain_proxy"], out("capacity.png"))
+    print(f"results in {out('results.json')}, plot in {out('capacity.png')}")
 
 
 if __name__ == "__main__":

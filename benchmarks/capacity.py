@@ -52,6 +52,9 @@ UNLIMITED: dict[str, dict[str, Any]] = {
     "privacy": {"coalesce_ms": 0},  # measure the router, not the coalescing window
 }
 
+# New streams per second while a level ramps up: at 1,000 streams in one second the TLS
+# handshakes alone would hold both cores for most of that second.
+RAMP_RATE = 400.0
 LIGHT_DEADLINE = 60.0  # seconds after the ramp: the light load generator abandons streams still open
 
 
@@ -209,11 +212,17 @@ def start_upstream(socket: str, rate: float, deltas: int, core: str) -> subproce
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--levels", default="10,100,500")
+    p.add_argument("--levels", default="10,100,500,1000,2000")
     p.add_argument("--rate", type=float, default=20.0)
     p.add_argument("--deltas", type=int, default=40)
-    p.add_argument("--ramp", type=float, default=1.0, help="seconds over which each level's streams start")
-    p.add_argument("--shed-cap", type=int, default=50, help="stream cap of the shedding check (0: skip)")
+    p.add_argument(
+        "--ramp",
+        type=float,
+        default=1.0,
+        help=f"seconds over which a level's streams start (at least streams/{RAMP_RATE})",
+    )
+    p.add_argument("--shed-cap", type=int, default=256, help="stream cap of the shedding check (0: skip)")
+    p.add_argument("--shed-streams", type=int, default=0, help="streams offered to it (default: twice the cap)")
     p.add_argument("--short-seconds", type=float, default=5.0, help="the new-chats-per-second phase (0: skip)")
     p.add_argument("--light", action="store_true", help="count sealed chunks without opening them (all but one stream)")
     p.add_argument("--out", default="capacity.json")
@@ -251,14 +260,24 @@ def main() -> None:
             light = Router("127.0.0.1", router.port, router.cert()) if args.light else None
             equipment = [upstream.pid, os.getpid()]  # core 1: the synthetic upstream and this process
             for n in (int(x) for x in args.levels.split(",")):
+                ramp = max(args.ramp, n / RAMP_RATE)
                 report["levels"].append(
-                    await level(reactor, client, router.process.pid, n, args.rate, args.ramp, light, equipment)
+                    await level(reactor, client, router.process.pid, n, args.rate, ramp, light, equipment)
                 )
             await client.close()
             if shedder is not None and shedder.process is not None:
                 shed_client = PrivllmClient(reactor, shedder.url, shedder.pin(), os.urandom(32), shedder.cert())
+                offered = args.shed_streams or 2 * args.shed_cap
+                shed_light = Router("127.0.0.1", shedder.port, shedder.cert()) if args.light else None
                 report["shedding"] = await level(
-                    reactor, shed_client, shedder.process.pid, 2 * args.shed_cap, args.rate, 0.2
+                    reactor,
+                    shed_client,
+                    shedder.process.pid,
+                    offered,
+                    args.rate,
+                    offered / RAMP_RATE,
+                    shed_light,
+                    equipment,
                 )
                 report["shedding"]["cap"] = args.shed_cap
                 await shed_client.close()

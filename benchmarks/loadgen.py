@@ -5,6 +5,12 @@ the answer as it arrives, without opening it. All streams run on one selectors l
 Twisted, so that one core can take in ~20,000 chunks/s beside the synthetic upstream (about
 30 us of CPU per chunk and 1 ms per TLS handshake on the 2-core development machine).
 
+`sessions` instead sends several chats one after another on each kept-alive connection, as
+an app's HTTPS connection carries them, to count new short chats per second: a TLS handshake
+per chat would measure handshakes, not chats.
+
+`benchmarks.plain_proxy` uses it too, with nginx's path and the upstream's plain events.
+
 A stream that ends with a sealed error chunk counts as completed: telling it apart would
 mean opening the chunks. The verifying client (one stream per level) checks the content.
 """
@@ -24,6 +30,7 @@ READ, WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
 # Larger than a TLS record, smaller than malloc's mmap threshold: a 256 KiB buffer made each
 # recv cost ~35 us (an mmap and munmap per call) instead of ~5.
 RECV_SIZE = 65536
+SEALED_CHUNK = b"event: chunk"  # how an event the load generator times begins, by default
 
 
 @dataclass
@@ -36,10 +43,10 @@ class LoadResult:
     handshake_seconds: float = 0.0  # the part of it spent in TLS handshakes (one per stream)
 
 
-def request(host: str, port: int, body: bytes) -> bytes:
+def request(host: str, port: int, body: bytes, path: str = "/api/chat") -> bytes:
     """The request PrivllmClient.post sends: same path and headers."""
     head = (
-        f"POST /api/chat HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+        f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
         f"Accept: text/event-stream\r\nContent-Length: {len(body)}\r\n\r\n"
     )
     return head.encode() + body
@@ -51,8 +58,9 @@ class Response:
     Chunked, Content-Length and close-delimited bodies; a 200 body is read as SSE events, any
     other is kept whole for its error code."""
 
-    def __init__(self, arrivals: list[float]) -> None:
+    def __init__(self, arrivals: list[float], marker: bytes = SEALED_CHUNK) -> None:
         self.arrivals = arrivals
+        self.marker = marker  # the start of the events to time
         self.status: int | None = None
         self.chunked = False
         self.length: int | None = None  # identity body bytes still to come, if announced
@@ -98,7 +106,7 @@ class Response:
         end = eol + 2 + int(data[:eol], 16)  # where the event's data ends
         if len(data) != end + 2 or data.find(b"\n\n", eol) != end - 2:
             return False
-        if data.startswith(b"event: chunk", eol + 2):
+        if data.startswith(self.marker, eol + 2):
             self.arrivals.append(now)
         return True
 
@@ -145,7 +153,7 @@ class Response:
         events = self.events + data if self.events else data
         start = 0
         while (end := events.find(b"\n\n", start)) >= 0:
-            if events.startswith(b"event: chunk", start):
+            if events.startswith(self.marker, start):
                 self.arrivals.append(now)
             start = end + 2
         self.events = events[start:]
@@ -166,7 +174,7 @@ class Stream:
 
     def __init__(self, load: Load, payload: bytes, arrivals: list[float]) -> None:
         self.load, self.request = load, payload
-        self.response = Response(arrivals)
+        self.response = Response(arrivals, load.marker)
         self.sock: socket.socket | None = None
         self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
         self.tls = load.context.wrap_bio(self.incoming, self.outgoing, server_hostname=load.host)
@@ -285,8 +293,8 @@ class Stream:
 class Load:
     """The loop: opens streams on their start times, runs them until all are done or time is up."""
 
-    def __init__(self, host: str, port: int, cert_pem: bytes) -> None:
-        self.host, self.port = host, port
+    def __init__(self, host: str, port: int, cert_pem: bytes, path: str, marker: bytes) -> None:
+        self.host, self.port, self.path, self.marker = host, port, path, marker
         self.context = ssl.create_default_context(cadata=cert_pem.decode())
         self.selector = selectors.DefaultSelector()
         self.errors: dict[str, int] = {}
@@ -296,7 +304,9 @@ class Load:
 
     def run(self, bodies: Sequence[bytes], starts: Sequence[float], deadline: float) -> LoadResult:
         arrivals: list[list[float]] = [[] for _ in bodies]
-        streams = [Stream(self, request(self.host, self.port, b), a) for b, a in zip(bodies, arrivals, strict=True)]
+        streams = [
+            Stream(self, request(self.host, self.port, b, self.path), a) for b, a in zip(bodies, arrivals, strict=True)
+        ]
         order = sorted(range(len(streams)), key=lambda i: starts[i])
         t0, cpu = perf_counter(), thread_time()
         end, opened = t0 + deadline, 0
@@ -319,8 +329,16 @@ class Load:
 
 
 def run(
-    host: str, port: int, cert_pem: bytes, bodies: Sequence[bytes], starts: Sequence[float], deadline: float
+    host: str,
+    port: int,
+    cert_pem: bytes,
+    bodies: Sequence[bytes],
+    starts: Sequence[float],
+    deadline: float,
+    path: str = "/api/chat",
+    marker: bytes = SEALED_CHUNK,
 ) -> LoadResult:
-    """Post `bodies[i]` at `starts[i]` seconds from now, each on its own TLS connection to the
-    router (verified against its self-signed `cert_pem`); give up on whatever runs past `deadline`."""
-    return Load(host, port, cert_pem).run(bodies, starts, deadline)
+    """Post `bodies[i]` to `path` at `starts[i]` seconds from now, each on its own TLS connection
+    (verified against the self-signed `cert_pem`), timing the events that begin with `marker`;
+    give up on whatever runs past `deadline`."""
+    return Load(host, port, cert_pem, path, marker).run(bodies, starts, deadline)

@@ -21,18 +21,10 @@ import time
 from itertools import pairwise
 from typing import Any
 
-import treq
-from twisted.internet import ssl
-from twisted.internet.defer import ensureDeferred, gatherResults
-from twisted.internet.task import deferLater, react
-from twisted.web.client import Agent, HTTPConnectionPool
-from twisted.web.iweb import IPolicyForHTTPS
-from zope.interface import implementer
-
-from privllm.body import BodyStream
 from privllm.keys.files import ensure_private_dir
 from privllm.keys.material import ensure_dev_certificate
 
+from . import loadgen
 from .capacity import cpu_seconds, start_upstream
 from .report import machine, percentile, write_report
 
@@ -61,41 +53,26 @@ http {{
 """
 
 
-async def level(reactor: Any, http: Any, url: str, pid: int, streams: int, rate: float, ramp: float) -> dict[str, Any]:
-    arrivals: list[list[float]] = [[] for _ in range(streams)]
-    errors: dict[str, int] = {}
+DELTA_EVENT = b'data: {"choices":[{"delta":{"content"'  # the upstream's deltas, as nginx passes them on
+DEADLINE = 60.0  # seconds after the ramp: streams still open are abandoned
+
+
+def level(port: int, cert: bytes, pid: int, streams: int, rate: float, ramp: float) -> dict[str, Any]:
+    """`streams` plain chats through nginx, started over `ramp` seconds by benchmarks.loadgen,
+    the load generator the capacity benchmark uses, so both runs face the same equipment."""
     body = json.dumps({"messages": [{"role": "user", "content": "go"}], "stream": True}).encode()
-
-    async def one(i: int) -> None:
-        await deferLater(reactor, ramp * i / streams)
-        try:
-            response = await http.post(
-                url, data=body, headers={b"Content-Type": [b"application/json"]}, unbuffered=True
-            )
-            pending = b""
-
-            def on_data(data: bytes) -> None:
-                nonlocal pending
-                pending += data
-                while b"\n\n" in pending:
-                    _, pending = pending.split(b"\n\n", 1)
-                    arrivals[i].append(time.perf_counter())
-
-            stream = BodyStream(on_data)
-            response.deliverBody(stream)
-            await stream.done
-        except Exception as e:
-            errors[type(e).__name__] = errors.get(type(e).__name__, 0) + 1
-
+    starts = [ramp * i / streams for i in range(streams)]
     cpu_before, start = cpu_seconds(pid), time.perf_counter()
-    await gatherResults([ensureDeferred(one(i)) for i in range(streams)])
+    result = loadgen.run(
+        "127.0.0.1", port, cert, [body] * streams, starts, ramp + DEADLINE, "/v1/chat/completions", DELTA_EVENT
+    )
     wall = time.perf_counter() - start
-    added = [(b - a) * 1000 - 1000 / rate for stream in arrivals for a, b in pairwise(stream[1:-3])]
+    added = [(b - a) * 1000 - 1000 / rate for stream in result.arrivals for a, b in pairwise(stream[1:])]
     return {
         "streams": streams,
-        "completed": sum(1 for a in arrivals if a),
-        "errors": errors,
-        "events_per_second": sum(len(a) for a in arrivals) / wall,
+        "completed": sum(1 for a in result.arrivals if a),
+        "errors": result.errors,
+        "events_per_second": sum(len(a) for a in result.arrivals) / wall,
         "added_interchunk_delay_ms_p50": percentile(added, 0.5),
         "added_interchunk_delay_ms_p99": percentile(added, 0.99),
         "proxy_cpu_percent": 100 * (cpu_seconds(pid) - cpu_before) / wall,
@@ -132,25 +109,12 @@ def main() -> None:
         workers = subprocess.run(["pgrep", "-P", str(proxy.pid)], capture_output=True, text=True).stdout.split()
         worker = int(workers[0]) if workers else proxy.pid
 
-        async def go(reactor: Any) -> None:
-            with open(cert, "rb") as pem:
-                root = ssl.Certificate.loadPEM(pem.read())
-
-            @implementer(IPolicyForHTTPS)
-            class Policy:
-                def creatorForNetloc(self, hostname: bytes, port: int) -> Any:
-                    return ssl.optionsForClientTLS("127.0.0.1", trustRoot=root)
-
-            pool = HTTPConnectionPool(reactor, persistent=True)
-            http = treq.client.HTTPClient(Agent(reactor, contextFactory=Policy(), pool=pool))  # type: ignore[arg-type]
-            url = f"https://127.0.0.1:{port}/v1/chat/completions"
-            report: dict[str, Any] = {"machine": machine(), "rate_per_stream": args.rate, "levels": []}
-            for n in (int(x) for x in args.levels.split(",")):
-                report["levels"].append(await level(reactor, http, url, worker, n, args.rate, args.ramp))
-            await pool.closeCachedConnections()
-            write_report(report, args.out)
-
-        react(lambda reactor: ensureDeferred(go(reactor)))
+        with open(cert, "rb") as pem:
+            root = pem.read()
+        report: dict[str, Any] = {"machine": machine(), "rate_per_stream": args.rate, "levels": []}
+        for n in (int(x) for x in args.levels.split(",")):
+            report["levels"].append(level(port, root, worker, n, args.rate, args.ramp))
+        write_report(report, args.out)
     finally:
         proxy.terminate()
         proxy.wait(timeout=10)

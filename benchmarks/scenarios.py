@@ -4,7 +4,9 @@ ramp-up, sustained, spike and stress. Each is bounded in time and count, loopbac
 and stops by itself. Reports time to first chunk and whole-answer latency (p50, p95, p99),
 tokens per second delivered, and errors by code.
 
-    python -m benchmarks.scenarios [--out scenarios.json]
+    python -m benchmarks.scenarios [--only spike,stress] [--scale 0.1] [--out scenarios.json]
+
+--scale multiplies the number of chats in every step (at least one each), for a short run.
 """
 
 from __future__ import annotations
@@ -77,6 +79,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="scenarios.json")
     p.add_argument("--max-streams", type=int, default=300, help="the router's stream cap (stress pushes past it)")
+    p.add_argument("--only", default="", help="comma-separated scenario names (default: all)")
+    p.add_argument("--scale", type=float, default=1.0, help="multiply the chats of every step")
     args = p.parse_args()
     from tests.stack import Daemon  # test equipment: the real router under twistd
 
@@ -98,7 +102,10 @@ def main() -> None:
             client = PrivllmClient(reactor, router.url, router.pin(), os.urandom(32), router.cert())
             client._pool.maxPersistentPerHost = 64
             for name, plan in SCENARIOS:
-                report["scenarios"][name] = await scenario(reactor, client, plan)
+                if args.only and name not in args.only.split(","):
+                    continue
+                scaled = [(at, max(1, round(count * args.scale))) for at, count in plan]
+                report["scenarios"][name] = await scenario(reactor, client, scaled)
                 await deferLater(reactor, 2.0)  # let the router settle between scenarios
             await client.close()
             write_report(report, args.out)

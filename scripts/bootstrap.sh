@@ -17,6 +17,8 @@ command -v ip >/dev/null || missing+=(iproute2)
 command -v wg >/dev/null || missing+=(wireguard-tools)
 command -v wireguard-go >/dev/null || missing+=(wireguard-go)
 command -v nft >/dev/null || missing+=(nftables)
+# The benchmarks' plain-proxy comparison (its smoke run is part of the tests).
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
 if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
         echo "bootstrap: installing ${missing[*]}" >&2

@@ -1,5 +1,6 @@
-"""A short run of the overhead benchmark, so it cannot rot. It checks that figures come
-out, not that they meet the targets: speed is judged from full runs (docs/performance.md)."""
+"""Short runs of every benchmark, so the suite cannot rot. They check that figures come out
+and that the router sheds, not that targets are met: speed is judged from full runs
+(scripts/bench, docs/performance.md)."""
 
 from __future__ import annotations
 
@@ -40,7 +41,19 @@ class Capacity(TestCase):
     timeout = 300
 
     def test_smoke_and_shedding(self) -> None:
-        args = ("--levels", "10", "--deltas", "10", "--ramp", "0.3", "--shed-cap", "5", "--short-seconds", "0")
+        args = (
+            "--levels",
+            "10",
+            "--deltas",
+            "10",
+            "--ramp",
+            "0.3",
+            "--shed-cap",
+            "5",
+            "--short-seconds",
+            "0",
+            "--light",
+        )
         report = run_benchmark(self, "benchmarks.capacity", *args)
         first = report["levels"][0]
         self.assertEqual((first["completed"], first["errors"]), (10, {}))
@@ -49,3 +62,25 @@ class Capacity(TestCase):
         shed = report["shedding"]
         self.assertEqual(shed["completed"], 5)
         self.assertEqual(shed["errors"], {"unavailable": 5})
+        self.assertGreater(report["levels"][0]["test_equipment_cpu_percent"], 0)
+
+
+class PlainProxy(TestCase):
+    timeout = 300
+
+    def test_smoke(self) -> None:
+        report = run_benchmark(self, "benchmarks.plain_proxy", "--levels", "10", "--deltas", "10", "--ramp", "0.3")
+        level = report["levels"][0]
+        self.assertEqual((level["completed"], level["errors"]), (10, {}))
+        self.assertGreater(level["events_per_second"], 0)
+
+
+class Scenarios(TestCase):
+    timeout = 300
+
+    def test_smoke(self) -> None:
+        report = run_benchmark(self, "benchmarks.scenarios", "--only", "spike", "--scale", "0.1")
+        spike = report["scenarios"]["spike"]
+        self.assertEqual(spike["chats"], 4 + 15 + 4)
+        self.assertEqual((spike["completed"], spike["errors"]), (spike["chats"], {}))
+        self.assertGreater(spike["first_chunk_ms"]["p50"], 0)
