@@ -15,8 +15,12 @@ from json.encoder import encode_basestring  # type: ignore[attr-defined]
 DELTA_FRAME = len(b'{"type":"delta","text":}')
 
 
+def delta_json(text: str) -> bytes:
+    """dumps({"type": "delta", "text": text}), without building the object (this runs per delta)."""
+    return b'{"type":"delta","text":' + encode_basestring(text).encode("utf-8") + b"}"
+
+
 def delta_size(text: str) -> int:
-    """len(dumps({"type": "delta", "text": text})), without building the object (this runs per delta)."""
     return DELTA_FRAME + len(encode_basestring(text).encode("utf-8"))
 
 

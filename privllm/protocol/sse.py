@@ -33,22 +33,49 @@ class SSEParser:
         self._max_line = max_line
         self._max_event = max_event
         self._skip_lf = False  # a CR ended the previous line; a following LF belongs to it
+        self._fast_limit = min(max_line, max_event)  # a one-line event this short needs no size checks
 
     def feed(self, data: bytes) -> list[SSEEvent]:
         self._buffer += data
+        events: list[SSEEvent] = []
         if self._skip_lf or b"\r" in self._buffer:
             lines = self._split_any()
         else:  # the usual case, and the hot path of every streamed delta: LF line ends only
+            if not (self._event or self._data):
+                events = self._whole_events()
+                if not self._buffer:
+                    return events
             end = self._buffer.rfind(b"\n")
             lines = bytes(self._buffer[:end]).split(b"\n") if end != -1 else []
             del self._buffer[: end + 1]
         if len(self._buffer) > self._max_line:
             raise SSEError("line too long")
-        events: list[SSEEvent] = []
         for line in lines:
             event = self._line(line)
             if event is not None:
                 events.append(event)
+        return events
+
+    def _whole_events(self) -> list[SSEEvent]:
+        """Every event the buffer holds whole, starting between events (LF line ends only).
+        One `data: ...` line is an event at once, as an upstream delta always is."""
+        end = self._buffer.rfind(b"\n\n")
+        if end == -1:
+            return []
+        blocks = bytes(self._buffer[:end]).split(b"\n\n")
+        del self._buffer[: end + 2]
+        events = []
+        for block in blocks:
+            if block.startswith(b"data: ") and b"\n" not in block and len(block) < self._fast_limit:
+                try:
+                    events.append(SSEEvent("message", block[6:].decode("utf-8")))
+                except UnicodeDecodeError as e:
+                    raise SSEError("not UTF-8") from e
+                continue
+            for line in [*block.split(b"\n"), b""]:  # the blank line that ended the block dispatches
+                event = self._line(line)
+                if event is not None:
+                    events.append(event)
         return events
 
     def _split_any(self) -> list[bytes]:

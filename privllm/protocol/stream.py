@@ -65,21 +65,25 @@ class StreamSealer:
 
     def __init__(self, keys: StreamKeys, pad_to: int = 0) -> None:
         self._aead = ChaCha20Poly1305(keys.key)
-        self._nonce = keys.nonce
+        self._nonce = int.from_bytes(keys.nonce, "big")
         self._index = 0
         self._pad_to = pad_to
         self.finished = False
 
     def seal(self, chunk: dict[str, Any], final: bool = False) -> str:
+        return self.seal_json(dumps(chunk), final)
+
+    def seal_json(self, plaintext: bytes, final: bool = False) -> str:
+        """Seal a chunk object already encoded as compact JSON (a delta's is built directly)."""
         if self.finished:
             raise StreamStateError("the stream already ended")
         if self._index >= MAX_CHUNKS:
             raise StreamStateError("too many chunks")
-        plaintext = dumps(chunk)
         if self._pad_to and len(plaintext) % self._pad_to:
             plaintext += b"\x00" * (self._pad_to - len(plaintext) % self._pad_to)
         aad = suite.FINAL_AAD if final else b""
-        sealed = self._aead.encrypt(chunk_nonce(self._nonce, self._index), plaintext, aad)
+        nonce = (self._nonce ^ self._index).to_bytes(suite.AEAD_NONCE_SIZE, "big")  # chunk_nonce, per chunk
+        sealed = self._aead.encrypt(nonce, plaintext, aad)
         self._index += 1
         self.finished = final
         return b64encode(sealed)

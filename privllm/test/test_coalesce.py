@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from twisted.trial.unittest import TestCase
 
-from ..protocol.coalesce import Coalescer, delta_size
+from ..protocol.coalesce import Coalescer, delta_json, delta_size
 from ..protocol.encoding import dumps
 
 TEXTS = ["", "a", ' "quoted" \\ back', "tab\tnew\nline\x01\x1f", "café 🌍", "\u2028\u2029", "x" * 300]
 
 
 class Sizes(TestCase):
-    def test_delta_size_is_the_encoded_size(self) -> None:
+    def test_delta_json_is_dumps(self) -> None:
         for text in TEXTS:
+            self.assertEqual(delta_json(text), dumps({"type": "delta", "text": text}), text)
             self.assertEqual(delta_size(text), len(dumps({"type": "delta", "text": text})), text)
 
     def test_chunks_stay_in_one_bucket(self) -> None:

@@ -57,6 +57,14 @@ class Parsing(TestCase):
         p = SSEParser(max_event=100)
         self.assertRaises(SSEError, p.feed, b"data: " + b"x" * 60 + b"\n" + b"data: " + b"y" * 60 + b"\n")
 
+    def test_limits_hold_for_whole_events(self) -> None:
+        """A one-line event that arrives whole is still held to the size limits."""
+        self.assertRaises(SSEError, SSEParser(max_event=100).feed, b"data: " + b"x" * 150 + b"\n\n")
+        self.assertRaises(SSEError, SSEParser(max_line=100).feed, b"data: " + b"x" * 150 + b"\n\n")
+        self.assertEqual(
+            SSEParser(max_event=100).feed(b"data: " + b"x" * 50 + b"\n\n"), [SSEEvent("message", "x" * 50)]
+        )
+
     def test_bad_utf8(self) -> None:
         self.assertRaises(SSEError, SSEParser().feed, b"data: \xff\n\n")
 

@@ -29,7 +29,7 @@ from ..body import BodyStream
 from ..config.schema import Privacy
 from ..protocol import suite
 from ..protocol.chat import BadChatRequest, ChatLimits, ChatRequest, parse_chat_request
-from ..protocol.coalesce import Coalescer
+from ..protocol.coalesce import Coalescer, delta_json
 from ..protocol.encoding import b64encode, dumps
 from ..protocol.request import OpenedRequest
 from ..protocol.slots import StreamSlots
@@ -234,7 +234,14 @@ class ChatStream:
 
     def _send_chunk(self, chunk: dict[str, Any], final: bool) -> None:
         assert self._sealer is not None
-        self._write(encode_event("chunk", self._sealer.seal(chunk, final=final)))
+        self._send_sealed(self._sealer.seal(chunk, final=final))
+
+    def _send_text(self, text: str) -> None:
+        assert self._sealer is not None
+        self._send_sealed(self._sealer.seal_json(delta_json(text)))
+
+    def _send_sealed(self, sealed: str) -> None:
+        self._write(encode_event("chunk", sealed))
         self._metrics.chunks.inc()
 
     def _send_delta(self, text: str) -> None:
@@ -244,7 +251,7 @@ class ChatStream:
             self._chat = None  # no more retries: the conversation is dropped
             self._metrics.time_to_first_chunk.observe(now - self._started)
         for piece in self._coalescer.add(text, now):
-            self._send_chunk({"type": "delta", "text": piece}, final=False)
+            self._send_text(piece)
         due = self._coalescer.due()
         if due is not None and self._flush_call is None:
             self._flush_call = self._clock.callLater(max(0.0, due - now), self._flush)
@@ -256,7 +263,7 @@ class ChatStream:
         self._flush_call = None
         piece = self._coalescer.take()
         if piece:
-            self._send_chunk({"type": "delta", "text": piece}, final=False)
+            self._send_text(piece)
 
     def _send_done(self, finished: Finished) -> None:
         if self._node is not None:
