@@ -188,6 +188,48 @@ async def short_chats(
     }
 
 
+async def light_short_chats(
+    client: PrivllmClient,
+    pid: int,
+    light: Router,
+    seconds: float,
+    equipment: Sequence[int] = (),
+    sessions: int = 64,
+    target: float = 1200.0,
+    cap: int = 6000,
+) -> dict[str, Any]:
+    """New chats per second for one-delta answers through benchmarks.loadgen: `sessions` kept-alive
+    connections (as apps keep theirs), each posting its pre-sealed chats back to back, for `seconds`
+    or until the bodies run out. Bodies are sealed before the clock starts (about 0.5 ms each), enough
+    for `target` chats/s up to `cap`. The router's and the load generator's CPU per chat say which
+    side was the limit; chats cut off at the end of the phase are not errors."""
+    plaintext = {"messages": [{"role": "user", "content": "go"}], "max_tokens": 4}
+    per_session = max(1, min(int(-(-seconds * target // sessions)), cap // sessions))  # ceil, capped
+    flat = await sealed_bodies(client, plaintext, sessions * per_session)
+    bodies = [flat[i * per_session : (i + 1) * per_session] for i in range(sessions)]
+    cpu_before, start = cpu_seconds(pid), time.perf_counter()
+    equipment_before = sum(cpu_seconds(p) for p in equipment)
+    result = await deferToThread(loadgen.sessions, *light, bodies, seconds)
+    wall = time.perf_counter() - start
+    cpu = cpu_seconds(pid) - cpu_before
+    equipment_cpu = sum(cpu_seconds(p) for p in equipment) - equipment_before
+    done = max(1, result.completed)
+    return {
+        "concurrency": sessions,
+        "bodies": len(flat),
+        "completed": result.completed,
+        "chats_per_second": result.completed / wall,
+        "errors": {kind: n for kind, n in result.errors.items() if kind != "deadline"},
+        "cut_off_at_end": result.errors.get("deadline", 0),
+        "connections": result.connections,
+        "router_cpu_percent": 100 * cpu / wall,
+        "router_cpu_ms_per_chat": 1e3 * cpu / done,
+        "load_generator_cpu_ms_per_chat": 1e3 * (result.cpu_seconds - result.handshake_seconds) / done,
+        "load_generator_handshake_ms": 1e3 * result.handshake_seconds,
+        "test_equipment_cpu_percent": 100 * equipment_cpu / wall if equipment else None,
+    }
+
+
 def start_upstream(socket: str, rate: float, deltas: int, core: str) -> subprocess.Popen[bytes]:
     argv = [
         "taskset",
@@ -283,10 +325,17 @@ def main() -> None:
                 await shed_client.close()
             if shorts is not None and shorts.process is not None:
                 short_client = PrivllmClient(reactor, shorts.url, shorts.pin(), os.urandom(32), shorts.cert())
-                short_client._pool.maxPersistentPerHost = 64  # one kept-alive connection per worker, as apps would
-                report["short_chats"] = await short_chats(
-                    reactor, short_client, shorts.process.pid, 32, args.short_seconds
-                )
+                if args.light:  # core 1: the one-delta upstream and this process (the load generator)
+                    short_light = Router("127.0.0.1", shorts.port, shorts.cert())
+                    short_equipment = [short_upstream.pid, os.getpid()]
+                    report["short_chats"] = await light_short_chats(
+                        short_client, shorts.process.pid, short_light, args.short_seconds, short_equipment
+                    )
+                else:
+                    short_client._pool.maxPersistentPerHost = 64  # one kept-alive connection per worker, as apps would
+                    report["short_chats"] = await short_chats(
+                        reactor, short_client, shorts.process.pid, 32, args.short_seconds
+                    )
                 await short_client.close()
             write_report(report, args.out)
 
