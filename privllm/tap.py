@@ -225,7 +225,8 @@ class Router:
         breaker = CircuitBreaker(
             backend.breaker_failures, backend.breaker_cooldown, lambda state: transitions.labels(url, state).inc()
         )
-        node = Node(url, LlamaServer(reactor, url, backend.connect_timeout, tls), breaker, dialect=dialect)
+        client = LlamaServer(reactor, url, backend.connect_timeout, tls, keep=self.config.load.max_streams_per_node)
+        node = Node(url, client, breaker, dialect=dialect)
 
         def changed(ready: bool) -> None:
             node.healthy = ready
@@ -251,7 +252,7 @@ class InferenceNode:
         urls = _local_llama(config, self.service) + [u for u in config.backend.urls if u.startswith("unix://")]
         if len(urls) != 1:
             raise StartError("config backend.urls: a node forwards to exactly one local llama-server (unix://)")
-        llama = LlamaServer(reactor, urls[0], config.backend.connect_timeout)
+        llama = LlamaServer(reactor, urls[0], config.backend.connect_timeout, keep=config.llama.parallel)
         proxy = NodeProxy(llama, config.server.allowed_clients, config.backend.health_timeout)
         site = _site(config, proxy, reactor)
         options = _server_tls(config, config.server.client_ca, alpn=[b"http/1.1"])

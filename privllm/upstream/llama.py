@@ -53,9 +53,10 @@ class _QuietFactory(_HTTP11ClientFactory):
 
 
 class LlamaServer:
-    def __init__(self, reactor: Any, url: str, connect_timeout: float, tls: Any = None) -> None:
+    def __init__(self, reactor: Any, url: str, connect_timeout: float, tls: Any = None, keep: int = 16) -> None:
+        """`keep`: idle connections kept for reuse; as many as the backend serves streams at once."""
         pool = HTTPConnectionPool(reactor, persistent=True)
-        pool.maxPersistentPerHost = 16
+        pool.maxPersistentPerHost = keep
         pool._factory = _QuietFactory  # no "Starting factory" line for every upstream connection
         agent: Any
         if url.startswith("unix://"):
