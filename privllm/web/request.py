@@ -131,7 +131,9 @@ class PrivllmSite(server.Site):
         idle_timeout: float = 60,
         request_read_timeout: float = 0,
     ) -> None:
-        super().__init__(resource, reactor=reactor, timeout=idle_timeout)
+        # Bodies are sealed JSON: never parse them as forms (Twisted would, with the email
+        # package's header parser, for every POST).
+        super().__init__(resource, reactor=reactor, timeout=idle_timeout, parsePOSTFormSubmission=False)
         self.max_body = max_body
         self.request_read_timeout = request_read_timeout
 
