@@ -15,7 +15,7 @@ from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.logger import Logger
-from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
 from twisted.web.resource import Resource
 from twisted.web.server import Site
@@ -109,9 +109,9 @@ def _https_listener(
 ) -> Any:
     # The per-address cap sits outside TLS, so a refused connection costs no handshake.
     tls = TLSMemoryBIOFactory(options, False, site)  # type: ignore[arg-type]
-    # Each sealed chunk is one write that must leave now: Twisted's default TLS transport
-    # would hold it for a reactor turn (a timer per chunk) to gather small writes.
-    tls.protocol = TLSMemoryBIOProtocol
+    # Twisted's default TLS transport gathers the writes of one reactor turn into one TLS
+    # record. Measured at 1,000 streams (router saturated): 88 us of CPU per sealed chunk
+    # with it, 132 us without; at 200 streams, without it was about 5 % cheaper.
     endpoint = TCP4ServerEndpoint(reactor, config.server.port, interface=config.server.host)
     # A node's only client is the router, which opens a connection per concurrent stream:
     # the per-address cap is for the public listener.
