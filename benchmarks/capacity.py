@@ -5,7 +5,7 @@ number of concurrent streams ramps up. Reports sealed chunks per second, the del
 router adds between chunks (p50, p99), router CPU and resident memory per open stream; then
 pushes past a stream cap to check the router sheds (503) instead of stalling everyone.
 
-    python -m benchmarks.capacity [--levels 10,100,500] [--rate 20] [--deltas 40] [--out capacity.json]
+    python -m benchmarks.capacity [--levels 10,100,500,1000,2000] [--rate 20] [--deltas 200] [--light] [--out capacity.json]
 
 With --light, all streams of a level but the first go through benchmarks.loadgen (one TLS
 connection each, sealed chunks timestamped, not opened), cheap enough for 1,000 streams.
@@ -256,7 +256,12 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--levels", default="10,100,500,1000,2000")
     p.add_argument("--rate", type=float, default=20.0)
-    p.add_argument("--deltas", type=int, default=40)
+    p.add_argument(
+        "--deltas",
+        type=int,
+        default=200,
+        help="deltas per answer: at 20/s, 10 s, so a level's streams are all open at once",
+    )
     p.add_argument(
         "--ramp",
         type=float,

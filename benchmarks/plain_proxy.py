@@ -83,7 +83,12 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--levels", default="10,100,500")
     p.add_argument("--rate", type=float, default=20.0)
-    p.add_argument("--deltas", type=int, default=40)
+    p.add_argument(
+        "--deltas",
+        type=int,
+        default=200,
+        help="deltas per answer: at 20/s, 10 s, so a level's streams are all open at once",
+    )
     p.add_argument("--ramp", type=float, default=1.0)
     p.add_argument("--out", default="plain_proxy.json")
     args = p.parse_args()
