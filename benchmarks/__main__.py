@@ -61,7 +61,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out-dir", default="benchmark-results")
     p.add_argument("--levels", default="10,100,500,1000,2000")
-    p.add_argument("--pairs", default="16", help="overhead: interleaved pairs of chats")
+    p.add_argument("--pairs", default="32", help="overhead: interleaved pairs of chats")
     args = p.parse_args()
     os.makedirs(args.out_dir, exist_ok=True)
 
