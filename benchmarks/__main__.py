@@ -38,20 +38,23 @@ def plot(capacity: dict[str, Any], plain: dict[str, Any], path: str) -> None:
 
     ours, theirs = capacity["levels"], plain["levels"]
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    left.plot([x["streams"] for x in ours], [x["sealed_chunks_per_second"] for x in ours], marker="o", label="privllm")
-    left.plot([x["streams"] for x in theirs], [x["events_per_second"] for x in theirs], marker="s", label="nginx")
+    colors = {"privllm": "tab:blue", "nginx": "tab:orange"}
+    ours_y = [x["sealed_chunks_per_second"] for x in ours]
+    left.plot([x["streams"] for x in ours], ours_y, marker="o", color=colors["privllm"], label="privllm")
+    theirs_y = [x["events_per_second"] for x in theirs]
+    left.plot([x["streams"] for x in theirs], theirs_y, marker="s", color=colors["nginx"], label="nginx")
     offered = [x["streams"] * capacity["rate_per_stream"] for x in ours]
     left.plot([x["streams"] for x in ours], offered, linestyle=":", color="grey", label="offered")
     left.set(xscale="log", yscale="log", xlabel="concurrent streams", ylabel="chunks / s", title="throughput, one core")
     left.legend()
-    for name, levels, style in (("privllm", ours, "-"), ("nginx", theirs, "--")):
+    for name, levels in (("privllm", ours), ("nginx", theirs)):
         streams = [x["streams"] for x in levels]
-        for q in ("p50", "p99"):
+        for q, style in (("p50", ":"), ("p99", "-")):
             values = [max(x[f"added_interchunk_delay_ms_{q}"], 0.1) for x in levels]
-            right.plot(streams, values, linestyle=style, marker="o", label=f"{name} {q}")
+            right.plot(streams, values, linestyle=style, marker="o", color=colors[name], label=f"{name} {q}")
     right.axhline(25, color="red", linewidth=0.8, label="target p99")
     right.set(xscale="log", yscale="log", xlabel="concurrent streams", ylabel="added inter-chunk delay (ms)")
-    right.set_title("latency (values below 0.1 ms drawn at 0.1)")
+    right.set_title("latency (below 0.1 ms, or negative: drawn at 0.1)")
     right.legend(fontsize="small")
     fig.tight_layout()
     fig.savefig(path, dpi=100)

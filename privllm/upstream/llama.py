@@ -4,10 +4,10 @@ UNIX socket, or an inference node over mutual TLS (which forwards to its own lla
 
 An Agent whose endpoints are UNIX endpoints (or TLS with the mTLS policy), with kept-alive
 connections; treq for the health check. The chat request goes straight to the Agent (treq's
-conveniences cost about a millisecond of time to first token), and the answer is streamed into
-a protocol that hands each piece to the sans-IO translator. Stopping that protocol's
-transport closes the connection, which is how llama-server learns the client left and frees
-the slot.
+request path added a few tenths of a millisecond to time to first token), and the answer
+is streamed into a protocol that hands each piece to the sans-IO translator. Stopping that
+protocol's transport closes the connection, which is how llama-server learns the client
+left and frees the slot.
 """
 
 from __future__ import annotations
