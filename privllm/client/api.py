@@ -88,10 +88,17 @@ class PinnedRootPolicy:
 
     def __init__(self, root_pem: bytes | None) -> None:
         self._root = ssl.Certificate.loadPEM(root_pem) if root_pem else None
+        self._creators: dict[tuple[bytes, int], Any] = {}
 
     def creatorForNetloc(self, hostname: bytes, port: int) -> Any:
+        # The Agent asks once per request, even on a kept-alive connection: build it once.
         # Twisted's Agent speaks HTTP/1.1 only, so no ALPN offer of h2 here.
-        return ssl.optionsForClientTLS(hostname.decode("ascii"), trustRoot=self._root)
+        creator = self._creators.get((hostname, port))
+        if creator is None:
+            creator = self._creators[hostname, port] = ssl.optionsForClientTLS(
+                hostname.decode("ascii"), trustRoot=self._root
+            )
+        return creator
 
 
 MAX_DIFFICULTY = 32  # 2**32 hashes: a router asking more is not one to spend the battery on
