@@ -15,11 +15,12 @@ from typing import Any
 import treq
 from twisted.internet import ssl
 from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.error import ConnectError, ConnectionLost, DNSLookupError, TimeoutError
 from twisted.internet.threads import deferToThreadPool
 from twisted.web.client import Agent, HTTPConnectionPool, ResponseFailed
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IPolicyForHTTPS
+from twisted.web.iweb import IAgentEndpointFactory, IPolicyForHTTPS
 from zope.interface import implementer
 
 from ..body import BodyStream, BytesProducer
@@ -88,17 +89,31 @@ class PinnedRootPolicy:
 
     def __init__(self, root_pem: bytes | None) -> None:
         self._root = ssl.Certificate.loadPEM(root_pem) if root_pem else None
-        self._creators: dict[tuple[bytes, int], Any] = {}
 
     def creatorForNetloc(self, hostname: bytes, port: int) -> Any:
-        # The Agent asks once per request, even on a kept-alive connection: build it once.
         # Twisted's Agent speaks HTTP/1.1 only, so no ALPN offer of h2 here.
-        creator = self._creators.get((hostname, port))
-        if creator is None:
-            creator = self._creators[hostname, port] = ssl.optionsForClientTLS(
-                hostname.decode("ascii"), trustRoot=self._root
-            )
-        return creator
+        return ssl.optionsForClientTLS(hostname.decode("ascii"), trustRoot=self._root)
+
+
+@implementer(IAgentEndpointFactory)
+class RouterEndpoints:
+    """One endpoint per router address, made once. Twisted's Agent would build a
+    HostnameEndpoint (IDNA-encoding the name) and TLS options for every request, kept-alive
+    connection or not: about 0.2 ms of every chat's time to first token."""
+
+    def __init__(self, reactor: Any, policy: PinnedRootPolicy) -> None:
+        self._reactor, self._policy = reactor, policy
+        self._endpoints: dict[tuple[bytes, bytes, int], Any] = {}
+
+    def endpointForURI(self, uri: Any) -> Any:
+        key = (uri.scheme, uri.host, uri.port)
+        endpoint: Any = self._endpoints.get(key)
+        if endpoint is None:
+            endpoint = HostnameEndpoint(self._reactor, uri.host, uri.port)
+            if uri.scheme == b"https":
+                endpoint = wrapClientTLS(self._policy.creatorForNetloc(uri.host, uri.port), endpoint)
+            self._endpoints[key] = endpoint
+        return endpoint
 
 
 MAX_DIFFICULTY = 32  # 2**32 hashes: a router asking more is not one to spend the battery on
@@ -125,7 +140,8 @@ class PrivllmClient:
         self._device = device_private_key
         # Keep connections open between chats, as an app would: no TLS handshake per message.
         self._pool = HTTPConnectionPool(reactor, persistent=True)
-        agent: Any = Agent(reactor, contextFactory=PinnedRootPolicy(trust_root_pem), pool=self._pool)
+        endpoints = RouterEndpoints(reactor, PinnedRootPolicy(trust_root_pem))
+        agent: Any = Agent.usingEndpointFactory(reactor, endpoints, pool=self._pool)
         self._agent = agent
         self._http = treq.client.HTTPClient(agent)
         self._keys: list[PublishedKey] | None = None
