@@ -118,6 +118,7 @@ class Streaming(TestCase):
             chunks[2], {"type": "done", "finish_reason": "stop", "usage": {"prompt_tokens": 4, "completion_tokens": 2}}
         )
         self.assertEqual(self.outcome("ok"), 1)
+        self.assertEqual(self.metrics.registry.get_sample_value("privllm_sealed_chunks_total"), 3)
         self.assertEqual(self.metrics.registry.get_sample_value("privllm_active_streams"), 0)
 
     def test_bad_parameters_sealed(self) -> None:
@@ -181,6 +182,14 @@ class Streaming(TestCase):
         done.cancel()
         self.assertTrue(response.transport.stopped)
         self.assertEqual(self.metrics.registry.get_sample_value("privllm_active_streams"), 0)
+
+    def test_chunk_count_reported_each_second(self) -> None:
+        self.start()
+        response = FakeResponse()
+        self.upstream.pending.callback(response)
+        response.send(delta("a") + delta("b"))
+        self.clock.advance(1.0)
+        self.assertEqual(self.metrics.registry.get_sample_value("privllm_sealed_chunks_total"), 2)
 
     def test_complete_answer_keeps_upstream_connection(self) -> None:
         """After [DONE] the response's end is read, not cut, so the connection can be reused."""

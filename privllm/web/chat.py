@@ -98,6 +98,7 @@ class ChatStream:
         self._last_write = self._last_upstream = self._sent_at = self._started
         self._first_delta = True
         self._open = False
+        self._unreported_chunks = 0
         self.done: Deferred[None] = Deferred(lambda _: self._abort("client_gone"))
 
     def start(self, opened: OpenedRequest, encapsulated_key: bytes) -> Deferred[None]:
@@ -242,7 +243,12 @@ class ChatStream:
 
     def _send_sealed(self, sealed: str) -> None:
         self._write(encode_event("chunk", sealed))
-        self._metrics.chunks.inc()
+        self._unreported_chunks += 1  # counted in the metric each second: a locked inc per chunk was 3 %
+
+    def _report_chunks(self) -> None:
+        if self._unreported_chunks:
+            self._metrics.chunks.inc(self._unreported_chunks)
+            self._unreported_chunks = 0
 
     def _send_delta(self, text: str) -> None:
         now = self._clock.seconds()
@@ -281,6 +287,7 @@ class ChatStream:
         self._close(outcome)
 
     def _tick(self) -> None:
+        self._report_chunks()
         now = self._clock.seconds()
         s = self._settings
         waiting_first = self._first_delta and self._retry_call is None
@@ -318,6 +325,7 @@ class ChatStream:
         body.done.addBoth(lambda _: stop.cancel() if stop.active() else None)
 
     def _release(self, outcome: str) -> None:
+        self._report_chunks()
         for call in (self._flush_call, self._retry_call, self._queue_call):
             if call is not None and call.active():
                 call.cancel()
