@@ -1,6 +1,6 @@
 """
-One admitted chat, streamed: wires the sealer, the coalescer and the upstream translator
-to a request, and picks inference nodes from the pool.
+One admitted chat, streamed: picks inference nodes from the pool, feeds the upstream
+translator, and tells privllm.web.sealed what the client gets (deltas, the end, an error).
 
 Everything here happens after decryption succeeded, so every failure is sent sealed.
 A failed node is retried on another, with capped exponential backoff and full jitter,
@@ -11,7 +11,6 @@ kept only until the first delta arrives, for those retries.
 
 from __future__ import annotations
 
-import os
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,17 +26,13 @@ from twisted.web.server import Request
 
 from ..body import BodyStream
 from ..config.schema import Privacy
-from ..protocol import suite
 from ..protocol.chat import BadChatRequest, ChatLimits, ChatRequest, parse_chat_request
-from ..protocol.coalesce import Coalescer, delta_json
-from ..protocol.encoding import b64encode, dumps
 from ..protocol.request import OpenedRequest
 from ..protocol.slots import StreamSlots
-from ..protocol.sse import KEEPALIVE, encode_event
-from ..protocol.stream import StreamSealer, derive_stream_keys
 from ..upstream.openai_stream import ChatCompletionStream, Delta, Finished, UpstreamProtocolError
 from ..upstream.pool import Node, NodePool, backoff
 from .metrics import RouterMetrics
+from .sealed import SealedEvents
 
 log = Logger()
 
@@ -82,10 +77,8 @@ class ChatStream:
         self._settings = settings
         self._tag = tag  # a keyed hash of the request id, for log lines (privllm.logs.request_tag)
         self._jitter = jitter
-        self._coalescer = Coalescer(settings.privacy.coalesce_ms / 1000.0, settings.privacy.pad_to)
-        self._flush_call: DelayedCall | None = None
+        self._events = SealedEvents(request, clock, settings.privacy, metrics)
         self._retry_call: DelayedCall | None = None
-        self._sealer: StreamSealer | None = None
         self._chat: ChatRequest | None = None  # kept, for retries, only until the first delta
         self._tried: list[Node] = []
         self._node: Node | None = None
@@ -95,22 +88,13 @@ class ChatStream:
         self._ticker = LoopingCall(self._tick)
         self._ticker.clock = clock
         self._started = clock.seconds()
-        self._last_write = self._last_upstream = self._sent_at = self._started
+        self._last_upstream = self._sent_at = self._started
         self._first_delta = True
         self._open = False
-        self._unreported_chunks = 0
         self.done: Deferred[None] = Deferred(lambda _: self._abort("client_gone"))
 
     def start(self, opened: OpenedRequest, encapsulated_key: bytes) -> Deferred[None]:
-        response_nonce = os.urandom(suite.RESPONSE_NONCE_SIZE)
-        keys = derive_stream_keys(opened.response_secret, encapsulated_key, response_nonce)
-        self._sealer = StreamSealer(keys, pad_to=self._settings.privacy.pad_to)
-        request = self._request
-        request.setResponseCode(200)
-        request.setHeader(b"content-type", b"text/event-stream")
-        request.setHeader(b"cache-control", b"no-store")
-        request.setHeader(b"x-accel-buffering", b"no")
-        self._write(encode_event("init", dumps({"response_nonce": b64encode(response_nonce)}).decode()))
+        self._events.open(opened.response_secret, encapsulated_key)
         self._metrics.active_streams.inc()
         self._open = True
         self._ticker.start(1.0, now=False)
@@ -227,67 +211,29 @@ class ChatStream:
             return
         self._end_with_error("upstream_failed", "the inference server failed", outcome="upstream_failed")
 
-    # sending
-
-    def _write(self, data: bytes) -> None:
-        self._request.write(data)
-        self._last_write = self._clock.seconds()
-
-    def _send_chunk(self, chunk: dict[str, Any], final: bool) -> None:
-        assert self._sealer is not None
-        self._send_sealed(self._sealer.seal(chunk, final=final))
-
-    def _send_text(self, text: str) -> None:
-        assert self._sealer is not None
-        self._send_sealed(self._sealer.seal_json(delta_json(text)))
-
-    def _send_sealed(self, sealed: str) -> None:
-        self._write(encode_event("chunk", sealed))
-        self._unreported_chunks += 1  # counted in the metric each second: a locked inc per chunk was 3 %
-
-    def _report_chunks(self) -> None:
-        if self._unreported_chunks:
-            self._metrics.chunks.inc(self._unreported_chunks)
-            self._unreported_chunks = 0
+    # what the client gets
 
     def _send_delta(self, text: str) -> None:
-        now = self._clock.seconds()
         if self._first_delta:
             self._first_delta = False
             self._chat = None  # no more retries: the conversation is dropped
-            self._metrics.time_to_first_chunk.observe(now - self._started)
-        for piece in self._coalescer.add(text, now):
-            self._send_text(piece)
-        due = self._coalescer.due()
-        if due is not None and self._flush_call is None:
-            self._flush_call = self._clock.callLater(max(0.0, due - now), self._flush)
-
-    def _flush(self) -> None:
-        """Send the gathered deltas: when their window ends, and before the final chunk."""
-        if self._flush_call is not None and self._flush_call.active():
-            self._flush_call.cancel()
-        self._flush_call = None
-        piece = self._coalescer.take()
-        if piece:
-            self._send_text(piece)
+            self._metrics.time_to_first_chunk.observe(self._clock.seconds() - self._started)
+        self._events.delta(text)
 
     def _send_done(self, finished: Finished) -> None:
         if self._node is not None:
             self._release_node(self._node, failed=False)
-        self._flush()
         usage = {"prompt_tokens": finished.prompt_tokens, "completion_tokens": finished.completion_tokens}
         self._metrics.tokens.labels("prompt").inc(finished.prompt_tokens)
         self._metrics.tokens.labels("completion").inc(finished.completion_tokens)
-        self._send_chunk({"type": "done", "finish_reason": finished.finish_reason, "usage": usage}, final=True)
+        self._events.final({"type": "done", "finish_reason": finished.finish_reason, "usage": usage})
         self._close("ok")
 
     def _end_with_error(self, code: str, message: str, outcome: str) -> None:
-        self._flush()
-        self._send_chunk({"type": "error", "code": code, "message": message}, final=True)
+        self._events.final({"type": "error", "code": code, "message": message})
         self._close(outcome)
 
     def _tick(self) -> None:
-        self._report_chunks()
         now = self._clock.seconds()
         s = self._settings
         waiting_first = self._first_delta and self._retry_call is None
@@ -297,8 +243,8 @@ class ChatStream:
             self._time_out("the inference server did not start answering")
         elif not self._first_delta and now - self._last_upstream >= s.idle_timeout:
             self._time_out("the inference server stopped answering")
-        elif now - self._last_write >= s.keepalive:
-            self._write(KEEPALIVE)
+        else:
+            self._events.tick(s.keepalive)
 
     def _time_out(self, message: str) -> None:
         if self._node is not None:
@@ -325,8 +271,8 @@ class ChatStream:
         body.done.addBoth(lambda _: stop.cancel() if stop.active() else None)
 
     def _release(self, outcome: str) -> None:
-        self._report_chunks()
-        for call in (self._flush_call, self._retry_call, self._queue_call):
+        self._events.close()
+        for call in (self._retry_call, self._queue_call):
             if call is not None and call.active():
                 call.cancel()
         self._pool.forget(self._attempt)
