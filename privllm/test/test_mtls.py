@@ -54,3 +54,19 @@ class Pins(TestCase):
 
     def test_pins(self):
         return ensureDeferred(self._pins())
+
+
+class Creators(TestCase):
+    def test_built_once_per_version_of_the_files(self) -> None:
+        d = os.path.abspath(self.mktemp())
+        create_ca(os.path.join(d, "ca"))
+        ca = os.path.join(d, "ca", CA_CERT)
+        cert, key = issue(os.path.join(d, "ca"), "router", os.path.join(d, "certs"))
+        policy = MutualTLSPolicy(ca, cert, key)
+        first = policy.creatorForNetloc(b"127.0.0.1", 8443)
+        self.assertIs(policy.creatorForNetloc(b"127.0.0.1", 8443), first)
+        self.assertIsNot(policy.creatorForNetloc(b"127.0.0.2", 8443), first)
+        issue(os.path.join(d, "ca"), "router", os.path.join(d, "certs"))  # a renewal, written in place
+        stat = os.stat(cert)
+        os.utime(cert, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+        self.assertIsNot(policy.creatorForNetloc(b"127.0.0.1", 8443), first, "renewed files apply")
