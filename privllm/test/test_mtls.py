@@ -8,9 +8,11 @@ from twisted.internet import reactor
 from twisted.internet.defer import ensureDeferred
 from twisted.internet.endpoints import SSL4ServerEndpoint
 from twisted.trial.unittest import TestCase
+from twisted.web.client import URI
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
+from ..endpoints import AgentEndpoints
 from ..keys.pki import CA_CERT, create_ca, issue
 from ..upstream.llama import LlamaServer
 from ..upstream.mtls import MutualTLSPolicy, spki_pin
@@ -56,17 +58,24 @@ class Pins(TestCase):
         return ensureDeferred(self._pins())
 
 
-class Creators(TestCase):
-    def test_built_once_per_version_of_the_files(self) -> None:
-        d = os.path.abspath(self.mktemp())
-        create_ca(os.path.join(d, "ca"))
-        ca = os.path.join(d, "ca", CA_CERT)
-        cert, key = issue(os.path.join(d, "ca"), "router", os.path.join(d, "certs"))
-        policy = MutualTLSPolicy(ca, cert, key)
-        first = policy.creatorForNetloc(b"127.0.0.1", 8443)
-        self.assertIs(policy.creatorForNetloc(b"127.0.0.1", 8443), first)
-        self.assertIsNot(policy.creatorForNetloc(b"127.0.0.2", 8443), first)
-        issue(os.path.join(d, "ca"), "router", os.path.join(d, "certs"))  # a renewal, written in place
-        stat = os.stat(cert)
-        os.utime(cert, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
-        self.assertIsNot(policy.creatorForNetloc(b"127.0.0.1", 8443), first, "renewed files apply")
+class RecordingPolicy:
+    """Test equipment: notes when TLS options are asked for."""
+
+    def __init__(self) -> None:
+        self.asked: list[tuple[bytes, int]] = []
+
+    def creatorForNetloc(self, hostname: bytes, port: int) -> None:
+        self.asked.append((hostname, port))
+
+
+class Endpoints(TestCase):
+    """One endpoint per address; TLS options are asked for per connection, not per request
+    (the Pins test above makes real connections through these endpoints)."""
+
+    def test_one_endpoint_per_address(self) -> None:
+        policy = RecordingPolicy()
+        endpoints = AgentEndpoints(reactor, policy, 5)
+        first = endpoints.endpointForURI(URI.fromBytes(b"https://127.0.0.1:8443/completion"))
+        self.assertIs(endpoints.endpointForURI(URI.fromBytes(b"https://127.0.0.1:8443/health")), first)
+        self.assertIsNot(endpoints.endpointForURI(URI.fromBytes(b"https://127.0.0.2:8443/health")), first)
+        self.assertEqual(policy.asked, [], "no TLS options before a connection is made")

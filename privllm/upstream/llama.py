@@ -26,6 +26,7 @@ from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
 
 from ..body import BytesProducer
+from ..endpoints import AgentEndpoints
 from ..protocol.encoding import dumps
 
 UNIX_BASE = "http://llama-server"  # the authority is ignored: every connection goes to the socket
@@ -66,7 +67,7 @@ class LlamaServer:
         else:
             if tls is None:
                 raise ValueError("an https backend needs mutual TLS settings")
-            agent = Agent(reactor, contextFactory=tls, pool=pool, connectTimeout=connect_timeout)
+            agent = Agent.usingEndpointFactory(reactor, AgentEndpoints(reactor, tls, connect_timeout), pool=pool)
             self._base = url.rstrip("/")
         self._agent = agent
         self._http = treq.client.HTTPClient(agent)

@@ -1,0 +1,49 @@
+"""
+Endpoints for Twisted's Agent, made once per address: for the client towards the router,
+and for the router towards its inference nodes.
+
+Left to itself, the Agent builds a HostnameEndpoint (IDNA-encoding the name) and asks its
+TLS policy for new options on every request, even one that goes out on a kept-alive
+connection: about 0.2 ms of every chat's time to first token, measured on the client.
+Here the TLS policy is asked when a connection is made, so renewed TLS files still apply
+to the next one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from OpenSSL import SSL
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
+from twisted.web.iweb import IAgentEndpointFactory
+from zope.interface import implementer
+
+
+@implementer(IOpenSSLClientConnectionCreator)
+class _AskEachConnection:
+    def __init__(self, policy: Any, host: bytes, port: int) -> None:
+        self._policy, self._host, self._port = policy, host, port
+
+    def clientConnectionForTLS(self, tls_protocol: Any) -> SSL.Connection:
+        creator = self._policy.creatorForNetloc(self._host, self._port)
+        return creator.clientConnectionForTLS(tls_protocol)  # type: ignore[no-any-return]
+
+
+@implementer(IAgentEndpointFactory)
+class AgentEndpoints:
+    def __init__(self, reactor: Any, policy: Any, timeout: float = 30) -> None:
+        """`policy`: an IPolicyForHTTPS, asked for TLS options when a connection is made."""
+        self._reactor, self._policy, self._timeout = reactor, policy, timeout
+        self._endpoints: dict[tuple[bytes, bytes, int], Any] = {}
+
+    def endpointForURI(self, uri: Any) -> Any:
+        key = (uri.scheme, uri.host, uri.port)
+        endpoint: Any = self._endpoints.get(key)
+        if endpoint is None:
+            endpoint = HostnameEndpoint(self._reactor, uri.host, uri.port, timeout=self._timeout)
+            if uri.scheme == b"https":
+                creator: Any = _AskEachConnection(self._policy, uri.host, uri.port)
+                endpoint = wrapClientTLS(creator, endpoint)
+            self._endpoints[key] = endpoint
+        return endpoint
