@@ -11,6 +11,8 @@ import sys
 
 from twisted.trial.unittest import TestCase
 
+from benchmarks.timed_response import Response
+
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 
 
@@ -63,6 +65,39 @@ class Capacity(TestCase):
         self.assertEqual(shed["completed"], 5)
         self.assertEqual(shed["errors"], {"unavailable": 5})
         self.assertGreater(report["levels"][0]["test_equipment_cpu_percent"], 0)
+
+
+def chunked(*pieces: bytes) -> bytes:
+    return b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in pieces) + b"0\r\n\r\n"
+
+
+class TimedResponse(TestCase):
+    """The load generator's response reader (test equipment) counts what it should at any split."""
+
+    HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+    BODY = chunked(
+        b"event: init\ndata: x\n\n",
+        b"event: chunk\ndata: a\n\n",
+        b"event: chunk\ndata: b\n\nevent: ch",
+        b"unk\ndata: c\n\n",
+    )
+
+    def test_every_split_point(self) -> None:
+        whole = self.HEAD + self.BODY
+        for i in range(len(whole) + 1):
+            arrivals: list[float] = []
+            response = Response(arrivals)
+            done = response.feed(whole[:i], 1.0) if i else False
+            done = response.feed(whole[i:], 2.0) or done
+            self.assertTrue(done, i)
+            self.assertEqual((response.status, len(arrivals)), (200, 3), i)
+
+    def test_refusal_keeps_its_code(self) -> None:
+        body = b'{"error":"unavailable"}'
+        response = Response([])
+        head = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: %d\r\n\r\n" % len(body)
+        self.assertTrue(response.feed(head + body, 1.0))
+        self.assertEqual(response.error_code(), "unavailable")
 
 
 class PlainProxy(TestCase):
