@@ -12,8 +12,6 @@ from __future__ import annotations
 
 from json.encoder import encode_basestring  # type: ignore[attr-defined]
 
-DELTA_FRAME = len(b'{"type":"delta","text":}')
-
 
 def delta_json(text: str) -> bytes:
     """dumps({"type": "delta", "text": text}), without building the object (this runs per delta)."""
@@ -21,7 +19,7 @@ def delta_json(text: str) -> bytes:
 
 
 def delta_size(text: str) -> int:
-    return DELTA_FRAME + len(encode_basestring(text).encode("utf-8"))
+    return len(delta_json(text))
 
 
 class Coalescer:

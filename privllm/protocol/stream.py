@@ -51,9 +51,9 @@ def derive_stream_keys(secret: bytes, enc: bytes, response_nonce: bytes) -> Stre
     )
 
 
-def chunk_nonce(base: bytes, index: int) -> bytes:
-    """nonce XOR I2OSP(index, 12): one integer XOR rather than a byte loop (this runs per chunk)."""
-    return (int.from_bytes(base, "big") ^ index).to_bytes(suite.AEAD_NONCE_SIZE, "big")
+def chunk_nonce(base: int, index: int) -> bytes:
+    """nonce XOR I2OSP(index, 12), with the nonce base read once as an integer (this runs per chunk)."""
+    return (base ^ index).to_bytes(suite.AEAD_NONCE_SIZE, "big")
 
 
 class StreamStateError(Exception):
@@ -82,8 +82,7 @@ class StreamSealer:
         if self._pad_to and len(plaintext) % self._pad_to:
             plaintext += b"\x00" * (self._pad_to - len(plaintext) % self._pad_to)
         aad = suite.FINAL_AAD if final else b""
-        nonce = (self._nonce ^ self._index).to_bytes(suite.AEAD_NONCE_SIZE, "big")  # chunk_nonce, per chunk
-        sealed = self._aead.encrypt(nonce, plaintext, aad)
+        sealed = self._aead.encrypt(chunk_nonce(self._nonce, self._index), plaintext, aad)
         self._index += 1
         self.finished = final
         return b64encode(sealed)
@@ -104,7 +103,7 @@ class StreamOpener:
 
     def __init__(self, keys: StreamKeys) -> None:
         self._aead = ChaCha20Poly1305(keys.key)
-        self._nonce = keys.nonce
+        self._nonce = int.from_bytes(keys.nonce, "big")
         self._index = 0
         self.finished = False
 
