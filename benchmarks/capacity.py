@@ -252,8 +252,8 @@ def start_upstream(socket: str, rate: float, deltas: int, core: str) -> subproce
     return process
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def ramp_arguments(p: argparse.ArgumentParser) -> None:
+    """The load of a ramp, the same for privllm and for nginx (benchmarks.plain_proxy)."""
     p.add_argument("--levels", default="10,100,500,1000,2000")
     p.add_argument("--rate", type=float, default=20.0)
     p.add_argument(
@@ -268,6 +268,16 @@ def main() -> None:
         default=1.0,
         help=f"seconds over which a level's streams start (at least streams/{RAMP_RATE})",
     )
+
+
+def ramp_levels(args: argparse.Namespace) -> list[tuple[int, float]]:
+    """(streams, seconds over which they start) for each level of the ramp."""
+    return [(n, max(args.ramp, n / RAMP_RATE)) for n in (int(x) for x in args.levels.split(","))]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ramp_arguments(p)
     p.add_argument("--shed-cap", type=int, default=256, help="stream cap of the shedding check (0: skip)")
     p.add_argument("--shed-streams", type=int, default=0, help="streams offered to it (default: twice the cap)")
     p.add_argument("--short-seconds", type=float, default=5.0, help="the new-chats-per-second phase (0: skip)")
@@ -306,8 +316,7 @@ def main() -> None:
             client = PrivllmClient(reactor, router.url, router.pin(), os.urandom(32), router.cert())
             light = Router("127.0.0.1", router.port, router.cert()) if args.light else None
             equipment = [upstream.pid, os.getpid()]  # core 1: the synthetic upstream and this process
-            for n in (int(x) for x in args.levels.split(",")):
-                ramp = max(args.ramp, n / RAMP_RATE)
+            for n, ramp in ramp_levels(args):
                 report["levels"].append(
                     await level(reactor, client, router.process.pid, n, args.rate, ramp, light, equipment)
                 )

@@ -4,7 +4,7 @@ of its own, in front of the same synthetic upstream: the ratio privllm / nginx s
 HPKE sealing and Python cost. nginx (Debian's package) runs one worker, pinned to the
 router's core.
 
-    python -m benchmarks.plain_proxy [--levels 10,100,500] [--out plain_proxy.json]
+    python -m benchmarks.plain_proxy [--levels 10,100,500,1000,2000] [--out plain_proxy.json]
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from privllm.keys.files import ensure_private_dir
 from privllm.keys.material import ensure_dev_certificate
 
 from . import loadgen
-from .capacity import cpu_seconds, start_upstream
+from .capacity import cpu_seconds, ramp_arguments, ramp_levels, start_upstream
 from .report import machine, percentile, write_report
 
 NGINX_CONF = """
@@ -81,15 +81,7 @@ def level(port: int, cert: bytes, pid: int, streams: int, rate: float, ramp: flo
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--levels", default="10,100,500")
-    p.add_argument("--rate", type=float, default=20.0)
-    p.add_argument(
-        "--deltas",
-        type=int,
-        default=200,
-        help="deltas per answer: at 20/s, 10 s, so a level's streams are all open at once",
-    )
-    p.add_argument("--ramp", type=float, default=1.0)
+    ramp_arguments(p)
     p.add_argument("--out", default="plain_proxy.json")
     args = p.parse_args()
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
@@ -117,8 +109,8 @@ def main() -> None:
         with open(cert, "rb") as pem:
             root = pem.read()
         report: dict[str, Any] = {"machine": machine(), "rate_per_stream": args.rate, "levels": []}
-        for n in (int(x) for x in args.levels.split(",")):
-            report["levels"].append(level(port, root, worker, n, args.rate, args.ramp))
+        for n, ramp in ramp_levels(args):
+            report["levels"].append(level(port, root, worker, n, args.rate, ramp))
         write_report(report, args.out)
     finally:
         proxy.terminate()
