@@ -19,11 +19,13 @@ command -v wireguard-go >/dev/null || missing+=(wireguard-go)
 command -v nft >/dev/null || missing+=(nftables)
 # The benchmarks' plain-proxy comparison (its smoke run is part of the tests).
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
+# The TLS test: testssl.sh checks what the listener offers.
+command -v testssl >/dev/null || missing+=(testssl.sh)
 if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
         echo "bootstrap: installing ${missing[*]}" >&2
         apt-get update -qq >&2
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >&2
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
     else
         echo "bootstrap: please install: ${missing[*]}" >&2
         exit 1
