@@ -1,4 +1,5 @@
-"""Strict encodings shared by both ends: base64 with exact lengths, and RFC 8785 (JCS) JSON."""
+"""Strict encodings shared by both ends: base64 with exact lengths, JSON read with bounds, and
+RFC 8785 (JCS) JSON."""
 
 from __future__ import annotations
 
@@ -32,6 +33,51 @@ def b64decode(value: object, length: int | None = None, max_length: int | None =
     if length is not None and len(raw) != length:
         raise EncodingError("wrong length")
     return raw
+
+
+MAX_JSON_DEPTH = 32  # no message of the protocol, the key set or llama-server's stream nests deeper
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(name)  # NaN, Infinity, -Infinity are not JSON
+
+
+def _depth_within(value: Any, max_depth: int) -> bool:
+    """Iterative, so a deep value cannot exhaust the stack here."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            item = list(item.values())
+        if isinstance(item, list):
+            if depth > max_depth:
+                return False
+            stack.extend((child, depth + 1) for child in item if isinstance(child, (dict, list)))
+    return True
+
+
+def loads_bounded(data: bytes | str, max_bytes: int, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """JSON from a peer, with its size and nesting bounded: EncodingError for anything else,
+    so a caller has one exception to handle (not ValueError, RecursionError, UnicodeError)."""
+    if len(data) > max_bytes:
+        raise EncodingError("too large")
+    try:
+        value = json.loads(data, parse_constant=_reject_constant)
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
+        raise EncodingError("not JSON") from e
+    if not _depth_within(value, max_depth):
+        raise EncodingError("nested too deeply")
+    return value
+
+
+def is_scalar_text(text: str) -> bool:
+    """True when every code point is a Unicode scalar value: JSON's \\ud800 escapes decode to
+    lone surrogates, which no UTF-8 encoder (ours, llama-server's) can write."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _check_jcs_value(value: Any) -> None:
