@@ -49,6 +49,26 @@ class BodyStream(Protocol):
             self.transport.stopProducing()
 
 
+class BodyTooLarge(Exception):
+    """A response body passed the bound its reader set."""
+
+
+def read_bounded(response: Any, limit: int) -> Deferred[bytes]:
+    """The whole body of `response`, or BodyTooLarge (and the connection dropped) past `limit`."""
+    pieces: list[bytes] = []
+    size = [0]
+
+    def collect(data: bytes) -> None:
+        size[0] += len(data)
+        if size[0] > limit:
+            raise BodyTooLarge()
+        pieces.append(data)
+
+    stream = BodyStream(collect)
+    response.deliverBody(stream)
+    return stream.done.addCallback(lambda _: b"".join(pieces))
+
+
 @implementer(IBodyProducer)
 class BytesProducer:
     """A request body already in memory, written in one go.

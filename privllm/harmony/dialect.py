@@ -27,10 +27,12 @@ from openai_harmony import (
 )
 
 from ..protocol.chat import ChatRequest
+from ..protocol.life import Finished
 from ..protocol.sse import SSEParser
 from ..upstream.instructions import INSTRUCTIONS
-from ..upstream.openai_stream import Delta, Finished, UpstreamProtocolError, event_object, sse_events
+from ..upstream.openai_stream import Delta, UpstreamProtocolError, event_object, sse_events
 
+MAX_TOKEN_ID = (1 << 32) - 1  # the tokenizer takes u32 ids: a larger one overflows in the binding
 EFFORT = {"low": ReasoningEffort.LOW, "medium": ReasoningEffort.MEDIUM, "high": ReasoningEffort.HIGH}
 ROLES = {"user": Role.USER, "assistant": Role.ASSISTANT}
 
@@ -78,7 +80,7 @@ class HarmonyStream:
             return self._finish("stop")
         try:
             self._parser.process(token)
-        except HarmonyError as e:
+        except (HarmonyError, OverflowError, ValueError) as e:
             raise UpstreamProtocolError("malformed Harmony tokens") from e
         parser = self._parser
         if parser.current_channel == "commentary" or parser.current_recipient is not None:
@@ -95,7 +97,9 @@ class HarmonyStream:
                 break
             obj = event_object(event)
             tokens = obj.get("tokens") or []
-            if not isinstance(tokens, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in tokens):
+            if not isinstance(tokens, list) or not all(
+                isinstance(t, int) and not isinstance(t, bool) and 0 <= t <= MAX_TOKEN_ID for t in tokens
+            ):
                 raise UpstreamProtocolError("malformed tokens")
             for token in tokens:
                 out += self._token(token)
@@ -136,6 +140,11 @@ class HarmonyDialect:
         if chat.top_p is not None:
             body["top_p"] = chat.top_p
         return body
+
+    @staticmethod
+    def prompt_bounds(body: dict[str, Any]) -> tuple[int, int]:
+        """The prompt is rendered to token ids here: its length is exact, nothing to count."""
+        return len(body["prompt"]), len(body["prompt"])
 
     def translator(self, body: dict[str, Any]) -> HarmonyStream:
         return HarmonyStream(self._encoding, len(body["prompt"]), self._on_tool_call)

@@ -1,14 +1,23 @@
-"""The decrypted chat request: strict validation with explicit limits, errors that name a field only."""
+"""The decrypted chat request: strict validation with explicit limits, errors that name a field only.
+
+Strings must be Unicode scalar values (JSON's escapes can spell lone surrogates, which no
+UTF-8 encoder accepts), the nesting is the request's own (at most 3 levels), and numbers
+are bounded; anything else is a sealed `bad_request`.
+"""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
+
+from .encoding import EncodingError, is_scalar_text, loads_bounded
 
 ROLES = frozenset({"system", "user", "assistant"})
 VERBOSITY = frozenset({"brief", "normal", "detailed"})
 REASONING_EFFORT = frozenset({"low", "medium", "high"})
 FIELDS = frozenset({"messages", "max_tokens", "temperature", "top_p", "verbosity", "reasoning_effort"})
+MAX_DEPTH = 3  # {"messages": [{"role": ..., "content": ...}]}
+MAX_PLAINTEXT = 1 << 22  # above any body the router accepts (server.max_body_bytes is at most 4 MiB)
+MAX_TOKENS = (1 << 31) - 1
 
 
 @dataclass(frozen=True)
@@ -77,7 +86,7 @@ def _messages(value: object, limits: ChatLimits) -> tuple[Message, ...]:
         role, content = item["role"], item["content"]
         if not isinstance(role, str) or role not in ROLES:
             raise BadChatRequest("messages.role")
-        if not isinstance(content, str) or len(content) > limits.max_message_chars:
+        if not isinstance(content, str) or len(content) > limits.max_message_chars or not is_scalar_text(content):
             raise BadChatRequest("messages.content")
         total += len(content)
         out.append(Message(role, content))
@@ -90,8 +99,8 @@ def _messages(value: object, limits: ChatLimits) -> tuple[Message, ...]:
 
 def parse_chat_request(plaintext: bytes, limits: ChatLimits) -> ChatRequest:
     try:
-        obj = json.loads(plaintext)
-    except (ValueError, UnicodeDecodeError, RecursionError) as e:
+        obj = loads_bounded(plaintext, MAX_PLAINTEXT, MAX_DEPTH)
+    except EncodingError as e:
         raise BadChatRequest("body") from e
     if not isinstance(obj, dict):
         raise BadChatRequest("body")
@@ -99,7 +108,7 @@ def parse_chat_request(plaintext: bytes, limits: ChatLimits) -> ChatRequest:
         raise BadChatRequest("body")
     verbosity = _choice(obj, "verbosity", VERBOSITY) or limits.default_verbosity
     max_tokens = obj.get("max_tokens", getattr(limits, f"{verbosity}_max_tokens"))
-    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
+    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or not 1 <= max_tokens <= MAX_TOKENS:
         raise BadChatRequest("max_tokens")
     return ChatRequest(
         messages=_messages(obj.get("messages"), limits),

@@ -42,6 +42,9 @@ def _reject_constant(name: str) -> None:
     raise ValueError(name)  # NaN, Infinity, -Infinity are not JSON
 
 
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)  # made once: json.loads(..., kw) makes one a call
+
+
 def _depth_within(value: Any, max_depth: int) -> bool:
     """Iterative, so a deep value cannot exhaust the stack here."""
     stack = [(value, 1)]
@@ -62,10 +65,12 @@ def loads_bounded(data: bytes | str, max_bytes: int, max_depth: int = MAX_JSON_D
     if len(data) > max_bytes:
         raise EncodingError("too large")
     try:
-        value = json.loads(data, parse_constant=_reject_constant)
-    except (ValueError, UnicodeDecodeError, RecursionError) as e:
+        value = _DECODER.decode(data.decode("utf-8") if isinstance(data, bytes) else data)
+    except (ValueError, RecursionError) as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         raise EncodingError("not JSON") from e
-    if not _depth_within(value, max_depth):
+    # Nesting needs an opening bracket per level: most messages have too few to need the walk.
+    brackets = data.count(b"[") + data.count(b"{") if isinstance(data, bytes) else data.count("[") + data.count("{")
+    if brackets > max_depth and not _depth_within(value, max_depth):
         raise EncodingError("nested too deeply")
     return value
 

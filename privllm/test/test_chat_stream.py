@@ -58,10 +58,20 @@ class FakeResponse:
 
 
 class SyntheticUpstream:
-    def __init__(self) -> None:
+    """Test equipment standing in for privllm.upstream.llama.LlamaServer."""
+
+    def __init__(self, context: int | None = None) -> None:
         self.requests: list[tuple[str, dict[str, Any]]] = []
         self.pending: Deferred[Any] = Deferred()
         self.cancelled = False
+        self.context = context  # tokens per slot, as LlamaServer learns it from /props
+        self.counts: list[str] = []
+        self.counting: Deferred[int] = Deferred()
+
+    def count_tokens(self, text: str) -> Deferred[int]:
+        self.counts.append(text)
+        self.counting = Deferred(lambda _: setattr(self, "cancelled", True))
+        return self.counting
 
     def post_stream(self, path: str, body: dict[str, Any]) -> Deferred[Any]:
         self.requests.append((path, body))
@@ -145,8 +155,19 @@ class Streaming(TestCase):
         done = self.start()
         response = FakeResponse(code=500)
         self.upstream.pending.callback(response)
+        response.send(b'{"error":{"code":500,"message":"x","type":"server_error"}}')
+        self.assertFalse(done.called, "the refusal's body is read to learn whose fault it is")
+        response.end()
         self.assertTrue(done.called)
+        self.assertEqual(self.opened()[-1]["code"], "upstream_failed")
+
+    def test_upstream_refusal_body_is_bounded(self) -> None:
+        done = self.start()
+        response = FakeResponse(code=400)
+        self.upstream.pending.callback(response)
+        response.send(b"x" * (1 << 17))
         self.assertTrue(response.transport.stopped)
+        self.assertTrue(done.called)
         self.assertEqual(self.opened()[-1]["code"], "upstream_failed")
 
     def test_upstream_cut_short(self) -> None:

@@ -107,6 +107,12 @@ class CircuitBreaker:
             self._recovered()
         self._failures = 0
 
+    def abandon(self) -> None:
+        """A request ended without a verdict on the node (its client left): in half_open,
+        let another probe through, or the node would never be tried again."""
+        if self.state == "half_open":
+            self._probing = False
+
     def failure(self, now: float) -> None:
         if self.state == "half_open":
             self._trip(now)

@@ -12,7 +12,6 @@ left and frees the slot.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 from urllib.parse import urlparse
 
@@ -25,12 +24,29 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
 
-from ..body import BytesProducer
+from ..body import BytesProducer, read_bounded
 from ..endpoints import AgentEndpoints
-from ..protocol.encoding import dumps
+from ..protocol.encoding import EncodingError, dumps, loads_bounded
 
 UNIX_BASE = "http://llama-server"  # the authority is ignored: every connection goes to the socket
+JSON_HEADERS = Headers({b"Content-Type": [b"application/json"]})
+MAX_ANSWER_BYTES = 1 << 20  # /health and /props answers read at most
+MAX_CONTEXT = 1 << 24
 STREAM_HEADERS = Headers({b"Content-Type": [b"application/json"], b"Accept": [b"text/event-stream"]})
+
+
+class CountError(Exception):
+    """The node's tokenizer did not answer with a count."""
+
+
+def _token_count(body: bytes) -> int:
+    try:
+        tokens = loads_bounded(body, len(body) + 1).get("tokens")
+    except (EncodingError, AttributeError) as e:
+        raise CountError() from e
+    if not isinstance(tokens, list):
+        raise CountError()
+    return len(tokens)
 
 
 def socket_path(url: str) -> str:
@@ -70,25 +86,44 @@ class LlamaServer:
             agent = Agent.usingEndpointFactory(reactor, AgentEndpoints(reactor, tls, connect_timeout), pool=pool)
             self._base = url.rstrip("/")
         self._agent = agent
+        self.context: int | None = None  # tokens per slot, learned from the node once it is ready
         self._http = treq.client.HTTPClient(agent)
         self._pool = pool
 
     def close(self) -> Deferred[None]:
         return self._pool.closeCachedConnections()
 
-    async def ready(self, timeout: float) -> bool:
-        """True when /health answers 200 with status ok: llama-server does once its model is loaded."""
+    async def _get_json(self, path: str, timeout: float) -> Any:
+        """The JSON answer of a GET, or None when it fails, is not 200, or is not bounded JSON."""
         try:
-            response = await self._http.get(self._base + "/health", timeout=timeout)
-            body = await treq.content(response)
+            response = await self._http.get(self._base + path, timeout=timeout)
+            body = await read_bounded(response, MAX_ANSWER_BYTES)
+            return loads_bounded(body, MAX_ANSWER_BYTES) if response.code == 200 else None
         except Exception:
-            return False
-        if response.code != 200:
-            return False
-        try:
-            return bool(json.loads(body).get("status") == "ok")
-        except (ValueError, AttributeError):
-            return False
+            return None
+
+    async def ready(self, timeout: float) -> bool:
+        """True when /health answers 200 with status ok: llama-server does once its model is loaded.
+        The first time, also learn the context each slot holds (a node's model is fixed)."""
+        health = await self._get_json("/health", timeout)
+        ready = isinstance(health, dict) and health.get("status") == "ok"
+        if ready and self.context is None:
+            self.context = await self.slot_context(timeout)
+        return ready
+
+    async def slot_context(self, timeout: float) -> int | None:
+        """The tokens one slot holds: /props' `default_generation_settings.n_ctx`."""
+        props = await self._get_json("/props", timeout)
+        settings = props.get("default_generation_settings") if isinstance(props, dict) else None
+        n_ctx = settings.get("n_ctx") if isinstance(settings, dict) else None
+        return n_ctx if isinstance(n_ctx, int) and not isinstance(n_ctx, bool) and 0 < n_ctx <= MAX_CONTEXT else None
+
+    def count_tokens(self, text: str) -> Deferred[int]:
+        """How many tokens the node's tokenizer makes of `text` (POST /tokenize)."""
+        d = self._agent.request(
+            b"POST", (self._base + "/tokenize").encode(), JSON_HEADERS, BytesProducer(dumps({"content": text}))
+        )
+        return d.addCallback(read_bounded, MAX_ANSWER_BYTES + 16 * len(text)).addCallback(_token_count)
 
     def post_stream(self, path: str, body: dict[str, Any] | bytes) -> Deferred[Any]:
         data = body if isinstance(body, bytes) else dumps(body)

@@ -7,28 +7,40 @@ ids, fingerprints and timings stay behind.
 
 from __future__ import annotations
 
-import json
 from typing import Any, NamedTuple
 
 from ..protocol.chat import ChatRequest
+from ..protocol.encoding import EncodingError, is_scalar_text, loads_bounded
+from ..protocol.life import Finished
 from ..protocol.sse import SSEError, SSEEvent, SSEParser
 from .instructions import INSTRUCTIONS
 
 FINISH_REASONS = {"stop": "stop", "length": "length"}
+MAX_EVENT_CHARS = 1 << 20  # the SSE parser's own event bound
+MAX_COUNT = (1 << 31) - 1  # token counts above this are not believed
+TEMPLATE_TOKENS, TEMPLATE_TOKENS_PER_MESSAGE = 16, 8
+MAX_REFUSAL_BYTES = 1 << 16  # the body of a refusal read, at most, to learn its type
+# llama-server's error types that a request causes (tools/server/utils.hpp); any other
+# error is the server's own and counts against the node.
+REQUEST_ERRORS = {"exceed_context_size_error": "too_long", "invalid_request_error": "bad_request"}
+
+__all__ = ["Delta", "Finished", "UpstreamProtocolError", "UpstreamRequestError"]
 
 
 class Delta(NamedTuple):  # tuples: made once per streamed delta, cheaply
     text: str
 
 
-class Finished(NamedTuple):
-    finish_reason: str
-    prompt_tokens: int
-    completion_tokens: int
-
-
 class UpstreamProtocolError(Exception):
-    """The upstream stream was malformed, reported an error, or ended early."""
+    """The upstream stream was malformed, reported an error of its own, or ended early."""
+
+
+class UpstreamRequestError(Exception):
+    """The upstream refused the request itself (too long, invalid): not the node's failure."""
+
+    def __init__(self, code: str) -> None:
+        super().__init__(code)
+        self.code = code
 
 
 def sse_events(parser: SSEParser, data: bytes) -> list[SSEEvent]:
@@ -38,15 +50,47 @@ def sse_events(parser: SSEParser, data: bytes) -> list[SSEEvent]:
         raise UpstreamProtocolError(str(e)) from e
 
 
-def event_object(event: SSEEvent) -> dict[str, Any]:
-    """An upstream event's JSON object; an error event or anything else is a protocol error."""
+def request_error_code(error: object) -> str | None:
+    """`too_long` or `bad_request` when llama-server's error object blames the request."""
+    kind = error.get("type") if isinstance(error, dict) else None
+    return REQUEST_ERRORS.get(kind) if isinstance(kind, str) else None
+
+
+def refusal_code(status: int, body: bytes) -> str | None:
+    """For a non-200 answer: the sealed code when the request caused it (HTTP 400 with a
+    request error type, or 413), None when it counts against the node (5xx, 403, 404, ...)."""
+    if status == 413:
+        return "too_long"
+    if status != 400:
+        return None
     try:
-        obj = json.loads(event.data)
-    except ValueError as e:
+        obj = loads_bounded(body, MAX_REFUSAL_BYTES)
+    except EncodingError:
+        return None
+    return request_error_code(obj.get("error")) if isinstance(obj, dict) else None
+
+
+def event_object(event: SSEEvent) -> dict[str, Any]:
+    """An upstream event's JSON object; an error event raises the request's or the node's error."""
+    try:
+        obj = loads_bounded(event.data, MAX_EVENT_CHARS)
+    except EncodingError as e:
         raise UpstreamProtocolError("upstream event is not JSON") from e
-    if not isinstance(obj, dict) or "error" in obj:
+    if not isinstance(obj, dict):
+        raise UpstreamProtocolError("upstream event is not an object")
+    if "error" in obj or event.event == "error":
+        code = request_error_code(obj.get("error", obj))
+        if code is not None:
+            raise UpstreamRequestError(code)
         raise UpstreamProtocolError("upstream reported an error")
     return obj
+
+
+def text_of(value: object) -> str:
+    """A delta's text: a string of Unicode scalar values (a lone surrogate could not be sealed)."""
+    if not isinstance(value, str) or not is_scalar_text(value):
+        raise UpstreamProtocolError("malformed text")
+    return value
 
 
 def chat_messages(chat: ChatRequest) -> list[dict[str, str]]:
@@ -74,9 +118,19 @@ def completion_body(chat: ChatRequest) -> dict[str, Any]:
     return body
 
 
-def _count(usage: object, name: str) -> int:
+def count(usage: object, name: str) -> int:
+    """A token count from the node, or 0 when it is missing or not believable."""
     value = usage.get(name) if isinstance(usage, dict) else None
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+    return value if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_COUNT else 0
+
+
+def template_allowance(messages: int) -> int:
+    """Tokens a chat template may add around the messages (ChatML adds 5 per message)."""
+    return TEMPLATE_TOKENS + TEMPLATE_TOKENS_PER_MESSAGE * messages
+
+
+def contents(body: dict[str, Any]) -> list[str]:
+    return [m["content"] for m in body["messages"]]
 
 
 class ChatDialect:
@@ -84,6 +138,23 @@ class ChatDialect:
 
     path = "/v1/chat/completions"
     body = staticmethod(completion_body)
+
+    @staticmethod
+    def prompt_bounds(body: dict[str, Any]) -> tuple[int, int]:
+        """Bounds on the prompt's tokens without a tokenizer: a token is at least one byte."""
+        texts = contents(body)
+        return 0, sum(len(t.encode("utf-8")) for t in texts) + template_allowance(len(texts))
+
+    @staticmethod
+    def count_text(body: dict[str, Any]) -> str:
+        """What the node's tokenizer counts when the bounds cannot decide."""
+        return "\n".join(contents(body))
+
+    @staticmethod
+    def counted_bounds(body: dict[str, Any], tokens: int) -> tuple[int, int]:
+        """Bounds from the count of `count_text`: the joins may have merged a token each."""
+        messages = len(body["messages"])
+        return max(0, tokens - messages), tokens + template_allowance(messages)
 
     @staticmethod
     def translator(body: dict[str, Any]) -> ChatCompletionStream:
@@ -116,8 +187,8 @@ class ChatCompletionStream:
         self.finished = True
         return Finished(
             self._finish_reason or "stop",
-            _count(self._usage, "prompt_tokens"),
-            _count(self._usage, "completion_tokens"),
+            count(self._usage, "prompt_tokens"),
+            count(self._usage, "completion_tokens"),
         )
 
     def _event(self, event: SSEEvent) -> list[Delta | Finished]:
@@ -129,14 +200,19 @@ class ChatCompletionStream:
         obj = event_object(event)
         if obj.get("usage") is not None:
             self._usage = obj["usage"]
+        choices = obj.get("choices")
+        if choices is None:
+            return []
+        if not isinstance(choices, list):
+            raise UpstreamProtocolError("malformed choices")
         out: list[Delta | Finished] = []
-        for choice in obj.get("choices") or ():
+        for choice in choices:
             if not isinstance(choice, dict):
                 raise UpstreamProtocolError("malformed choice")
-            delta = choice.get("delta") or {}
+            delta = choice.get("delta")
             text = delta.get("content") if isinstance(delta, dict) else None
-            if isinstance(text, str) and text:
-                out.append(Delta(text))
+            if text:
+                out.append(Delta(text_of(text)))
             reason = choice.get("finish_reason")
             if isinstance(reason, str):
                 self._finish_reason = FINISH_REASONS.get(reason, "stop")

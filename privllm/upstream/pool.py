@@ -65,6 +65,9 @@ class NodePool:
         if self._waiting:
             self._waiting.popleft()()
 
+    def mark_down(self, node: Node, now: float) -> None:
+        node.healthy = False
+
     def ready(self, now: float) -> bool:
         return any(n.healthy and n.breaker.available(now) for n in self.nodes)
 

@@ -1,17 +1,21 @@
 """
-One admitted chat, streamed: picks inference nodes from the pool, feeds the upstream
-translator, and tells privllm.web.sealed what the client gets (deltas, the end, an error).
+One admitted chat, wired to sockets and time: privllm.protocol.life decides, this adapter
+does. It feeds the chat's state machine events (a node chosen, a response, a delta, a tick,
+the client leaving) and performs the actions it returns: sending to a node, releasing it,
+scheduling a retry, and telling privllm.web.sealed what the client gets.
 
-Everything here happens after decryption succeeded, so every failure is sent sealed.
-A failed node is retried on another, with capped exponential backoff and full jitter,
-only while nothing but `init` has reached the client; after the first delta a failure
-ends the stream with a sealed error. The upstream body (which holds the conversation) is
-kept only until the first delta arrives, for those retries.
+Everything here happens after decryption succeeded, so every failure is sent sealed. Every
+event goes through `_feed`: an exception while handling one (a bug, or input nobody thought
+of) is answered by the machine's `crash`, which ends the chat with a sealed `internal`
+error; whatever way the chat ends, `_give_back` returns the stream slot, the node lease,
+the queue place, the timers and the upstream connection. The upstream body (which holds the
+conversation) is kept only until the first delta arrives, for retries.
 """
 
 from __future__ import annotations
 
 import random
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,15 +25,23 @@ from twisted.internet.base import DelayedCall
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
-from twisted.python.failure import Failure
+from twisted.python.failure import Failure as TwistedFailure
 from twisted.web.server import Request
 
-from ..body import BodyStream
+from ..body import BodyStream, read_bounded
 from ..config.schema import Privacy
+from ..protocol import life
 from ..protocol.chat import BadChatRequest, ChatLimits, ChatRequest, parse_chat_request
+from ..protocol.life import ChatLife, Finished, Timeouts, Verdict
 from ..protocol.request import OpenedRequest
 from ..protocol.slots import StreamSlots
-from ..upstream.openai_stream import ChatCompletionStream, Delta, Finished, UpstreamProtocolError
+from ..upstream.openai_stream import (
+    MAX_REFUSAL_BYTES,
+    Delta,
+    UpstreamProtocolError,
+    UpstreamRequestError,
+    refusal_code,
+)
 from ..upstream.pool import Node, NodePool, backoff
 from .metrics import RouterMetrics
 from .sealed import SealedEvents
@@ -53,6 +65,15 @@ class StreamSettings:
     queue_timeout: float = 10.0
 
 
+def node_failure(failure: TwistedFailure) -> life.Failure:
+    """What an upstream exception says about the node."""
+    if failure.check(neterror.TimeoutError, neterror.ConnectingCancelledError):
+        return life.Failure.TIMEOUT
+    if failure.check(neterror.ConnectError):  # refused, no socket, no route: the node is down
+        return life.Failure.CONNECT
+    return life.Failure.SERVER
+
+
 class ChatStream:
     def __init__(
         self,
@@ -66,62 +87,112 @@ class ChatStream:
         slots: StreamSlots | None = None,
         device: bytes = b"",
     ) -> None:
-        self._slots = slots
-        self._device = device
-        self._holds_slot = False
-        self._queue_call: DelayedCall | None = None
         self._request = request
         self._clock = clock
         self._pool = pool
         self._metrics = metrics
         self._settings = settings
         self._tag = tag  # a keyed hash of the request id, for log lines (privllm.logs.request_tag)
-        self._jitter = jitter
-        self._events = SealedEvents(request, clock, settings.privacy, metrics)
-        self._retry_call: DelayedCall | None = None
+        self._slots = slots
+        self._device = device
+        s = settings
+        self._life = ChatLife(
+            clock.seconds(),
+            s.retries,
+            lambda attempt: backoff(attempt, s.retry_base, s.retry_cap, jitter),
+            Timeouts(s.first_token_timeout, s.idle_timeout, s.request_timeout),
+        )
+        self._events = SealedEvents(request, clock, s.privacy, metrics)
+        self._actions: deque[life.Action] = deque()
+        self._performing = False
+        # what the chat holds, each given back by _give_back
+        self._holds_slot = False
         self._chat: ChatRequest | None = None  # kept, for retries, only until the first delta
-        self._tried: list[Node] = []
         self._node: Node | None = None
-        self._translator: Any = ChatCompletionStream()
+        self._attempt = 0  # numbers upstream callbacks, so a stale one is told apart
         self._pending: Deferred[Any] | None = None
         self._body: BodyStream | None = None
+        self._translator: Any = None
+        self._timer: DelayedCall | None = None  # the retry backoff or the queue timeout
+        self._queued = False
         self._ticker = LoopingCall(self._tick)
         self._ticker.clock = clock
-        self._started = clock.seconds()
-        self._last_upstream = self._sent_at = self._started
-        self._first_delta = True
-        self._open = False
-        self.done: Deferred[None] = Deferred(lambda _: self._abort("client_gone"))
+        self._tried: list[Node] = []
+        self.done: Deferred[None] = Deferred(lambda _: self._feed(self._life.client_gone))
 
-    def start(self, opened: OpenedRequest, encapsulated_key: bytes) -> Deferred[None]:
+    def start(self, opened: OpenedRequest, encapsulated_key: bytes, refusal: Any = None) -> Deferred[None]:
+        """Send `init`, then run the chat; `refusal` (code, message, retry_after) ends it sealed at once."""
         self._events.open(opened.response_secret, encapsulated_key)
         self._metrics.active_streams.inc()
-        self._open = True
         self._ticker.start(1.0, now=False)
-        if self._slots is not None:
-            if not self._slots.acquire(self._device):
-                self._end_with_error("overloaded", "too many answers at once; try again shortly", outcome="overloaded")
-                return self.done
-            self._holds_slot = True
-        try:
-            self._chat = parse_chat_request(opened.plaintext, self._settings.limits)
-        except BadChatRequest as e:
-            self._end_with_error("bad_request", str(e), outcome="bad_request")
-            return self.done
-        del opened  # the request plaintext is not kept past this point
-        self._attempt()
+        self._feed(lambda: self._begin(opened.plaintext, refusal))
         return self.done
 
-    # choosing a node, and trying again
+    def _begin(self, plaintext: bytes, refusal: Any) -> list[life.Action]:
+        if refusal is not None:
+            return self._life.refused(refusal.code, refusal.message, refusal.retry_after)
+        if self._slots is not None:
+            if not self._slots.acquire(self._device):
+                return self._life.refused("overloaded", "too many answers at once; try again shortly")
+            self._holds_slot = True
+        try:
+            self._chat = parse_chat_request(plaintext, self._settings.limits)
+        except BadChatRequest as e:
+            return self._life.refused("bad_request", str(e))
+        return self._life.begin()
 
-    def _attempt(self) -> None:
-        self._retry_call = None
-        if self._queue_call is not None:
-            if self._queue_call.active():
-                self._queue_call.cancel()
-            self._queue_call = None
-        if self.done.called or self._chat is None:
+    # the machine: events in, actions out
+
+    def _feed(self, event: Callable[[], list[life.Action]]) -> None:
+        """Hand one event to the machine and perform what it says. Actions are queued, so an
+        event raised while performing (a connection refused at once) comes after them."""
+        try:
+            self._actions.extend(event())
+        except Exception:
+            self._crashed()
+        if self._performing:
             return
+        self._performing = True
+        try:
+            while self._actions:
+                action = self._actions.popleft()
+                try:
+                    self._perform(action)
+                except Exception:
+                    self._crashed()
+        finally:
+            self._performing = False
+
+    def _crashed(self) -> None:
+        log.failure("chat {rid}: internal error", rid=self._tag)
+        self._actions.clear()
+        self._actions.extend(self._life.crash())
+        if not self._actions:  # ended already: make sure nothing is kept
+            self._give_back()
+
+    def _perform(self, action: life.Action) -> None:
+        if isinstance(action, life.SendDelta):
+            self._events.delta(action.text)
+        elif isinstance(action, life.Attempt):
+            self._feed(self._choose)
+        elif isinstance(action, life.ForgetConversation):
+            self._chat = None
+            self._metrics.time_to_first_chunk.observe(self._clock.seconds() - self._life.started)
+        elif isinstance(action, life.ReleaseNode):
+            self._release_node(action.verdict)
+        elif isinstance(action, life.ScheduleRetry):
+            self._timer = self._clock.callLater(action.delay, self._feed, self._life.retry_due)
+        elif isinstance(action, life.Final):
+            self._final(action.chunk)
+        elif isinstance(action, life.End):
+            self._end(action.outcome)
+
+    # choosing a node, and sending
+
+    def _choose(self) -> list[life.Action]:
+        self._timer = None
+        self._queued = False
+        assert self._chat is not None
         now = self._clock.seconds()
         node = self._pool.choose(now, exclude=self._tried)
         if node is None and self._tried:
@@ -130,136 +201,163 @@ class ChatStream:
             node = self._pool.choose(now)
         if node is None and self._pool.saturated(now):
             # Every node is busy: wait briefly in a bounded queue rather than slow anyone down.
-            if self._pool.wait(self._attempt):
-                self._queue_call = self._clock.callLater(self._settings.queue_timeout, self._queue_timed_out)
-            else:
-                self._end_with_error("overloaded", "every inference slot is busy", outcome="overloaded")
-            return
+            if not self._pool.wait(self._slot_free):
+                return self._life.queue_full()
+            self._queued = True
+            self._timer = self._clock.callLater(self._settings.queue_timeout, self._feed, self._life.queue_timed_out)
+            return self._life.queued()
         if node is None:
-            self._end_with_error("upstream_failed", "no inference node is available", outcome="upstream_failed")
-            return
+            return self._life.no_node()
+        body = node.dialect.body(self._chat)
+        lower, upper = node.dialect.prompt_bounds(body)
+        context = node.client.context
+        if context is not None and lower >= context:
+            return self._life.too_long()
+        self._take(node)
+        if context is None or upper < context:
+            return self._send(node, body)
+        actions = self._life.counting(now)
+        self._watch(node.client.count_tokens(node.dialect.count_text(body)), self._counted, body)
+        return actions
+
+    def _slot_free(self) -> None:
+        self._queued = False
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        self._feed(self._life.slot_free)
+
+    def _take(self, node: Node) -> None:
         self._node = node
         self._tried.append(node)
         self._pool.take(node)
-        body = node.dialect.body(self._chat)
+
+    def _send(self, node: Node, body: dict[str, Any]) -> list[life.Action]:
+        actions = self._life.sent(self._clock.seconds())
         self._translator = node.dialect.translator(body)
-        self._sent_at = self._last_upstream = now
-        self._pending = node.client.post_stream(node.dialect.path, body)
-        self._pending.addCallback(self._got_response, node, now)
-        self._pending.addErrback(self._upstream_failed, node)
+        self._watch(node.client.post_stream(node.dialect.path, body), self._got_response, self._clock.seconds())
+        return actions
 
-    def _queue_timed_out(self) -> None:
-        self._queue_call = None
-        self._pool.forget(self._attempt)
-        self._end_with_error("overloaded", "every inference slot stayed busy", outcome="overloaded")
+    def _watch(self, pending: Deferred[Any], on_result: Callable[..., list[life.Action]], *args: Any) -> None:
+        """Feed the result of an upstream request, unless it belongs to an earlier attempt."""
+        self._attempt += 1
+        attempt = self._attempt
+        self._pending = pending
 
-    def _release_node(self, node: Node, failed: bool) -> None:
-        if node is not self._node:
-            return
-        self._node = None
-        self._pool.release(node)
-        if failed:
-            node.breaker.failure(self._clock.seconds())
-            self._metrics.node_failures.labels(node.name).inc()
-        else:
-            node.breaker.success()
+        def result(value: Any) -> None:
+            if attempt == self._attempt:
+                self._pending = None
+                self._feed(lambda: on_result(value, *args))
+
+        def failed(failure: TwistedFailure) -> None:
+            if attempt == self._attempt and not failure.check(CancelledError):
+                self._pending = None
+                self._upstream_failed(failure)
+
+        pending.addCallbacks(result, failed)
+
+    def _counted(self, tokens: int, body: dict[str, Any]) -> list[life.Action]:
+        assert self._node is not None
+        lower, _ = self._node.dialect.counted_bounds(body, tokens)
+        context = self._node.client.context
+        if context is not None and lower >= context:
+            return self._life.too_long()
+        return self._send(self._node, body)
 
     # upstream events
 
-    def _got_response(self, response: Any, node: Node, sent: float) -> None:
-        self._pending = None
-        self._metrics.upstream_latency.labels(node.name).observe(self._clock.seconds() - sent)
-        self._body = BodyStream(self._upstream_data)
-        self._body.done.addCallbacks(self._upstream_ended, self._upstream_failed, errbackArgs=(node,))
-        response.deliverBody(self._body)
+    def _got_response(self, response: Any, sent: float) -> list[life.Action]:
+        assert self._node is not None
+        self._metrics.upstream_latency.labels(self._node.name).observe(self._clock.seconds() - sent)
         if response.code != 200:
-            self._body.stop()
+            self._watch(read_bounded(response, MAX_REFUSAL_BYTES), self._refused, response.code)
+            return []
+        self._body = BodyStream(self._upstream_data)
+        attempt = self._attempt
+        self._body.done.addCallbacks(
+            lambda _: self._upstream_ended(attempt),
+            lambda f: self._upstream_failed(f) if attempt == self._attempt else None,
+        )
+        response.deliverBody(self._body)
+        return []
+
+    def _refused(self, body: bytes, status: int) -> list[life.Action]:
+        code = refusal_code(status, body)
+        if code is not None:
+            return self._life.request_error(code)
+        log.info("chat {rid}: upstream answered {kind}", rid=self._tag, kind=status)
+        return self._life.node_failed(life.Failure.SERVER)
 
     def _upstream_data(self, data: bytes) -> None:
-        self._last_upstream = self._clock.seconds()
+        self._life.upstream_activity(self._clock.seconds())
         self._translate(lambda: self._translator.feed(data))
 
-    def _upstream_ended(self, _: None) -> None:
-        self._translate(self._translator.end)
+    def _upstream_ended(self, attempt: int) -> None:
+        if attempt == self._attempt:
+            self._translate(self._translator.end)
 
     def _translate(self, step: Callable[[], list[Delta | Finished]]) -> None:
-        if self.done.called or self._node is None:
-            return
-        try:
-            events = step()
-        except UpstreamProtocolError:
-            self._upstream_failed(Failure(), self._node)
-            return
-        for event in events:
-            if isinstance(event, Delta):
-                self._send_delta(event.text)
-            else:
-                self._send_done(event)
+        def event() -> list[life.Action]:
+            try:
+                pieces = step()
+            except UpstreamRequestError as e:
+                return self._life.request_error(e.code)
+            except UpstreamProtocolError:
+                log.info("chat {rid}: upstream failed ({kind})", rid=self._tag, kind="UpstreamProtocolError")
+                return self._life.node_failed(life.Failure.SERVER)
+            now = self._clock.seconds()
+            actions: list[life.Action] = []
+            for piece in pieces:
+                if isinstance(piece, Delta):
+                    actions += self._life.delta(piece.text, now)
+                else:
+                    actions += self._finished(piece)
+            return actions
 
-    def _upstream_failed(self, failure: Failure, node: Node) -> None:
-        if self.done.called or failure.check(CancelledError) or node is not self._node:
-            return
-        self._release_node(node, failed=True)
-        self._stop_upstream()
-        log.info("chat {rid}: upstream failed ({kind})", rid=self._tag, kind=getattr(failure.type, "__name__", "?"))
-        if self._first_delta and len(self._tried) <= self._settings.retries:
-            delay = backoff(len(self._tried) - 1, self._settings.retry_base, self._settings.retry_cap, self._jitter)
-            self._retry_call = self._clock.callLater(delay, self._attempt)
-            return
-        if failure.check(neterror.TimeoutError, neterror.ConnectingCancelledError):
-            self._end_with_error("timeout", "the inference server could not be reached in time", outcome="timeout")
-            return
-        self._end_with_error("upstream_failed", "the inference server failed", outcome="upstream_failed")
+        self._feed(event)
 
-    # what the client gets
-
-    def _send_delta(self, text: str) -> None:
-        if self._first_delta:
-            self._first_delta = False
-            self._chat = None  # no more retries: the conversation is dropped
-            self._metrics.time_to_first_chunk.observe(self._clock.seconds() - self._started)
-        self._events.delta(text)
-
-    def _send_done(self, finished: Finished) -> None:
-        if self._node is not None:
-            self._release_node(self._node, failed=False)
-        usage = {"prompt_tokens": finished.prompt_tokens, "completion_tokens": finished.completion_tokens}
+    def _finished(self, finished: Finished) -> list[life.Action]:
         self._metrics.tokens.labels("prompt").inc(finished.prompt_tokens)
         self._metrics.tokens.labels("completion").inc(finished.completion_tokens)
-        self._events.final({"type": "done", "finish_reason": finished.finish_reason, "usage": usage})
-        self._close("ok")
+        return self._life.finished(finished)
 
-    def _end_with_error(self, code: str, message: str, outcome: str) -> None:
-        self._events.final({"type": "error", "code": code, "message": message})
-        self._close(outcome)
+    def _upstream_failed(self, failure: TwistedFailure) -> None:
+        if failure.check(CancelledError):
+            return
+        log.info("chat {rid}: upstream failed ({kind})", rid=self._tag, kind=getattr(failure.type, "__name__", "?"))
+        self._feed(lambda: self._life.node_failed(node_failure(failure)))
 
     def _tick(self) -> None:
-        now = self._clock.seconds()
-        s = self._settings
-        waiting_first = self._first_delta and self._retry_call is None
-        if now - self._started >= s.request_timeout:
-            self._time_out("the answer took longer than allowed")
-        elif waiting_first and now - self._sent_at >= s.first_token_timeout:
-            self._time_out("the inference server did not start answering")
-        elif not self._first_delta and now - self._last_upstream >= s.idle_timeout:
-            self._time_out("the inference server stopped answering")
+        self._feed(lambda: self._life.tick(self._clock.seconds()))
+        if not self._life.ended:
+            self._events.tick(self._settings.keepalive)
+
+    # giving back
+
+    def _release_node(self, verdict: Verdict) -> None:
+        node, self._node = self._node, None
+        self._stop_upstream()
+        if node is None:
+            return
+        if verdict is Verdict.OK:
+            node.breaker.success()
+        elif verdict is Verdict.NONE:
+            node.breaker.abandon()
         else:
-            self._events.tick(s.keepalive)
-
-    def _time_out(self, message: str) -> None:
-        if self._node is not None:
-            self._release_node(self._node, failed=True)
-        self._end_with_error("timeout", message, outcome="timeout")
-
-    # ending
+            node.breaker.failure(self._clock.seconds())
+            self._metrics.node_failures.labels(node.name).inc()
+            if verdict is Verdict.DOWN:
+                self._pool.mark_down(node, self._clock.seconds())
+        self._pool.release(node)
 
     def _stop_upstream(self) -> None:
+        self._attempt += 1  # whatever the last request still says is stale now
         if self._pending is not None:
             pending, self._pending = self._pending, None
             pending.cancel()
         if self._body is not None:
             body, self._body = self._body, None
-            if self._translator.upstream_complete and not body.done.called:
+            if self._translator is not None and self._translator.upstream_complete and not body.done.called:
                 self._linger(body)
             else:
                 body.stop()
@@ -270,33 +368,48 @@ class ChatStream:
         stop = self._clock.callLater(UPSTREAM_LINGER, body.stop)
         body.done.addBoth(lambda _: stop.cancel() if stop.active() else None)
 
-    def _release(self, outcome: str) -> None:
-        self._events.close()
-        for call in (self._retry_call, self._queue_call):
-            if call is not None and call.active():
-                call.cancel()
-        self._pool.forget(self._attempt)
-        self._chat = None
-        if self._holds_slot and self._slots is not None:
-            self._holds_slot = False
-            self._slots.release(self._device)
-        if self._node is not None:
-            node, self._node = self._node, None
-            self._pool.release(node)
-        self._stop_upstream()
-        if self._ticker.running:
-            self._ticker.stop()
-        if self._open:
-            self._open = False
+    def _final(self, chunk: dict[str, Any]) -> None:
+        self._events.final(chunk)
+
+    def _end(self, outcome: str) -> None:
+        try:
+            self._give_back()
             self._metrics.active_streams.dec()
             self._metrics.requests.labels(outcome).inc()
             log.info("chat {rid} ended: {outcome}", rid=self._tag, outcome=outcome)
+        finally:
+            # When the client left, Klein cancelled `done` itself: it fails with CancelledError.
+            if outcome != "client_gone" and not self.done.called:
+                self.done.callback(None)
 
-    def _close(self, outcome: str) -> None:
-        self._release(outcome)
-        if not self.done.called:
-            self.done.callback(None)
+    def _give_back(self) -> None:
+        """Everything the chat holds, each step on its own so one failing cannot keep the rest."""
+        for step in (
+            self._events.close,
+            self._release_timers,
+            self._leave_queue,
+            lambda: self._release_node(Verdict.NONE),
+            self._release_slot,
+        ):
+            try:
+                step()
+            except Exception:
+                log.failure("chat {rid}: giving back failed", rid=self._tag)
+        self._chat = None
 
-    def _abort(self, outcome: str) -> None:
-        """The client went away (Klein cancels our Deferred): stop llama-server generating at once."""
-        self._release(outcome)
+    def _release_timers(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        if self._ticker.running:
+            self._ticker.stop()
+
+    def _leave_queue(self) -> None:
+        if self._queued:
+            self._queued = False
+            self._pool.forget(self._slot_free)
+
+    def _release_slot(self) -> None:
+        if self._holds_slot and self._slots is not None:
+            self._holds_slot = False
+            self._slots.release(self._device)
