@@ -1,0 +1,359 @@
+"""Hostile plaintext and hostile upstream answers against one chat, on a fake clock.
+
+Each case checks the invariant of the chat's life: exactly one sealed final event, and the
+stream slot, node lease, timers and metrics all given back."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from hypothesis import given
+from hypothesis import strategies as st
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionLost, ConnectionRefusedError
+from twisted.internet.task import Clock
+from twisted.python.failure import Failure
+from twisted.trial.unittest import TestCase
+from twisted.web.test.requesthelper import DummyRequest
+
+from ..config.schema import Privacy
+from ..protocol.chat import ChatLimits
+from ..protocol.request import OpenedRequest, SealedRequest
+from ..protocol.response import ResponseReader
+from ..protocol.slots import StreamSlots
+from ..upstream.breaker import CircuitBreaker
+from ..upstream.pool import Node, NodePool
+from ..web.chat import ChatStream, StreamSettings
+from ..web.metrics import RouterMetrics
+from . import properties
+from .test_chat_stream import ENC, FINISH, SECRET, FakeResponse, SyntheticUpstream, delta
+
+properties.load()
+
+HI = {"messages": [{"role": "user", "content": "hi"}]}
+CONTEXT_ERROR = b'{"error":{"code":400,"message":"too long","type":"exceed_context_size_error","n_prompt_tokens":9000,"n_ctx":2048}}'
+
+
+def event(obj: object) -> bytes:
+    return b"data: " + json.dumps(obj).encode() + b"\n\n"
+
+
+class Harness:
+    """One ChatStream over two synthetic upstreams (test equipment), with the counters it must give back."""
+
+    def __init__(self, retries: int = 2, context: int | None = None) -> None:
+        self.clock = Clock()
+        self.clock.advance(1000)
+        self.upstreams = [SyntheticUpstream(context), SyntheticUpstream(context)]
+        self.nodes = [Node(f"n{i}", u, CircuitBreaker(3, 10), healthy=True) for i, u in enumerate(self.upstreams)]
+        self.pool = NodePool(self.nodes)
+        self.slots = StreamSlots(10, 4)
+        self.metrics = RouterMetrics()
+        self.request = DummyRequest([b"api", b"chat"])
+        settings = StreamSettings(ChatLimits(), 15, 60, Privacy(pad_to=0, coalesce_ms=0), retries=retries)
+        self.stream = ChatStream(
+            self.request,  # type: ignore[arg-type]
+            self.clock,
+            self.pool,
+            self.metrics,
+            settings,
+            slots=self.slots,
+            device=b"d" * 32,
+        )
+        self.done: Deferred[None] | None = None
+
+    def start(self, plaintext: bytes | dict[str, Any] = HI) -> Deferred[None]:
+        body = plaintext if isinstance(plaintext, bytes) else json.dumps(plaintext).encode()
+        self.done = self.stream.start(OpenedRequest(body, SECRET), ENC)
+        self.done.addErrback(lambda f: f.trap("twisted.internet.defer.CancelledError"))
+        return self.done
+
+    def respond(self, index: int = -1, code: int = 200) -> FakeResponse:
+        """Answer the latest request (to whichever node it went)."""
+        upstream = self.waiting() if index < 0 else self.upstreams[index]
+        response = FakeResponse(code)
+        upstream.pending.callback(response)
+        return response
+
+    def waiting(self) -> SyntheticUpstream:
+        """The upstream whose request is still unanswered (the first, if none is)."""
+        return next((u for u in self.upstreams if u.requests and not u.pending.called), self.upstreams[0])
+
+    def chunks(self) -> list[dict[str, Any]]:
+        return ResponseReader(SealedRequest({}, ENC, SECRET)).feed(b"".join(self.request.written))
+
+    def finals(self) -> list[dict[str, Any]]:
+        return [c for c in self.chunks() if c["type"] in ("done", "error")]
+
+    def sample(self, name: str, labels: dict[str, str] | None = None) -> float:
+        return self.metrics.registry.get_sample_value(name, labels or {}) or 0.0
+
+    def settle(self) -> None:
+        """Let every timer the chat may have left run out (lingering, retries, timeouts)."""
+        for _ in range(700):
+            if not self.clock.getDelayedCalls():
+                break
+            self.clock.advance(1)
+
+    def assert_given_back(self, test: TestCase) -> None:
+        self.settle()
+        test.assertEqual(self.slots.active, 0, "stream slot")
+        test.assertEqual([n.outstanding for n in self.nodes], [0, 0], "node leases")
+        test.assertEqual(self.sample("privllm_active_streams"), 0, "active streams")
+        test.assertEqual(self.clock.getDelayedCalls(), [], "timers")
+        test.assertEqual(len(self.finals()), 1 if self.stream._life.outcome != "client_gone" else 0)
+
+
+class HostilePlaintext(TestCase):
+    def test_lone_surrogate_is_a_sealed_bad_request(self) -> None:
+        h = Harness()
+        h.start(b'{"messages":[{"role":"user","content":"a\\ud800b"}]}')
+        self.assertEqual(h.finals()[0]["code"], "bad_request")
+        self.assertEqual(h.upstreams[0].requests + h.upstreams[1].requests, [])
+        h.assert_given_back(self)
+
+    def test_nesting_and_numbers_are_bounded(self) -> None:
+        for body in (
+            b'{"messages":[{"role":"user","content":"x"}],"max_tokens":1' + b"0" * 400 + b"}",
+            b'{"messages":[{"role":"user","content":[[[[["x"]]]]]}]}',
+            b"[" * 2000 + b"]" * 2000,
+            b'{"messages":[{"role":"user","content":"x"}],"temperature":NaN}',
+            b"\xff\xfe",
+        ):
+            h = Harness()
+            h.start(body)
+            self.assertEqual(h.finals()[0]["code"], "bad_request", body[:40])
+            h.assert_given_back(self)
+
+
+class HostileUpstream(TestCase):
+    def test_context_overflow_is_the_requests_fault(self) -> None:
+        h = Harness(retries=2)
+        h.start()
+        response = h.respond(code=400)
+        response.send(CONTEXT_ERROR)
+        response.end()
+        self.assertEqual(h.finals()[0]["code"], "too_long")
+        self.assertEqual(sum(len(u.requests) for u in h.upstreams), 1, "no retry")
+        self.assertEqual([n.breaker._failures for n in h.nodes], [0, 0])
+        self.assertEqual(h.sample("privllm_node_failures_total", {"node": "n0"}), 0)
+        h.assert_given_back(self)
+
+    def test_many_overlong_conversations_leave_the_breaker_closed(self) -> None:
+        h = Harness()
+        for _ in range(10):
+            h.request = DummyRequest([b"api", b"chat"])
+            settings = StreamSettings(ChatLimits(), privacy=Privacy(0, 0))
+            h.stream = ChatStream(h.request, h.clock, h.pool, h.metrics, settings)  # type: ignore[arg-type]
+            h.start()
+            response = h.respond(code=400)
+            response.send(CONTEXT_ERROR)
+            response.end()
+        self.assertEqual([n.breaker.state for n in h.nodes], ["closed", "closed"])
+        self.assertTrue(h.pool.ready(h.clock.seconds()))
+
+    def test_invalid_request_is_a_bad_request(self) -> None:
+        h = Harness()
+        h.start()
+        response = h.respond(code=400)
+        response.send(b'{"error":{"code":400,"message":"x","type":"invalid_request_error"}}')
+        response.end()
+        self.assertEqual(h.finals()[0]["code"], "bad_request")
+        h.assert_given_back(self)
+
+    def test_error_event_mid_stream(self) -> None:
+        h = Harness()
+        h.start()
+        response = h.respond()
+        response.send(delta("a") + event({"error": {"type": "exceed_context_size_error", "message": "x"}}))
+        self.assertEqual(h.finals()[0]["code"], "too_long")
+        self.assertEqual(h.nodes[0].breaker._failures + h.nodes[1].breaker._failures, 0)
+        h.assert_given_back(self)
+
+    def test_server_error_event_is_the_nodes_fault(self) -> None:
+        h = Harness(retries=1)
+        h.start()
+        h.respond().send(event({"error": {"type": "server_error", "message": "x"}}))
+        h.clock.advance(1)
+        self.assertEqual(sum(len(u.requests) for u in h.upstreams), 2, "retried on another node")
+        h.respond().send(delta("ok") + FINISH)
+        self.assertEqual(h.finals()[0]["type"], "done")
+        h.assert_given_back(self)
+
+    def test_wrongly_typed_json(self) -> None:
+        for body in (
+            event({"choices": 1}),
+            event({"choices": [{"delta": {"content": 5}}]}),
+            event({"choices": [1]}),
+            event([1, 2]),
+            b'data: {"choices":[{"delta":{"content":"\\ud800"}}]}\n\n',
+            b"data: " + b"[" * 5000 + b"\n\n",
+            b"data: {nope\n\n",
+        ):
+            h = Harness(retries=0)
+            h.start()
+            h.respond().send(body)
+            self.assertEqual(h.finals()[0]["code"], "upstream_failed", body[:40])
+            h.assert_given_back(self)
+
+    def test_absurd_usage_is_not_believed(self) -> None:
+        h = Harness()
+        h.start()
+        usage = b'"usage":{"prompt_tokens":1' + b"0" * 400 + b',"completion_tokens":-5}'
+        finish = b'data: {"choices":[{"delta":{},"finish_reason":"stop"}],' + usage + b"}\n\ndata: [DONE]\n\n"
+        h.respond().send(delta("a") + finish)
+        self.assertEqual(h.finals()[0]["usage"], {"prompt_tokens": 0, "completion_tokens": 0})
+        h.assert_given_back(self)
+
+    def test_reset_after_the_first_delta(self) -> None:
+        h = Harness()
+        h.start()
+        response = h.respond()
+        response.send(delta("a"))
+        response.protocol.connectionLost(Failure(ConnectionLost()))
+        self.assertEqual(h.finals()[0]["code"], "upstream_failed")
+        h.assert_given_back(self)
+
+    def test_stall_and_slow_drip(self) -> None:
+        h = Harness()
+        h.start()
+        response = h.respond()
+        response.send(delta("a"))
+        for _ in range(100):  # a byte now and then keeps the idle timer quiet, not the request budget
+            h.clock.advance(10)
+            response.send(b": drip\n")
+        h.settle()
+        self.assertEqual(h.finals()[0]["code"], "timeout")
+        self.assertTrue(response.transport.stopped)
+        h.assert_given_back(self)
+
+    def test_refused_connection_marks_the_node_down(self) -> None:
+        h = Harness(retries=1)
+        h.start()
+        h.upstreams[0].pending.errback(ConnectionRefusedError())
+        self.assertFalse(h.nodes[0].healthy)
+        h.clock.advance(1)
+        h.respond(1).send(delta("b") + FINISH)
+        self.assertEqual(h.finals()[0]["type"], "done")
+        h.assert_given_back(self)
+
+    def test_a_bug_ends_sealed_internal(self) -> None:
+        h = Harness()
+        h.start()
+        response = h.respond()
+        h.stream._translator.feed = lambda data: 1 / 0
+        response.send(delta("a"))
+        self.assertEqual(h.finals()[0]["code"], "internal")
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+        h.assert_given_back(self)
+
+    def test_client_gone_during_a_probe_frees_the_probe(self) -> None:
+        h = Harness()
+        node = h.nodes[0]
+        h.nodes[1].healthy = False
+        for _ in range(3):
+            node.breaker.failure(h.clock.seconds())
+        h.clock.advance(10)
+        h.start()
+        self.assertEqual(node.breaker.state, "half_open")
+        assert h.done is not None
+        h.done.cancel()
+        self.assertTrue(node.breaker.available(h.clock.seconds()), "another probe may go")
+        h.assert_given_back(self)
+
+
+class Context(TestCase):
+    def test_short_conversation_is_sent_without_counting(self) -> None:
+        h = Harness(context=2048)
+        h.start()
+        self.assertEqual(h.upstreams[0].counts, [])
+        self.assertEqual(len(h.upstreams[0].requests), 1)
+
+    def test_long_conversation_is_counted_then_sent(self) -> None:
+        h = Harness(context=2048)
+        h.start({"messages": [{"role": "user", "content": "word " * 1000}]})
+        self.assertEqual(len(h.upstreams[0].counts), 1)
+        self.assertEqual(h.upstreams[0].requests, [])
+        h.upstreams[0].counting.callback(1000)
+        self.assertEqual(len(h.upstreams[0].requests), 1)
+
+    def test_over_long_conversation_is_refused_before_sending(self) -> None:
+        h = Harness(context=2048)
+        h.start({"messages": [{"role": "user", "content": "word " * 1000}]})
+        h.upstreams[0].counting.callback(2100)
+        self.assertEqual(h.finals()[0]["code"], "too_long")
+        self.assertEqual(h.upstreams[0].requests, [])
+        self.assertEqual(h.nodes[0].breaker._failures, 0)
+        h.assert_given_back(self)
+
+    def test_a_failed_count_is_the_nodes_fault(self) -> None:
+        h = Harness(context=2048, retries=0)
+        h.start({"messages": [{"role": "user", "content": "word " * 1000}]})
+        h.upstreams[0].counting.errback(ConnectionLost())
+        self.assertEqual(h.finals()[0]["code"], "upstream_failed")
+        h.assert_given_back(self)
+
+
+# Faults a synthetic upstream can commit, one step at a time.
+STEPS = st.sampled_from(
+    [
+        "ok",
+        "code400",
+        "code500",
+        "refuse",
+        "lose",
+        "delta",
+        "garbage",
+        "error_event",
+        "finish",
+        "end",
+        "tick",
+        "stall",
+        "client_gone",
+        "count",
+    ]
+)
+
+
+UPSTREAM_BYTES = {
+    "delta": delta("x"),
+    "garbage": b"data: {\n\n",
+    "error_event": event({"error": {"type": "exceed_context_size_error"}}),
+    "finish": FINISH,
+}
+
+
+class Properties(TestCase):
+    @given(st.lists(STEPS, max_size=25), st.integers(0, 2), st.sampled_from([None, 64, 4096]))
+    def test_every_chat_ends_once_and_gives_back(self, steps: list[str], retries: int, context: int | None) -> None:
+        h = Harness(retries=retries, context=context)
+        h.start({"messages": [{"role": "user", "content": "hello " * 30}]})
+        response: FakeResponse | None = None
+        for step in steps:
+            counting = next((u for u in h.upstreams if u.counts and not u.counting.called), None)
+            asked = next((u for u in h.upstreams if u.requests and not u.pending.called), None)
+            streaming = response is not None and response.protocol is not None and not response.transport.stopped
+            if step == "count" and counting is not None:
+                counting.counting.callback(50)
+            elif step in ("ok", "code400", "code500") and asked is not None:
+                response = h.respond(code={"ok": 200, "code400": 400, "code500": 500}[step])
+            elif step == "refuse" and asked is not None:
+                asked.pending.errback(ConnectionRefusedError())
+            elif step == "client_gone" and h.done is not None and not h.done.called:
+                h.done.cancel()
+            elif step in ("tick", "stall"):
+                h.clock.advance(1 if step == "tick" else 61)
+            elif step in UPSTREAM_BYTES and streaming:
+                assert response is not None
+                response.send(UPSTREAM_BYTES[step])
+            elif step == "lose" and streaming:
+                assert response is not None
+                response.protocol.connectionLost(Failure(ConnectionLost()))
+            elif step == "end" and streaming:
+                assert response is not None
+                response.end()
+        h.settle()
+        self.assertTrue(h.stream._life.ended)
+        h.assert_given_back(self)
+        self.assertEqual(self.flushLoggedErrors(), [], "no programming error on any path")
