@@ -1,8 +1,9 @@
 """
 The inference node's HTTPS front: llama-server cannot require client certificates, so a
 node runs privllm in the node role. Only the router (a client certificate from the
-deployment CA naming an allowed client) may reach two paths, forwarded to the node-local
-llama-server: GET /health and POST /v1/chat/completions (streamed through, never buffered).
+deployment CA naming an allowed client) may reach four paths of the node-local llama-server:
+GET /health, GET /props (reduced to the context of a slot), and POST /v1/chat/completions and
+/tokenize (streamed through, never buffered).
 Nothing of the content is logged; the node never sees plaintext from outside the tunnel.
 """
 
@@ -18,10 +19,12 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from .body import BodyStream
+from .protocol.encoding import dumps
 from .upstream.llama import LlamaServer
 
 log = Logger()
 CHAT = b"/v1/chat/completions"
+FORWARDED = (CHAT, b"/tokenize")
 
 
 def peer_names(request: Request) -> set[str]:
@@ -61,8 +64,10 @@ class NodeProxy(Resource):
             return b'{"error":"forbidden"}'
         if request.method == b"GET" and request.path == b"/health":
             return self._health(request)
-        if request.method == b"POST" and request.path == CHAT:
-            return self._chat(request)
+        if request.method == b"GET" and request.path == b"/props":
+            return self._props(request)
+        if request.method == b"POST" and request.path in FORWARDED:
+            return self._forward(request, request.path.decode())
         request.setResponseCode(404)
         return b'{"error":"not_found"}'
 
@@ -76,9 +81,21 @@ class NodeProxy(Resource):
         ensureDeferred(answer()).addErrback(lambda _: None)
         return NOT_DONE_YET
 
-    def _chat(self, request: Request) -> Any:
+    def _props(self, request: Request) -> Any:
+        """Only what the router needs: the rest of /props names the model, its path and template."""
+
+        async def answer() -> None:
+            n_ctx = await self._llama.slot_context(self._health_timeout)
+            request.setResponseCode(200 if n_ctx else 503)
+            request.write(dumps({"default_generation_settings": {"n_ctx": n_ctx}}))
+            request.finish()
+
+        ensureDeferred(answer()).addErrback(lambda _: None)
+        return NOT_DONE_YET
+
+    def _forward(self, request: Request, path: str) -> Any:
         body = request.content.read() if request.content is not None else b""
-        pending = self._llama.post_stream(CHAT.decode(), body)
+        pending = self._llama.post_stream(path, body)
         stream: list[BodyStream] = []
 
         def got(response: Any) -> Any:
