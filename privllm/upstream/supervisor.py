@@ -18,6 +18,7 @@ from twisted.python.failure import Failure
 from twisted.runner.procmon import ProcessMonitor
 
 LLAMA_SERVER_VERSION = "0.3.36"  # the llama-cpp-python release whose vendored llama.cpp we build
+LLAMA_SERVER_FLAVOUR = "noamx"  # scripts/build-llama-server.sh's build flags
 NAME = "llama-server"
 SETPRIV = "/usr/bin/setpriv"
 log = Logger()
@@ -35,7 +36,7 @@ def _drop_child_output(event: LogEvent) -> None:
 
 def default_binary() -> str:
     cache = os.environ.get("PRIVLLM_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "privllm")
-    return os.path.join(cache, f"llama-server-{LLAMA_SERVER_VERSION}", "llama-server")
+    return os.path.join(cache, f"llama-server-{LLAMA_SERVER_VERSION}-{LLAMA_SERVER_FLAVOUR}", "llama-server")
 
 
 def default_model() -> str:
