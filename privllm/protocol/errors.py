@@ -42,4 +42,4 @@ class RequestRejected(Exception):
 
 
 # Codes of the sealed `error` chunk (after decryption succeeded).
-STREAM_ERROR_CODES = frozenset({"upstream_failed", "timeout", "overloaded", "bad_request", "internal"})
+STREAM_ERROR_CODES = frozenset({"upstream_failed", "timeout", "overloaded", "bad_request", "internal", "rate_limited"})

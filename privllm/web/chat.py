@@ -26,6 +26,7 @@ from twisted.web.server import Request
 
 from ..body import BodyStream
 from ..config.schema import Privacy
+from ..protocol.admission import SealedRefusal
 from ..protocol.chat import BadChatRequest, ChatLimits, ChatRequest, parse_chat_request
 from ..protocol.request import OpenedRequest
 from ..protocol.slots import StreamSlots
@@ -93,10 +94,19 @@ class ChatStream:
         self._open = False
         self.done: Deferred[None] = Deferred(lambda _: self._abort("client_gone"))
 
-    def start(self, opened: OpenedRequest, encapsulated_key: bytes) -> Deferred[None]:
+    def start(
+        self, opened: OpenedRequest, encapsulated_key: bytes, refusal: SealedRefusal | None = None
+    ) -> Deferred[None]:
         self._events.open(opened.response_secret, encapsulated_key)
         self._metrics.active_streams.inc()
         self._open = True
+        if refusal is not None:  # refused after decryption: sealed at once, no slot taken
+            final: dict[str, object] = {"type": "error", "code": refusal.code, "message": refusal.message}
+            if refusal.retry_after is not None:
+                final["retry_after"] = refusal.retry_after
+            self._events.final(final)
+            self._close(refusal.code)
+            return self.done
         self._ticker.start(1.0, now=False)
         if self._slots is not None:
             if not self._slots.acquire(self._device):
