@@ -80,6 +80,7 @@ class Challenges:
     def verify(self, challenge_b64: object, nonce_b64: object, request_id: str, now: float, address: str) -> None:
         """Accept a solution once, and spend it. Raises PowError, or RequestRejected(UNAVAILABLE)
         when the spent set is full."""
+        self._spent.purge(int(now))
         try:
             challenge = b64decode(challenge_b64, CHALLENGE_SIZE)
             nonce = b64decode(nonce_b64, max_length=MAX_NONCE)
@@ -91,7 +92,6 @@ class Challenges:
         version, difficulty, expires, token = _HEAD.unpack(head)
         if version != VERSION or now > expires:
             raise PowError("expired")
-        self._spent.purge(int(now))
         if token in self._spent:
             raise PowError("spent")
         if leading_zero_bits(work_hash(challenge, request_id, nonce)) < difficulty:
