@@ -76,7 +76,7 @@ class Limits(TestCase):
         self.assertEqual((refusal["type"], refusal["code"]), ("error", "rate_limited"))
         self.assertGreaterEqual(refusal["retry_after"], 1)
         # ...and it is remembered: nobody can replay it once the device's quota is back.
-        self.assertEqual(json.loads(first.post(body)[2]), {"error": "replay"})
+        self.assertEqual(json.loads(self.client("127.0.0.10").post(body)[2]), {"error": "replay"})
         second = self.client("127.0.0.3")  # another device, same address
         self.assertEqual(second.chat(user("Say hi.", 8))[-1]["type"], "done")
 
