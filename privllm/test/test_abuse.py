@@ -41,7 +41,7 @@ from ..web.limits import ClientAddress, ConnectionsPerAddress
 from ..web.metrics import RouterMetrics
 from ..web.request import PrivllmSite
 from .helpers import NOW, current_key, ring, sealed_request
-from .test_chat_stream import SyntheticUpstream, pool_of
+from .test_chat_stream import FINISH, FakeResponse, SyntheticUpstream, delta, pool_of
 
 SECRET = b"s" * 32
 
@@ -253,6 +253,7 @@ class SealedAfterDecryption(TestCase):
         self.ring = ring()
         self.key = current_key(self.ring)
         self.slots = StreamSlots(10, 10)
+        self.upstream = SyntheticUpstream()
         self.admission = Admission(
             self.ring,
             ReplayWindow(60, 1000),
@@ -266,7 +267,7 @@ class SealedAfterDecryption(TestCase):
             clock=self.clock,
             admission=self.admission,
             keyset=lambda: b"{}",
-            pool=pool_of(SyntheticUpstream()),
+            pool=pool_of(self.upstream),
             metrics=RouterMetrics(),
             hsts_max_age=100,
             settings=StreamSettings(ChatLimits(), 15, 60),
@@ -317,6 +318,17 @@ class SealedAfterDecryption(TestCase):
         self.assertNotIn(b"429", transport.value().split(b"\r\n", 1)[0])
         self.assertEqual((self.slots.active, self.admission.address_streams.held("192.0.2.7")), (1, 1))  # type: ignore[union-attr]
         first.connectionLost(Failure(ConnectionDone()))  # the client of the first stream goes away
+        self.assertEqual((self.slots.active, len(self.admission.address_streams)), (0, 0))  # type: ignore[arg-type]
+
+    def test_address_stream_given_back_when_done(self) -> None:
+        sealed = sealed_request(self.key)
+        _, transport = self.post(sealed)
+        self.assertEqual(len(self.admission.address_streams), 1)  # type: ignore[arg-type]
+        response = FakeResponse()
+        self.upstream.pending.callback(response)
+        response.send(delta("hi") + FINISH)
+        response.end()
+        self.assertEqual(self.chunks(sealed, transport.value())[-1]["type"], "done")
         self.assertEqual((self.slots.active, len(self.admission.address_streams)), (0, 0))  # type: ignore[arg-type]
 
 
