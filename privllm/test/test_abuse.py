@@ -367,7 +367,8 @@ class SlowClients(TestCase):
             self.assertIsNotNone(factory.buildProtocol(IPv6Address("TCP", host, 1)))
         self.assertIsNone(factory.buildProtocol(IPv6Address("TCP", "2001:db8:1:2::3", 1)))  # same /64
         self.assertIsNotNone(factory.buildProtocol(IPv6Address("TCP", "2001:db8:1:3::1", 1)))
-        self.assertEqual(factory.open, {"2001:db8:1:2::/64": 2, "2001:db8:1:3::/64": 1})
+        self.assertIsNotNone(factory.buildProtocol(IPv6Address("TCP", "fe80::1%lo", 1)))
+        self.assertEqual(factory.open, {"2001:db8:1:2::/64": 2, "2001:db8:1:3::/64": 1, "fe80::/64": 1})
 
     def test_trusted_proxy_not_counted_by_connections(self) -> None:
         factory = ConnectionsPerAddress(

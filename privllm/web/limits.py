@@ -22,7 +22,8 @@ UNPARSED_PEER = "unparsed-peer"  # one shared key for a peer that is not an IP a
 
 
 def _peer(addr: Any) -> str:
-    return str(getattr(addr, "host", ""))
+    # The kernel's word, not the client's: a link-local zone (fe80::1%eth0) is dropped, not refused.
+    return str(getattr(addr, "host", "")).split("%", 1)[0]
 
 
 class _Connection(ProtocolWrapper):
