@@ -20,6 +20,7 @@ from twisted.internet.defer import ensureDeferred
 from twisted.trial.unittest import TestCase
 
 from privllm.client import PrivllmClient
+from privllm.config.schema import Replay
 
 from .docclient import DocClient, b64, open_stream
 from .stack import Daemon, shared
@@ -126,7 +127,8 @@ class ReplayShare(TestCase):
         body, _, _ = flood.seal(cheap)
         status, headers, raw = flood.post(body)
         self.assertEqual((status, json.loads(raw)), (429, {"error": "rate_limited"}))
-        self.assertGreater(int(headers["Retry-After"]), 60)  # until its entries leave the window
+        window = Replay()  # the defaults: until its entries have left the window
+        self.assertEqual(int(headers["Retry-After"]), window.window + window.future_skew + 1)
         honest = DocClient(d.port, d.ssl_context(), d.pin(), source="127.0.0.8")
         self.assertEqual(honest.chat(user("Say hi.", 8))[-1]["type"], "done")
 

@@ -5,7 +5,8 @@ Keys are whatever the caller counts (a client address or prefix, a device key). 
 idle once its theoretical arrival time has passed: it holds no debt and is dropped. Keys
 sit in buckets by the whole second their debt ends, and each check frees every bucket that
 is due, so every idle key goes within a second of going idle, whatever the other keys do;
-each key moves bucket in O(1), each bucket is freed once. The table is bounded; when it is
+each key moves bucket in O(1), each bucket is freed once, and there is at most one bucket
+per whole second up to the furthest debt (burst / rate + 2). The table is bounded; when it is
 full of keys that still owe, a new key is refused: the limiter fails closed rather than
 forgetting someone's debt.
 """
