@@ -46,8 +46,14 @@ UNLIMITED: dict[str, dict[str, Any]] = {
         "per_device_rate": 100000.0,
         "per_device_burst": 100000,
     },
-    "load": {"max_streams": 100000, "max_streams_per_device": 10000, "max_streams_per_node": 10000},
+    "load": {
+        "max_streams": 100000,
+        "max_streams_per_device": 10000,
+        "max_streams_per_node": 10000,
+        "max_streams_per_address": 100000,
+    },
     "server": {"max_connections_per_address": 100000},
+    "replay": {"max_entries_per_address": 200000},  # every stream comes from 127.0.0.1
     "pow": {"enabled": False},
     "privacy": {"coalesce_ms": 0},  # measure the router, not the coalescing window
 }

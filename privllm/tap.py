@@ -30,12 +30,13 @@ from .keys.material import ensure_dev_certificate, ensure_identity, load_identit
 from .keys.service import KeyRingService
 from .keys.store import KeyRingStore
 from .node import NodeProxy
+from .protocol.addresses import AddressPolicy
 from .protocol.admission import Admission, PowGate
 from .protocol.chat import ChatLimits
 from .protocol.pow import Challenges, DifficultyPolicy
 from .protocol.ratelimit import RateLimiter
 from .protocol.replay import ReplayWindow
-from .protocol.slots import StreamSlots
+from .protocol.slots import CountPerKey, StreamSlots
 from .upstream.breaker import CircuitBreaker
 from .upstream.health import HealthMonitor
 from .upstream.llama import LlamaServer
@@ -91,7 +92,7 @@ def _pow_gate(config: Config) -> PowGate | None:
         write_secret(path, os.urandom(32))
     p = config.pow
     policy = DifficultyPolicy(p.stream_threshold, p.rate_threshold, p.base_difficulty, p.step, p.max_difficulty)
-    return PowGate(Challenges(read_secret(path), p.ttl), policy, forced=p.forced)
+    return PowGate(Challenges(read_secret(path), p.ttl, p.max_spent), policy, forced=p.forced)
 
 
 def _server_tls(config: Config, client_ca: str = "", alpn: list[bytes] | None = None) -> ReloadingServerOptions:
@@ -115,8 +116,14 @@ def _https_listener(
     endpoint = TCP4ServerEndpoint(reactor, config.server.port, interface=config.server.host)
     # A node's only client is the router, which opens a connection per concurrent stream:
     # the per-address cap is for the public listener.
-    factory = ConnectionsPerAddress(tls, config.server.max_connections_per_address if public else 1 << 30)
+    factory = ConnectionsPerAddress(
+        tls, config.server.max_connections_per_address if public else 1 << 30, _addresses(config)
+    )
     return StreamServerEndpointService(endpoint, factory)
+
+
+def _addresses(config: Config) -> AddressPolicy:
+    return AddressPolicy(config.server.ipv6_prefix, config.server.trusted_proxies)
 
 
 def _local_llama(config: Config, root: MultiService) -> list[str]:
@@ -176,12 +183,18 @@ class Router:
         limits = config.rate_limit
         admission = Admission(
             self.keys.ring,
-            ReplayWindow(config.replay.window, config.replay.max_entries),
+            ReplayWindow(
+                config.replay.window,
+                config.replay.max_entries,
+                config.replay.future_skew,
+                config.replay.max_entries_per_address,
+            ),
             RateLimiter(limits.per_address_rate, limits.per_address_burst, limits.max_addresses),
             config.server.max_body_bytes,
             per_device=RateLimiter(limits.per_device_rate, limits.per_device_burst, limits.max_devices),
             slots=StreamSlots(config.load.max_streams, config.load.max_streams_per_device),
             pow_gate=_pow_gate(config),
+            address_streams=CountPerKey(config.load.max_streams_per_address),
         )
         settings = StreamSettings(
             ChatLimits(**vars(config.chat), default_verbosity=config.defaults.verbosity),
@@ -203,7 +216,7 @@ class Router:
             metrics=self.metrics,
             hsts_max_age=config.server.hsts_max_age,
             settings=settings,
-            client_address=ClientAddress(config.server.trusted_proxies, config.server.client_address_header),
+            client_address=ClientAddress(_addresses(config), config.server.client_address_header),
         )
         site = _site(config, self.app.resource(), reactor)
         _https_listener(config, reactor, site, tls_options).setServiceParent(self.service)

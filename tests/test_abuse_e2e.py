@@ -7,6 +7,8 @@ routers share the real llama-server of the main test router.
 from __future__ import annotations
 
 import atexit
+import base64
+import hashlib
 import json
 import os
 import socket
@@ -18,8 +20,9 @@ from twisted.internet.defer import ensureDeferred
 from twisted.trial.unittest import TestCase
 
 from privllm.client import PrivllmClient
+from privllm.config.schema import Replay
 
-from .docclient import DocClient
+from .docclient import DocClient, b64, open_stream
 from .stack import Daemon, shared
 from .test_e2e import ROUTER, user
 
@@ -66,9 +69,15 @@ class Limits(TestCase):
         first = self.client("127.0.0.3")
         for _ in range(2):
             self.assertEqual(first.chat(user("Say hi.", 8))[-1]["type"], "done")
-        body, _, _ = first.seal(user("Say hi.", 8))
+        body, enc, secret = first.seal(user("Say hi.", 8))
         status, _headers, raw = first.post(body)
-        self.assertEqual((status, json.loads(raw)), (429, {"error": "rate_limited"}))
+        # The request opened: the refusal is sealed, with its retry time inside...
+        self.assertEqual(status, 200)
+        [refusal] = open_stream(raw, enc, secret)
+        self.assertEqual((refusal["type"], refusal["code"]), ("error", "rate_limited"))
+        self.assertGreaterEqual(refusal["retry_after"], 1)
+        # ...and it is remembered: nobody can replay it once the device's quota is back.
+        self.assertEqual(json.loads(self.client("127.0.0.10").post(body)[2]), {"error": "replay"})
         second = self.client("127.0.0.3")  # another device, same address
         self.assertEqual(second.chat(user("Say hi.", 8))[-1]["type"], "done")
 
@@ -100,8 +109,76 @@ class Limits(TestCase):
         self.assertEqual(closed, len(held), "half-sent requests are cut after the read deadline")
 
 
+SHARE = {"replay": {"max_entries_per_address": 6}, "pow": {"enabled": False}}  # three requests per address
+
+
+class ReplayShare(TestCase):
+    timeout = 300
+
+    def test_one_address_fills_only_its_share(self) -> None:
+        d = guarded("share", SHARE)
+        flood = DocClient(d.port, d.ssl_context(), d.pin(), source="127.0.0.7")
+        # Requests that open (and end at once with a sealed bad_request): each is remembered.
+        cheap = {**user("x"), "temperature": 9}
+        for _ in range(3):
+            body, enc, secret = flood.seal(cheap)
+            status, _, raw = flood.post(body)
+            self.assertEqual((status, open_stream(raw, enc, secret)[-1]["code"]), (200, "bad_request"))
+        body, _, _ = flood.seal(cheap)
+        status, headers, raw = flood.post(body)
+        self.assertEqual((status, json.loads(raw)), (429, {"error": "rate_limited"}))
+        window = Replay()  # the defaults: until its entries have left the window
+        self.assertEqual(int(headers["Retry-After"]), window.window + window.future_skew + 1)
+        honest = DocClient(d.port, d.ssl_context(), d.pin(), source="127.0.0.8")
+        self.assertEqual(honest.chat(user("Say hi.", 8))[-1]["type"], "done")
+
+
+def solve(challenge: str, request_id: str, difficulty: int) -> str:
+    """As docs/protocol.md says: SHA-256(challenge || request_id || nonce) with N leading zero bits."""
+    raw = base64.b64decode(challenge)
+    for counter in range(1 << 24):
+        nonce = counter.to_bytes(8, "big")
+        if int.from_bytes(hashlib.sha256(raw + request_id.encode() + nonce).digest(), "big") >> (256 - difficulty) == 0:
+            return b64(nonce)
+    raise AssertionError("no solution")
+
+
 class ProofOfWorkUnderStress(TestCase):
     timeout = 300
+
+    def asked(self, doc: DocClient, body: dict) -> dict:
+        status, _, raw = doc.post(body)
+        challenge = json.loads(raw)
+        self.assertEqual((status, challenge["error"]), (429, "pow_required"))
+        return {
+            "challenge": challenge["challenge"],
+            "nonce": solve(challenge["challenge"], body["request_id"], challenge["difficulty"]),
+        }
+
+    def test_solution_admits_once_and_only_from_its_address(self) -> None:
+        d = guarded("stressed", {"pow": {"forced": True, "base_difficulty": 12}})
+        doc = DocClient(d.port, d.ssl_context(), d.pin(), source="127.0.0.5")
+        body, enc, secret = doc.seal(user("Say hi.", 8))
+        solved = {**body, "pow": self.asked(doc, body)}
+        thief = DocClient(d.port, d.ssl_context(), d.pin(), source="127.0.0.6")
+        status, _, raw = thief.post(solved)
+        self.assertEqual((status, json.loads(raw)["error"]), (429, "pow_required"))  # worthless elsewhere
+        status, _, raw = doc.post(solved)  # and not spent by the thief's attempt
+        self.assertEqual((status, open_stream(raw, enc, secret)[-1]["type"]), (200, "done"))
+        status, _, raw = doc.post(solved)
+        self.assertEqual((status, json.loads(raw)["error"]), (429, "pow_required"))  # spent
+
+    def test_forged_copies_cannot_reuse_a_solution(self) -> None:
+        """Forged requests never open, so the replay window never sees them: the spent
+        challenge is what stops the second one from costing a decryption."""
+        d = guarded("stressed", {"pow": {"forced": True, "base_difficulty": 12}})
+        doc = DocClient(d.port, d.ssl_context(), d.pin(), source="127.0.0.9")
+        body, _, _ = doc.seal(user("Say hi.", 8))
+        forged = {**body, "pow": self.asked(doc, body), "ciphertext": b64(os.urandom(64))}
+        status, _, raw = doc.post(forged)
+        self.assertEqual((status, json.loads(raw)["error"]), (400, "decrypt_failed"))
+        status, _, raw = doc.post(forged)
+        self.assertEqual((status, json.loads(raw)["error"]), (429, "pow_required"))
 
     async def _solve(self) -> None:
         d = guarded("stressed", {"pow": {"forced": True, "base_difficulty": 12}})

@@ -8,6 +8,7 @@ import tomllib
 from collections.abc import Mapping
 from typing import Any
 
+from ..protocol.addresses import parse_network
 from .profiles import profile
 from .schema import Config
 
@@ -110,6 +111,7 @@ def _check_consistency(config: Config) -> None:
         if getattr(config.chat, f"{level}_max_tokens") > config.chat.max_tokens:
             raise ConfigError(f"chat.{level}_max_tokens", "must not exceed chat.max_tokens")
     _check_backends(config)
+    _check_addresses(config)
     if not config.keys.state_dir:
         raise ConfigError("keys.state_dir", "must be set")
     if config.is_dev:
@@ -124,6 +126,19 @@ def _check_consistency(config: Config) -> None:
         raise ConfigError("backend.urls", "must name at least one backend in prod")
     if config.llama.spawn:
         raise ConfigError("llama.spawn", "prod runs llama-server as its own service, not spawned")
+
+
+def _check_addresses(config: Config) -> None:
+    replay = config.replay
+    if replay.future_skew > replay.window:
+        raise ConfigError("replay.future_skew", "must not exceed replay.window")
+    if replay.max_entries_per_address > replay.max_entries:
+        raise ConfigError("replay.max_entries_per_address", "must not exceed replay.max_entries")
+    for proxy in config.server.trusted_proxies:
+        try:
+            parse_network(proxy)
+        except ValueError:
+            raise ConfigError("server.trusted_proxies", "each entry is an IP address or CIDR") from None
 
 
 def _check_backends(config: Config) -> None:

@@ -31,7 +31,10 @@ class Server:
     idle_timeout: int = field(default=60, metadata=_range(1, 3600))
     request_read_timeout: float = field(default=15.0, metadata=_range(0.5, 600))
     max_connections_per_address: int = field(default=32, metadata=_range(1, 100_000))
-    # behind a reverse proxy: the client address comes from this header only when the peer is trusted
+    # every per-address limit counts an IPv6 client by this prefix; IPv4 (and ::ffff: mapped) per address
+    ipv6_prefix: int = field(default=64, metadata=_range(16, 128))
+    # behind a reverse proxy: the client address comes from this header only when the peer is trusted;
+    # addresses or CIDRs, either family; trusted proxies are exempt from the connection cap
     trusted_proxies: list[str] = field(default_factory=list)
     client_address_header: str = ""
 
@@ -53,8 +56,10 @@ class Keys:
 
 @dataclass(frozen=True)
 class Replay:
-    window: int = field(default=60, metadata=_range(2, 3600))
-    max_entries: int = field(default=200_000, metadata=_range(16, 10_000_000))
+    window: int = field(default=60, metadata=_range(2, 3600))  # how old a timestamp may be
+    future_skew: int = field(default=5, metadata=_range(0, 300))  # how far ahead; at most the window
+    max_entries: int = field(default=200_000, metadata=_range(16, 10_000_000))  # two per request
+    max_entries_per_address: int = field(default=2_000, metadata=_range(2, 10_000_000))  # beyond: 429
 
 
 @dataclass(frozen=True)
@@ -72,6 +77,8 @@ class RateLimit:
 class Load:
     max_streams: int = field(default=256, metadata=_range(1, 1_000_000))  # beyond: 503 before decryption
     max_streams_per_device: int = field(default=4, metadata=_range(1, 10_000))  # beyond: sealed overloaded
+    # per client address or IPv6 prefix, also behind a proxy; beyond: 429 before decryption
+    max_streams_per_address: int = field(default=32, metadata=_range(1, 1_000_000))
     max_streams_per_node: int = field(default=4, metadata=_range(1, 10_000))  # llama-server's --parallel
     queue_size: int = field(default=32, metadata=_range(0, 100_000))  # waiting for a node slot
     queue_timeout: float = field(default=10.0, metadata=_range(0.1, 600))
@@ -86,6 +93,8 @@ class Pow:
     step: int = field(default=2, metadata=_range(0, 16))  # more bits each time the load doubles
     max_difficulty: int = field(default=24, metadata=_range(1, 40))
     ttl: int = field(default=120, metadata=_range(5, 3600))
+    # spent challenges remembered (each admits one request) until they expire; full: 503
+    max_spent: int = field(default=100_000, metadata=_range(16, 10_000_000))
     forced: bool = False  # ask every request for proof of work (tests, or an operator under attack)
 
 

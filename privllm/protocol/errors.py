@@ -39,7 +39,3 @@ class RequestRejected(Exception):
         self.rejection = rejection
         self.retry_after = retry_after
         self.body = body  # replaces {"error": code}, e.g. a proof-of-work challenge
-
-
-# Codes of the sealed `error` chunk (after decryption succeeded).
-STREAM_ERROR_CODES = frozenset({"upstream_failed", "timeout", "overloaded", "bad_request", "internal"})

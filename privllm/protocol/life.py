@@ -52,7 +52,7 @@ class Failure(enum.Enum):
 
 # The sealed error codes (docs/protocol.md): after decryption, every failure is one of these.
 ERROR_CODES = frozenset(
-    {"bad_request", "too_long", "overloaded", "rate_limited", "unavailable", "upstream_failed", "timeout", "internal"}
+    {"bad_request", "too_long", "overloaded", "rate_limited", "upstream_failed", "timeout", "internal"}
 )
 MESSAGES = {
     "bad_request": "the inference server refused the request",

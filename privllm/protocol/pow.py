@@ -1,11 +1,17 @@
 """
 Proof of work under stress, sans-IO: stateless challenges and a difficulty that rises with load.
 
-A challenge is `version || difficulty || expires || random || HMAC(secret, those)[:16]`,
-so any router process holding the secret can check it without remembering anything. The
-client finds `nonce` such that SHA-256(challenge || request_id || nonce) starts with at
-least `difficulty` zero bits. A solution is bound to one request id, which the replay
-window covers once the request is accepted.
+A challenge is `version || difficulty || expires || random || MAC`, with MAC =
+HMAC(secret, those || client address key)[:16]: any router process holding the secret can
+check it without having stored it, and a challenge issued to one address (IPv6: prefix) is
+worthless from another. The client finds `nonce` such that
+SHA-256(challenge || request_id || nonce) starts with at least `difficulty` zero bits.
+
+A challenge admits one request: it is marked spent when it verifies (before decryption,
+so forged requests cannot reuse it either), and remembered until it expires. The spent set
+is bounded; when it is full, no challenge verifies until entries expire (fail closed: the
+router answers 503 rather than forget what was spent). The set lives in one process: each
+router process sharing the secret accepts a challenge at most once.
 """
 
 from __future__ import annotations
@@ -18,8 +24,10 @@ import struct
 from collections.abc import Callable
 
 from .encoding import EncodingError, b64decode, b64encode
+from .errors import UNAVAILABLE, RequestRejected
+from .expiring import ExpiringSet
 
-VERSION = 1
+VERSION = 2  # 2: the MAC covers the client's address key
 _HEAD = struct.Struct(">BBQ16s")  # version, difficulty, expires, random
 MAC_SIZE = 16
 CHALLENGE_SIZE = _HEAD.size + MAC_SIZE
@@ -44,39 +52,53 @@ def work_hash(challenge: bytes, request_id: str, nonce: bytes) -> bytes:
 
 
 class Challenges:
-    def __init__(self, secret: bytes, ttl: int) -> None:
+    def __init__(self, secret: bytes, ttl: int, max_spent: int = 100_000) -> None:
         if len(secret) < 32 or ttl < 1:
             raise ValueError("a 32-byte secret and a positive ttl are required")
         self._secret = secret
         self.ttl = ttl
+        self._spent = ExpiringSet(max_spent)
 
-    def _mac(self, head: bytes) -> bytes:
-        return hmac.new(self._secret, head, hashlib.sha256).digest()[:MAC_SIZE]
+    def __len__(self) -> int:
+        """How many spent challenges are remembered."""
+        return len(self._spent)
 
-    def issue(self, difficulty: int, now: float) -> dict[str, object]:
+    def _mac(self, head: bytes, address: str) -> bytes:
+        # The head has a fixed size, so head || address is unambiguous.
+        return hmac.new(self._secret, head + address.encode(), hashlib.sha256).digest()[:MAC_SIZE]
+
+    def issue(self, difficulty: int, now: float, address: str) -> dict[str, object]:
         expires = int(now) + self.ttl
         head = _HEAD.pack(VERSION, difficulty, expires, os.urandom(16))
         return {
             "error": "pow_required",
-            "challenge": b64encode(head + self._mac(head)),
+            "challenge": b64encode(head + self._mac(head, address)),
             "difficulty": difficulty,
             "expires": expires,
         }
 
-    def verify(self, challenge_b64: object, nonce_b64: object, request_id: str, now: float) -> None:
+    def verify(self, challenge_b64: object, nonce_b64: object, request_id: str, now: float, address: str) -> None:
+        """Accept a solution once, and spend it. Raises PowError, or RequestRejected(UNAVAILABLE)
+        when the spent set is full."""
+        self._spent.purge(int(now))
         try:
             challenge = b64decode(challenge_b64, CHALLENGE_SIZE)
             nonce = b64decode(nonce_b64, max_length=MAX_NONCE)
         except EncodingError as e:
             raise PowError("malformed") from e
         head, mac = challenge[: _HEAD.size], challenge[_HEAD.size :]
-        if not hmac.compare_digest(mac, self._mac(head)):
-            raise PowError("not ours")
-        version, difficulty, expires, _ = _HEAD.unpack(head)
+        if not hmac.compare_digest(mac, self._mac(head, address)):
+            raise PowError("not ours, or issued to another address")
+        version, difficulty, expires, token = _HEAD.unpack(head)
         if version != VERSION or now > expires:
             raise PowError("expired")
+        if token in self._spent:
+            raise PowError("spent")
         if leading_zero_bits(work_hash(challenge, request_id, nonce)) < difficulty:
             raise PowError("too weak")
+        if self._spent.full(None):
+            raise RequestRejected(UNAVAILABLE)
+        self._spent.add(token, expires + 1, None)  # kept while it could still verify
 
 
 def solve(

@@ -1,15 +1,20 @@
 """
 A rate limiter, sans-IO: GCRA (the generic cell rate algorithm), one number of state per key.
 
-Keys are whatever the caller counts (a client address); idle entries expire, and the
-table is bounded. When the table is full of live entries, a new key is refused: the
-limiter fails closed rather than forgetting someone's debt.
+Keys are whatever the caller counts (a client address or prefix, a device key). A key is
+idle once its theoretical arrival time has passed: it holds no debt and is dropped. Keys
+sit in buckets by the whole second their debt ends, and each check frees every bucket that
+is due, so every idle key goes within a second of going idle, whatever the other keys do;
+each key moves bucket in O(1), each bucket is freed once, and there is at most one bucket
+per whole second up to the furthest debt (burst / rate + 2). The table is bounded; when it is
+full of keys that still owe, a new key is refused: the limiter fails closed rather than
+forgetting someone's debt.
 """
 
 from __future__ import annotations
 
+import heapq
 import math
-from collections import OrderedDict
 from collections.abc import Hashable
 
 
@@ -20,30 +25,38 @@ class RateLimiter:
         self._interval = 1.0 / rate
         self._tolerance = self._interval * (burst - 1)
         self._max_keys = max_keys
-        self._tat: OrderedDict[Hashable, float] = OrderedDict()  # theoretical arrival time, oldest update first
+        self._tat: dict[Hashable, float] = {}  # theoretical arrival time
+        self._buckets: dict[int, set[Hashable]] = {}  # ceil(tat) -> keys
+        self._due: list[int] = []  # the buckets' seconds, a heap
 
     def __len__(self) -> int:
         return len(self._tat)
 
     def check(self, key: Hashable, now: float) -> int:
         """Count one request. Return 0 if it may go on, else the seconds to wait (at least 1)."""
-        tat = self._tat.get(key)
-        if tat is None:
-            self._expire(now)
-            if len(self._tat) >= self._max_keys:
-                return 1
-            tat = now
-        tat = max(tat, now)
+        self._expire(now)
+        old = self._tat.get(key)
+        if old is None and len(self._tat) >= self._max_keys:
+            return 1
+        tat = now if old is None else max(old, now)
         if tat - self._tolerance > now:
             return max(1, math.ceil(tat - self._tolerance - now))
-        self._tat[key] = tat + self._interval
-        self._tat.move_to_end(key)
+        self._set(key, old, tat + self._interval)
         return 0
 
+    def _set(self, key: Hashable, old: float | None, tat: float) -> None:
+        if old is not None:
+            self._buckets[math.ceil(old)].discard(key)
+        second = math.ceil(tat)
+        bucket = self._buckets.get(second)
+        if bucket is None:
+            bucket = self._buckets[second] = set()
+            heapq.heappush(self._due, second)
+        bucket.add(key)
+        self._tat[key] = tat
+
     def _expire(self, now: float) -> None:
-        # The least recently updated entries come first; drop those that no longer hold a debt.
-        while self._tat:
-            key, tat = next(iter(self._tat.items()))
-            if tat > now:
-                break
-            del self._tat[key]
+        # Every key in a bucket whose second has come owes nothing any more.
+        while self._due and self._due[0] <= now:
+            for key in self._buckets.pop(heapq.heappop(self._due)):
+                del self._tat[key]

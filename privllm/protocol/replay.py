@@ -1,59 +1,71 @@
 """
 The replay window, sans-IO: timestamps must be fresh, and a fresh request is accepted once.
 
-An accepted request is remembered exactly as long as it could still pass the timestamp
-check (until timestamp + window). Memory is bounded; when full, new requests are refused
-rather than live entries forgotten: the window fails closed.
+Fresh means at most `window` seconds old and at most `future_skew` seconds ahead (a few
+seconds of clock drift; a far-future timestamp would otherwise keep an entry for two
+windows). A request is remembered, by its id and by its encapsulated key, exactly as long
+as it could still pass the timestamp check (until timestamp + window).
+
+Memory is bounded twice: overall (`max_entries`) and per client address or prefix
+(`max_per_address`), so one party filling its share is refused alone (429) while others go
+on. Only if the whole window is full (many parties at once) is everyone refused (503): the
+window fails closed rather than forgetting live entries. Room is checked before
+decryption, so a request that opens is always remembered, even if it is then refused.
 """
 
 from __future__ import annotations
 
-from .errors import REPLAY, STALE, UNAVAILABLE, RequestRejected
+from .errors import RATE_LIMITED, REPLAY, STALE, UNAVAILABLE, RequestRejected
+from .expiring import ExpiringSet
+
+ENTRIES_PER_REQUEST = 2  # its request id and its encapsulated key
 
 
 class ReplayWindow:
     MIN_WINDOW = 2
 
-    def __init__(self, window: int, max_entries: int) -> None:
-        if window < self.MIN_WINDOW or max_entries < 1:
-            raise ValueError("window must be at least 2 s and max_entries at least 1")
+    def __init__(self, window: int, max_entries: int, future_skew: int = 5, max_per_address: int | None = None) -> None:
+        if window < self.MIN_WINDOW or not 0 <= future_skew <= window:
+            raise ValueError("window must be at least 2 s, future_skew within 0..window")
+        per_address = max_entries if max_per_address is None else max_per_address
+        if max_entries < ENTRIES_PER_REQUEST or per_address < ENTRIES_PER_REQUEST:
+            raise ValueError("max_entries and max_per_address must hold at least one request")
         self.window = window
-        self.max_entries = max_entries
-        self._expiry: dict[tuple[str, object], int] = {}
-        self._buckets: dict[int, list[tuple[str, object]]] = {}
-        self._purged_until: int | None = None
+        self.future_skew = future_skew
+        self._seen = ExpiringSet(max_entries, per_address)
 
     def __len__(self) -> int:
-        return len(self._expiry)
+        return len(self._seen)
+
+    def owned(self, address: str) -> int:
+        return self._seen.owned(address)
+
+    @property
+    def longest_life(self) -> int:
+        """The most seconds an entry is kept: the whole window past a timestamp at the skew."""
+        return self.window + self.future_skew + 1
 
     def check_fresh(self, timestamp: int, now: int) -> None:
-        if abs(now - timestamp) > self.window:
+        if not now - self.window <= timestamp <= now + self.future_skew:
             raise RequestRejected(STALE)
 
     def check_unseen(self, request_id: str, encapsulated_key: bytes, now: int) -> None:
-        self._purge(now)
-        if ("id", request_id) in self._expiry or ("enc", encapsulated_key) in self._expiry:
+        self._seen.purge(now)
+        if ("id", request_id) in self._seen or ("enc", encapsulated_key) in self._seen:
             raise RequestRejected(REPLAY)
 
-    def remember(self, request_id: str, encapsulated_key: bytes, timestamp: int, now: int) -> None:
+    def check_room(self, address: str, now: int) -> None:
+        """Before decryption: refuse unless this request could be remembered."""
+        self._seen.purge(now)
+        if self._seen.full(address, ENTRIES_PER_REQUEST):
+            if len(self._seen) + ENTRIES_PER_REQUEST > self._seen.max_entries:
+                raise RequestRejected(UNAVAILABLE)
+            raise RequestRejected(RATE_LIMITED, retry_after=self.longest_life)
+
+    def remember(self, request_id: str, encapsulated_key: bytes, timestamp: int, now: int, address: str) -> None:
         """Call only after the request decrypted, so a forged copy cannot burn a real id."""
         self.check_unseen(request_id, encapsulated_key, now)
-        if len(self._expiry) + 2 > self.max_entries:
-            raise RequestRejected(UNAVAILABLE)
+        self.check_room(address, now)
         expires = timestamp + self.window + 1
-        for entry in (("id", request_id), ("enc", encapsulated_key)):
-            self._expiry[entry] = expires
-            self._buckets.setdefault(expires, []).append(entry)
-
-    def _purge(self, now: int) -> None:
-        # Each second's bucket is visited once: amortised O(1) per request. After a long
-        # idle gap (or a clock jump) only the buckets that exist are visited.
-        last = self._purged_until
-        if last is None or now - last > 2 * self.window + 2:
-            due: list[int] | range = [second for second in self._buckets if second <= now]
-        else:
-            due = range(last, now + 1)
-        for second in due:
-            for entry in self._buckets.pop(second, ()):
-                del self._expiry[entry]
-        self._purged_until = now + 1 if last is None else max(last, now + 1)
+        self._seen.add(("id", request_id), expires, address)
+        self._seen.add(("enc", encapsulated_key), expires, address)

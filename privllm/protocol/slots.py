@@ -1,7 +1,39 @@
-"""Caps on concurrent streams, sans-IO: a global cap (checked before decryption) and a cap
-per device (checked once decryption has proven the device key)."""
+"""Caps on concurrent streams, sans-IO: a global cap and a cap per client address (checked
+before decryption), and a cap per device (checked once decryption has proven the device key)."""
 
 from __future__ import annotations
+
+from collections.abc import Hashable
+
+
+class CountPerKey:
+    """Concurrent holds per key, at most `limit` each; no record outlives its holds."""
+
+    def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise ValueError("the limit must be positive")
+        self.limit = limit
+        self._held: dict[Hashable, int] = {}
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+    def held(self, key: Hashable) -> int:
+        return self._held.get(key, 0)
+
+    def acquire(self, key: Hashable) -> bool:
+        held = self.held(key)
+        if held >= self.limit:
+            return False
+        self._held[key] = held + 1
+        return True
+
+    def release(self, key: Hashable) -> None:
+        held = self._held[key] - 1
+        if held:
+            self._held[key] = held
+        else:
+            del self._held[key]
 
 
 class StreamSlots:
@@ -9,23 +41,17 @@ class StreamSlots:
         self.max_streams = max_streams
         self.max_per_device = max_per_device
         self.active = 0
-        self._per_device: dict[bytes, int] = {}
+        self._per_device = CountPerKey(max_per_device)
 
     def full(self) -> bool:
         return self.active >= self.max_streams
 
     def acquire(self, device: bytes) -> bool:
-        held = self._per_device.get(device, 0)
-        if self.full() or held >= self.max_per_device:
+        if self.full() or not self._per_device.acquire(device):
             return False
         self.active += 1
-        self._per_device[device] = held + 1
         return True
 
     def release(self, device: bytes) -> None:
-        held = self._per_device[device] - 1
-        if held:
-            self._per_device[device] = held
-        else:
-            del self._per_device[device]  # no per-device record outlives its streams
+        self._per_device.release(device)
         self.active -= 1

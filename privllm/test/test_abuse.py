@@ -7,48 +7,100 @@ import json
 import os
 from typing import Any
 
-from twisted.internet.address import IPv4Address
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from twisted.web.resource import Resource
 from twisted.web.test.requesthelper import DummyRequest
 
-from ..protocol.admission import Admission, PowGate
+from ..protocol.addresses import AddressPolicy
+from ..protocol.admission import ADDRESS_STREAMS_RETRY, Admission, Admitted, PowGate
+from ..protocol.chat import ChatLimits
 from ..protocol.encoding import b64encode
-from ..protocol.errors import POW_REQUIRED, RATE_LIMITED, UNAVAILABLE, RequestRejected
+from ..protocol.errors import (
+    MALFORMED,
+    POW_REQUIRED,
+    RATE_LIMITED,
+    REPLAY,
+    UNAVAILABLE,
+    RequestRejected,
+)
+from ..protocol.life import ERROR_CODES
 from ..protocol.pow import Challenges, DifficultyPolicy, PowError, RateMeter, leading_zero_bits, solve
 from ..protocol.ratelimit import RateLimiter
 from ..protocol.replay import ReplayWindow
-from ..protocol.slots import StreamSlots
+from ..protocol.request import SealedRequest
+from ..protocol.response import ResponseReader
+from ..protocol.slots import CountPerKey, StreamSlots
+from ..web.app import RouterApp
+from ..web.chat import StreamSettings
 from ..web.limits import ClientAddress, ConnectionsPerAddress
+from ..web.metrics import RouterMetrics
 from ..web.request import PrivllmSite
 from .helpers import NOW, current_key, ring, sealed_request
+from .test_chat_stream import FINISH, FakeResponse, SyntheticUpstream, delta, pool_of
 
 SECRET = b"s" * 32
 
 
 class ProofOfWork(TestCase):
+    def solved(self, challenges: Challenges, address: str = "a", now: float = NOW) -> tuple[object, str]:
+        difficulty = 10
+        issued = challenges.issue(difficulty, now, address)
+        nonce = solve(base64.b64decode(str(issued["challenge"])), "r" * 22, difficulty)
+        return issued["challenge"], b64encode(nonce)
+
     def test_round_trip(self) -> None:
         challenges = Challenges(SECRET, ttl=60)
-        issued = challenges.issue(10, NOW)
+        issued = challenges.issue(10, NOW, "a")
         self.assertEqual((issued["error"], issued["difficulty"], issued["expires"]), ("pow_required", 10, NOW + 60))
-        raw = base64.b64decode(str(issued["challenge"]))
-        nonce = solve(raw, "r" * 22, 10)
-        challenges.verify(issued["challenge"], b64encode(nonce), "r" * 22, NOW + 30)
+        challenge, nonce = self.solved(challenges)
         with self.assertRaises(PowError):  # bound to the request id
-            challenges.verify(issued["challenge"], b64encode(nonce), "x" * 22, NOW + 30)
+            challenges.verify(challenge, nonce, "x" * 22, NOW + 30, "a")
         with self.assertRaises(PowError):  # expired
-            challenges.verify(issued["challenge"], b64encode(nonce), "r" * 22, NOW + 61)
+            challenges.verify(challenge, nonce, "r" * 22, NOW + 61, "a")
         with self.assertRaises(PowError):  # another router secret
-            Challenges(b"t" * 32, 60).verify(issued["challenge"], b64encode(nonce), "r" * 22, NOW)
+            Challenges(b"t" * 32, 60).verify(challenge, nonce, "r" * 22, NOW, "a")
+        challenges.verify(challenge, nonce, "r" * 22, NOW + 30, "a")
+
+    def test_single_use(self) -> None:
+        challenges = Challenges(SECRET, ttl=60)
+        challenge, nonce = self.solved(challenges)
+        challenges.verify(challenge, nonce, "r" * 22, NOW, "a")
+        with self.assertRaises(PowError):
+            challenges.verify(challenge, nonce, "r" * 22, NOW + 1, "a")
+        self.assertEqual(len(challenges), 1)
+        challenges.verify(
+            *self.solved(challenges, now=NOW + 61), "r" * 22, NOW + 61, "a"
+        )  # the spent one expired with it
+        self.assertEqual(len(challenges), 1)
+
+    def test_bound_to_the_address(self) -> None:
+        challenges = Challenges(SECRET, ttl=60)
+        challenge, nonce = self.solved(challenges, "192.0.2.1")
+        with self.assertRaises(PowError):
+            challenges.verify(challenge, nonce, "r" * 22, NOW, "192.0.2.2")
+        self.assertEqual(len(challenges), 0)  # a refused solution is not spent
+        challenges.verify(challenge, nonce, "r" * 22, NOW, "192.0.2.1")
+
+    def test_spent_set_full_fails_closed(self) -> None:
+        challenges = Challenges(SECRET, ttl=60, max_spent=2)
+        for _ in range(2):
+            challenges.verify(*self.solved(challenges), "r" * 22, NOW, "a")
+        with self.assertRaises(RequestRejected) as cm:
+            challenges.verify(*self.solved(challenges), "r" * 22, NOW, "a")
+        self.assertEqual(cm.exception.rejection, UNAVAILABLE)
+        challenges.verify(*self.solved(challenges, now=NOW + 61), "r" * 22, NOW + 61, "a")
 
     def test_difficulty_cannot_be_lowered(self) -> None:
         challenges = Challenges(SECRET, ttl=60)
-        raw = bytearray(base64.b64decode(str(challenges.issue(20, NOW)["challenge"])))
+        raw = bytearray(base64.b64decode(str(challenges.issue(20, NOW, "a")["challenge"])))
         raw[1] = 1  # claim difficulty 1
         with self.assertRaises(PowError):
-            challenges.verify(b64encode(bytes(raw)), b64encode(b"\0"), "r" * 22, NOW)
+            challenges.verify(b64encode(bytes(raw)), b64encode(b"\0"), "r" * 22, NOW, "a")
 
     def test_leading_zero_bits(self) -> None:
         self.assertEqual(leading_zero_bits(b"\x00\x00\x80"), 16)
@@ -85,27 +137,54 @@ class Admitting(TestCase):
     def admission(self, **kw: object) -> Admission:
         return Admission(self.ring, ReplayWindow(60, 1000), RateLimiter(1000, 1000, 100), 65536, **kw)  # type: ignore[arg-type]
 
-    def refusal(self, admission: Admission, body: dict, now: float = NOW) -> RequestRejected:
+    def refusal(self, admission: Admission, body: dict, now: float = NOW, address: str = "a") -> RequestRejected:
         with self.assertRaises(RequestRejected) as cm:
-            admission.admit(json.dumps(body).encode(), "a", now, True)
+            admission.admit(json.dumps(body).encode(), address, now, True)
         return cm.exception
 
-    def test_per_device_limit_after_decryption(self) -> None:
-        admission = self.admission(per_device=RateLimiter(0.01, 2, 100))
+    def admit(self, admission: Admission, body: dict, address: str = "a", now: float = NOW) -> Admitted:
+        return admission.admit(json.dumps(body).encode(), address, now, True)
+
+    def test_per_device_limit_after_decryption_is_sealed_and_remembered(self) -> None:
+        admission = self.admission(per_device=RateLimiter(0.01, 2, 100), address_streams=CountPerKey(10))
         device, other = os.urandom(32), os.urandom(32)
         for _ in range(2):
-            admission.admit(json.dumps(sealed_request(self.key, device).body).encode(), "a", NOW, True)
-        limited = self.refusal(admission, sealed_request(self.key, device).body)
-        self.assertEqual(limited.rejection, RATE_LIMITED)
-        self.assertGreaterEqual(limited.retry_after or 0, 1)
-        admission.admit(json.dumps(sealed_request(self.key, other).body).encode(), "a", NOW, True)
+            self.assertIsNone(self.admit(admission, sealed_request(self.key, device).body).refusal)
+        limited = sealed_request(self.key, device).body
+        refused = self.admit(admission, limited)
+        assert refused.refusal is not None
+        self.assertEqual((refused.refusal.code, refused.refusal.retry_after), ("rate_limited", 100))
+        self.assertIn(refused.refusal.code, ERROR_CODES)
+        self.assertEqual(admission.address_streams.held("a"), 2)  # type: ignore[union-attr]
+        admission.release(refused)  # nothing was taken: nothing given back
+        self.assertEqual(admission.address_streams.held("a"), 2)  # type: ignore[union-attr]
+        self.assertEqual(self.refusal(admission, limited).rejection, REPLAY)  # remembered: no replay later
+        self.assertIsNone(self.admit(admission, sealed_request(self.key, other).body).refusal)
         # Someone copying the device's public key cannot spend its quota: the copy does not open.
         copied = dict(
             sealed_request(self.key, os.urandom(32)).body,
             device_pubkey=sealed_request(self.key, other).body["device_pubkey"],
         )
         self.assertNotEqual(self.refusal(admission, copied).rejection, RATE_LIMITED)
-        admission.admit(json.dumps(sealed_request(self.key, other).body).encode(), "a", NOW, True)
+        self.assertIsNone(self.admit(admission, sealed_request(self.key, other).body).refusal)
+
+    def test_concurrent_streams_per_address(self) -> None:
+        admission = self.admission(address_streams=CountPerKey(2))
+        held = [self.admit(admission, sealed_request(self.key).body) for _ in range(2)]
+        refused = self.refusal(admission, sealed_request(self.key).body)
+        self.assertEqual((refused.rejection, refused.retry_after), (RATE_LIMITED, ADDRESS_STREAMS_RETRY))
+        self.admit(admission, sealed_request(self.key).body, address="b")  # another address goes on
+        admission.release(held[0])
+        self.admit(admission, sealed_request(self.key).body)
+
+    def test_replay_share_refused_before_decryption(self) -> None:
+        admission = Admission(self.ring, ReplayWindow(60, 1000, max_per_address=4), RateLimiter(1000, 1000, 100), 65536)
+        for _ in range(2):
+            self.admit(admission, sealed_request(self.key).body, address="flood")
+        forged = dict(sealed_request(self.key).body, ciphertext=b64encode(os.urandom(40)))
+        self.assertEqual(self.refusal(admission, forged, address="flood").rejection, RATE_LIMITED)  # not opened
+        self.admit(admission, sealed_request(self.key).body, address="other")
+        self.assertEqual((len(admission.replay), admission.replay.owned("flood")), (6, 4))
 
     def test_global_cap_before_decryption(self) -> None:
         slots = StreamSlots(max_streams=1, max_per_device=1)
@@ -115,21 +194,42 @@ class Admitting(TestCase):
         slots.release(b"d")
         admission.admit(json.dumps(sealed_request(self.key).body).encode(), "a", NOW, True)
 
-    def test_pow_required_then_accepted(self) -> None:
+    def pow_admission(self) -> Admission:
         gate = PowGate(Challenges(SECRET, 60), DifficultyPolicy(10, 10, 8, 2, 12), forced=True)
-        admission = self.admission(pow_gate=gate)
+        return self.admission(pow_gate=gate)
+
+    def solved(self, admission: Admission, address: str = "a") -> dict:
         sealed = sealed_request(self.key)
-        asked = self.refusal(admission, sealed.body)
+        asked = self.refusal(admission, sealed.body, address=address)
         self.assertEqual(asked.rejection, POW_REQUIRED)
         assert asked.body is not None
         challenge, difficulty = str(asked.body["challenge"]), asked.body["difficulty"]
         assert isinstance(difficulty, int)
         nonce = solve(base64.b64decode(challenge), sealed.body["request_id"], difficulty)
-        body = dict(sealed.body, pow={"challenge": challenge, "nonce": b64encode(nonce)})
-        admission.admit(json.dumps(body).encode(), "a", NOW, True)
-        self.assertEqual(
-            self.refusal(admission, dict(sealed_request(self.key).body, pow=body["pow"])).rejection, POW_REQUIRED
-        )
+        return dict(sealed.body, pow={"challenge": challenge, "nonce": b64encode(nonce)})
+
+    def test_pow_required_then_accepted(self) -> None:
+        admission = self.pow_admission()
+        self.admit(admission, self.solved(admission))
+
+    def test_pow_solution_reused_by_a_forged_request(self) -> None:
+        """The solution is spent when it verifies: a forged request carrying it (which never
+        opens, so the replay window never sees it) burns it, and nothing else gets in with it."""
+        admission = self.pow_admission()
+        body = self.solved(admission)
+        forged = dict(body, ciphertext=b64encode(os.urandom(40)))
+        self.assertNotEqual(self.refusal(admission, forged).rejection, POW_REQUIRED)
+        for _ in range(3):
+            self.assertEqual(self.refusal(admission, forged).rejection, POW_REQUIRED)
+        self.assertEqual(self.refusal(admission, body).rejection, POW_REQUIRED)
+        other = dict(sealed_request(self.key).body, pow=body["pow"])
+        self.assertEqual(self.refusal(admission, other).rejection, POW_REQUIRED)
+
+    def test_pow_solution_from_another_address(self) -> None:
+        admission = self.pow_admission()
+        body = self.solved(admission, address="192.0.2.1")
+        self.assertEqual(self.refusal(admission, body, address="192.0.2.2").rejection, POW_REQUIRED)
+        self.admit(admission, body, address="192.0.2.1")
 
     def test_slots_per_device(self) -> None:
         slots = StreamSlots(max_streams=10, max_per_device=2)
@@ -141,6 +241,95 @@ class Admitting(TestCase):
         for device in (b"a", b"a", b"b"):
             slots.release(device)
         self.assertEqual(slots.active, 0)
+
+
+class SealedAfterDecryption(TestCase):
+    """Through the HTTP layer: a refusal after decryption is the stream's sealed final chunk,
+    and every stream an address holds is given back however the stream ends."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(NOW)
+        self.ring = ring()
+        self.key = current_key(self.ring)
+        self.slots = StreamSlots(10, 10)
+        self.upstream = SyntheticUpstream()
+        self.admission = Admission(
+            self.ring,
+            ReplayWindow(60, 1000),
+            RateLimiter(1000, 1000, 100),
+            65536,
+            per_device=RateLimiter(0.01, 1, 100),
+            slots=self.slots,
+            address_streams=CountPerKey(10),
+        )
+        app = RouterApp(
+            clock=self.clock,
+            admission=self.admission,
+            keyset=lambda: b"{}",
+            pool=pool_of(self.upstream),
+            metrics=RouterMetrics(),
+            hsts_max_age=100,
+            settings=StreamSettings(ChatLimits(), 15, 60),
+        )
+        self.site = PrivllmSite(app.resource(), 65536, reactor=self.clock)
+
+    def post(self, sealed: SealedRequest) -> tuple[Any, StringTransport]:
+        body = json.dumps(sealed.body).encode()
+        peer = IPv4Address("TCP", "192.0.2.7", 1234)
+        protocol = self.site.buildProtocol(peer)
+        transport = StringTransport(peerAddress=peer)
+        protocol.makeConnection(transport)
+        protocol.dataReceived(
+            b"POST /api/chat HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + b"Content-Length: %d\r\n\r\n" % len(body)
+            + body
+        )
+        return protocol, transport
+
+    def chunks(self, sealed: SealedRequest, reply: bytes) -> list[dict[str, Any]]:
+        head, rest = reply.split(b"\r\n\r\n", 1)
+        self.assertTrue(head.startswith(b"HTTP/1.1 200 "))
+        data = b""
+        while rest:
+            size, rest = rest.split(b"\r\n", 1)
+            data, rest = data + rest[: int(size, 16)], rest[int(size, 16) + 2 :]
+        return ResponseReader(sealed).feed(data)
+
+    def test_per_device_429_is_sealed(self) -> None:
+        device = os.urandom(32)
+        first, _ = self.post(sealed_request(self.key, device))
+        self.assertEqual((self.slots.active, self.admission.address_streams.held("192.0.2.7")), (1, 1))  # type: ignore[union-attr]
+        second = sealed_request(self.key, device)
+        _, transport = self.post(second)
+        chunks = self.chunks(second, transport.value())
+        wait = self.admission.per_device.check(base64.b64decode(second.body["device_pubkey"]), self.clock.seconds())  # type: ignore[union-attr]
+        self.assertEqual(
+            chunks,
+            [
+                {
+                    "type": "error",
+                    "code": "rate_limited",
+                    "message": "too many requests from this device",
+                    "retry_after": wait,
+                }
+            ],
+        )
+        self.assertNotIn(b"429", transport.value().split(b"\r\n", 1)[0])
+        self.assertEqual((self.slots.active, self.admission.address_streams.held("192.0.2.7")), (1, 1))  # type: ignore[union-attr]
+        first.connectionLost(Failure(ConnectionDone()))  # the client of the first stream goes away
+        self.assertEqual((self.slots.active, len(self.admission.address_streams)), (0, 0))  # type: ignore[arg-type]
+
+    def test_address_stream_given_back_when_done(self) -> None:
+        sealed = sealed_request(self.key)
+        _, transport = self.post(sealed)
+        self.assertEqual(len(self.admission.address_streams), 1)  # type: ignore[arg-type]
+        response = FakeResponse()
+        self.upstream.pending.callback(response)
+        response.send(delta("hi") + FINISH)
+        response.end()
+        self.assertEqual(self.chunks(sealed, transport.value())[-1]["type"], "done")
+        self.assertEqual((self.slots.active, len(self.admission.address_streams)), (0, 0))  # type: ignore[arg-type]
 
 
 class SlowClients(TestCase):
@@ -166,16 +355,64 @@ class SlowClients(TestCase):
         self.assertIsNotNone(a[0])
         self.assertIsNotNone(a[1])
         self.assertIsNone(a[2])
+        self.assertIsNone(factory.buildProtocol(IPv6Address("TCP", "::ffff:10.9.9.9", 1)))  # the same client
         self.assertIsNotNone(factory.buildProtocol(IPv4Address("TCP", "10.9.9.8", 1)))
         a[0].makeConnection(StringTransport())
         a[0].connectionLost(None)
         self.assertIsNotNone(factory.buildProtocol(IPv4Address("TCP", "10.9.9.9", 4)))
 
-    def test_client_address_from_trusted_proxy_only(self) -> None:
-        address = ClientAddress(["127.0.0.1"], "X-Forwarded-For")
+    def test_connections_per_ipv6_prefix(self) -> None:
+        factory = ConnectionsPerAddress(self.site(Clock()), limit=2, policy=AddressPolicy(ipv6_prefix=64))
+        for host in ("2001:db8:1:2::1", "2001:db8:1:2:ffff::9"):
+            self.assertIsNotNone(factory.buildProtocol(IPv6Address("TCP", host, 1)))
+        self.assertIsNone(factory.buildProtocol(IPv6Address("TCP", "2001:db8:1:2::3", 1)))  # same /64
+        self.assertIsNotNone(factory.buildProtocol(IPv6Address("TCP", "2001:db8:1:3::1", 1)))
+        self.assertIsNotNone(factory.buildProtocol(IPv6Address("TCP", "fe80::1%lo", 1)))
+        self.assertEqual(factory.open, {"2001:db8:1:2::/64": 2, "2001:db8:1:3::/64": 1, "fe80::/64": 1})
+
+    def test_trusted_proxy_not_counted_by_connections(self) -> None:
+        factory = ConnectionsPerAddress(
+            self.site(Clock()), limit=1, policy=AddressPolicy(trusted_proxies=["10.0.0.0/8"])
+        )
+        protocols = [factory.buildProtocol(IPv4Address("TCP", "10.1.2.3", p)) for p in range(5)]
+        self.assertNotIn(None, protocols)
+        self.assertEqual(factory.open, {})
+        for protocol in protocols:
+            protocol.makeConnection(StringTransport())
+            protocol.connectionLost(None)
+        self.assertEqual(factory.open, {})
+
+    def request(self, peer: Any, forwarded: list[bytes] | None = None) -> Any:
         request: Any = DummyRequest([b""])
-        request.client = IPv4Address("TCP", "127.0.0.1", 1)
-        request.requestHeaders.setRawHeaders(b"x-forwarded-for", [b"6.6.6.6, 203.0.113.7"])
-        self.assertEqual(address(request), "203.0.113.7")
-        request.client = IPv4Address("TCP", "198.51.100.1", 1)  # not a proxy we trust: header ignored
-        self.assertEqual(address(request), "198.51.100.1")
+        request.client = peer
+        if forwarded is not None:
+            request.requestHeaders.setRawHeaders(b"x-forwarded-for", forwarded)
+        return request
+
+    def test_client_address_from_trusted_proxy_only(self) -> None:
+        address = ClientAddress(AddressPolicy(trusted_proxies=["127.0.0.1", "::ffff:10.0.0.0/104"]), "X-Forwarded-For")
+        proxy = IPv4Address("TCP", "127.0.0.1", 1)
+        self.assertEqual(address(self.request(proxy, [b"6.6.6.6, 203.0.113.7"])), "203.0.113.7")
+        self.assertEqual(address(self.request(proxy, [b"x", b"::ffff:203.0.113.7"])), "203.0.113.7")
+        self.assertEqual(address(self.request(proxy, [b"2001:db8:5:6::7"])), "2001:db8:5:6::/64")
+        self.assertEqual(address(self.request(IPv4Address("TCP", "10.2.3.4", 1), [b"203.0.113.9"])), "203.0.113.9")
+        self.assertEqual(address(self.request(proxy)), "127.0.0.1")  # the proxy's own request
+        # not a proxy we trust: header ignored
+        self.assertEqual(address(self.request(IPv4Address("TCP", "198.51.100.1", 1), [b"1.2.3.4"])), "198.51.100.1")
+        self.assertEqual(address(self.request(IPv6Address("TCP", "2001:db8::1", 1), [b"1.2.3.4"])), "2001:db8::/64")
+
+    def test_forwarded_value_must_be_an_address(self) -> None:
+        address = ClientAddress(AddressPolicy(trusted_proxies=["127.0.0.1"]), "X-Forwarded-For")
+        proxy = IPv4Address("TCP", "127.0.0.1", 1)
+        for value in (
+            b"",
+            b"unknown",
+            b"203.0.113.7:443",
+            b"[2001:db8::1]",
+            b"fe80::1%eth0",
+            b"1.2.3.4 x",
+            b"\xff" * 8,
+        ):
+            with self.assertRaises(RequestRejected) as cm:
+                address(self.request(proxy, [value]))
+            self.assertEqual(cm.exception.rejection, MALFORMED)

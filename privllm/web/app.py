@@ -11,6 +11,7 @@ from twisted.web.server import Request
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from ..logs import request_tag
+from ..protocol.addresses import AddressPolicy
 from ..protocol.admission import Admission
 from ..protocol.encoding import dumps
 from ..protocol.errors import METHOD_NOT_ALLOWED, NOT_FOUND, UNSUPPORTED_MEDIA_TYPE, Rejection, RequestRejected
@@ -36,7 +37,7 @@ class RouterApp:
         settings: StreamSettings,
         client_address: Callable[[Request], str] | None = None,
     ) -> None:
-        self._client_address = client_address or ClientAddress([], "")
+        self._client_address = client_address or ClientAddress(AddressPolicy(), "")
         self._clock = clock
         self._admission = admission
         self._keyset = keyset
@@ -100,7 +101,13 @@ class RouterApp:
             slots=self._admission.slots,
             device=admitted.envelope.device_pubkey,
         )
-        return stream.start(admitted.opened, admitted.envelope.encapsulated_key)
+        done = stream.start(admitted.opened, admitted.envelope.encapsulated_key, refusal=admitted.refusal)
+
+        def release(result: object) -> object:
+            self._admission.release(admitted)  # on every end: done, error, or the client gone
+            return result
+
+        return done.addBoth(release)
 
     @app.route("/health", methods=["GET"])
     def health(self, request: Request) -> bytes:

@@ -31,6 +31,7 @@ from twisted.web.server import Request
 from ..body import BodyStream, read_bounded
 from ..config.schema import Privacy
 from ..protocol import life
+from ..protocol.admission import SealedRefusal
 from ..protocol.chat import BadChatRequest, ChatLimits, ChatRequest, parse_chat_request
 from ..protocol.life import ChatLife, Finished, Timeouts, Verdict
 from ..protocol.request import OpenedRequest
@@ -120,15 +121,17 @@ class ChatStream:
         self._tried: list[Node] = []
         self.done: Deferred[None] = Deferred(lambda _: self._feed(self._life.client_gone))
 
-    def start(self, opened: OpenedRequest, encapsulated_key: bytes, refusal: Any = None) -> Deferred[None]:
-        """Send `init`, then run the chat; `refusal` (code, message, retry_after) ends it sealed at once."""
+    def start(
+        self, opened: OpenedRequest, encapsulated_key: bytes, refusal: SealedRefusal | None = None
+    ) -> Deferred[None]:
+        """Send `init`, then run the chat; a refusal after decryption ends it sealed at once."""
         self._events.open(opened.response_secret, encapsulated_key)
         self._metrics.active_streams.inc()
         self._ticker.start(1.0, now=False)
         self._feed(lambda: self._begin(opened.plaintext, refusal))
         return self.done
 
-    def _begin(self, plaintext: bytes, refusal: Any) -> list[life.Action]:
+    def _begin(self, plaintext: bytes, refusal: SealedRefusal | None) -> list[life.Action]:
         if refusal is not None:
             return self._life.refused(refusal.code, refusal.message, refusal.retry_after)
         if self._slots is not None:

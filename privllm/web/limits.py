@@ -1,7 +1,11 @@
 """
-Slow and greedy clients: a cap on open connections per address, and the client address
-itself (from a trusted reverse proxy's header only when the peer is that proxy).
-The per-request read deadline lives in privllm.web.request.
+Slow and greedy clients: a cap on open connections per address (IPv6: per prefix), and the
+client address itself (from a trusted reverse proxy's header only when the peer is that
+proxy). The per-request read deadline lives in privllm.web.request.
+
+Behind a trusted proxy the TCP connections are the proxy's, not the clients': the proxy is
+exempt from the connection cap, and each forwarded client is held to the same number of
+concurrent chats by privllm.protocol.admission (`load.max_streams_per_address`).
 """
 
 from __future__ import annotations
@@ -10,6 +14,16 @@ from typing import Any
 
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.web.server import Request
+
+from ..protocol.addresses import AddressPolicy, parse_address
+from ..protocol.errors import MALFORMED, RequestRejected
+
+UNPARSED_PEER = "unparsed-peer"  # one shared key for a peer that is not an IP address (none on TCP)
+
+
+def _peer(addr: Any) -> str:
+    # The kernel's word, not the client's: a link-local zone (fe80::1%eth0) is dropped, not refused.
+    return str(getattr(addr, "host", "")).split("%", 1)[0]
 
 
 class _Connection(ProtocolWrapper):
@@ -21,48 +35,65 @@ class _Connection(ProtocolWrapper):
 
 
 class ConnectionsPerAddress(WrappingFactory):
-    """Refuse a new connection from an address that already holds `limit` open ones."""
+    """Refuse a new connection from an address (prefix) that already holds `limit` open ones;
+    trusted proxies are not counted."""
 
     protocol = _Connection
 
-    def __init__(self, wrapped: Any, limit: int) -> None:
+    def __init__(self, wrapped: Any, limit: int, policy: AddressPolicy | None = None) -> None:
         super().__init__(wrapped)
         self.limit = limit
+        self.policy = policy or AddressPolicy()
         self.open: dict[str, int] = {}
 
+    def _key(self, addr: Any) -> str | None:
+        """The counted key, or None for a trusted proxy."""
+        address = parse_address(_peer(addr))
+        if address is None:
+            return UNPARSED_PEER
+        return None if self.policy.trusted(address) else self.policy.key(address)
+
     def buildProtocol(self, addr: Any) -> Any:
-        host = str(getattr(addr, "host", "unix"))
-        if self.open.get(host, 0) >= self.limit:
+        key = self._key(addr)
+        if key is not None and self.open.get(key, 0) >= self.limit:
             return None
         protocol: Any = super().buildProtocol(addr)
-        if protocol is not None:
-            self.open[host] = self.open.get(host, 0) + 1
-            protocol.privllm_host = host
+        if protocol is not None and key is not None:
+            self.open[key] = self.open.get(key, 0) + 1
+            protocol.privllm_key = key
         return protocol
 
     def unregisterProtocol(self, protocol: Any) -> None:
         super().unregisterProtocol(protocol)
-        host = getattr(protocol, "privllm_host", None)
-        if host is not None:
-            left = self.open[host] - 1
+        key = getattr(protocol, "privllm_key", None)
+        if key is not None:
+            left = self.open[key] - 1
             if left:
-                self.open[host] = left
+                self.open[key] = left
             else:
-                del self.open[host]
+                del self.open[key]
 
 
 class ClientAddress:
-    def __init__(self, trusted_proxies: list[str], header: str) -> None:
-        self._trusted = frozenset(trusted_proxies)
+    """The address key a request counts under. From a trusted proxy, the last value of the
+    header (the address the proxy saw) when present; it must parse as an address, else the
+    request is refused (400 `malformed`): a proxy that sends something else is misconfigured,
+    and counting all its clients as one would let one of them lock out the rest."""
+
+    def __init__(self, policy: AddressPolicy, header: str) -> None:
+        self._policy = policy
         self._header = header.encode() if header else b""
 
     def __call__(self, request: Request) -> str:
-        peer = str(getattr(request.getClientAddress(), "host", "unix"))
-        if self._header and peer in self._trusted:
+        peer = parse_address(_peer(request.getClientAddress()))
+        if peer is None:
+            return UNPARSED_PEER
+        if self._header and self._policy.trusted(peer):
             values = request.requestHeaders.getRawHeaders(self._header)
             if values:
                 # The proxy appends the address it saw last; earlier entries are the client's word.
-                forwarded = values[-1].split(b",")[-1].strip()
-                if forwarded:
-                    return forwarded.decode("ascii", "replace")[:64]
-        return peer
+                forwarded = parse_address(values[-1].rsplit(b",", 1)[-1].strip().decode("ascii", "replace"))
+                if forwarded is None:
+                    raise RequestRejected(MALFORMED)
+                return self._policy.key(forwarded)
+        return self._policy.key(peer)
