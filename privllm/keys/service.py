@@ -31,13 +31,14 @@ class KeyRingService(Service):
         self.ring = store.update(int(clock.seconds()))
 
     def refresh(self) -> None:
+        before = self.ring.keys
         try:
-            latest = self._store.update(int(self._clock.seconds()))
+            self._store.update(int(self._clock.seconds()))  # changes self.ring in place
         except (KeyFileError, OSError) as e:
             # Keep serving the keys in memory; never overwrite a file we cannot read.
             log.error("cannot refresh the key ring: {reason}", reason=str(e))
             return
-        if self.ring.adopt(latest):
+        if self.ring.keys != before:
             self._published = None
             log.info("HPKE key ring updated: live key ids {ids}", ids=[k.key_id for k in self.ring.keys])
 

@@ -87,7 +87,7 @@ class Admission:
         if key is None:
             raise RequestRejected(UNKNOWN_KEY)
         self.replay.check_unseen(envelope.request_id, envelope.encapsulated_key, seconds)
-        opened = open_request(envelope, key.private_key)
+        opened = open_request(envelope, key.secret)
         if self.per_device is not None:
             wait = self.per_device.check(envelope.device_pubkey, now)
             if wait:

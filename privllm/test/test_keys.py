@@ -7,7 +7,7 @@ import json
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from twisted.trial.unittest import TestCase
 
-from ..keys.material import new_hpke_keypair
+from ..protocol import suite
 from ..protocol.encoding import dumps
 from ..protocol.keyring import KeyRing
 from ..protocol.keyset import KeySetError, choose_key, keyset_document, verify_keyset
@@ -21,7 +21,7 @@ class KeySet(TestCase):
         self.identity = Ed25519PrivateKey.generate()
         self.pin = self.identity.public_key().public_bytes_raw()
         self.ring = KeyRing([], DAY, 3600)
-        self.ring.refresh(NOW, new_hpke_keypair)
+        self.ring.refresh(NOW, suite.new_private_key)
         self.doc = keyset_document(self.ring.published(NOW), NOW, self.identity)
 
     def test_verifies_against_pin(self) -> None:
@@ -59,12 +59,12 @@ class KeySet(TestCase):
 class Ring(TestCase):
     def test_rotation_over_days(self) -> None:
         ring = KeyRing([], DAY, 3600)
-        self.assertTrue(ring.refresh(NOW, new_hpke_keypair))
-        self.assertFalse(ring.refresh(NOW + 60, new_hpke_keypair))
+        self.assertTrue(ring.refresh(NOW, suite.new_private_key))
+        self.assertFalse(ring.refresh(NOW + 60, suite.new_private_key))
         seen_ids = []
         for hour in range(0, 24 * 10, 1):
             now = NOW + hour * 3600
-            ring.refresh(now, new_hpke_keypair)
+            ring.refresh(now, suite.new_private_key)
             published = ring.published(now)
             self.assertEqual([p.status for p in published], ["current", "next"])
             current, following = published
@@ -79,10 +79,10 @@ class Ring(TestCase):
 
     def test_previous_key_accepted_until_not_after(self) -> None:
         ring = KeyRing([], DAY, 3600)
-        ring.refresh(NOW, new_hpke_keypair)
+        ring.refresh(NOW, suite.new_private_key)
         first = ring.published(NOW)[0]
         later = NOW + DAY + 10
-        ring.refresh(later, new_hpke_keypair)
+        ring.refresh(later, suite.new_private_key)
         self.assertNotEqual(ring.published(later)[0].key_id, first.key_id)
         self.assertIsNotNone(ring.accepting(first.key_id, later))
         self.assertIsNone(ring.accepting(first.key_id, first.not_after))
@@ -92,14 +92,14 @@ class Ring(TestCase):
         ring = KeyRing([], 60, 0)
         now = NOW
         for _ in range(600):
-            ring.refresh(now, new_hpke_keypair)
+            ring.refresh(now, suite.new_private_key)
             self.assertEqual(len({k.key_id for k in ring.keys}), len(ring.keys))
             now += 60
         self.assertTrue(all(0 <= k.key_id <= 255 for k in ring.keys))
 
     def test_long_downtime_starts_fresh(self) -> None:
         ring = KeyRing([], DAY, 3600)
-        ring.refresh(NOW, new_hpke_keypair)
-        ring.refresh(NOW + 30 * DAY, new_hpke_keypair)
+        ring.refresh(NOW, suite.new_private_key)
+        ring.refresh(NOW + 30 * DAY, suite.new_private_key)
         self.assertEqual(len(ring.published(NOW + 30 * DAY)), 2)
         self.assertTrue(all(k.not_after > NOW + 30 * DAY for k in ring.keys))
