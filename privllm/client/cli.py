@@ -15,6 +15,7 @@ from ..config.profiles import default_state_dir
 from ..keys.files import KeyFileError, ensure_private_dir, read_secret, write_secret
 from ..keys.material import IDENTITY_PUB, TLS_CERT, new_hpke_keypair
 from ..protocol.encoding import EncodingError, b64decode
+from ..protocol.suite import POW_MAX_DIFFICULTY
 from .api import ClientError, PrivllmClient
 
 EXIT_USAGE = 2
@@ -50,7 +51,23 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--max-tokens", type=int)
     p.add_argument("--temperature", type=float)
     p.add_argument("--json", action="store_true", help="print every decrypted event as a JSON line")
+    p.add_argument(
+        "--max-pow-bits",
+        type=_pow_bits,
+        default=POW_MAX_DIFFICULTY,
+        help=f"the most proof of work to do when the router asks (1..{POW_MAX_DIFFICULTY} bits; default the protocol's ceiling)",
+    )
     return p.parse_args(argv)
+
+
+def _pow_bits(text: str) -> int:
+    try:
+        bits = int(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError("not an integer") from e
+    if not 1 <= bits <= POW_MAX_DIFFICULTY:
+        raise argparse.ArgumentTypeError(f"must be between 1 and {POW_MAX_DIFFICULTY}")
+    return bits
 
 
 def _read(path: str) -> bytes:
@@ -93,7 +110,9 @@ async def run(reactor: Any, args: argparse.Namespace) -> int:
             sys.stderr.write(f"\rthe router is busy: proof of work ({difficulty} bits), {tries:,} tries")
             sys.stderr.flush()
 
-    client = PrivllmClient(reactor, args.url, pin, device, root, on_pow=pow_progress)
+    client = PrivllmClient(
+        reactor, args.url, pin, device, root, on_pow=pow_progress, max_pow_difficulty=args.max_pow_bits
+    )
 
     def show(chunk: dict[str, Any]) -> None:
         if args.json:

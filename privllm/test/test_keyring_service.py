@@ -18,13 +18,14 @@ from ..protocol import suite
 from ..protocol.admission import Admission
 from ..protocol.errors import UNKNOWN_KEY, RequestRejected
 from ..protocol.keyring import KeyRing
-from ..protocol.keyset import choose_key, verify_keyset
+from ..protocol.keyset import KEYSET_CLOCK_SKEW, StaleKeySet, choose_key, verify_keyset
 from ..protocol.ratelimit import RateLimiter
 from ..protocol.replay import ReplayWindow
 from .helpers import NOW, sealed_request
 
 DAY = 86400
 HOUR = 3600
+LIFETIME = 3600
 
 
 class Service(TestCase):
@@ -36,13 +37,13 @@ class Service(TestCase):
         self.pin = self.identity.public_key().public_bytes_raw()
 
     def service(self, clock: Clock | None = None) -> KeyRingService:
-        s = KeyRingService(KeyRingStore(self.dir, DAY, HOUR), self.identity, clock or self.clock)
+        s = KeyRingService(KeyRingStore(self.dir, DAY, HOUR), self.identity, clock or self.clock, LIFETIME)
         s.startService()
         self.addCleanup(s.stopService)
         return s
 
     def published(self, s: KeyRingService) -> list:
-        return verify_keyset(s.keyset(), self.pin)
+        return verify_keyset(s.keyset(), self.pin, int(self.clock.seconds())).keys
 
     def test_rotates_on_schedule(self) -> None:
         s = self.service()
@@ -113,11 +114,38 @@ class Service(TestCase):
         self.assertEqual(len(live), len(set(live)))
         self.assertNotIn(before.key_id, live)
 
+    def test_served_sets_stay_fresh(self) -> None:
+        """Re-signed once a minute: whenever it is fetched, a set has nearly its whole lifetime left."""
+        s = self.service()
+        for _ in range(3 * 24 * 4):  # three days, every quarter of an hour
+            now = int(self.clock.seconds())
+            keyset = verify_keyset(s.keyset(), self.pin, now)
+            self.assertGreaterEqual(keyset.expires - now, LIFETIME - s.RESIGN_EVERY)
+            self.assertLessEqual(now - keyset.issued_at, s.RESIGN_EVERY)
+            self.clock.advance(15 * 60)
+
+    def test_revocation_protects_clients_within_the_lifetime(self) -> None:
+        """A set signed before `rotate --revoke`, replayed by whoever holds the revoked key,
+        stops verifying at its issued_at + lifetime + clock skew."""
+        s = self.service()
+        captured = s.keyset()
+        revoked = verify_keyset(captured, self.pin, NOW).keys[0].key_id
+        store = KeyRingStore(self.dir, DAY, HOUR)
+        store.update(NOW + 10, lambda r: r.rotate_now(NOW + 10, suite.new_private_key, revoke=True))
+        self.clock.advance(s.CHECK_EVERY)
+        served = verify_keyset(s.keyset(), self.pin, int(self.clock.seconds()))
+        self.assertNotIn(revoked, [k.key_id for k in served.keys], "served at once after adoption")
+        bound = NOW + LIFETIME + KEYSET_CLOCK_SKEW
+        self.assertEqual(verify_keyset(captured, self.pin, bound - 1).keys[0].key_id, revoked)
+        self.assertRaises(StaleKeySet, verify_keyset, captured, self.pin, bound)
+
     def test_corrupt_file_stops_start_and_is_not_overwritten(self) -> None:
         self.service()
         path = os.path.join(self.dir, KEYRING)
         write_secret(path, b"not json")
-        self.assertRaises(KeyFileError, KeyRingService, KeyRingStore(self.dir, DAY, HOUR), self.identity, self.clock)
+        self.assertRaises(
+            KeyFileError, KeyRingService, KeyRingStore(self.dir, DAY, HOUR), self.identity, self.clock, LIFETIME
+        )
         with open(path, "rb") as f:
             self.assertEqual(f.read(), b"not json")
 
@@ -154,7 +182,7 @@ class Hygiene(TestCase):
         self.patch(store_module, "parse_keyring", parsing)
 
     def test_checks_reuse_the_key_objects_and_wipe_what_they_read(self) -> None:
-        s = KeyRingService(self.store, Ed25519PrivateKey.generate(), self.clock)
+        s = KeyRingService(self.store, Ed25519PrivateKey.generate(), self.clock, LIFETIME)
         s.startService()
         self.addCleanup(s.stopService)
         secrets = [k.secret for k in s.ring.keys]
