@@ -24,8 +24,8 @@ AEAD_NONCE_SIZE = 12
 AEAD_TAG_SIZE = 16
 
 # The most proof of work (leading zero bits) a router may ask and a client will do: 2**24
-# SHA-256 on average, about 17 s of one core in CPython (docs/protocol.md). The demand is
-# not authenticated, so the client's bound is what an interceptor can make a phone spend.
+# SHA-256 on average, about 12 s of one core for the CPython solver (docs/protocol.md). The
+# demand is not authenticated, so this bounds what an interceptor can make a device spend.
 POW_MAX_DIFFICULTY = 24
 
 SUITE = CipherSuite.new(KEMId.DHKEM_X25519_HKDF_SHA256, KDFId.HKDF_SHA256, AEADId.CHACHA20_POLY1305)
