@@ -23,9 +23,11 @@ from .config import Config, ConfigError, load_config
 from .keys.files import KeyFileError
 from .keys.material import IDENTITY_KEY, TLS_CERT, load_identity
 from .keys.pki import create_ca, issue
+from .keys.service import KeyRingService
 from .keys.store import KeyRingStore
 from .protocol import suite
 from .protocol.keyring import KeyRing
+from .protocol.keyset import KEYSET_CLOCK_SKEW
 from .upstream.mtls import spki_pin
 from .web.tls import load_chain
 
@@ -87,6 +89,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "rotate":
             ring = store.update(now, lambda r: r.rotate_now(now, suite.new_private_key, revoke=args.revoke))
             print("rotated; running routers adopt the new key within a minute")
+            if args.revoke:
+                # adoption, then the lifetime of a set signed before it, then the clients' clock skew
+                bound = KeyRingService.CHECK_EVERY + config.keys.keyset_lifetime + KEYSET_CLOCK_SKEW
+                print(f"revoked: no client accepts a key set naming the old keys after {_when(now + int(bound))}")
         else:
             ring = store.update(now)
         print("\n".join(describe(config, ring, now)))
