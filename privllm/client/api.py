@@ -13,7 +13,9 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
+from OpenSSL import crypto
 from twisted.internet import defer, ssl
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectError, ConnectionLost, DNSLookupError, TimeoutError
@@ -114,7 +116,10 @@ class PinnedRootPolicy:
     """Verify the server against one trust root (the dev certificate) or the platform's roots."""
 
     def __init__(self, root_pem: bytes | None) -> None:
-        self._root = ssl.Certificate.loadPEM(root_pem) if root_pem else None
+        try:
+            self._root = ssl.Certificate.loadPEM(root_pem) if root_pem else None
+        except crypto.Error as e:
+            raise ValueError("the trust root is not a PEM certificate") from e
 
     def creatorForNetloc(self, hostname: bytes, port: int) -> Any:
         # Twisted's Agent speaks HTTP/1.1 only, so no ALPN offer of h2 here.
@@ -127,6 +132,20 @@ BODY_TIMEOUT = 30.0  # seconds to read a whole key set or refusal
 STREAM_IDLE_TIMEOUT = 90.0  # the router sends a keepalive after 15 s without an event
 ERROR_CODE = re.compile(r"[a-z_]{1,32}")  # the router's codes; anything else is not repeated
 MAX_RETRY_AFTER = 86400
+
+
+def router_url(text: str) -> str:
+    """https://host[:port], ASCII, nothing after it: the base the client adds /api/... to."""
+    if not text.isascii():
+        raise ValueError("the router URL must be ASCII (IDNA-encode the host name)")
+    url = urlsplit(text.rstrip("/"))
+    try:
+        url.port  # noqa: B018 (parsing the port raises ValueError when it is out of range)
+    except ValueError as e:
+        raise ValueError("the router URL has a bad port") from e
+    if url.scheme != "https" or not url.hostname or url.path or url.query or url.fragment or url.username:
+        raise ValueError("the router URL must be https://host[:port]")
+    return url.geturl()
 
 
 def error_code(value: object) -> str:
@@ -153,7 +172,7 @@ class PrivllmClient:
         self._max_pow = max_pow_difficulty
         self._on_pow = on_pow
         self._reactor = reactor
-        self._base = base_url.rstrip("/")
+        self._base = router_url(base_url)
         self._chat_url = (self._base + "/api/chat").encode("ascii")
         self._pubkey_url = (self._base + "/api/pubkey").encode("ascii")
         self._pin = pinned_identity

@@ -289,6 +289,19 @@ class HostileAnswers(TestCase):
         self.assertIn("server error unknown", err)
         self.assertNotIn("\x1b", err)
 
+    async def test_local_usage_errors(self) -> None:
+        """Bad local input (a CA that is not PEM, an odd URL, an undecodable pin file): exit 2."""
+        not_pem = os.path.join(self.dir, "not.pem")
+        with open(not_pem, "wb") as f:
+            f.write(b"\xff\xfe not a certificate")
+        self.ca = not_pem
+        self.assertIn("not a PEM certificate", await self.assert_exit(2))
+        for url in ("ftp://127.0.0.1", "https://127.0.0.1:99999", "https://\u00e9.example", "https://h/x?y"):
+            self.url = url
+            self.assertIn("--url", await self.assert_exit(2))
+        code, _, _ = await self.chat("--pin", "not base64!")
+        self.assertEqual(code, 2)
+
     async def test_unreachable(self) -> None:
         self.url = "https://127.0.0.1:1"
         await self.assert_exit(3)
