@@ -225,7 +225,10 @@ class PrivllmClient:
         except NETWORK_ERRORS as e:
             raise NetworkError(f"cannot fetch the key set: {e.__class__.__name__}") from e
         if response.code != 200:
-            await self._read_body(response, MAX_ERROR_BYTES)
+            try:
+                await self._read_body(response, MAX_ERROR_BYTES)  # unused: the status says it all
+            except ProtocolFailure:
+                pass
             raise ServerError("pubkey_unavailable", response.code)
         return await self._read_body(response, MAX_KEYSET_BYTES)
 

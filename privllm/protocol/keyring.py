@@ -99,27 +99,21 @@ class KeyRing:
         self._add(now, new_key)
         self.refresh(now, new_key)
 
-    def adopt(self, other: KeyRing) -> bool:
+    def adopt(self, other: KeyRing) -> None:
         """Take the keys of a ring loaded from the shared file, which is used up: a key both
-        rings hold stays ours and its copy is dropped, a key only we hold is dropped.
-        Return True if the set of keys changed."""
-        mine = {(k.key_id, k.not_before): k for k in self._keys}
-        theirs = {(k.key_id, k.not_before): k for k in other._keys}
-        changed = set(mine) != set(theirs)
-        for ident, key in mine.items():
-            if ident not in theirs:
-                key.wipe()
+        rings hold stays ours and its copy is dropped, a key only we hold is dropped."""
+        mine = {(k.key_id, k.not_before, k.public_key): k for k in self._keys}
         kept = []
-        for ident, key in theirs.items():
-            if ident in mine:
+        for key in other._keys:
+            held = mine.pop((key.key_id, key.not_before, key.public_key), None)
+            if held is not None:
                 key.wipe()
-                kept.append(mine[ident])
-            else:
-                kept.append(key)
+            kept.append(held or key)
+        for key in mine.values():
+            key.wipe()
         self._keys = sorted(kept, key=lambda k: k.not_before)
         self.last_key_id = other.last_key_id
         other._keys = []
-        return changed
 
     def wipe(self) -> None:
         self._drop(lambda k: True)

@@ -212,7 +212,14 @@ class HostileAnswers(TestCase):
             return DEEP
 
         self.router.pubkey = [failing]
-        await self.assert_exit(6)
+        self.assertIn("pubkey_unavailable (HTTP 500)", await self.assert_exit(6))
+
+        def failing_at_length(request: Request) -> bytes:
+            request.setResponseCode(503)
+            return b"x" * (1 << 20)
+
+        self.router.pubkey = [failing_at_length]
+        self.assertIn("pubkey_unavailable (HTTP 503)", await self.assert_exit(6))
 
     async def test_plaintext_refusals(self) -> None:
         """Refusals with deep JSON, absurd or undecodable headers, escape sequences: exit 6, echoing nothing odd."""

@@ -202,9 +202,9 @@ class Hygiene(TestCase):
         loaded: list = []
         adopt = ring.adopt
 
-        def adopting(theirs: KeyRing) -> bool:
+        def adopting(theirs: KeyRing) -> None:
             loaded.extend(theirs.keys)
-            return adopt(theirs)
+            adopt(theirs)
 
         self.patch(ring, "adopt", adopting)
         parsed = self.parsed

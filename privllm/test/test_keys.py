@@ -158,3 +158,15 @@ class Ring(TestCase):
         ring.refresh(NOW + 30 * DAY, suite.new_private_key)
         self.assertEqual(len(ring.published(NOW + 30 * DAY)), 2)
         self.assertTrue(all(k.not_after > NOW + 30 * DAY for k in ring.keys))
+
+    def test_adopt_takes_the_file_key_when_only_the_id_matches(self) -> None:
+        """Two processes that each made key 0 at the same second: the file's key wins, ours is dropped."""
+        ours, theirs = KeyRing([], DAY, 3600), KeyRing([], DAY, 3600)
+        ours.refresh(NOW, suite.new_private_key)
+        theirs.refresh(NOW, suite.new_private_key)
+        self.assertEqual([k.key_id for k in ours.keys], [k.key_id for k in theirs.keys])
+        dropped, taken = ours.keys, theirs.keys
+        ours.adopt(theirs)
+        self.assertEqual(ours.keys, taken)
+        self.assertFalse(any(hasattr(k, "secret") for k in dropped))
+        self.assertEqual(theirs.keys, [], "the loaded ring is used up")
