@@ -19,6 +19,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from twisted.internet import reactor as _reactor
 from twisted.internet import ssl
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import TestCase
 from twisted.web.resource import Resource
@@ -140,6 +141,24 @@ def pow_demand(difficulty: object) -> Chat:
     return answer
 
 
+class Blurt(Factory):
+    """Synthetic test equipment: whatever is asked, write these bytes and hang up."""
+
+    def __init__(self, reply: bytes) -> None:
+        self.reply = reply
+
+    def buildProtocol(self, addr: Any) -> Protocol:
+        reply = self.reply
+
+        class Once(Protocol):
+            def dataReceived(self, data: bytes) -> None:
+                transport: Any = self.transport
+                transport.write(reply)
+                transport.loseConnection()
+
+        return Once()
+
+
 class HostileAnswers(TestCase):
     timeout = 60
 
@@ -149,9 +168,9 @@ class HostileAnswers(TestCase):
         cert, key = ensure_dev_certificate(self.dir, ["127.0.0.1"])
         self.ca = cert
         with open(cert, "rb") as c, open(key, "rb") as k:
-            options = ssl.PrivateCertificate.loadPEM(c.read() + k.read()).options()
+            self.options = ssl.PrivateCertificate.loadPEM(c.read() + k.read()).options()
         self.router = HostileRouter(int(time.time()))
-        port = reactor.listenSSL(0, Site(self.router), options, interface="127.0.0.1")
+        port = reactor.listenSSL(0, Site(self.router), self.options, interface="127.0.0.1")
         self.addCleanup(port.stopListening)
         self.url = f"https://127.0.0.1:{port.getHost().port}"
 
@@ -308,6 +327,14 @@ class HostileAnswers(TestCase):
             self.assertIn("--url", await self.assert_exit(2))
         code, _, _ = await self.chat("--pin", "not base64!")
         self.assertEqual(code, 2)
+
+    async def test_not_http(self) -> None:
+        """A TLS server that answers garbage, or closes at once: a network failure, exit 3."""
+        for reply in (b"\xff\x00 not HTTP at all\r\n\r\n", b"HTTP/1.1 200 OK\r\nContent-Length: -5\r\n\r\n", b""):
+            port = reactor.listenSSL(0, Blurt(reply), self.options, interface="127.0.0.1")
+            self.addCleanup(port.stopListening)
+            self.url = f"https://127.0.0.1:{port.getHost().port}"
+            await self.assert_exit(3)
 
     async def test_unreachable(self) -> None:
         self.url = "https://127.0.0.1:1"
