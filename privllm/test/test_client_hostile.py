@@ -25,6 +25,7 @@ from twisted.trial.unittest import TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
+from ..client import PrivllmClient
 from ..keys.files import ensure_private_dir
 from ..keys.material import ensure_dev_certificate
 from ..protocol.encoding import b64encode, dumps
@@ -224,6 +225,24 @@ class HostileAnswers(TestCase):
         future = int(time.time()) + 600
         self.router.pubkey = [lambda _: self.router.keyset(issued_at=future)]
         self.assertIn("not valid yet", await self.assert_exit(4))
+
+    async def test_a_held_set_is_used_while_fresh_then_fetched_again(self) -> None:
+        """The library keeps the set between chats only while the client rule accepts it."""
+        with open(self.ca, "rb") as f:
+            root = f.read()
+        pin = self.router.identity.public_key().public_bytes_raw()
+        client = PrivllmClient(reactor, self.url, pin, os.urandom(32), root)
+        self.addCleanup(client.close)
+        hello = {"messages": [{"role": "user", "content": "hi"}]}
+        await client.chat(hello)
+        await client.chat(hello)
+        self.assertEqual(len(self.router.fetches), 1)
+        later = int(time.time()) + 3600 + KEYSET_CLOCK_SKEW
+        self.patch(client, "_now", lambda: later)
+        self.router.pubkey = [lambda _: self.router.keyset(issued_at=later)]
+        self.assertEqual((await client.chat(hello)).text, "hello")
+        self.assertEqual(len(self.router.fetches), 2)
+        self.assertEqual(self.router.fetches[-1].getHeader(b"cache-control"), None, "a first fetch may use caches")
 
     async def test_key_set_unavailable(self) -> None:
         def failing(request: Request) -> bytes:
