@@ -86,7 +86,7 @@ class Router(NamedTuple):
 async def sealed_bodies(client: PrivllmClient, plaintext: dict[str, Any], count: int) -> list[bytes]:
     """One freshly sealed request per stream (the router's replay window refuses a repeat),
     sealed before the clock starts so that sealing does not load the load generator."""
-    keys = client._keys if client._keys is not None else await client.fetch_keys()
+    keys = await client.current_keys()
     key = choose_key(keys, int(time.time()))
     return [json.dumps(client.seal(plaintext, key).body).encode() for _ in range(count)]
 

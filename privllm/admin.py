@@ -21,10 +21,13 @@ import time
 
 from .config import Config, ConfigError, load_config
 from .keys.files import KeyFileError
-from .keys.material import IDENTITY_KEY, TLS_CERT, load_identity, new_hpke_keypair
+from .keys.material import IDENTITY_KEY, TLS_CERT, load_identity
 from .keys.pki import create_ca, issue
+from .keys.service import KeyRingService
 from .keys.store import KeyRingStore
+from .protocol import suite
 from .protocol.keyring import KeyRing
+from .protocol.keyset import KEYSET_CLOCK_SKEW
 from .upstream.mtls import spki_pin
 from .web.tls import load_chain
 
@@ -84,8 +87,12 @@ def main(argv: list[str] | None = None) -> int:
         store = KeyRingStore(config.keys.state_dir, config.keys.rotation_interval, config.keys.overlap)
         now = int(time.time())
         if args.command == "rotate":
-            ring = store.update(now, lambda r: r.rotate_now(now, new_hpke_keypair, revoke=args.revoke))
+            ring = store.update(now, lambda r: r.rotate_now(now, suite.new_private_key, revoke=args.revoke))
             print("rotated; running routers adopt the new key within a minute")
+            if args.revoke:
+                # adoption, then the lifetime of a set signed before it, then the clients' clock skew
+                bound = KeyRingService.CHECK_EVERY + config.keys.keyset_lifetime + KEYSET_CLOCK_SKEW
+                print(f"revoked: no client accepts a key set naming the old keys after {_when(now + int(bound))}")
         else:
             ring = store.update(now)
         print("\n".join(describe(config, ring, now)))

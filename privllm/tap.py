@@ -171,7 +171,7 @@ class Router:
             pins = {urlparse(url).netloc: value for url, _, value in (p.partition("=") for p in backend.pins)}
             tls = MutualTLSPolicy(backend.ca, backend.client_certificate, backend.client_key, pins)
         store = KeyRingStore(config.keys.state_dir, config.keys.rotation_interval, config.keys.overlap)
-        self.keys = KeyRingService(store, identity, reactor)
+        self.keys = KeyRingService(store, identity, reactor, config.keys.keyset_lifetime)
         self.keys.setServiceParent(self.service)
 
         self.metrics = RouterMetrics()

@@ -22,6 +22,16 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from privllm.test import rfc9180
 
 INFO = b"privllm/v1 request"
+KEYSET_SKEW = 60  # docs/protocol.md, "Freshness: the client rule"
+KEYSET_MAX_LIFETIME = 86400
+
+
+def keyset_fresh(doc: dict[str, Any], now: int) -> bool:
+    """The document's client rule for a key set's issued_at and expires."""
+    issued, expires = doc["issued_at"], doc["expires"]
+    if not issued < expires <= issued + KEYSET_MAX_LIFETIME:
+        return False
+    return now + KEYSET_SKEW >= issued and now < expires + KEYSET_SKEW
 
 
 def b64(data: bytes) -> str:
@@ -52,6 +62,7 @@ class DocClient:
         assert unb64(doc["signing_key"]) == self.pin
         signed = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
         Ed25519PublicKey.from_public_bytes(self.pin).verify(signature, signed)
+        assert keyset_fresh(doc, int(time.time())), "stale key set"
         return doc
 
     def seal(

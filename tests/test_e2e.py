@@ -22,7 +22,8 @@ from twisted.trial.unittest import TestCase
 
 from privllm.body import BodyStream
 from privllm.client import PrivllmClient, ServerError
-from privllm.protocol.keyset import choose_key
+from privllm.config.schema import Keys
+from privllm.protocol.keyset import KEYSET_CLOCK_SKEW, StaleKeySet, choose_key, verify_keyset
 from privllm.protocol.response import ResponseReader
 
 from .docclient import DocClient, b64
@@ -284,6 +285,21 @@ class RealStack(TestCase):
             capture_output=True, text=True, timeout=60,
         )  # fmt: skip
         self.assertEqual(closed.returncode, 3, closed.stderr)
+        too_much_work = self.run_cli("--max-pow-bits", "25", "Hi")
+        self.assertEqual(too_much_work.returncode, 2, too_much_work.stderr)
+        self.assertIn("--max-pow-bits", too_much_work.stderr)
+
+    def test_key_set_carries_its_freshness(self) -> None:
+        """The served set was signed within the last minute and expires one lifetime later; the
+        client rule accepts it now and refuses it a skew after it expires."""
+        conn = self.doc_client().connection()
+        conn.request("GET", "/api/pubkey")
+        raw = conn.getresponse().read()
+        now = int(time.time())
+        keyset = verify_keyset(raw, self.daemon.pin(), now)
+        self.assertLessEqual(now - keyset.issued_at, 61)
+        self.assertEqual(keyset.expires - keyset.issued_at, Keys().keyset_lifetime)
+        self.assertRaises(StaleKeySet, verify_keyset, raw, self.daemon.pin(), keyset.expires + KEYSET_CLOCK_SKEW)
 
     async def _bad_request_sealed(self) -> None:
         with self.assertRaises(ServerError) as cm:

@@ -1,5 +1,7 @@
 """
-A client of protocol v1 on treq: fetch and verify the key set, seal, post, open the stream.
+A client of protocol v1 on Twisted's Agent: fetch and verify the key set, seal, post, open the stream.
+Everything the router sends is read with bounds (size, time, JSON depth) and checked before use;
+a hostile answer ends as one of the errors below, never as another exception.
 
 The key set is trusted only through the pinned identity key; TLS is checked too (against
 the system roots, or a given certificate such as the dev router's self-signed one).
@@ -7,29 +9,40 @@ the system roots, or a given certificate such as the dev router's self-signed on
 
 from __future__ import annotations
 
-import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
-import treq
-from twisted.internet import ssl
+from OpenSSL import crypto
+from twisted.internet import defer, ssl
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectError, ConnectionLost, DNSLookupError, TimeoutError
 from twisted.internet.threads import deferToThreadPool
 from twisted.web.client import Agent, HTTPConnectionPool, ResponseFailed
+from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
 from ..body import BodyStream, BytesProducer
 from ..endpoints import AgentEndpoints
-from ..protocol.encoding import b64decode, b64encode, dumps
-from ..protocol.keyset import KeySetError, PublishedKey, choose_key, verify_keyset
-from ..protocol.pow import CHALLENGE_SIZE, solve
+from ..protocol.encoding import EncodingError, b64decode, b64encode, dumps, loads_bounded
+from ..protocol.keyset import (
+    MAX_KEYSET_BYTES,
+    KeySet,
+    KeySetError,
+    PublishedKey,
+    StaleKeySet,
+    choose_key,
+    verify_keyset,
+)
+from ..protocol.pow import CHALLENGE_SIZE, PowError, solve
 from ..protocol.request import Encapsulation, encapsulate, new_request_id, seal_request
 from ..protocol.response import ResponseReader
 from ..protocol.stream import StreamError
+from ..protocol.suite import POW_MAX_DIFFICULTY
 
 
 class ClientError(Exception):
@@ -63,16 +76,31 @@ class ServerError(ClientError):
         self,
         code: str,
         status: int | None = None,
-        retry_after: str | None = None,
+        retry_after: int | None = None,
         date: str | None = None,
         details: dict[str, Any] | None = None,
     ) -> None:
-        super().__init__(f"server error {code}" + (f" (HTTP {status})" if status else ""))
+        super().__init__(
+            f"server error {code}"
+            + (f" (HTTP {status})" if status else "")
+            + (f", retry after {retry_after} s" if retry_after is not None else "")
+        )
         self.code = code
         self.status = status
         self.retry_after = retry_after
         self.date = date
         self.details = details or {}  # the whole JSON reply, e.g. a proof-of-work challenge
+
+
+class ProofOfWorkRefused(ServerError):
+    """The router (or whoever answers in its name: the demand is not signed) asks for more
+    proof of work than this client will do."""
+
+    def __init__(self, difficulty: int, maximum: int) -> None:
+        super().__init__("pow_required", 429)
+        self.args = (
+            f"the router asks for {difficulty} bits of proof of work, above this client's maximum of {maximum}",
+        )
 
 
 @dataclass
@@ -88,16 +116,41 @@ class PinnedRootPolicy:
     """Verify the server against one trust root (the dev certificate) or the platform's roots."""
 
     def __init__(self, root_pem: bytes | None) -> None:
-        self._root = ssl.Certificate.loadPEM(root_pem) if root_pem else None
+        try:
+            self._root = ssl.Certificate.loadPEM(root_pem) if root_pem else None
+        except crypto.Error as e:
+            raise ValueError("the trust root is not a PEM certificate") from e
 
     def creatorForNetloc(self, hostname: bytes, port: int) -> Any:
         # Twisted's Agent speaks HTTP/1.1 only, so no ALPN offer of h2 here.
         return ssl.optionsForClientTLS(hostname.decode("ascii"), trustRoot=self._root)
 
 
-MAX_DIFFICULTY = 32  # 2**32 hashes: a router asking more is not one to spend the battery on
-
 NETWORK_ERRORS = (ConnectError, DNSLookupError, TimeoutError, ConnectionLost, ResponseFailed)
+MAX_ERROR_BYTES = 4096  # a plaintext refusal or a proof-of-work challenge is about 150 bytes
+BODY_TIMEOUT = 30.0  # seconds to read a whole key set or refusal
+STREAM_IDLE_TIMEOUT = 90.0  # the router sends a keepalive after 15 s without an event
+ERROR_CODE = re.compile(r"[a-z_]{1,32}")  # the router's codes; anything else is not repeated
+MAX_RETRY_AFTER = 86400
+
+
+def router_url(text: str) -> str:
+    """https://host[:port], ASCII, nothing after it: the base the client adds /api/... to."""
+    if not text.isascii():
+        raise ValueError("the router URL must be ASCII (IDNA-encode the host name)")
+    url = urlsplit(text.rstrip("/"))
+    try:
+        url.port  # noqa: B018 (parsing the port raises ValueError when it is out of range)
+    except ValueError as e:
+        raise ValueError("the router URL has a bad port") from e
+    if url.scheme != "https" or not url.hostname or url.path or url.query or url.fragment or url.username:
+        raise ValueError("the router URL must be https://host[:port]")
+    return url.geturl()
+
+
+def error_code(value: object) -> str:
+    """A code from the router, or "unknown": never echo arbitrary server text to a terminal."""
+    return value if isinstance(value, str) and ERROR_CODE.fullmatch(value) else "unknown"
 
 
 class PrivllmClient:
@@ -109,12 +162,19 @@ class PrivllmClient:
         device_private_key: bytes,
         trust_root_pem: bytes | None = None,
         on_pow: Callable[[int, int], None] | None = None,
+        max_pow_difficulty: int = POW_MAX_DIFFICULTY,
     ) -> None:
-        """`on_pow(difficulty, tries)` is told how a proof of work the router asked for is going."""
+        """`on_pow(difficulty, tries)` is told how a proof of work the router asked for is going;
+        a router asking more than `max_pow_difficulty` bits (at most the protocol's ceiling) is
+        refused rather than obeyed: the demand is not authenticated."""
+        if not 1 <= max_pow_difficulty <= POW_MAX_DIFFICULTY:
+            raise ValueError(f"max_pow_difficulty must be between 1 and {POW_MAX_DIFFICULTY}")
+        self._max_pow = max_pow_difficulty
         self._on_pow = on_pow
         self._reactor = reactor
-        self._base = base_url.rstrip("/")
+        self._base = router_url(base_url)
         self._chat_url = (self._base + "/api/chat").encode("ascii")
+        self._pubkey_url = (self._base + "/api/pubkey").encode("ascii")
         self._pin = pinned_identity
         self._device = device_private_key
         # Keep connections open between chats, as an app would: no TLS handshake per message.
@@ -122,27 +182,78 @@ class PrivllmClient:
         endpoints = AgentEndpoints(reactor, PinnedRootPolicy(trust_root_pem))
         agent: Any = Agent.usingEndpointFactory(reactor, endpoints, pool=self._pool)
         self._agent = agent
-        self._http = treq.client.HTTPClient(agent)
-        self._keys: list[PublishedKey] | None = None
+        self._keyset: KeySet | None = None
         self._prepared: Encapsulation | None = None
 
     def close(self) -> Deferred[None]:
         """Close the kept-alive connections (a client that is done, or a test that must leave none)."""
         return self._pool.closeCachedConnections()
 
+    def _now(self) -> int:
+        return int(self._reactor.seconds())
+
     async def fetch_keys(self) -> list[PublishedKey]:
+        """Fetch and verify the key set. A stale one (an old copy in a cache, or replayed) is
+        fetched once more past caches; a second stale set is refused."""
+        for attempt in range(2):
+            headers = {b"Cache-Control": [b"no-cache"]} if attempt else {}
+            raw = await self._get_pubkey(headers)
+            try:
+                self._keyset = verify_keyset(raw, self._pin, self._now())
+                return self._keyset.keys
+            except StaleKeySet as e:
+                if attempt:
+                    raise ProtocolFailure(f"key set rejected: {e}") from e
+            except KeySetError as e:
+                raise ProtocolFailure(f"key set rejected: {e}") from e
+        raise AssertionError("unreachable")
+
+    async def current_keys(self) -> list[PublishedKey]:
+        """The keys of the set held, while it is fresh; else of a newly fetched one."""
+        if self._keyset is not None:
+            try:
+                self._keyset.check_fresh(self._now())
+                return self._keyset.keys
+            except StaleKeySet:
+                self._keyset = None
+        return await self.fetch_keys()
+
+    async def _get_pubkey(self, headers: dict[bytes, list[bytes]]) -> bytes:
+        request = self._agent.request(b"GET", self._pubkey_url, Headers(headers))
         try:
-            response = await self._http.get(self._base + "/api/pubkey", timeout=30)
-            raw = await treq.content(response)
+            response = await request.addTimeout(BODY_TIMEOUT, self._reactor)
         except NETWORK_ERRORS as e:
             raise NetworkError(f"cannot fetch the key set: {e.__class__.__name__}") from e
         if response.code != 200:
+            try:
+                await self._read_body(response, MAX_ERROR_BYTES)  # unused: the status says it all
+            except ProtocolFailure:
+                pass
             raise ServerError("pubkey_unavailable", response.code)
+        return await self._read_body(response, MAX_KEYSET_BYTES)
+
+    async def _read_body(self, response: Any, limit: int) -> bytes:
+        """A whole small body, at most `limit` bytes and BODY_TIMEOUT seconds."""
+        parts: list[bytes] = []
+        size = 0
+
+        def on_data(data: bytes) -> None:
+            nonlocal size
+            size += len(data)
+            if size > limit:
+                raise ProtocolFailure("the router's answer is too large")
+            parts.append(data)
+
+        body = BodyStream(on_data)
+        response.deliverBody(body)
         try:
-            self._keys = verify_keyset(raw, self._pin)
-        except KeySetError as e:
-            raise ProtocolFailure(f"key set rejected: {e}") from e
-        return self._keys
+            await body.done.addTimeout(BODY_TIMEOUT, self._reactor)
+        except PotentialDataLoss:
+            pass  # no length given and the connection closed: what matters is what arrived
+        except (defer.TimeoutError, *NETWORK_ERRORS) as e:
+            body.stop()
+            raise NetworkError(f"the router's answer did not arrive whole: {e.__class__.__name__}") from e
+        return b"".join(parts)
 
     def seal(self, plaintext: dict[str, Any], key: PublishedKey, request_id: str | None = None) -> Any:
         prepared, self._prepared = self._prepared, None  # an encapsulation seals once
@@ -168,9 +279,9 @@ class PrivllmClient:
     ) -> ChatResult:
         """Send one chat; `on_chunk` sees every opened chunk as it arrives. Retries once on unknown_key."""
         for attempt in range(2):
-            keys = self._keys if self._keys is not None else await self.fetch_keys()
+            keys = await self.current_keys()
             try:
-                key = choose_key(keys, int(self._reactor.seconds()))
+                key = choose_key(keys, self._now())
             except KeySetError:
                 key = None
             if key is not None:
@@ -181,11 +292,11 @@ class PrivllmClient:
                         raise
             elif attempt:
                 raise ProtocolFailure("the key set holds no key valid now")
-            self._keys = None
+            self._keyset = None
         raise AssertionError("unreachable")
 
     async def post(self, body: dict[str, Any] | bytes, headers: dict[bytes, list[bytes]] | None = None) -> Any:
-        """POST a request body; straight to the Agent, as treq's conveniences add to time to first token."""
+        """POST a request body straight to the Agent: no wrapper adds to time to first token."""
         data = body if isinstance(body, bytes) else dumps(body)
         hdrs = {b"Content-Type": [b"application/json"], b"Accept": [b"text/event-stream"], **(headers or {})}
         request = self._agent.request(b"POST", self._chat_url, Headers(hdrs), BytesProducer(data))
@@ -202,68 +313,92 @@ class PrivllmClient:
         for attempt in range(3):
             response = await self.post(body)
             if response.code == 200:
-                result = await read_stream(response, ResponseReader(sealed), on_chunk)
+                result = await read_stream(response, ResponseReader(sealed), self._reactor, on_chunk)
                 self.prepare(key)  # idle now, until the next message
                 return result
             try:
-                await _raise_plaintext_error(response)
+                await self._raise_plaintext_error(response)
             except ServerError as e:
                 if e.code != "pow_required" or attempt == 2:
                     raise
                 body = {**sealed.body, "pow": await self._solve(e.details, sealed.body["request_id"])}
         raise AssertionError("unreachable")
 
+    async def _raise_plaintext_error(self, response: Any) -> None:
+        raw = await self._read_body(response, MAX_ERROR_BYTES)
+        try:
+            details = loads_bounded(raw, MAX_ERROR_BYTES, max_depth=1)
+        except EncodingError:
+            details = None
+        if not isinstance(details, dict):
+            details = {}
+        retry = response.headers.getRawHeaders(b"retry-after") or [b""]
+        date = response.headers.getRawHeaders(b"date") or [b""]
+        raise ServerError(
+            error_code(details.get("error")),
+            response.code,
+            _retry_after(retry[0]),
+            date[0][:64].decode("ascii", "replace") or None,
+            details,
+        )
+
     async def _solve(self, challenge: dict[str, Any], request_id: str) -> dict[str, str]:
         """The router is under stress and asks for proof of work: find it off the reactor thread."""
+        difficulty = challenge.get("difficulty")
         try:
-            raw = b64decode(challenge["challenge"], CHALLENGE_SIZE)
-            difficulty = int(challenge["difficulty"])
-        except (KeyError, TypeError, ValueError) as e:
+            raw = b64decode(challenge.get("challenge"), CHALLENGE_SIZE)
+        except EncodingError as e:
             raise ProtocolFailure("malformed proof-of-work challenge") from e
-        if not 0 < difficulty <= MAX_DIFFICULTY:
-            raise ProtocolFailure("proof-of-work difficulty out of range")
+        if not isinstance(difficulty, int) or isinstance(difficulty, bool) or difficulty < 1:
+            raise ProtocolFailure("malformed proof-of-work challenge")
+        if difficulty > self._max_pow:
+            raise ProofOfWorkRefused(difficulty, self._max_pow)
         report = self._on_pow
 
         def progress(tries: int) -> None:
             if report is not None:
                 self._reactor.callFromThread(report, difficulty, tries)
 
-        nonce = await deferToThreadPool(
-            self._reactor, self._reactor.getThreadPool(), solve, raw, request_id, difficulty, progress
-        )
+        # A nonce is found within 2**difficulty tries on average; 64 times that fails with
+        # probability e**-64, so the bound only stops a loop that could not end otherwise.
+        limit = 1 << (difficulty + 6)
+        try:
+            nonce = await deferToThreadPool(
+                self._reactor, self._reactor.getThreadPool(), solve, raw, request_id, difficulty, progress, limit
+            )
+        except PowError as e:
+            raise ProtocolFailure("no proof-of-work solution found") from e
         return {"challenge": challenge["challenge"], "nonce": b64encode(nonce)}
 
 
-async def _raise_plaintext_error(response: Any) -> None:
-    raw = await treq.content(response)
-    try:
-        details = json.loads(raw)
-        code = str(details["error"])
-    except (ValueError, KeyError, TypeError):
-        details, code = {}, "unknown"
-    headers = response.headers
-    retry = headers.getRawHeaders("retry-after")
-    date = headers.getRawHeaders("date")
-    raise ServerError(code, response.code, retry[0] if retry else None, date[0] if date else None, details)
+def _retry_after(value: bytes) -> int | None:
+    """Whole seconds, or None for anything else (an absurd value is not repeated)."""
+    if not value.isdigit() or len(value) > 6:
+        return None
+    seconds = int(value)
+    return seconds if seconds <= MAX_RETRY_AFTER else None
 
 
 async def read_stream(
-    response: Any, reader: ResponseReader, on_chunk: Callable[[dict[str, Any]], None] | None = None
+    response: Any, reader: ResponseReader, clock: Any, on_chunk: Callable[[dict[str, Any]], None] | None = None
 ) -> ChatResult:
+    """Open the stream as it arrives; a stream silent for STREAM_IDLE_TIMEOUT is cut (truncated)."""
     result = ChatResult()
 
     def on_data(data: bytes) -> None:
+        idle.reset(STREAM_IDLE_TIMEOUT)
         for chunk in reader.feed(data):
             result.chunks.append(chunk)
             if chunk["type"] == "delta":
-                result.text += str(chunk.get("text", ""))
+                result.text += chunk["text"]
             elif chunk["type"] == "done":
-                result.finish_reason = chunk.get("finish_reason")
-                result.usage = chunk.get("usage") or {}
+                result.finish_reason = chunk["finish_reason"]
+                result.usage = chunk["usage"]
             if on_chunk is not None:
                 on_chunk(chunk)
 
     body = BodyStream(on_data)
+    idle = clock.callLater(STREAM_IDLE_TIMEOUT, body.stop)
     response.deliverBody(body)
     try:
         await body.done
@@ -274,11 +409,14 @@ async def read_stream(
     except Exception as e:  # the connection broke: what counts is whether the final chunk arrived
         if not reader.finished:
             raise TruncatedError("the connection broke before the final chunk") from e
+    finally:
+        if idle.active():
+            idle.cancel()
     try:
         reader.end()
     except StreamError as e:
         raise TruncatedError("the stream ended before its final chunk") from e
     errors = [c for c in result.chunks if c["type"] == "error"]
     if errors:
-        raise ServerError(str(errors[0].get("code", "unknown")))
+        raise ServerError(error_code(errors[0]["code"]))
     return result

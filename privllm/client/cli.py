@@ -14,8 +14,9 @@ from twisted.internet.task import react
 from ..config.profiles import default_state_dir
 from ..keys.files import KeyFileError, ensure_private_dir, read_secret, write_secret
 from ..keys.material import IDENTITY_PUB, TLS_CERT, new_hpke_keypair
-from ..protocol.encoding import EncodingError, b64decode
-from .api import ClientError, PrivllmClient
+from ..protocol.encoding import b64decode
+from ..protocol.suite import POW_MAX_DIFFICULTY
+from .api import ClientError, PrivllmClient, router_url
 
 EXIT_USAGE = 2
 
@@ -39,7 +40,7 @@ def load_or_create_device_key(path: str) -> bytes:
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="privllm-chat", description=__doc__)
     p.add_argument("prompt", help="the question to ask")
-    p.add_argument("--url", default="https://127.0.0.1:8443", help="the router (default: the dev stack)")
+    p.add_argument("--url", type=_url, default="https://127.0.0.1:8443", help="the router (default: the dev stack)")
     p.add_argument("--pin", help="the router's identity key (base64 Ed25519); dev: read from --state-dir")
     p.add_argument("--state-dir", default=default_state_dir(), help="the dev router's state directory")
     p.add_argument("--ca", help="PEM certificate to trust for TLS (dev: the router's own certificate)")
@@ -50,7 +51,30 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--max-tokens", type=int)
     p.add_argument("--temperature", type=float)
     p.add_argument("--json", action="store_true", help="print every decrypted event as a JSON line")
+    p.add_argument(
+        "--max-pow-bits",
+        type=_pow_bits,
+        default=POW_MAX_DIFFICULTY,
+        help=f"the most proof of work to do when the router asks (1..{POW_MAX_DIFFICULTY} bits; default the protocol's ceiling)",
+    )
     return p.parse_args(argv)
+
+
+def _url(text: str) -> str:
+    try:
+        return router_url(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from e
+
+
+def _pow_bits(text: str) -> int:
+    try:
+        bits = int(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError("not an integer") from e
+    if not 1 <= bits <= POW_MAX_DIFFICULTY:
+        raise argparse.ArgumentTypeError(f"must be between 1 and {POW_MAX_DIFFICULTY}")
+    return bits
 
 
 def _read(path: str) -> bytes:
@@ -81,25 +105,26 @@ def plaintext_from(args: argparse.Namespace) -> dict[str, Any]:
 
 
 async def run(reactor: Any, args: argparse.Namespace) -> int:
-    try:
-        pin, root = _pin_and_root(args)
-        device = load_or_create_device_key(args.device_key)
-    except (OSError, EncodingError, KeyFileError) as e:
-        print(f"privllm-chat: {e}", file=sys.stderr)
-        return EXIT_USAGE
-
     def pow_progress(difficulty: int, tries: int) -> None:
         if sys.stderr.isatty():
             sys.stderr.write(f"\rthe router is busy: proof of work ({difficulty} bits), {tries:,} tries")
             sys.stderr.flush()
 
-    client = PrivllmClient(reactor, args.url, pin, device, root, on_pow=pow_progress)
+    try:
+        pin, root = _pin_and_root(args)
+        device = load_or_create_device_key(args.device_key)
+        client = PrivllmClient(
+            reactor, args.url, pin, device, root, on_pow=pow_progress, max_pow_difficulty=args.max_pow_bits
+        )
+    except (OSError, ValueError, KeyFileError) as e:  # ValueError: EncodingError, undecodable or not PEM
+        print(f"privllm-chat: {e}", file=sys.stderr)
+        return EXIT_USAGE
 
     def show(chunk: dict[str, Any]) -> None:
         if args.json:
             print(json.dumps(chunk, ensure_ascii=False), flush=True)
         elif chunk["type"] == "delta":
-            sys.stdout.write(str(chunk["text"]))
+            sys.stdout.write(chunk["text"])
             sys.stdout.flush()
 
     try:

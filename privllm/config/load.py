@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from typing import Any
@@ -13,14 +14,49 @@ from .profiles import profile
 from .schema import Config
 
 ENV_PREFIX = "PRIVLLM_"
+MAX_FILE_BYTES = 1 << 16  # a full configuration is about 3 KiB
+MAX_ENV_VALUE = 4096
+# tomllib's time and memory grow with the square of a dotted key's length (8,000 parts: 0.7 s,
+# 250 MB); no real configuration has this many dots, in keys, numbers, addresses or paths.
+MAX_DOTS = 1024
+SHOWN_KEY = re.compile(r"[a-z0-9_.-]{1,80}")
 
 
 class ConfigError(Exception):
     """One line naming the key and the reason; the daemon prints it and starts nothing."""
 
     def __init__(self, key: str, reason: str) -> None:
-        super().__init__(f"config {key}: {reason}")
+        shown = key if SHOWN_KEY.fullmatch(key) else ascii(key[:80])  # a key from the file may hold anything
+        super().__init__(f"config {shown}: {reason}")
         self.key = key
+
+
+def _toml(text: str, where: str) -> dict[str, Any]:
+    """tomllib with bounds: ConfigError(where, ...) for anything but a document of sane size."""
+    if text.count(".") > MAX_DOTS:
+        raise ConfigError(where, f"more than {MAX_DOTS} dots: not a privllm configuration")
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(where, f"not valid TOML: {e}") from e
+    except RecursionError as e:
+        raise ConfigError(where, "not valid TOML: nested too deeply") from e
+    except ValueError as e:  # an integer of thousands of digits
+        raise ConfigError(where, "not valid TOML: a number is too long") from e
+
+
+def _read_file(path: str) -> str:
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_FILE_BYTES + 1)
+    except OSError as e:
+        raise ConfigError("--config", f"cannot read {path}: {e.strerror}") from e
+    if len(raw) > MAX_FILE_BYTES:
+        raise ConfigError("--config", f"larger than {MAX_FILE_BYTES} bytes")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError("--config", "not UTF-8") from e
 
 
 def _merge(base: dict[str, Any], layer: Mapping[str, Any]) -> dict[str, Any]:
@@ -40,9 +76,11 @@ def _from_environment(environ: Mapping[str, str]) -> dict[str, Any]:
         if not name.startswith(ENV_PREFIX) or "__" not in name:
             continue
         section, _, key = name[len(ENV_PREFIX) :].lower().partition("__")
+        if len(raw) > MAX_ENV_VALUE:
+            raise ConfigError(f"{section}.{key}", f"longer than {MAX_ENV_VALUE} characters")
         try:
-            value = tomllib.loads(f"v = {raw}")["v"]
-        except tomllib.TOMLDecodeError:
+            value = _toml(f"v = {raw}", name)["v"]
+        except ConfigError:
             value = raw
         layer.setdefault(section, {})[key] = value
     return layer
@@ -91,13 +129,7 @@ def load_config(env: str, path: str | None = None, environ: Mapping[str, str] | 
         raise ConfigError("env", "must be one of dev, prod")
     data = profile(env)
     if path:
-        try:
-            with open(path, "rb") as f:
-                data = _merge(data, tomllib.load(f))
-        except OSError as e:
-            raise ConfigError("--config", f"cannot read {path}: {e.strerror}") from e
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError("--config", f"not valid TOML: {e}") from e
+        data = _merge(data, _toml(_read_file(path), "--config"))
     data = _merge(data, _from_environment(os.environ if environ is None else environ))
     if data.get("env", env) != env:
         raise ConfigError("env", "the file or environment names a different profile than --env")

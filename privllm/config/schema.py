@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..protocol.keyset import MAX_KEYSET_LIFETIME
+from ..protocol.suite import POW_MAX_DIFFICULTY
+
 
 def _range(low: float, high: float) -> dict[str, Any]:
     return {"range": (low, high)}
@@ -52,6 +55,9 @@ class Keys:
     identity_key: str = ""  # Ed25519 PEM (PKCS#8); generated in dev, given by the operator in prod
     rotation_interval: int = field(default=86400, metadata=_range(60, 90 * 86400))
     overlap: int = field(default=3600, metadata=_range(0, 7 * 86400))
+    # how long a signed key set stays valid for clients: a revoked key stops being usable by
+    # then. At least 900 s: a set may sit 60 s at the router and 300 s in caches (max-age).
+    keyset_lifetime: int = field(default=3600, metadata=_range(900, MAX_KEYSET_LIFETIME))
 
 
 @dataclass(frozen=True)
@@ -89,9 +95,10 @@ class Pow:
     enabled: bool = True
     stream_threshold: int = field(default=192, metadata=_range(1, 1_000_000))  # active streams
     rate_threshold: float = field(default=50.0, metadata=_range(0.1, 1_000_000))  # chat requests per second
-    base_difficulty: int = field(default=16, metadata=_range(1, 32))  # leading zero bits at the threshold
+    # leading zero bits at the threshold, and at most: the protocol's ceiling, which clients refuse to pass
+    base_difficulty: int = field(default=16, metadata=_range(1, POW_MAX_DIFFICULTY))
     step: int = field(default=2, metadata=_range(0, 16))  # more bits each time the load doubles
-    max_difficulty: int = field(default=24, metadata=_range(1, 40))
+    max_difficulty: int = field(default=POW_MAX_DIFFICULTY, metadata=_range(1, POW_MAX_DIFFICULTY))
     ttl: int = field(default=120, metadata=_range(5, 3600))
     # spent challenges remembered (each admits one request) until they expire; full: 503
     max_spent: int = field(default=100_000, metadata=_range(16, 10_000_000))

@@ -29,8 +29,9 @@ def ensure_private_dir(path: str) -> None:
     _check_owner_and_mode(path, st, "directory")
 
 
-def read_secret(path: str, max_size: int = 1 << 16) -> bytes:
-    """Read a secret file after checking it is a regular file, ours, and mode 0600 or stricter."""
+def _open_secret(path: str, max_size: int) -> tuple[int, int]:
+    """Open a secret file after checking it is a regular file, ours, and mode 0600 or stricter.
+    Return the descriptor and the file's size."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except FileNotFoundError as e:
@@ -44,9 +45,38 @@ def read_secret(path: str, max_size: int = 1 << 16) -> bytes:
         _check_owner_and_mode(path, st, "secret file")
         if st.st_size > max_size:
             raise KeyFileError(f"secret file {path} is too large")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, st.st_size
+
+
+def read_secret(path: str, max_size: int = 1 << 16) -> bytes:
+    fd, _ = _open_secret(path, max_size)
+    try:
         return os.read(fd, max_size + 1)
     finally:
         os.close(fd)
+
+
+def read_secret_buffer(path: str, max_size: int = 1 << 16) -> bytearray:
+    """As read_secret, into a buffer of the file's exact size (never resized, so never copied)
+    that the caller overwrites with `wipe` when done: bytes objects cannot be wiped."""
+    fd, size = _open_secret(path, max_size)
+    buffer = bytearray(size)
+    try:
+        got = os.readv(fd, [buffer]) if size else 0
+    finally:
+        os.close(fd)
+    if got != size:
+        wipe(buffer)
+        raise KeyFileError(f"secret file {path} changed while it was read")
+    return buffer
+
+
+def wipe(buffer: bytearray) -> None:
+    """Overwrite a buffer in place (same length: no reallocation leaves a copy behind)."""
+    buffer[:] = bytes(len(buffer))
 
 
 def write_secret(path: str, data: bytes, mode: int = 0o600) -> None:

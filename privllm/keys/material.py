@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import json
 import os
@@ -13,8 +14,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ..protocol import suite
-from ..protocol.encoding import EncodingError, b64decode, b64encode
-from ..protocol.keyring import KeyRing, RingKey
+from ..protocol.encoding import EncodingError, b64decode, b64encode, loads_bounded
+from ..protocol.keyring import KEY_ID_SPACE, KeyRing, RingKey
 from .files import KeyFileError, read_secret, write_secret
 from .pki import self_signed
 
@@ -23,9 +24,12 @@ IDENTITY_PUB = "identity.pub"  # what a dev client pins
 KEYRING = "hpke-keyring.json"
 TLS_CERT = "tls.crt"
 TLS_KEY = "tls.key"
+MAX_KEYRING_BYTES = 1 << 16  # a few keys take a few hundred bytes
+MAX_TIME = 2**40  # Unix seconds: far beyond any key's life, far below any integer limit
 
 
 def new_hpke_keypair() -> tuple[bytes, bytes]:
+    """Raw bytes, for the client's device key file (the router's ring uses suite.new_private_key)."""
     pair = suite.SUITE.kem.derive_key_pair(os.urandom(32))
     return pair.private_key.to_private_bytes(), pair.public_key.to_public_bytes()
 
@@ -56,11 +60,14 @@ def ensure_identity(state_dir: str) -> str:
     return path
 
 
-def _ring_to_json(ring: KeyRing) -> bytes:
+def keyring_json(ring: KeyRing) -> bytes:
+    """The ring file's contents. The private keys pass through immutable bytes and strings here
+    (cryptography's private_bytes_raw, base64, JSON), which Python frees without wiping: this
+    runs only when the file changes (a new key, a rotation)."""
     keys = [
         {
             "key_id": k.key_id,
-            "private_key": b64encode(bytes(k.private_key)),
+            "private_key": b64encode(k.secret.to_private_bytes()),
             "not_before": k.not_before,
             "not_after": k.not_after,
         }
@@ -69,30 +76,47 @@ def _ring_to_json(ring: KeyRing) -> bytes:
     return json.dumps({"v": 1, "last_key_id": ring.last_key_id, "keys": keys}, indent=1).encode()
 
 
+def _bounded_int(value: object, low: int, high: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise ValueError("not an integer in range")
+    return value
+
+
 def _ring_key(item: Any) -> RingKey:
-    private = b64decode(item["private_key"], suite.X25519_KEY_SIZE)
-    public = suite.public_of(private)
-    return RingKey(int(item["key_id"]), bytearray(private), public, int(item["not_before"]), int(item["not_after"]))
+    secret = suite.private_key(b64decode(item["private_key"], suite.X25519_KEY_SIZE))
+    return RingKey(
+        _bounded_int(item["key_id"], 0, KEY_ID_SPACE - 1),
+        secret,
+        suite.public_bytes(secret),
+        _bounded_int(item["not_before"], 0, MAX_TIME),
+        _bounded_int(item["not_after"], 0, MAX_TIME),
+    )
 
 
-def load_keyring(state_dir: str, interval: int, overlap: int) -> KeyRing:
-    path = os.path.join(state_dir, KEYRING)
-    if not os.path.lexists(path):
-        return KeyRing([], interval, overlap)
+def keyring_path(state_dir: str) -> str:
+    return os.path.join(state_dir, KEYRING)
+
+
+def parse_keyring(raw: bytearray, interval: int, overlap: int, path: str) -> KeyRing:
+    """The ring in a file's contents. json makes a str copy of them (and base64 a bytes copy of
+    each key) that cannot be wiped; the caller wipes `raw`."""
     try:
-        doc = json.loads(read_secret(path))
-        if doc.get("v") != 1:
+        doc = loads_bounded(raw, MAX_KEYRING_BYTES, max_depth=3)
+        if not isinstance(doc, dict) or doc.get("v") != 1 or not isinstance(doc.get("keys"), list):
             raise ValueError("unknown version")
         last = doc.get("last_key_id")
-        if last is not None and (not isinstance(last, int) or not 0 <= last <= 255):
-            raise ValueError("bad last_key_id")
+        if last is not None:
+            last = _bounded_int(last, 0, KEY_ID_SPACE - 1)
         return KeyRing([_ring_key(item) for item in doc["keys"]], interval, overlap, last)
-    except (ValueError, KeyError, TypeError, AttributeError, EncodingError) as e:
+    except (ValueError, KeyError, TypeError, EncodingError) as e:
         raise KeyFileError(f"key ring {path} is corrupt; remove it deliberately to start a new one") from e
 
 
-def save_keyring(state_dir: str, ring: KeyRing) -> None:
-    write_secret(os.path.join(state_dir, KEYRING), _ring_to_json(ring))
+def save_keyring(state_dir: str, ring: KeyRing) -> bytes:
+    """Write the ring file; return the SHA-256 of what was written."""
+    data = keyring_json(ring)
+    write_secret(keyring_path(state_dir), data)
+    return hashlib.sha256(data).digest()
 
 
 def ensure_dev_certificate(state_dir: str, hosts: list[str]) -> tuple[str, str]:

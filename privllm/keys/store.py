@@ -9,23 +9,31 @@ command can rotate while the daemons run (they adopt the file at their next chec
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+from ..protocol import suite
 from ..protocol.keyring import KeyRing
-from .files import ensure_private_dir
-from .material import load_keyring, new_hpke_keypair, save_keyring
+from .files import ensure_private_dir, read_secret_buffer, wipe
+from .material import keyring_path, parse_keyring, save_keyring
 
 LOCK = "hpke-keyring.lock"
 
 
 class KeyRingStore:
+    """Holds one ring for the life of the process: the file is parsed only when its contents
+    changed (by another process or an admin command), so a check every minute makes no copy
+    of the private keys, and keys loaded again are dropped in favour of the ones held."""
+
     def __init__(self, state_dir: str, interval: int, overlap: int) -> None:
         ensure_private_dir(state_dir)
         self.state_dir = state_dir
         self.interval = interval
         self.overlap = overlap
+        self._ring: KeyRing | None = None
+        self._digest: bytes | None = None  # SHA-256 of the file as this ring last read or wrote it
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
@@ -37,13 +45,36 @@ class KeyRingStore:
             os.close(fd)
 
     def update(self, now: int, change: Callable[[KeyRing], None] | None = None) -> KeyRing:
-        """Load the ring, bring it up to date at `now` (and apply `change`), save it if it moved."""
+        """Bring the ring up to date with the file and `now` (and apply `change`), save it if it
+        moved. Every call returns the same ring object, changed in place."""
         with self._locked():
-            ring = load_keyring(self.state_dir, self.interval, self.overlap)
+            ring = self._read()
             before = (ring.keys, ring.last_key_id)
-            ring.refresh(now, new_hpke_keypair)
+            ring.refresh(now, suite.new_private_key)
             if change is not None:
                 change(ring)
             if (ring.keys, ring.last_key_id) != before:
-                save_keyring(self.state_dir, ring)
+                self._digest = None  # until the file is known to hold this ring
+                self._digest = save_keyring(self.state_dir, ring)
             return ring
+
+    def _read(self) -> KeyRing:
+        path = keyring_path(self.state_dir)
+        if not os.path.lexists(path):
+            loaded = KeyRing([], self.interval, self.overlap)
+            digest = b""
+        else:
+            raw = read_secret_buffer(path)
+            try:
+                digest = hashlib.sha256(raw).digest()
+                if self._ring is not None and digest == self._digest:
+                    return self._ring
+                loaded = parse_keyring(raw, self.interval, self.overlap, path)
+            finally:
+                wipe(raw)
+        if self._ring is None:
+            self._ring = loaded
+        else:
+            self._ring.adopt(loaded)
+        self._digest = digest
+        return self._ring

@@ -112,7 +112,7 @@ class Admission:
             raise RequestRejected(UNKNOWN_KEY)
         self.replay.check_unseen(envelope.request_id, envelope.encapsulated_key, seconds)
         self.replay.check_room(address, seconds)
-        opened = open_request(envelope, key.private_key)
+        opened = open_request(envelope, key.secret)
         # From here on the request has opened: it is remembered whatever follows, so it
         # cannot be replayed, and a refusal is sealed.
         self.replay.remember(envelope.request_id, envelope.encapsulated_key, envelope.timestamp, seconds, address)

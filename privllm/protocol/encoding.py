@@ -59,17 +59,17 @@ def _depth_within(value: Any, max_depth: int) -> bool:
     return True
 
 
-def loads_bounded(data: bytes | str, max_bytes: int, max_depth: int = MAX_JSON_DEPTH) -> Any:
+def loads_bounded(data: bytes | bytearray | str, max_bytes: int, max_depth: int = MAX_JSON_DEPTH) -> Any:
     """JSON from a peer, with its size and nesting bounded: EncodingError for anything else,
     so a caller has one exception to handle (not ValueError, RecursionError, UnicodeError)."""
     if len(data) > max_bytes:
         raise EncodingError("too large")
     try:
-        value = _DECODER.decode(data.decode("utf-8") if isinstance(data, bytes) else data)
+        value = _DECODER.decode(data if isinstance(data, str) else data.decode("utf-8"))
     except (ValueError, RecursionError) as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         raise EncodingError("not JSON") from e
     # Nesting needs an opening bracket per level: most messages have too few to need the walk.
-    brackets = data.count(b"[") + data.count(b"{") if isinstance(data, bytes) else data.count("[") + data.count("{")
+    brackets = data.count("[") + data.count("{") if isinstance(data, str) else data.count(b"[") + data.count(b"{")
     if brackets > max_depth and not _depth_within(value, max_depth):
         raise EncodingError("nested too deeply")
     return value

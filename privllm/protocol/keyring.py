@@ -12,21 +12,32 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from pyhpke import KEMKeyInterface
+
+from . import suite
 from .keyset import PublishedKey
 
 KEY_ID_SPACE = 256
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False)  # a key is itself, never equal to a copy
 class RingKey:
+    """One key of the ring. `secret` is the only private key object the router opens requests
+    with: built once when the key enters the ring, dropped when it leaves (OpenSSL then
+    overwrites the key as it frees it), so no request copies or rebuilds it."""
+
     key_id: int
-    private_key: bytearray  # mutable so it can be overwritten when the key leaves the ring
+    secret: KEMKeyInterface
     public_key: bytes
     not_before: int
     not_after: int
 
     def wipe(self) -> None:
-        self.private_key[:] = bytes(len(self.private_key))
+        if hasattr(self, "secret"):
+            del self.secret  # a dropped key cannot be used by mistake: reading it raises
+
+
+NewKey = Callable[[], KEMKeyInterface]
 
 
 class KeyRing:
@@ -57,44 +68,52 @@ class KeyRing:
                 return candidate
         raise RuntimeError("no free key id")  # impossible with at most a few live keys
 
-    def _add(self, not_before: int, new_keypair: Callable[[], tuple[bytes, bytes]]) -> RingKey:
-        private, public = new_keypair()
+    def _add(self, not_before: int, new_key: NewKey) -> RingKey:
+        secret = new_key()
         key = RingKey(
-            self._free_key_id(), bytearray(private), public, not_before, not_before + self.interval + self.overlap
+            self._free_key_id(),
+            secret,
+            suite.public_bytes(secret),
+            not_before,
+            not_before + self.interval + self.overlap,
         )
         self._keys.append(key)
         self._keys.sort(key=lambda k: k.not_before)
         return key
 
-    def refresh(self, now: int, new_keypair: Callable[[], tuple[bytes, bytes]]) -> bool:
+    def refresh(self, now: int, new_key: NewKey) -> bool:
         """Drop expired keys and make sure a current and a next key exist. Return True on change."""
         before = list(self._keys)
         self._drop(lambda k: now >= k.not_after)
-        current = self._current(now) or self._add(now, new_keypair)
+        current = self._current(now) or self._add(now, new_key)
         following = current.not_before + self.interval
         if not any(k.not_before == following for k in self._keys):
-            self._add(following, new_keypair)
+            self._add(following, new_key)
         return self._keys != before
 
-    def rotate_now(self, now: int, new_keypair: Callable[[], tuple[bytes, bytes]], revoke: bool = False) -> None:
+    def rotate_now(self, now: int, new_key: NewKey, revoke: bool = False) -> None:
         """Start a new current key at once. Keys not yet started are dropped; with `revoke`,
         every older key is dropped too (a suspected compromise), else they stay accepted
         until their not_after."""
         self._drop(lambda k: revoke or k.not_before > now)
-        self._add(now, new_keypair)
-        self.refresh(now, new_keypair)
+        self._add(now, new_key)
+        self.refresh(now, new_key)
 
-    def adopt(self, other: KeyRing) -> bool:
-        """Take the keys of a ring loaded from the shared file. Return True if anything changed."""
-        mine = {(k.key_id, k.not_before): k for k in self._keys}
-        theirs = {(k.key_id, k.not_before) for k in other.keys}
-        if set(mine) == theirs:
-            return False
-        for key, value in mine.items():
-            if key not in theirs:
-                value.wipe()
-        self._keys = [mine.get((k.key_id, k.not_before), k) for k in other.keys]
-        return True
+    def adopt(self, other: KeyRing) -> None:
+        """Take the keys of a ring loaded from the shared file, which is used up: a key both
+        rings hold stays ours and its copy is dropped, a key only we hold is dropped."""
+        mine = {(k.key_id, k.not_before, k.public_key): k for k in self._keys}
+        kept = []
+        for key in other._keys:
+            held = mine.pop((key.key_id, key.not_before, key.public_key), None)
+            if held is not None:
+                key.wipe()
+            kept.append(held or key)
+        for key in mine.values():
+            key.wipe()
+        self._keys = sorted(kept, key=lambda k: k.not_before)
+        self.last_key_id = other.last_key_id
+        other._keys = []
 
     def wipe(self) -> None:
         self._drop(lambda k: True)

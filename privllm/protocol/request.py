@@ -7,7 +7,7 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
-from pyhpke import KEMKeyPair
+from pyhpke import KEMKeyInterface, KEMKeyPair
 
 from . import suite
 from .encoding import b64encode, dumps
@@ -92,15 +92,16 @@ class OpenedRequest:
     response_secret: bytes
 
 
-def open_request(envelope: Envelope, router_private_key: bytes | bytearray) -> OpenedRequest:
-    """Check the AAD and open the ciphertext; any failure is DECRYPT_FAILED, with no detail."""
+def open_request(envelope: Envelope, router_key: KEMKeyInterface) -> OpenedRequest:
+    """Check the AAD and open the ciphertext with the ring key's own private key object (never
+    a copy); any failure is DECRYPT_FAILED, with no detail."""
     expected = suite.request_aad(envelope.key_id, envelope.timestamp, envelope.request_id)
     if not hmac.compare_digest(expected, envelope.aad):
         raise RequestRejected(DECRYPT_FAILED)
     try:
         ctx = suite.SUITE.create_recipient_context(
             envelope.encapsulated_key,
-            suite.private_key(router_private_key),
+            router_key,
             info=suite.REQUEST_INFO,
             pks=suite.public_key(envelope.device_pubkey),
         )

@@ -8,7 +8,6 @@ detected by the reader.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,9 +18,10 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
 
 from . import suite
-from .encoding import EncodingError, b64decode, b64encode, dumps
+from .encoding import EncodingError, b64decode, b64encode, dumps, loads_bounded
 
 MAX_CHUNKS = 2**32  # far below the 2**96 nonce space; a stream never comes close
+MAX_CHUNK_DEPTH = 4  # a chunk object nests two deep (done's usage)
 
 
 @dataclass(frozen=True)
@@ -129,8 +129,8 @@ class StreamOpener:
         self._index += 1
         self.finished = final
         try:
-            chunk = json.loads(plaintext.rstrip(b"\x00"))
-        except ValueError as e:
+            chunk = loads_bounded(plaintext.rstrip(b"\x00"), self.MAX_CHUNK, max_depth=MAX_CHUNK_DEPTH)
+        except EncodingError as e:
             raise StreamError("malformed") from e
         if not isinstance(chunk, dict) or not isinstance(chunk.get("type"), str):
             raise StreamError("malformed")

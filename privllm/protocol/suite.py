@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-from pyhpke import AEADId, CipherSuite, KDFId, KEMId, KEMKeyInterface
+from pyhpke import AEADId, CipherSuite, KDFId, KEMId, KEMKey, KEMKeyInterface
 
 VERSION = 1
 KEM_ID = 0x0020  # DHKEM(X25519, HKDF-SHA256)
@@ -23,11 +23,26 @@ AEAD_KEY_SIZE = 32
 AEAD_NONCE_SIZE = 12
 AEAD_TAG_SIZE = 16
 
+# The most proof of work (leading zero bits) a router may ask and a client will do: 2**24
+# SHA-256 on average, about 12 s of one core for the CPython solver (docs/protocol.md). The
+# demand is not authenticated, so this bounds what an interceptor can make a device spend.
+POW_MAX_DIFFICULTY = 24
+
 SUITE = CipherSuite.new(KEMId.DHKEM_X25519_HKDF_SHA256, KDFId.HKDF_SHA256, AEADId.CHACHA20_POLY1305)
 
 
-def private_key(raw: bytes | bytearray) -> KEMKeyInterface:
-    return SUITE.kem.deserialize_private_key(bytes(raw))
+def private_key(raw: bytes) -> KEMKeyInterface:
+    return SUITE.kem.deserialize_private_key(raw)
+
+
+def new_private_key() -> KEMKeyInterface:
+    """A fresh X25519 key made inside OpenSSL: its bytes never pass through Python memory."""
+    return KEMKey.from_pyca_cryptography_key(X25519PrivateKey.generate())
+
+
+def public_bytes(private: KEMKeyInterface) -> bytes:
+    """The raw public key of a private key object."""
+    return private.raw.public_key().public_bytes_raw()  # type: ignore[no-any-return]
 
 
 def public_of(private: bytes) -> bytes:

@@ -29,6 +29,7 @@ INPUTS: dict[str, Any] = {
     "not_before": 1767225600,
     "not_after": 1767315600,
     "issued_at": 1767229200,
+    "expires": 1767232800,
     "timestamp": 1767229230,
     "request_id": "ExampleRequestId_0123456789",
     "plaintext": {
@@ -53,6 +54,7 @@ def worked_example() -> dict[str, Any]:
     keyset = keyset_document(
         [PublishedKey(INPUTS["key_id"], router_public, INPUTS["not_before"], INPUTS["not_after"], "current")],
         INPUTS["issued_at"],
+        INPUTS["expires"],
         identity,
     )
     unsigned = {k: v for k, v in keyset.items() if k != "signature"}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from ..keys.material import new_hpke_keypair
+from ..protocol import suite
 from ..protocol.keyring import KeyRing, RingKey
 from ..protocol.request import Encapsulation, SealedRequest, new_request_id, seal_request
 
@@ -14,7 +14,7 @@ NOW = 1_800_000_000
 
 def ring(now: int = NOW, interval: int = 86400, overlap: int = 3600) -> KeyRing:
     r = KeyRing([], interval, overlap)
-    r.refresh(now, new_hpke_keypair)
+    r.refresh(now, suite.new_private_key)
     return r
 
 

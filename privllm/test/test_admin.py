@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import datetime
 import os
+import time
 
 from twisted.trial.unittest import TestCase
 
@@ -25,14 +27,22 @@ class Admin(TestCase):
         ensure_identity(state)
         cert, _ = ensure_dev_certificate(state, ["127.0.0.1"])
         out = io.StringIO()
+        started = int(time.time())
         with contextlib.redirect_stdout(out):
             self.assertEqual(admin.main(["show"]), 0)
             self.assertEqual(admin.main(["rotate"]), 0)
+            self.assertEqual(admin.main(["rotate", "--revoke"]), 0)
             self.assertEqual(admin.main(["pin", "--cert", cert]), 0)
         text = out.getvalue()
         self.assertIn("identity key (pin this in the app): ", text)
-        self.assertEqual(text.count(" current "), 2)
+        self.assertEqual(text.count(" current "), 3)
         self.assertIn(" previous ", text.split("rotated")[1])
+        revoked = text.split("rotated")[2]
+        self.assertNotIn(" previous ", revoked, "--revoke drops every older key")
+        shown = revoked.split("naming the old keys after ")[1].split()[0]
+        when = datetime.datetime.strptime(shown, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.UTC).timestamp()
+        bound = 60 + 3600 + 60  # adoption, the default key set lifetime, the clock skew
+        self.assertTrue(started + bound <= when <= time.time() + bound, shown)
         from ..upstream.mtls import spki_pin
         from ..web.tls import load_chain
 

@@ -6,6 +6,8 @@ import tempfile
 from twisted.trial.unittest import TestCase
 
 from ..config import ConfigError, load_config
+from ..protocol.keyset import MAX_KEYSET_LIFETIME
+from ..protocol.suite import POW_MAX_DIFFICULTY
 
 PROD_ENV = {
     "PRIVLLM_SERVER__CERTIFICATE": '"/etc/privllm/tls.crt"',
@@ -86,3 +88,61 @@ class Layers(TestCase):
         self.assertIn("backend.urls", self.error("dev", environ={"PRIVLLM_BACKEND__URLS": '["http://x"]'}))
         self.assertIn("backend.ca", self.error("dev", environ={"PRIVLLM_BACKEND__URLS": '["https://10.0.0.2:8443"]'}))
         self.assertIn("backend.urls", self.error("dev", environ={"PRIVLLM_BACKEND__URLS": '"unix:///x"'}))
+
+
+class Hostile(TestCase):
+    """A configuration file or environment built to break the parser ends as one ConfigError line."""
+
+    def error(self, text: str | bytes | None = None, environ: dict[str, str] | None = None) -> str:
+        path = None
+        if text is not None:
+            fd, path = tempfile.mkstemp(suffix=".toml")
+            with os.fdopen(fd, "wb") as f:
+                f.write(text.encode() if isinstance(text, str) else text)
+            self.addCleanup(os.unlink, path)
+        with self.assertRaises(ConfigError) as cm:
+            load_config("dev", path, environ=environ or {})
+        message = str(cm.exception)
+        self.assertNotIn("\n", message)
+        self.assertLess(len(message), 300)
+        return message
+
+    def test_deep_nesting(self) -> None:
+        self.assertIn("nested too deeply", self.error("[server]\nport = " + "[" * 1100 + "]" * 1100 + "\n"))
+        self.assertIn("nested too deeply", self.error("x = " + "{a=" * 1100 + "1" + "}" * 1100 + "\n"))
+
+    def test_huge_values(self) -> None:
+        self.assertIn("number is too long", self.error("[server]\nport = 1" + "0" * 5000 + "\n"))
+        self.assertIn("server.port", self.error("[server]\nport = 1e400\n"))
+        self.assertIn("server.request_read_timeout", self.error("[server]\nrequest_read_timeout = nan\n"))
+        self.assertIn("larger than", self.error("# " + "x" * (1 << 16) + "\n"))
+
+    def test_long_dotted_keys_refused_before_parsing(self) -> None:
+        self.assertIn("dots", self.error("a." * 20000 + "b = 1\n"))
+        self.assertIn("dots", self.error("[" + "a." * 20000 + "b]\n"))
+
+    def test_bytes_and_keys_that_are_not_text(self) -> None:
+        self.assertIn("not UTF-8", self.error(b'[server]\nhost = "\xff\xfe"\n'))
+        message = self.error('[server]\n"bad\\nkey\\u001b[31m" = 1\n')
+        self.assertIn("unknown key", message)
+        self.assertNotIn("\x1b", message)
+
+    def test_hostile_environment(self) -> None:
+        self.assertIn("server.port", self.error(environ={"PRIVLLM_SERVER__PORT": "[" * 1100 + "]" * 1100}))
+        self.assertIn("server.port", self.error(environ={"PRIVLLM_SERVER__PORT": "9" * 5000}))
+        self.assertIn("server.host", self.error(environ={"PRIVLLM_SERVER__HOST": "x" * 5000}))
+
+    def test_pow_and_key_set_bounds(self) -> None:
+        """The router may not ask for more proof of work than clients do; key sets live 900 s to a day."""
+        self.assertIn(
+            "pow.max_difficulty", self.error(environ={"PRIVLLM_POW__MAX_DIFFICULTY": str(POW_MAX_DIFFICULTY + 1)})
+        )
+        self.assertIn(
+            "pow.base_difficulty", self.error(environ={"PRIVLLM_POW__BASE_DIFFICULTY": str(POW_MAX_DIFFICULTY + 1)})
+        )
+        self.assertEqual(load_config("dev", environ={}).pow.max_difficulty, POW_MAX_DIFFICULTY)
+        self.assertIn("keys.keyset_lifetime", self.error(environ={"PRIVLLM_KEYS__KEYSET_LIFETIME": "899"}))
+        self.assertIn(
+            "keys.keyset_lifetime", self.error(environ={"PRIVLLM_KEYS__KEYSET_LIFETIME": str(MAX_KEYSET_LIFETIME + 1)})
+        )
+        self.assertEqual(load_config("dev", environ={}).keys.keyset_lifetime, 3600)

@@ -6,8 +6,9 @@ import stat
 from twisted.trial.unittest import TestCase
 
 from ..keys.files import KeyFileError, ensure_private_dir, read_secret, write_secret
-from ..keys.material import ensure_dev_certificate, ensure_identity, load_identity, load_keyring, save_keyring
-from .helpers import ring
+from ..keys.material import ensure_dev_certificate, ensure_identity, load_identity, save_keyring
+from ..keys.store import KeyRingStore
+from .helpers import NOW, ring
 
 
 class SecretFiles(TestCase):
@@ -61,10 +62,13 @@ class SecretFiles(TestCase):
         ensure_private_dir(self.dir)
         r = ring()
         save_keyring(self.dir, r)
-        again = load_keyring(self.dir, r.interval, r.overlap)
-        self.assertEqual(again.keys, r.keys)
+        again = KeyRingStore(self.dir, r.interval, r.overlap).update(NOW)
+        self.assertEqual(again.published(NOW), r.published(NOW))
+        self.assertEqual(
+            [k.secret.to_private_bytes() for k in again.keys], [k.secret.to_private_bytes() for k in r.keys]
+        )
         write_secret(os.path.join(self.dir, "hpke-keyring.json"), b"{garbage")
-        self.assertRaises(KeyFileError, load_keyring, self.dir, r.interval, r.overlap)
+        self.assertRaises(KeyFileError, KeyRingStore(self.dir, r.interval, r.overlap).update, NOW)
         self.assertEqual(read_secret(os.path.join(self.dir, "hpke-keyring.json")), b"{garbage")
 
     def test_dev_certificate(self) -> None:

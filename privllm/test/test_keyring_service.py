@@ -9,19 +9,23 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
+from ..keys import store as store_module
 from ..keys.files import KeyFileError, write_secret
-from ..keys.material import KEYRING, new_hpke_keypair
+from ..keys.material import KEYRING
 from ..keys.service import KeyRingService
 from ..keys.store import KeyRingStore
+from ..protocol import suite
 from ..protocol.admission import Admission
 from ..protocol.errors import UNKNOWN_KEY, RequestRejected
-from ..protocol.keyset import choose_key, verify_keyset
+from ..protocol.keyring import KeyRing
+from ..protocol.keyset import KEYSET_CLOCK_SKEW, StaleKeySet, choose_key, verify_keyset
 from ..protocol.ratelimit import RateLimiter
 from ..protocol.replay import ReplayWindow
 from .helpers import NOW, sealed_request
 
 DAY = 86400
 HOUR = 3600
+LIFETIME = 3600
 
 
 class Service(TestCase):
@@ -33,13 +37,13 @@ class Service(TestCase):
         self.pin = self.identity.public_key().public_bytes_raw()
 
     def service(self, clock: Clock | None = None) -> KeyRingService:
-        s = KeyRingService(KeyRingStore(self.dir, DAY, HOUR), self.identity, clock or self.clock)
+        s = KeyRingService(KeyRingStore(self.dir, DAY, HOUR), self.identity, clock or self.clock, LIFETIME)
         s.startService()
         self.addCleanup(s.stopService)
         return s
 
     def published(self, s: KeyRingService) -> list:
-        return verify_keyset(s.keyset(), self.pin)
+        return verify_keyset(s.keyset(), self.pin, int(self.clock.seconds())).keys
 
     def test_rotates_on_schedule(self) -> None:
         s = self.service()
@@ -81,7 +85,7 @@ class Service(TestCase):
         with self.assertRaises(RequestRejected) as cm:
             admission.admit(json.dumps(body).encode(), "a", self.clock.seconds(), True)
         self.assertEqual(cm.exception.rejection, UNKNOWN_KEY)
-        self.assertEqual(bytes(ring_key.private_key), bytes(32), "a key that left the ring is overwritten")
+        self.assertFalse(hasattr(ring_key, "secret"), "a key that left the ring is dropped")
 
     def test_restart_keeps_keys(self) -> None:
         first = self.published(self.service())
@@ -98,23 +102,50 @@ class Service(TestCase):
         s = self.service()
         before = self.published(s)[0]
         store = KeyRingStore(self.dir, DAY, HOUR)
-        store.update(NOW + 10, lambda r: r.rotate_now(NOW + 10, new_hpke_keypair))
+        store.update(NOW + 10, lambda r: r.rotate_now(NOW + 10, suite.new_private_key))
         self.clock.advance(60)
         after = self.published(s)[0]
         self.assertNotEqual(after.key_id, before.key_id)
         self.assertIsNotNone(s.ring.accepting(before.key_id, NOW + 60), "the old key stays accepted")
-        store.update(NOW + 70, lambda r: r.rotate_now(NOW + 70, new_hpke_keypair, revoke=True))
+        store.update(NOW + 70, lambda r: r.rotate_now(NOW + 70, suite.new_private_key, revoke=True))
         self.clock.advance(60)
         self.assertIsNone(s.ring.accepting(before.key_id, NOW + 130), "revoked")
         live = [k.key_id for k in s.ring.keys]
         self.assertEqual(len(live), len(set(live)))
         self.assertNotIn(before.key_id, live)
 
+    def test_served_sets_stay_fresh(self) -> None:
+        """Re-signed once a minute: whenever it is fetched, a set has nearly its whole lifetime left."""
+        s = self.service()
+        for _ in range(3 * 24 * 4):  # three days, every quarter of an hour
+            now = int(self.clock.seconds())
+            keyset = verify_keyset(s.keyset(), self.pin, now)
+            self.assertGreaterEqual(keyset.expires - now, LIFETIME - s.RESIGN_EVERY)
+            self.assertLessEqual(now - keyset.issued_at, s.RESIGN_EVERY)
+            self.clock.advance(15 * 60)
+
+    def test_revocation_protects_clients_within_the_lifetime(self) -> None:
+        """A set signed before `rotate --revoke`, replayed by whoever holds the revoked key,
+        stops verifying at its issued_at + lifetime + clock skew."""
+        s = self.service()
+        captured = s.keyset()
+        revoked = verify_keyset(captured, self.pin, NOW).keys[0].key_id
+        store = KeyRingStore(self.dir, DAY, HOUR)
+        store.update(NOW + 10, lambda r: r.rotate_now(NOW + 10, suite.new_private_key, revoke=True))
+        self.clock.advance(s.CHECK_EVERY)
+        served = verify_keyset(s.keyset(), self.pin, int(self.clock.seconds()))
+        self.assertNotIn(revoked, [k.key_id for k in served.keys], "served at once after adoption")
+        bound = NOW + LIFETIME + KEYSET_CLOCK_SKEW
+        self.assertEqual(verify_keyset(captured, self.pin, bound - 1).keys[0].key_id, revoked)
+        self.assertRaises(StaleKeySet, verify_keyset, captured, self.pin, bound)
+
     def test_corrupt_file_stops_start_and_is_not_overwritten(self) -> None:
         self.service()
         path = os.path.join(self.dir, KEYRING)
         write_secret(path, b"not json")
-        self.assertRaises(KeyFileError, KeyRingService, KeyRingStore(self.dir, DAY, HOUR), self.identity, self.clock)
+        self.assertRaises(
+            KeyFileError, KeyRingService, KeyRingStore(self.dir, DAY, HOUR), self.identity, self.clock, LIFETIME
+        )
         with open(path, "rb") as f:
             self.assertEqual(f.read(), b"not json")
 
@@ -125,3 +156,77 @@ class Service(TestCase):
         self.clock.advance(60)
         self.assertEqual(self.published(s), before)
         self.flushLoggedErrors()
+
+
+class Hygiene(TestCase):
+    """One private key object per ring key, built once; nothing read from the file left unwiped."""
+
+    def setUp(self) -> None:
+        self.dir = os.path.abspath(self.mktemp())
+        self.clock = Clock()
+        self.clock.advance(NOW)
+        self.store = KeyRingStore(self.dir, DAY, HOUR)
+        self.buffers: list[bytearray] = []
+        self.parsed = 0
+        read, parse = store_module.read_secret_buffer, store_module.parse_keyring
+
+        def reading(*args: object) -> bytearray:
+            self.buffers.append(read(*args))  # type: ignore[arg-type]
+            return self.buffers[-1]
+
+        def parsing(*args: object) -> object:
+            self.parsed += 1
+            return parse(*args)  # type: ignore[arg-type]
+
+        self.patch(store_module, "read_secret_buffer", reading)
+        self.patch(store_module, "parse_keyring", parsing)
+
+    def test_checks_reuse_the_key_objects_and_wipe_what_they_read(self) -> None:
+        s = KeyRingService(self.store, Ed25519PrivateKey.generate(), self.clock, LIFETIME)
+        s.startService()
+        self.addCleanup(s.stopService)
+        secrets = [k.secret for k in s.ring.keys]
+        self.clock.pump([60] * 30)
+        self.assertEqual([k.secret for k in s.ring.keys], secrets)
+        self.assertTrue(all(a is b for a, b in zip([k.secret for k in s.ring.keys], secrets, strict=True)))
+        self.assertEqual(self.parsed, 0, "an unchanged file is not parsed again")
+        self.assertGreaterEqual(len(self.buffers), 30)
+        self.assertTrue(all(not any(b) for b in self.buffers), "every buffer read is overwritten")
+
+    def test_a_changed_file_keeps_held_keys_and_drops_their_copies(self) -> None:
+        ring = self.store.update(NOW)
+        held = {k.key_id: k for k in ring.keys}
+        other = KeyRingStore(self.dir, DAY, HOUR)
+        other.update(NOW + 10, lambda r: r.rotate_now(NOW + 10, suite.new_private_key))
+        copies = other.update(NOW + 10).keys
+        loaded: list = []
+        adopt = ring.adopt
+
+        def adopting(theirs: KeyRing) -> None:
+            loaded.extend(theirs.keys)
+            adopt(theirs)
+
+        self.patch(ring, "adopt", adopting)
+        parsed = self.parsed
+        self.store.update(NOW + 20)
+        self.assertEqual(self.parsed, parsed + 1)
+        for key in ring.keys:
+            if key.key_id in held:
+                self.assertIs(key, held[key.key_id])
+        self.assertEqual(
+            {k.key_id for k in ring.keys}, {k.key_id for k in copies}, "the rotation is adopted from the file"
+        )
+        dropped = [k for k in loaded if not any(k is mine for mine in ring.keys)]
+        self.assertTrue(dropped, "the file's copies of held keys were loaded")
+        self.assertFalse(any(hasattr(k, "secret") for k in dropped), "and dropped")
+        self.assertTrue(all(not any(b) for b in self.buffers))
+
+    def test_revoked_keys_leave_the_ring(self) -> None:
+        ring = self.store.update(NOW)
+        before = ring.keys
+        KeyRingStore(self.dir, DAY, HOUR).update(
+            NOW + 10, lambda r: r.rotate_now(NOW + 10, suite.new_private_key, revoke=True)
+        )
+        self.store.update(NOW + 20)
+        self.assertFalse(any(hasattr(k, "secret") for k in before))
+        self.assertFalse(any(k in ring.keys for k in before))

@@ -12,15 +12,20 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from twisted.trial.unittest import TestCase
 
+from ..protocol.keyset import KEYSET_CLOCK_SKEW, MAX_KEYSET_LIFETIME, StaleKeySet, verify_keyset
 from . import rfc9180
 from .example import INPUTS, worked_example
 
 DOC = os.path.join(os.path.dirname(__file__), "..", "..", "docs", "protocol.md")
 
 
-def documented() -> dict:
+def document() -> str:
     with open(DOC, encoding="utf-8") as f:
-        text = f.read()
+        return f.read()
+
+
+def documented() -> dict:
+    text = document()
     block = text.split("<!-- worked-example:begin -->", 1)[1].split("<!-- worked-example:end -->", 1)[0]
     return json.loads(block.strip().removeprefix("```json").removesuffix("```"))
 
@@ -33,6 +38,7 @@ class WorkedExample(TestCase):
     def setUp(self) -> None:
         self.doc = documented()
         self.out = self.doc["outputs"]
+        self.text = document()
 
     def test_document_matches_code(self) -> None:
         self.assertEqual(self.doc, json.loads(json.dumps({"inputs": INPUTS, "outputs": worked_example()})))
@@ -42,6 +48,17 @@ class WorkedExample(TestCase):
         Ed25519PublicKey.from_public_bytes(b64(keyset["signing_key"])).verify(
             b64(keyset["signature"]), self.out["keyset_signed_bytes"].encode()
         )
+
+    def test_keyset_fresh_at_the_example_time_only(self) -> None:
+        """The client rule of the key set section, on the example: fresh when the request is made,
+        refused a clock skew after `expires` and a skew before `issued_at`."""
+        raw = json.dumps(self.out["keyset"]).encode()
+        pin = b64(self.out["keyset"]["signing_key"])
+        self.assertEqual(verify_keyset(raw, pin, INPUTS["timestamp"]).expires, INPUTS["expires"])
+        self.assertRaises(StaleKeySet, verify_keyset, raw, pin, INPUTS["expires"] + KEYSET_CLOCK_SKEW)
+        self.assertRaises(StaleKeySet, verify_keyset, raw, pin, INPUTS["issued_at"] - KEYSET_CLOCK_SKEW - 1)
+        self.assertIn(f"S = {KEYSET_CLOCK_SKEW} s", self.text)
+        self.assertIn(f"`expires - issued_at > {MAX_KEYSET_LIFETIME}`", self.text)
 
     def test_independent_hpke_opens_request(self) -> None:
         request = self.out["request"]
