@@ -80,6 +80,7 @@ def _shows_address(event: LogEvent) -> bool:
 
 
 def sanitize(event: LogEvent) -> None:
+    event.pop("log_system", None)
     failure: Any = event.pop("log_failure", None)
     if failure is None and "failure" in event:  # twisted.python.log.err: its text may quote data
         failure = event.pop("failure")
