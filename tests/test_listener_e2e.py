@@ -9,15 +9,24 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import socket
 import ssl
 import subprocess
+import tempfile
 import time
 from typing import Any
 
 import h2.config
 import h2.connection
+from twisted.internet import reactor
+from twisted.internet.defer import ensureDeferred
+from twisted.internet.endpoints import UNIXServerEndpoint
 from twisted.trial.unittest import TestCase
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Site
+
+from privllm.client import PrivllmClient
 
 from .stack import Daemon, shared
 
@@ -156,3 +165,73 @@ class SlowClients(TestCase):
         headers = [(":method", "GET"), (":path", "/health"), (":scheme", "https"), (":authority", "x")]
         client.send_headers(1, headers, end_stream=True)
         self.assertOnTime(closed_after(conn, accepted, client.data_to_send()))
+
+
+PIECES, EVERY = 8, 0.5  # an answer that lasts twice the read deadline
+
+
+class _Health(Resource):
+    isLeaf = True
+
+    def render_GET(self, request: Any) -> bytes:
+        return b'{"status":"ok"}'
+
+
+class _SlowChat(Resource):
+    """An upstream that answers one word every EVERY seconds, as a long generation does."""
+
+    isLeaf = True
+
+    def render_POST(self, request: Any) -> object:
+        request.setHeader(b"content-type", b"text/event-stream")
+        gone: list[object] = []
+        request.notifyFinish().addBoth(gone.append)
+
+        def send(n: int) -> None:
+            if gone:
+                return
+            if n < PIECES:
+                delta = {"choices": [{"delta": {"content": f"word{n} "}, "finish_reason": None}]}
+                request.write(b"data: " + json.dumps(delta).encode() + b"\n\n")
+                reactor.callLater(EVERY, send, n + 1)  # type: ignore[attr-defined]
+                return
+            end = {
+                "choices": [{"delta": {}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 1, "completion_tokens": n},
+            }
+            request.write(b"data: " + json.dumps(end).encode() + b"\n\ndata: [DONE]\n\n")
+            request.finish()
+
+        send(0)
+        return NOT_DONE_YET
+
+
+class LongAnswers(TestCase):
+    timeout = 120
+
+    async def _long(self) -> None:
+        directory = tempfile.mkdtemp(prefix="privllm-up-")  # a UNIX socket path must be short
+        self.addCleanup(shutil.rmtree, directory, True)
+        socket_path = os.path.join(directory, "up.sock")
+        root = Resource()
+        root.putChild(b"health", _Health())
+        root.putChild(b"v1", v1 := Resource())
+        v1.putChild(b"chat", chat := Resource())
+        chat.putChild(b"completions", _SlowChat())
+        port = await UNIXServerEndpoint(reactor, socket_path).listen(Site(root))
+        self.addCleanup(port.stopListening)
+        sections = {**LISTENER, "backend": {"urls": [f"unix://{socket_path}"]}}
+        daemon = Daemon(sections, name="long")
+        self.addCleanup(daemon.cleanup)
+        daemon.start(wait=False)
+        await daemon.ready(reactor)
+        client = PrivllmClient(reactor, daemon.url, daemon.pin(), os.urandom(32), daemon.cert())
+        self.addCleanup(client.close)
+        started = time.monotonic()
+        result = await client.chat({"messages": [{"role": "user", "content": "Talk slowly."}], "max_tokens": 16})
+        self.assertGreater(time.monotonic() - started, 1.5 * READ_TIMEOUT)
+        self.assertEqual(result.text.split(), [f"word{n}" for n in range(PIECES)])
+        self.assertEqual(result.finish_reason, "stop")
+
+    def test_streamed_answer_outlives_the_read_deadline(self):
+        return ensureDeferred(self._long())
