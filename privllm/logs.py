@@ -7,6 +7,7 @@ sees only what is allowed:
 - fields not on the allow-list are removed (a message that needed one is replaced by a
   line naming the withheld fields, never their values);
 - a failure keeps only its exception type: messages and tracebacks can carry request data;
+- Twisted's own keys keep their documented types, or go (an observer must not fail on them);
 - text written to stdout or stderr (captured by twistd) is withheld;
 - `log_system` is dropped: Twisted sets it to the connection's log prefix, which ends
   with the peer's address ("...,3,203.0.113.7"); the output then names the namespace;
@@ -23,9 +24,10 @@ import hmac
 import os
 import re
 import string
+from collections.abc import Callable
 from typing import Any
 
-from twisted.logger import LogEvent, globalLogPublisher
+from twisted.logger import LogEvent, LogLevel, globalLogPublisher
 
 OWN = frozenset({"rid", "outcome", "kind", "reason", "ids", "failure_type", "withheld", "category", "node"})
 # Twisted's start-up and shut-down lines: their values are objects Twisted renders, so each
@@ -34,6 +36,14 @@ TWISTED = frozenset({"factory", "port", "reactor", "version", "pyVersion", "exe"
 ALLOWED = OWN | TWISTED
 KEPT_META = frozenset({"log_format", "log_level", "log_namespace", "log_time"})
 WITHHELD = "message withheld (fields: {withheld})"
+LATEST = 2.0**33  # seconds since 1970, in the year 2242: output observers cannot format times past 9999
+_LEVELS = frozenset(LogLevel.iterconstants())
+META_VALID: dict[str, Callable[[Any], bool]] = {
+    "log_format": lambda v: isinstance(v, str),
+    "log_namespace": lambda v: isinstance(v, str),
+    "log_time": lambda v: isinstance(v, float) and 0 <= v < LATEST,  # NaN fails too
+    "log_level": lambda v: v in _LEVELS,
+}
 # Address shapes, loose on purpose (a false alarm only withholds a line): four dotted
 # numbers anywhere, or a run of hex digits and colons with two colons or more.
 _IPV4 = re.compile(r"[0-9]{1,3}(?:\.[0-9]{1,3}){3}")
@@ -80,7 +90,23 @@ def _shows_address(event: LogEvent) -> bool:
 
 
 def sanitize(event: LogEvent) -> None:
+    """Edit `event` in place; if that fails, nothing of it is left (every observer after this
+    one would otherwise see it unedited)."""
+    try:
+        _sanitize(event)
+    except Exception as e:
+        event.clear()
+        event["failure_type"] = type(e).__qualname__
+        event["log_format"] = "message withheld (the allow-list failed: {failure_type})"
+        event["log_level"] = LogLevel.error
+        event["log_namespace"] = __name__
+
+
+def _sanitize(event: LogEvent) -> None:
     event.pop("log_system", None)
+    for key, valid in META_VALID.items():
+        if key in event and not valid(event[key]):
+            del event[key]
     failure: Any = event.pop("log_failure", None)
     if failure is None and "failure" in event:  # twisted.python.log.err: its text may quote data
         failure = event.pop("failure")

@@ -207,3 +207,15 @@ class NoAddresses(TestCase):
             "dead::beef",
         ):
             self.assertTrue(has_address(text), text)
+
+    def test_twisted_keys_of_the_wrong_type_dropped(self) -> None:
+        event: dict[str, Any] = {"log_format": "x", "log_time": "CANARY", "log_level": "CANARY", "log_namespace": 7}
+        sanitize(event)
+        self.assertEqual(event, {"log_format": "x"})
+        self.assertEqual(self.line(event), "- [-#-] x\n")
+
+    def test_an_event_it_cannot_read_is_emptied(self) -> None:
+        event: dict[Any, Any] = {"log_format": "{x}", "x": PEER, 1: PEER}  # keys that cannot be sorted
+        sanitize(event)
+        self.assertEqual(formatEvent(event), "message withheld (the allow-list failed: TypeError)")
+        self.assertNotIn(PEER, self.line(event) + repr(event))

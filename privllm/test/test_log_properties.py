@@ -18,7 +18,8 @@ properties.load()
 SAFE = st.text(alphabet="ghijklmnopqrstuvwxyz {}!.[]()", max_size=20)
 ADDRESS = st.ip_addresses().map(str).filter(lambda a: len(a) > 3)  # "::" and "::1"-like are too short to search for
 LEGACY = ["message", "log_text", "system", "why", "isError", "log_legacy", "format", "log_io", "log_source", "peer"]
-NAMES = st.sampled_from(sorted(OWN | TWISTED) + LEGACY) | st.text(max_size=12)
+META = ["log_time", "log_level", "log_namespace", "log_failure", "failure", "log_logger", "log_trace"]
+NAMES = st.sampled_from(sorted(OWN | TWISTED) + LEGACY + META) | st.text(max_size=12)
 
 
 @st.composite
@@ -34,13 +35,15 @@ def events(draw: Any) -> tuple[dict[str, Any], list[str]]:
     for name in draw(st.lists(NAMES, max_size=8)):
         if name in OWN:
             event[name] = draw(SAFE)  # privllm's own fields are written by privllm: trusted
-        elif name in TWISTED:
+        elif name in TWISTED or name == "log_namespace":
             event[name] = draw(SAFE | address | st.integers())  # Twisted's: trusted, but for an address
+        elif name == "log_time":
+            event[name] = draw(secret | st.floats() | st.integers())
         else:
             event[name] = draw(secret | st.tuples(secret) | st.integers())
     event["log_system"] = draw(st.sampled_from(["HTTPChannel,3,{}", "{}", "x (TLS),1,[{}]"])).format(draw(secret))
-    event["log_level"] = draw(st.sampled_from(list(LogLevel.iterconstants())))
-    event["log_namespace"] = draw(SAFE | address)
+    event.setdefault("log_level", draw(st.sampled_from(list(LogLevel.iterconstants()))))
+    event.setdefault("log_namespace", draw(SAFE | address))
     pieces = st.lists(SAFE | address | NAMES.map(lambda n: "{" + n + "}") | st.just("{factory.transport}"), max_size=6)
     event["log_format"] = "".join(draw(pieces))
     return event, secrets
