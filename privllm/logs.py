@@ -24,6 +24,7 @@ import hmac
 import os
 import re
 import string
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -34,7 +35,10 @@ OWN = frozenset({"rid", "outcome", "kind", "reason", "ids", "failure_type", "wit
 # is checked for an address like the format itself.
 TWISTED = frozenset({"factory", "port", "reactor", "version", "pyVersion", "exe", "pid", "protocol", "reactorClass"})
 ALLOWED = OWN | TWISTED
-KEPT_META = frozenset({"log_format", "log_level", "log_namespace", "log_time"})
+# log_trace is Twisted's own list of (publisher, observer) for debugging: the publisher
+# appends to it after this observer, so it must stay; a format may not show it.
+KEPT_META = frozenset({"log_format", "log_level", "log_namespace", "log_time", "log_trace"})
+FORMATTABLE = (ALLOWED | KEPT_META) - {"log_trace"}
 WITHHELD = "message withheld (fields: {withheld})"
 LATEST = 2.0**33  # seconds since 1970, in the year 2242: output observers cannot format times past 9999
 _LEVELS = frozenset(LogLevel.iterconstants())
@@ -43,6 +47,7 @@ META_VALID: dict[str, Callable[[Any], bool]] = {
     "log_namespace": lambda v: isinstance(v, str),
     "log_time": lambda v: isinstance(v, float) and 0 <= v < LATEST,  # NaN fails too
     "log_level": lambda v: v in _LEVELS,
+    "log_trace": lambda v: isinstance(v, list),
 }
 # Address shapes, loose on purpose (a false alarm only withholds a line): four dotted
 # numbers anywhere, or a run of hex digits and colons with two colons or more.
@@ -107,6 +112,7 @@ def _sanitize(event: LogEvent) -> None:
     for key, valid in META_VALID.items():
         if key in event and not valid(event[key]):
             del event[key]
+    event.setdefault("log_time", time.time())  # legacy observers after this one need it
     failure: Any = event.pop("log_failure", None)
     if failure is None and "failure" in event:  # twisted.python.log.err: its text may quote data
         failure = event.pop("failure")
@@ -125,7 +131,7 @@ def _sanitize(event: LogEvent) -> None:
         event.pop(key, None)
     fmt = event.get("log_format")
     used = _referenced(fmt) if isinstance(fmt, str) else None
-    if used is None or not used <= (ALLOWED | KEPT_META) & set(event):
+    if used is None or not used <= FORMATTABLE & set(event):
         # Only names a programmer wrote are shown: a key that is not an identifier could be data.
         event["withheld"] = ", ".join(k if k.isidentifier() else "?" for k in withheld) or "format"
         event["log_format"] = WITHHELD
