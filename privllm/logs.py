@@ -100,7 +100,11 @@ def sanitize(event: LogEvent) -> None:
     try:
         _sanitize(event)
     except Exception as e:
+        trace = event.get("log_trace")
         event.clear()
+        if isinstance(trace, list):
+            event["log_trace"] = trace
+        event["log_time"] = time.time()
         event["failure_type"] = type(e).__qualname__
         event["log_format"] = "message withheld (the allow-list failed: {failure_type})"
         event["log_level"] = LogLevel.error

@@ -228,6 +228,9 @@ class NoAddresses(TestCase):
 
     def test_an_event_it_cannot_read_is_emptied(self) -> None:
         event: dict[Any, Any] = {"log_format": "{x}", "x": PEER, 1: PEER}  # keys that cannot be sorted
+        event["log_trace"] = []
         sanitize(event)
+        self.assertEqual(event["log_trace"], [])  # what the publisher and legacy observers need is there
+        self.assertIn("log_time", event)
         self.assertEqual(formatEvent(event), "message withheld (the allow-list failed: TypeError)")
         self.assertNotIn(PEER, self.line(event) + repr(event))
