@@ -1,6 +1,6 @@
 """
-Privacy on the real stack: a canary that must leave no trace, and chunk sizes that must
-not follow the answer's token lengths.
+Privacy on the real stack: a canary that must leave no trace, no client address in the log,
+and chunk sizes that must not follow the answer's token lengths.
 """
 
 from __future__ import annotations
@@ -8,10 +8,15 @@ from __future__ import annotations
 import base64
 import math
 import os
+import re
+import socket
+import ssl
 import statistics
 import time
 import uuid
 
+import h2.config
+import h2.connection
 from twisted.internet import reactor
 from twisted.internet.defer import ensureDeferred
 from twisted.trial.unittest import TestCase
@@ -119,3 +124,84 @@ class Canary(TestCase):
 
     def test_canary_leaves_no_trace(self):
         return ensureDeferred(self._canary())
+
+
+def exchange(port: int, source: str, data: bytes, context: ssl.SSLContext | None = None) -> bytes:
+    """Send `data` from `source` (over TLS with `context`) and read until the daemon closes."""
+    raw = socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(source, 0))
+    reply = b""
+    try:
+        conn = context.wrap_socket(raw, server_hostname="127.0.0.1") if context else raw
+        conn.sendall(data)
+        while piece := conn.recv(65536):
+            reply += piece
+    except (OSError, ssl.SSLError) as e:
+        reply += repr(e).encode()
+    finally:
+        raw.close()
+    return reply
+
+
+def h2_request(path: str) -> bytes:
+    client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    client.initiate_connection()
+    client.send_headers(1, [(":method", "GET"), (":path", path), (":scheme", "https"), (":authority", "x")], True)
+    return client.data_to_send()
+
+
+def old_tls() -> ssl.SSLContext:
+    """A client that speaks only TLS 1.0 and 1.1, which the daemon refuses."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    context.set_ciphers("ALL:@SECLEVEL=0")
+    # Deprecated versions: that is the point.
+    context.minimum_version, context.maximum_version = ssl.TLSVersion.TLSv1, ssl.TLSVersion.TLSv1_1
+    return context
+
+
+IPV4 = re.compile(rb"[0-9]{1,3}(?:\.[0-9]{1,3}){3}")
+
+
+class NoAddresses(TestCase):
+    """Point 7: hostile and ordinary clients from several addresses; none of them is logged."""
+
+    timeout = 300
+
+    def test_no_client_address_in_the_log(self) -> None:
+        router = shared(*ROUTER)
+        tls = router.ssl_context
+        h2_context = router.ssl_context()
+        h2_context.set_alpn_protocols(["h2"])
+        port, sources = router.port, [f"127.0.0.{n}" for n in range(20, 31)]
+        with open(router.log_path, "rb") as f:
+            before = len(f.read())
+        replies = [
+            exchange(port, sources[0], b"GET /api/%ff%fe HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", tls()),
+            exchange(port, sources[1], h2_request("/api/%ff%fe"), h2_context),
+            exchange(port, sources[2], b"GET /" + b"a" * 20_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", tls()),
+            exchange(port, sources[3], b"NOT AN HTTP REQUEST LINE\r\n\r\n", tls()),
+            exchange(port, sources[4], b"BREW /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", tls()),
+            exchange(port, sources[5], b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"),  # plain HTTP
+            exchange(port, sources[6], b"GET /health HTTP/1.1\r\n\r\n", old_tls()),
+            exchange(port, sources[7], b"\x16\x03\x01\x00\x10" + b"\x01" * 16),  # a broken ClientHello
+        ]
+        self.assertTrue(replies[0].startswith(b"HTTP/1.1 400 "), replies[0][:80])
+        self.assertTrue(replies[3].startswith(b"HTTP/1.1 400 "), replies[3][:80])
+        self.assertTrue(replies[4].startswith(b"HTTP/1.1 405 "), replies[4][:80])
+        self.assertIn(b"PROTOCOL_VERSION", replies[6])
+        # Ordinary chats and a malformed plaintext, from three more addresses.
+        for source in sources[8:10]:
+            doc = DocClient(router.port, tls(), router.pin(), source=source)
+            self.assertEqual(doc.chat(user("Say hi.", 8))[-1]["type"], "done")
+        doc = DocClient(router.port, tls(), router.pin(), source=sources[10])
+        self.assertEqual(doc.chat(b"not json")[-1]["code"], "bad_request")
+
+        time.sleep(0.5)  # let the daemon finish its log lines
+        with open(router.log_path, "rb") as f:
+            log = f.read()
+        new = log[before:]
+        # The events were logged: the bad paths (where log_system held the address) and the chats.
+        self.assertEqual(new.count(b"failure [UnicodeDecodeError]"), 2, new)
+        self.assertGreaterEqual(new.count(b" ended: "), 3, new)
+        self.assertEqual([s for s in sources if s.encode() in log], [])
+        self.assertEqual(IPV4.findall(log), [])

@@ -52,3 +52,62 @@ class Reload(TestCase):
             f.write("half written")
         self.assertIs(watched.current(), before)
         self.assertEqual(len(builds), 2)  # it tried, failed, and kept serving
+
+
+class Refused(Exception):
+    """The server side of an in-memory handshake gave up."""
+
+
+class Offered(TestCase):
+    """Point 15: TLS 1.2 only with ECDHE and AEAD suites; TLS 1.3 as OpenSSL has it."""
+
+    def setUp(self) -> None:
+        d = os.path.abspath(self.mktemp())
+        create_ca(os.path.join(d, "ca"))
+        cert, key = issue(os.path.join(d, "ca"), "router", os.path.join(d, "certs"), ips=["127.0.0.1"])
+        self.server = server_tls_options(cert, key, "1.2").getContext()
+
+    def handshake(self, version: int, ciphers: bytes = b"ALL:@SECLEVEL=0") -> str:
+        """An in-memory handshake with a client of one version offering only `ciphers` (TLS 1.2 and
+        older); the suite agreed, or Refused if the server would not."""
+        client_context = SSL.Context(SSL.TLS_CLIENT_METHOD)
+        client_context.set_min_proto_version(version)
+        client_context.set_max_proto_version(version)
+        client_context.set_cipher_list(ciphers)
+        server, client = SSL.Connection(self.server, None), SSL.Connection(client_context, None)
+        server.set_accept_state()
+        client.set_connect_state()
+        for _ in range(10):  # a handshake is a few flights
+            for a, b in ((client, server), (server, client)):
+                try:
+                    a.do_handshake()
+                except SSL.WantReadError:
+                    pass
+                except SSL.Error as e:
+                    if a is server:
+                        raise Refused() from e
+                    raise
+                try:
+                    b.bio_write(a.bio_read(65536))
+                except SSL.WantReadError:
+                    pass
+        return str(client.get_cipher_name())
+
+    def test_cbc_refused_on_tls12(self) -> None:
+        for suite in (b"ECDHE-ECDSA-AES128-SHA", b"ECDHE-ECDSA-AES256-SHA384", b"ECDHE-ECDSA-AES128-CCM"):
+            with self.assertRaises(Refused, msg=suite):
+                self.handshake(SSL.TLS1_2_VERSION, suite)
+
+    def test_aead_accepted(self) -> None:
+        for suite in (
+            b"ECDHE-ECDSA-AES128-GCM-SHA256",
+            b"ECDHE-ECDSA-AES256-GCM-SHA384",
+            b"ECDHE-ECDSA-CHACHA20-POLY1305",
+        ):
+            self.assertEqual(self.handshake(SSL.TLS1_2_VERSION, suite), suite.decode())
+        self.assertEqual(self.handshake(SSL.TLS1_3_VERSION), "TLS_AES_256_GCM_SHA384")
+
+    def test_older_versions_refused(self) -> None:
+        for version in (SSL.TLS1_VERSION, SSL.TLS1_1_VERSION):
+            with self.assertRaises(Refused):
+                self.handshake(version)

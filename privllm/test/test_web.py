@@ -103,5 +103,5 @@ class HTTP(TestCase):
         protocol = self.site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1234))
         protocol.makeConnection(StringTransport())
         protocol.dataReceived(b"POST /api/chat HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
-        request = protocol._channel.requests[-1]
+        request = protocol.wrapped._channel.requests[-1]
         self.assertEqual(type(request.content).__name__, "BytesIO")

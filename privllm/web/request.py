@@ -1,10 +1,18 @@
 """
-The HTTP request and site: bodies kept in memory and bounded as they arrive, no version banner.
+The HTTP request and site: bodies kept in memory and bounded as they arrive, no version banner,
+and a read deadline per connection.
 
 Twisted's Request spools a body over 100 kB, or of unknown length, to a temporary file.
 A chat body must never touch the disk, so every body goes to memory and a body over the
 limit is refused as soon as its size is known: from Content-Length before any of it is
 read, or, for chunked bodies, the moment the count passes the limit.
+
+Each connection gets a `ReadDeadline` (privllm.web.deadline): a slowloris that trickles
+bytes keeps Twisted's idle timer alive forever, but not this deadline. It is started when
+the connection is made (HTTP/1.1 and HTTP/2 alike: ALPN is decided later, on the same
+connection) and told by each request when it was read whole and when it was answered.
+An HTTP/2 stream also gets its own deadline from its HEADERS to its end, since other
+streams may be answered meanwhile.
 """
 
 from __future__ import annotations
@@ -12,10 +20,15 @@ from __future__ import annotations
 import io
 from typing import Any
 
+from twisted.internet.interfaces import IProtocol
+from twisted.python.components import proxyForInterface
 from twisted.web import http, server
+from twisted.web.iweb import INonQueuedRequestFactory
+from zope.interface import implementer
 
 from ..protocol.encoding import dumps
 from ..protocol.errors import TOO_LARGE, Rejection
+from .deadline import ReadDeadline
 
 SERVER_NAME = b"privllm"
 
@@ -28,33 +41,32 @@ class PrivllmRequest(server.Request):
     _received = 0
     _too_large = False
     _refused_early = False
-    _deadline: Any = None
+    _answering = False
+    _stream_deadline: ReadDeadline | None = None
 
-    def __init__(self, channel: Any, *args: Any, **kw: Any) -> None:
+    def __init__(self, channel: Any, *args: Any, connection: ReadDeadline | None = None, **kw: Any) -> None:
         super().__init__(channel, *args, **kw)
-        # The whole request (headers and body) must arrive in time: a slowloris that trickles
-        # bytes keeps an idle timer alive forever, but not this deadline.
-        site = getattr(channel, "site", None)
-        if site is not None and getattr(site, "request_read_timeout", None):
-            self._deadline = site.reactor.callLater(site.request_read_timeout, self._read_timed_out)
+        self._connection = connection
+        if connection is not None and not isinstance(channel, http.HTTPChannel):
+            # An HTTP/2 stream: its body must arrive in time even while other streams are answered.
+            site: Any = channel.site
+            self._stream_deadline = ReadDeadline(site.reactor, site.request_read_timeout)
+            self._stream_deadline.start(channel.abortConnection)
 
-    def _read_timed_out(self) -> None:
-        self._deadline = None
-        channel: Any = self.channel
-        if isinstance(channel, http.HTTPChannel):
-            if channel.transport is not None:
-                channel.transport.abortConnection()
-        elif channel is not None:
-            channel.abortConnection()
+    def _answered(self) -> None:
+        if self._answering and self._connection is not None:
+            self._answering = False
+            self._connection.answered()
 
-    def _cancel_deadline(self) -> None:
-        if self._deadline is not None and self._deadline.active():
-            self._deadline.cancel()
-        self._deadline = None
+    def finish(self) -> None:
+        super().finish()
+        self._answered()
 
     def connectionLost(self, reason: Any) -> None:
-        self._cancel_deadline()
+        if self._stream_deadline is not None:
+            self._stream_deadline.stop()
         super().connectionLost(reason)
+        self._answered()
 
     @property
     def _limit(self) -> int:
@@ -100,9 +112,13 @@ class PrivllmRequest(server.Request):
         # the 413 goes out when the stream's request completes (see process).
 
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
-        self._cancel_deadline()
+        if self._stream_deadline is not None:
+            self._stream_deadline.stop()
         if self._refused_early:
-            return
+            return  # the connection is closing; the deadline still bounds how long that takes
+        if self._connection is not None:
+            self._answering = True
+            self._connection.read()
         super().requestReceived(command, path, version)
 
     def process(self) -> None:
@@ -117,6 +133,34 @@ class PrivllmRequest(server.Request):
         super().process()
 
 
+@implementer(INonQueuedRequestFactory)
+class _Requests:
+    """Builds the requests of one connection, each told of the connection's deadline."""
+
+    def __init__(self, make: Any, deadline: ReadDeadline) -> None:
+        self._make = make
+        self._deadline = deadline
+
+    def __call__(self, channel: Any, **kw: Any) -> Any:
+        return self._make(channel, connection=self._deadline, **kw)
+
+
+class _Deadlined(proxyForInterface(IProtocol, "wrapped")):  # type: ignore[misc]
+    """Starts the connection's read deadline at accept (before TLS and ALPN), stops it at close."""
+
+    def __init__(self, wrapped: Any, deadline: ReadDeadline) -> None:
+        self.wrapped = wrapped
+        self.deadline = deadline
+
+    def makeConnection(self, transport: Any) -> None:
+        self.deadline.start(transport.abortConnection)
+        self.wrapped.makeConnection(transport)
+
+    def connectionLost(self, reason: Any) -> None:
+        self.deadline.stop()
+        self.wrapped.connectionLost(reason)
+
+
 class PrivllmSite(server.Site):
     """No access log (it would record addresses and paths), no tracebacks to clients."""
 
@@ -129,13 +173,20 @@ class PrivllmSite(server.Site):
         max_body: int,
         reactor: Any = None,
         idle_timeout: float = 60,
-        request_read_timeout: float = 0,
+        request_read_timeout: float = 15,
     ) -> None:
         # Bodies are sealed JSON: never parse them as forms (Twisted would, with the email
         # package's header parser, for every POST).
         super().__init__(resource, reactor=reactor, timeout=idle_timeout, parsePOSTFormSubmission=False)
         self.max_body = max_body
         self.request_read_timeout = request_read_timeout
+
+    def buildProtocol(self, addr: Any) -> Any:
+        channel = super().buildProtocol(addr)
+        deadline = ReadDeadline(self.reactor, self.request_read_timeout)
+        # Set through the channel so that an HTTP/2 connection, chosen later by ALPN, gets it too.
+        channel.requestFactory = _Requests(self.requestFactory, deadline)
+        return _Deadlined(channel, deadline)
 
     def log(self, request: object) -> None:
         return None
