@@ -74,6 +74,14 @@ class HTTP(TestCase):
         self.assertTrue(reply.startswith(b"HTTP/1.1 405 "))
         self.assertEqual(self.body(reply), {"error": "method_not_allowed"})
 
+    def test_non_utf8_url_is_malformed_and_not_logged(self) -> None:
+        """Klein logged each as a critical failure (a log flood) and answered in plain text."""
+        for head in (b"GET /api/%ff%fe HTTP/1.1\r\nHost: x\r\n\r\n", b"GET /health HTTP/1.1\r\nHost: \xff\r\n\r\n"):
+            reply, _ = self.exchange(head)
+            self.assertTrue(reply.startswith(b"HTTP/1.1 400 "), reply[:40])
+            self.assertEqual(self.body(reply), {"error": "malformed"})
+        self.assertEqual(self.flushLoggedErrors(), [])
+
     def test_malformed_chat(self) -> None:
         reply, _ = self.exchange(
             b"POST /api/chat HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"

@@ -32,6 +32,7 @@ UNIX_BASE = "http://llama-server"  # the authority is ignored: every connection 
 JSON_HEADERS = Headers({b"Content-Type": [b"application/json"]})
 MAX_ANSWER_BYTES = 1 << 20  # /health and /props answers read at most
 MAX_CONTEXT = 1 << 24
+IDLE_CONNECTION_SECONDS = 10
 STREAM_HEADERS = Headers({b"Content-Type": [b"application/json"], b"Accept": [b"text/event-stream"]})
 
 
@@ -74,6 +75,9 @@ class LlamaServer:
         """`keep`: idle connections kept for reuse; as many as the backend serves streams at once."""
         pool = HTTPConnectionPool(reactor, persistent=True)
         pool.maxPersistentPerHost = keep
+        # Close idle connections before a node does (its read deadline, 15 s by default): a
+        # chat sent on a connection the node is closing fails, and costs a retry.
+        pool.cachedConnectionTimeout = IDLE_CONNECTION_SECONDS
         pool._factory = _QuietFactory  # no "Starting factory" line for every upstream connection
         agent: Any
         if url.startswith("unix://"):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import io
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 from twisted.internet.interfaces import IProtocol
 from twisted.python.components import proxyForInterface
@@ -27,7 +28,7 @@ from twisted.web.iweb import INonQueuedRequestFactory
 from zope.interface import implementer
 
 from ..protocol.encoding import dumps
-from ..protocol.errors import TOO_LARGE, Rejection
+from ..protocol.errors import MALFORMED, TOO_LARGE, Rejection
 from .deadline import ReadDeadline
 
 SERVER_NAME = b"privllm"
@@ -123,14 +124,30 @@ class PrivllmRequest(server.Request):
 
     def process(self) -> None:
         if self._too_large:
-            self.site = self.channel.site  # type: ignore[attr-defined]
-            self.setResponseCode(TOO_LARGE.status)
-            self.setHeader(b"content-type", b"application/json")
-            self.setHeader(b"cache-control", b"no-store")
-            self.write(error_body(TOO_LARGE))
-            self.finish()
-            return
-        super().process()
+            self._answer(TOO_LARGE)
+        elif not _decodable(self):
+            # Klein would log each one as a critical failure (a log flood) and answer in text.
+            self._answer(MALFORMED)
+        else:
+            super().process()
+
+    def _answer(self, rejection: Rejection) -> None:
+        self.site = self.channel.site  # type: ignore[attr-defined]
+        self.setResponseCode(rejection.status)
+        self.setHeader(b"content-type", b"application/json")
+        self.setHeader(b"cache-control", b"no-store")
+        self.write(error_body(rejection))
+        self.finish()
+
+
+def _decodable(request: server.Request) -> bool:
+    """The URL parts a router decodes (path and host name) are UTF-8."""
+    try:
+        unquote_to_bytes(request.path).decode("utf-8")
+        request.getRequestHostname().decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 @implementer(INonQueuedRequestFactory)
