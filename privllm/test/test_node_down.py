@@ -61,7 +61,7 @@ class MarkDown(TestCase):
         self.probe.answer(True)
 
     def delays(self) -> list[float]:
-        return [cast(DelayedCall, call).time - self.clock.seconds() for call in self.clock.getDelayedCalls()]
+        return [cast(DelayedCall, call).getTime() - self.clock.seconds() for call in self.clock.getDelayedCalls()]
 
     def test_down_at_once_then_fast_retries_until_back(self) -> None:
         self.nodes[1].healthy = False
@@ -91,11 +91,12 @@ class MarkDown(TestCase):
         self.assertEqual({id(self.pool.choose(0)) for _ in range(4)}, {id(self.nodes[1])})
         self.assertTrue(self.pool.ready(0), "the other node still serves")
 
-    def test_repeated_marks_report_once(self) -> None:
+    def test_repeated_marks_report_once_and_do_not_postpone_the_poll(self) -> None:
         for _ in range(3):
-            self.pool.mark_down(self.node, 0)
+            self.pool.mark_down(self.node, self.clock.seconds())
+            self.clock.advance(RETRY / 4)
         self.assertEqual(self.changes, [True, False])
-        self.assertEqual(self.delays(), [RETRY])
+        self.assertEqual(self.delays(), [RETRY / 4], "due half a retry after the first mark")
 
     def test_a_stale_probe_does_not_bring_it_back(self) -> None:
         self.clock.advance(INTERVAL)  # a poll is in flight

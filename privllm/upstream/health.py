@@ -52,13 +52,13 @@ class HealthMonitor(Service):
     def down(self) -> None:
         """The backend was seen dead between polls: out of service now, polled at the `retry` pace.
 
-        A probe in flight finishes, is ignored, and schedules the next at that pace itself.
+        A probe in flight finishes, is ignored, and schedules the next at that pace itself. A
+        poll already due sooner is kept, so a burst of failures cannot postpone it.
         """
         self._downs += 1
         self._set(False)
         if self._next is not None and self._next.active():
-            self._next.cancel()
-            self._next = self._clock.callLater(self._retry, self._tick)
+            self._next.reset(min(self._next.getTime() - self._clock.seconds(), self._retry))
 
     def _tick(self) -> None:
         self._next = None

@@ -3,7 +3,8 @@ The set of inference nodes, sans-IO: health, breakers, outstanding streams, and 
 
 A node takes chats when its last health check passed and its breaker lets a request
 through. A node seen dead between checks is marked down at once (`mark_down`); its
-health monitor, told through `on_down`, puts it back once it answers again. Balancing is round-robin over those nodes, or least outstanding streams.
+health monitor, told through `on_down`, puts it back once it answers again. Balancing
+is round-robin over those nodes, or least outstanding streams.
 """
 
 from __future__ import annotations
