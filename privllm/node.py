@@ -13,6 +13,7 @@ from typing import Any
 
 from cryptography import x509
 from twisted.internet.defer import CancelledError, ensureDeferred
+from twisted.internet.error import ConnectError
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
@@ -108,6 +109,12 @@ class NodeProxy(Resource):
             return relay.done
 
         def ended(result: object) -> None:
+            if isinstance(result, Failure) and not stream and result.check(ConnectError):
+                # llama-server is not there (restarting): say so, and the router marks this node down.
+                request.setResponseCode(503)
+                request.write(b'{"error":"unavailable"}')
+                request.finish()
+                return
             if isinstance(result, Failure) and not result.check(CancelledError):
                 log.info("upstream body failed: {kind}", kind=getattr(result.type, "__name__", "?"))
                 transport: Any = request.channel.transport if request.channel is not None else None

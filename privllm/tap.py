@@ -126,10 +126,10 @@ def _addresses(config: Config) -> AddressPolicy:
     return AddressPolicy(config.server.ipv6_prefix, config.server.trusted_proxies)
 
 
-def _local_llama(config: Config, root: MultiService) -> list[str]:
-    """Dev: start and supervise llama-server on a socket in the state directory; return its URL."""
+def _local_llama(config: Config, root: MultiService) -> tuple[list[str], LlamaSupervisor | None]:
+    """Dev: start and supervise llama-server on a socket in the state directory; return its URL and supervisor."""
     if not config.llama.spawn:
-        return []
+        return [], None
     socket = os.path.join(config.keys.state_dir, LLAMA_SOCKET)
     llama = config.llama
     args = llama_arguments(
@@ -141,8 +141,9 @@ def _local_llama(config: Config, root: MultiService) -> list[str]:
         llama.threads,
         llama.metrics,
     )
-    LlamaSupervisor(args, socket).setServiceParent(root)
-    return [f"unix://{socket}"]
+    supervisor = LlamaSupervisor(args, socket)
+    supervisor.setServiceParent(root)
+    return [f"unix://{socket}"], supervisor
 
 
 def _metrics_listener(config: Config, reactor: Any, metrics: RouterMetrics, root: MultiService) -> None:
@@ -175,10 +176,12 @@ class Router:
         self.keys.setServiceParent(self.service)
 
         self.metrics = RouterMetrics()
-        urls = _local_llama(config, self.service) + list(backend.urls)
+        local, supervisor = _local_llama(config, self.service)
         dialect = self._dialect(reactor)
-        nodes = [self._node(url, reactor, tls, dialect) for url in urls]
+        nodes = [self._node(url, reactor, tls, dialect) for url in local + list(backend.urls)]
         self.pool = NodePool(nodes, backend.balance, config.load.max_streams_per_node, config.load.queue_size)
+        if supervisor is not None:  # its llama-server is the first node: down the moment it exits
+            supervisor.on_exit = lambda: self.pool.mark_down(nodes[0])
 
         limits = config.rate_limit
         admission = Admission(
@@ -250,6 +253,7 @@ class Router:
             lambda: node.client.ready(backend.health_timeout), backend.health_interval, reactor, changed
         )
         health.setServiceParent(self.service)
+        node.on_down = health.down
         return node
 
 
@@ -262,7 +266,8 @@ class InferenceNode:
             raise StartError("config server.client_ca: a node requires client certificates from the deployment CA")
         self.service = MultiService()
         ensure_private_dir(config.keys.state_dir)
-        urls = _local_llama(config, self.service) + [u for u in config.backend.urls if u.startswith("unix://")]
+        local, _ = _local_llama(config, self.service)
+        urls = local + [u for u in config.backend.urls if u.startswith("unix://")]
         if len(urls) != 1:
             raise StartError("config backend.urls: a node forwards to exactly one local llama-server (unix://)")
         llama = LlamaServer(reactor, urls[0], config.backend.connect_timeout, keep=config.llama.parallel)

@@ -45,7 +45,7 @@ BEFORE_FIRST_DELTA = frozenset({State.COUNTING, State.ATTEMPTING})
 class Failure(enum.Enum):
     """What went wrong with a node (a request's own fault is a request error instead)."""
 
-    CONNECT = "connect"  # no connection: the node is down, not just slow
+    DOWN = "down"  # it refused the connection, or answered 503: down, not just slow
     TIMEOUT = "timeout"  # connecting, or waiting for the first token, took too long
     SERVER = "server"  # 5xx, an error event of the server's own, a broken or cut stream
 
@@ -89,7 +89,7 @@ class Verdict(enum.Enum):
 
     OK = "ok"  # it answered (an answer, or a refusal of the request itself)
     FAILED = "failed"  # it failed: counts toward opening its breaker
-    DOWN = "down"  # it refused the connection: failed, and down until its health check passes
+    DOWN = "down"  # it refused the connection or said 503: failed, and down until its health check passes
     NONE = "none"  # the chat ended for another reason (client gone, a bug): no verdict
 
 
@@ -276,7 +276,7 @@ class ChatLife:
     def node_failed(self, failure: Failure) -> list[Action]:
         if not self._accept("node_failed"):
             return []
-        verdict = Verdict.DOWN if failure is Failure.CONNECT else Verdict.FAILED
+        verdict = Verdict.DOWN if failure is Failure.DOWN else Verdict.FAILED
         if self.state in BEFORE_FIRST_DELTA and self.attempts <= self._retries:
             self.state = State.RETRYING
             return [ReleaseNode(verdict), ScheduleRetry(self._retry_delay(self.attempts - 1))]

@@ -238,6 +238,19 @@ class HostileUpstream(TestCase):
         self.assertEqual(h.finals()[0]["type"], "done")
         h.assert_given_back(self)
 
+    def test_a_node_answering_503_is_marked_down(self) -> None:
+        """llama-server loading its model, or a node whose llama-server is gone."""
+        h = Harness(retries=1)
+        h.start()
+        response = h.respond(0, code=503)
+        response.send(b'{"error":{"code":503,"message":"Loading model","type":"unavailable_error"}}')
+        response.end()
+        self.assertFalse(h.nodes[0].healthy)
+        h.clock.advance(1)
+        h.respond(1).send(delta("b") + FINISH)
+        self.assertEqual(h.finals()[0]["type"], "done")
+        h.assert_given_back(self)
+
     def test_a_bug_ends_sealed_internal(self) -> None:
         h = Harness()
         h.start()

@@ -85,7 +85,7 @@ class Table(TestCase):
     def test_retries_before_the_first_delta_only(self) -> None:
         machine = new_life(retries=1)
         machine.sent(1.0)
-        actions = machine.node_failed(life.Failure.CONNECT)
+        actions = machine.node_failed(life.Failure.DOWN)
         self.assertEqual(actions, [life.ReleaseNode(Verdict.DOWN), life.ScheduleRetry(0.1)])
         self.assertEqual(machine.retry_due(), [life.Attempt()])
         machine.sent(2.0)

@@ -2,7 +2,8 @@
 
 While the backend is not ready (starting, loading its model, or failed) it is polled
 every `retry` seconds, so it is put back into service quickly; once ready, every
-`interval` seconds.
+`interval` seconds. `down()` takes it out of service at once when it is seen dead
+between polls (its process exited, a connection to it failed).
 """
 
 from __future__ import annotations
@@ -30,17 +31,34 @@ class HealthMonitor(Service):
         self._clock = clock
         self._on_change = on_change
         self._next: DelayedCall | None = None
+        self._downs = 0  # how often down() was called: a probe that spans one is stale
         self.ready = False
 
     async def _check(self) -> bool:
+        downs = self._downs
         ready = await self._probe()
+        if downs == self._downs:  # else it started before the node was seen dead: ignored
+            self._set(ready)
+        return self.ready
+
+    def _set(self, ready: bool) -> None:
         if ready != self.ready and self._on_change is not None:
             self._on_change(ready)
         self.ready = ready
-        return ready
 
     def check(self) -> Deferred[bool]:
         return ensureDeferred(self._check())
+
+    def down(self) -> None:
+        """The backend was seen dead between polls: out of service now, polled at the `retry` pace.
+
+        A probe in flight finishes, is ignored, and schedules the next at that pace itself. A
+        poll already due sooner is kept, so a burst of failures cannot postpone it.
+        """
+        self._downs += 1
+        self._set(False)
+        if self._next is not None and self._next.active():
+            self._next.reset(min(self._next.getTime() - self._clock.seconds(), self._retry))
 
     def _tick(self) -> None:
         self._next = None

@@ -2,7 +2,9 @@
 The set of inference nodes, sans-IO: health, breakers, outstanding streams, and the choice.
 
 A node takes chats when its last health check passed and its breaker lets a request
-through. Balancing is round-robin over those nodes, or least outstanding streams.
+through. A node seen dead between checks is marked down at once (`mark_down`); its
+health monitor, told through `on_down`, puts it back once it answers again. Balancing
+is round-robin over those nodes, or least outstanding streams.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ class Node:
     healthy: bool = False
     outstanding: int = 0
     dialect: Any = field(default_factory=ChatDialect)  # how to talk to it: chat, or harmony
+    on_down: Callable[[], None] | None = None  # tells its health monitor (HealthMonitor.down)
 
 
 class NodePool:
@@ -65,8 +68,12 @@ class NodePool:
         if self._waiting:
             self._waiting.popleft()()
 
-    def mark_down(self, node: Node, now: float) -> None:
+    def mark_down(self, node: Node) -> None:
+        """A connection to `node` failed, or its process exited: take it out of service now;
+        its health monitor (told through `on_down`) puts it back once it answers again."""
         node.healthy = False
+        if node.on_down is not None:
+            node.on_down()
 
     def ready(self, now: float) -> bool:
         return any(n.healthy and n.breaker.available(now) for n in self.nodes)

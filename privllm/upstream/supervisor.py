@@ -3,7 +3,8 @@ Dev mode: privllm starts llama-server on a UNIX socket and keeps it running (twi
 
 llama-server's own output is not logged: at some verbosity levels it quotes prompts.
 It leaves its socket file behind when it stops, so the stale file is removed before
-every start.
+every start. When it exits, `on_exit` is called at once, so the router takes the node
+out of service before the next chat is decrypted rather than at its next health poll.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import glob
 import importlib.util
 import os
+from collections.abc import Callable
 
 from twisted.internet.defer import Deferred
 from twisted.logger import LogEvent, Logger, globalLogPublisher
@@ -77,6 +79,7 @@ class LlamaSupervisor(ProcessMonitor):
             if not os.path.isfile(path):
                 raise SupervisorError(f"{what} {path} does not exist (run scripts/bootstrap.sh)")
         self._socket = socket
+        self.on_exit: Callable[[], None] | None = None  # set once the node it serves exists
         self._exit_waiters: list[Deferred[None]] = []
         # A clean environment: LLAMA_ARG_* variables would silently change llama-server's flags.
         # setpriv --pdeathsig: llama-server ends with us even if we are killed outright.
@@ -93,7 +96,11 @@ class LlamaSupervisor(ProcessMonitor):
             os.unlink(self._socket)
 
     def _monitoredProcessExited(self, name: str, reason: Failure | None = None) -> None:
+        # procmon's only exit hook: LoggingProtocol.processEnded calls this private method, and the
+        # public connectionLost(name) is deprecated and no longer called.
         log.info("llama-server exited ({reason})", reason=reason.getErrorMessage() if reason else "unknown")
+        if self.on_exit is not None:
+            self.on_exit()
         super()._monitoredProcessExited(name, reason)
         if not self.running:
             self._remove_stale_socket()

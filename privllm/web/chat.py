@@ -71,7 +71,7 @@ def node_failure(failure: TwistedFailure) -> life.Failure:
     if failure.check(neterror.TimeoutError, neterror.ConnectingCancelledError):
         return life.Failure.TIMEOUT
     if failure.check(neterror.ConnectError):  # refused, no socket, no route: the node is down
-        return life.Failure.CONNECT
+        return life.Failure.DOWN
     return life.Failure.SERVER
 
 
@@ -289,7 +289,8 @@ class ChatStream:
         if code is not None:
             return self._life.request_error(code)
         log.info("chat {rid}: upstream answered {kind}", rid=self._tag, kind=status)
-        return self._life.node_failed(life.Failure.SERVER)
+        # 503: llama-server loading its model, or a node whose llama-server is gone.
+        return self._life.node_failed(life.Failure.DOWN if status == 503 else life.Failure.SERVER)
 
     def _upstream_data(self, data: bytes) -> None:
         self._life.upstream_activity(self._clock.seconds())
@@ -350,7 +351,7 @@ class ChatStream:
             node.breaker.failure(self._clock.seconds())
             self._metrics.node_failures.labels(node.name).inc()
             if verdict is Verdict.DOWN:
-                self._pool.mark_down(node, self._clock.seconds())
+                self._pool.mark_down(node)
         self._pool.release(node)
 
     def _stop_upstream(self) -> None:
