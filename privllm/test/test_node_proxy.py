@@ -25,7 +25,7 @@ class Forward(TestCase):
         """A plain 503 (not a cut connection) lets the router mark this node down at once."""
         proxy = NodeProxy(GoneLlama(), ["router"], 1.0)  # type: ignore[arg-type]
         request = DummyRequest([b"v1", b"chat", b"completions"])
-        request.content = io.BytesIO(b"{}")
+        request.content = io.BytesIO(b"{}")  # type: ignore[attr-defined]
         proxy._forward(request, "/v1/chat/completions")  # type: ignore[arg-type]
         self.assertEqual(request.responseCode, 503)
         self.assertEqual(b"".join(request.written), b'{"error":"unavailable"}')
