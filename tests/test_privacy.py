@@ -186,7 +186,7 @@ class NoAddresses(TestCase):
             exchange(port, sources[7], b"\x16\x03\x01\x00\x10" + b"\x01" * 16),  # a broken ClientHello
         ]
         self.assertTrue(replies[0].startswith(b"HTTP/1.1 400 "), replies[0][:80])
-        self.assertTrue(replies[0].endswith(b'{"error":"malformed"}'), replies[0][-80:])
+        self.assertIn(b'{"error":"malformed"}', replies[0])
         self.assertTrue(replies[3].startswith(b"HTTP/1.1 400 "), replies[3][:80])
         self.assertTrue(replies[4].startswith(b"HTTP/1.1 405 "), replies[4][:80])
         self.assertIn(b"PROTOCOL_VERSION", replies[6])
