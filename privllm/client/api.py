@@ -418,5 +418,13 @@ async def read_stream(
         raise TruncatedError("the stream ended before its final chunk") from e
     errors = [c for c in result.chunks if c["type"] == "error"]
     if errors:
-        raise ServerError(error_code(errors[0]["code"]))
+        raise ServerError(error_code(errors[0]["code"]), retry_after=_sealed_retry_after(errors[0]))
     return result
+
+
+def _sealed_retry_after(chunk: dict[str, Any]) -> int | None:
+    """A sealed `rate_limited` carries its wait inside: whole seconds, within the same bound."""
+    value = chunk.get("retry_after")
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_RETRY_AFTER:
+        return value
+    return None

@@ -13,7 +13,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from twisted.web.client import ResponseDone
 
-from ..client.api import STREAM_IDLE_TIMEOUT, TruncatedError, read_stream
+from ..client.api import STREAM_IDLE_TIMEOUT, ServerError, TruncatedError, read_stream
 from ..protocol.encoding import b64encode, dumps
 from ..protocol.request import SealedRequest
 from ..protocol.response import ResponseReader
@@ -73,3 +73,26 @@ class IdleStream(TestCase):
         body.protocol.connectionLost(Failure(ResponseDone()))
         self.assertEqual(self.successResultOf(result).text, "hi")
         self.assertEqual(clock.getDelayedCalls(), [])
+
+
+class SealedErrors(TestCase):
+    def error_after(self, chunk: dict[str, Any]) -> ServerError:
+        clock = Clock()
+        body = ScriptedBody()
+        enc, secret, nonce = os.urandom(32), os.urandom(32), os.urandom(32)
+        result: Any = ensureDeferred(read_stream(body, ResponseReader(SealedRequest({}, enc, secret)), clock))
+        sealer = StreamSealer(derive_stream_keys(secret, enc, nonce))
+        body.write(encode_event("init", dumps({"response_nonce": b64encode(nonce)}).decode()))
+        body.write(encode_event("chunk", sealer.seal(chunk, final=True)))
+        assert body.protocol is not None
+        body.protocol.connectionLost(Failure(ResponseDone()))
+        return self.failureResultOf(result, ServerError).value  # type: ignore[no-any-return]
+
+    def test_sealed_rate_limit_carries_its_wait(self) -> None:
+        error = self.error_after({"type": "error", "code": "rate_limited", "message": "slow down", "retry_after": 7})
+        self.assertEqual((error.code, error.retry_after), ("rate_limited", 7))
+
+    def test_absurd_wait_is_not_repeated(self) -> None:
+        for value in (-1, 10**9, "7", True, 1.5):
+            error = self.error_after({"type": "error", "code": "rate_limited", "message": "x", "retry_after": value})
+            self.assertIsNone(error.retry_after, value)
