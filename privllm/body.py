@@ -23,7 +23,7 @@ class BodyStream(Protocol):
 
     def __init__(self, on_data: Callable[[bytes], None]) -> None:
         self._on_data = on_data
-        self.done: Deferred[None] = Deferred()
+        self.done: Deferred[None] = Deferred(lambda _: self.stop())  # cancelling drops the connection
 
     def dataReceived(self, data: bytes) -> None:
         if self.done.called:
@@ -83,6 +83,7 @@ class BytesProducer:
 
     def startProducing(self, consumer: Any) -> Deferred[None]:
         consumer.write(self._data)
+        self._data = b""  # Twisted keeps the producer until the response ends: not the conversation
         return succeed(None)
 
     def pauseProducing(self) -> None:

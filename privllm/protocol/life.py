@@ -2,20 +2,22 @@
 The life of one admitted chat, sans-IO: the state it is in, what each event does to it, and
 what the adapter (privllm.web.chat) must do about it. Fed events and time; returns actions.
 
-    starting ──sent──▶ attempting ──delta──▶ streaming ──finished──▶ done
-      │ │ ▲              │    ▲                 │
-      │ │ └─retry due── retrying ◀─node failed  ├─ request error, node failed, timeout ─▶ failed
-      │ └─counting──▶ counting ──counted─┘ (before the first delta, while retries are left)
-      └─busy──▶ queued ──slot free──▶ starting
+    starting ──taken──▶ checking ──sent──▶ attempting ──delta──▶ streaming ──finished──▶ done
+      │  ▲                 │                   │
+      │  └──retry due── retrying ◀── node failed (before the first delta, while retries are left)
+      └──busy──▶ queued ──slot free──▶ starting
 
-From every live state: a refusal, a timeout, the client leaving or a programming error
-ends the chat in `failed`. Each way into `done` or `failed` emits, in this order:
-ReleaseNode when a node lease is held (counting a failure against the node only for what
-the node did: connection failures, 5xx, broken streams, timeouts), exactly one Final
-(none when the client has gone: nobody reads it), then End. Once ended, every event is
-ignored: late upstream data changes nothing. An event a live state has no transition for
-is a programming error (LifeError); the adapter answers it with `crash`, which ends the
-chat with a sealed `internal` error.
+`checking`: a node is taken and the conversation is checked against its context (its
+tokenizer is asked when the bounds cannot decide). A refusal after decryption ends a chat
+that has not started; a node's refusal of the request itself, a node failure, a timeout,
+the client leaving or a programming error end it from the states where they can happen.
+Each way into `done` or `failed` emits, in this order: ReleaseNode when a node lease is
+held (with the verdict on the node: a failure counts against it only for what the node
+did: connection failures, 5xx, broken streams, timeouts), exactly one Final (none when the
+client has gone: nobody reads it), then End. Once ended, every event is ignored: late
+upstream data changes nothing. An event a live state has no transition for is a
+programming error (LifeError); the adapter answers it with `crash`, which ends the chat
+with a sealed `internal` error.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from typing import Any, NamedTuple
 class State(enum.Enum):
     STARTING = "starting"  # admitted; no node holds it
     QUEUED = "queued"  # every node is busy: waiting in the pool's bounded queue
-    COUNTING = "counting"  # a node is taken; its tokenizer counts the conversation first
+    CHECKING = "checking"  # a node is taken; the conversation is checked against its context
     ATTEMPTING = "attempting"  # sent to a node; nothing has reached the client yet
     RETRYING = "retrying"  # a node failed before the first delta: waiting to try again
     STREAMING = "streaming"  # the first delta reached the client: no more retries
@@ -38,11 +40,11 @@ class State(enum.Enum):
 
 
 LIVE = frozenset(State) - {State.DONE, State.FAILED}
-HOLDING_NODE = frozenset({State.COUNTING, State.ATTEMPTING, State.STREAMING})
-BEFORE_FIRST_DELTA = frozenset({State.COUNTING, State.ATTEMPTING})
+HOLDING_NODE = frozenset({State.CHECKING, State.ATTEMPTING, State.STREAMING})
+BEFORE_FIRST_DELTA = frozenset({State.CHECKING, State.ATTEMPTING})
 
 
-class Failure(enum.Enum):
+class Fault(enum.Enum):
     """What went wrong with a node (a request's own fault is a request error instead)."""
 
     DOWN = "down"  # it refused the connection, or answered 503: down, not just slow
@@ -73,7 +75,7 @@ MESSAGES = {
 
 
 class Attempt(NamedTuple):
-    """Choose a node and send, then report `sent`, `counting`, `queued`, `no_node`, `queue_full` or `too_long`."""
+    """Choose a node, then report `taken`, `queued`, `no_node` or `queue_full`."""
 
 
 class SendDelta(NamedTuple):
@@ -128,7 +130,7 @@ class Finished(NamedTuple):
 
 @dataclass(frozen=True)
 class Timeouts:
-    first_token: float = 60.0  # from sending to a node until its first delta
+    first_token: float = 60.0  # silence from a node before its first delta (Harmony reasons first)
     idle: float = 120.0  # between upstream pieces once streaming
     request: float = 600.0  # the whole chat
 
@@ -136,9 +138,9 @@ class Timeouts:
 # Which events each live state accepts. Anything else in a live state is a LifeError.
 ACCEPTS: dict[str, frozenset[State]] = {
     "refused": frozenset({State.STARTING}),
-    "too_long": frozenset({State.STARTING, State.COUNTING}),
-    "sent": frozenset({State.STARTING, State.COUNTING}),
-    "counting": frozenset({State.STARTING}),
+    "too_long": frozenset({State.CHECKING}),
+    "sent": frozenset({State.CHECKING}),
+    "taken": frozenset({State.STARTING}),
     "queued": frozenset({State.STARTING}),
     "no_node": frozenset({State.STARTING}),
     "queue_full": frozenset({State.STARTING}),
@@ -163,7 +165,6 @@ class ChatLife:
         self._retry_delay = retry_delay
         self._timeouts = timeouts
         self.started = now
-        self._sent_at = now
         self._last_upstream = now
         self.attempts = 0
         self.outcome: str | None = None
@@ -198,28 +199,26 @@ class ChatLife:
 
     # choosing a node
 
-    def counting(self, now: float) -> list[Action]:
-        """A node is taken, and first counts the conversation's tokens (it may be too long)."""
-        if not self._accept("counting"):
+    def taken(self, now: float) -> list[Action]:
+        """A node is taken: the conversation is checked against its context before it is sent."""
+        if not self._accept("taken"):
             return []
         self.attempts += 1
-        self.state = State.COUNTING
-        self._sent_at = self._last_upstream = now
+        self.state = State.CHECKING
+        self._last_upstream = now
         return []
 
     def sent(self, now: float) -> list[Action]:
-        if not self._accept("sent"):
-            return []
-        if self.state is State.STARTING:
-            self.attempts += 1
-        self.state = State.ATTEMPTING
-        self._sent_at = self._last_upstream = now
+        if self._accept("sent"):
+            self.state = State.ATTEMPTING
+            self._last_upstream = now
         return []
 
     def too_long(self) -> list[Action]:
+        """The router's own count: the node did nothing, so no verdict on it."""
         if not self._accept("too_long"):
             return []
-        return self._end(State.FAILED, "too_long", self._error("too_long", "too_long"), Verdict.OK)
+        return self._end(State.FAILED, "too_long", self._error("too_long", "too_long"))
 
     def queued(self) -> list[Action]:
         if self._accept("queued"):
@@ -273,14 +272,14 @@ class ChatLife:
             raise LifeError(f"not a request error: {code}")
         return self._end(State.FAILED, code, self._error(code, code), Verdict.OK)
 
-    def node_failed(self, failure: Failure) -> list[Action]:
+    def node_failed(self, fault: Fault) -> list[Action]:
         if not self._accept("node_failed"):
             return []
-        verdict = Verdict.DOWN if failure is Failure.DOWN else Verdict.FAILED
+        verdict = Verdict.DOWN if fault is Fault.DOWN else Verdict.FAILED
         if self.state in BEFORE_FIRST_DELTA and self.attempts <= self._retries:
             self.state = State.RETRYING
             return [ReleaseNode(verdict), ScheduleRetry(self._retry_delay(self.attempts - 1))]
-        if failure is Failure.TIMEOUT:
+        if fault is Fault.TIMEOUT:
             return self._end(State.FAILED, "timeout", self._error("timeout", "connect_timeout"), verdict)
         return self._end(State.FAILED, "upstream_failed", self._error("upstream_failed", "upstream_failed"), verdict)
 
@@ -303,7 +302,7 @@ class ChatLife:
         t = self._timeouts
         if now - self.started >= t.request:
             return self._end(State.FAILED, "timeout", self._error("timeout", "request_timeout"), Verdict.FAILED)
-        if self.state in BEFORE_FIRST_DELTA and now - self._sent_at >= t.first_token:
+        if self.state in BEFORE_FIRST_DELTA and now - self._last_upstream >= t.first_token:
             return self._end(State.FAILED, "timeout", self._error("timeout", "first_token_timeout"), Verdict.FAILED)
         if self.state is State.STREAMING and now - self._last_upstream >= t.idle:
             return self._end(State.FAILED, "timeout", self._error("timeout", "idle_timeout"), Verdict.FAILED)

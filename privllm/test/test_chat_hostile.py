@@ -23,6 +23,7 @@ from ..protocol.request import OpenedRequest, SealedRequest
 from ..protocol.response import ResponseReader
 from ..protocol.slots import StreamSlots
 from ..upstream.breaker import CircuitBreaker
+from ..upstream.openai_stream import ChatDialect
 from ..upstream.pool import Node, NodePool
 from ..web.chat import ChatStream, StreamSettings
 from ..web.metrics import RouterMetrics
@@ -370,3 +371,90 @@ class Properties(TestCase):
         self.assertTrue(h.stream._life.ended)
         h.assert_given_back(self)
         self.assertEqual(self.flushLoggedErrors(), [], "no programming error on any path")
+
+
+class ExactDialect(ChatDialect):
+    """Test equipment: a chat dialect whose prompt length is known exactly, as Harmony's is."""
+
+    @staticmethod
+    def prompt_bounds(body: dict[str, Any]) -> tuple[int, int]:
+        n = sum(len(m["content"]) for m in body["messages"])
+        return n, n
+
+
+LONG = {"messages": [{"role": "user", "content": "x" * 5000}]}
+
+
+class Regressions(TestCase):
+    """Paths a review of the state machine's adapter found, each failing before its fix."""
+
+    def test_an_old_body_cannot_feed_the_retry(self) -> None:
+        h = Harness(retries=1)
+        h.start()
+        old = h.respond(0)
+        old.send(b"data: [DONE]\n\n")  # no finish reason: a node failure, retried
+        self.assertTrue(old.transport.stopped, "a failed attempt's body is not kept to be reused")
+        h.clock.advance(1)
+        new = h.respond(1)
+        old.protocol.dataReceived(delta("INJECTED") + event({"error": {"type": "server_error"}}))
+        new.send(delta("b") + FINISH)
+        self.assertEqual([c.get("text") for c in h.chunks()][:1], ["b"])
+        self.assertEqual(h.finals()[0]["type"], "done")
+        self.assertEqual(h.nodes[1].breaker._failures, 0)
+        h.assert_given_back(self)
+
+    def test_too_long_before_sending_frees_a_half_open_probe(self) -> None:
+        h = Harness(context=2048)
+        node = h.nodes[0]
+        node.dialect = ExactDialect()
+        h.nodes[1].healthy = False
+        for _ in range(3):
+            node.breaker.failure(h.clock.seconds())
+        h.clock.advance(10)
+        h.start(LONG)
+        self.assertEqual(h.finals()[0]["code"], "too_long")
+        h.assert_given_back(self)
+        self.assertTrue(h.pool.ready(h.clock.seconds()), "the node is not stuck half-open")
+
+    def test_a_woken_chat_that_takes_no_slot_wakes_the_next(self) -> None:
+        h = Harness(context=2048)
+        for node in h.nodes:
+            node.dialect = ExactDialect()
+        h.nodes[1].healthy = False
+        h.pool.max_per_node, h.pool.queue_size = 1, 4
+        h.start()
+        first = h.respond(0)
+        waiting = []
+        for body in (LONG, HI):
+            request = DummyRequest([b"api", b"chat"])
+            settings = StreamSettings(ChatLimits(), privacy=Privacy(0, 0))
+            stream = ChatStream(request, h.clock, h.pool, h.metrics, settings)  # type: ignore[arg-type]
+            stream.start(OpenedRequest(json.dumps(body).encode(), SECRET), ENC)
+            waiting.append(stream)
+        first.send(delta("a") + FINISH)
+        self.assertEqual([s._life.state.value for s in waiting], ["failed", "attempting"])
+
+    def test_a_stalled_refusal_body_is_closed(self) -> None:
+        h = Harness(retries=0)
+        h.start()
+        response = h.respond(code=400)
+        response.send(b'{"error":')  # and nothing more
+        h.clock.advance(61)
+        self.assertEqual(h.finals()[0]["code"], "timeout")
+        self.assertTrue(response.transport.stopped)
+        h.assert_given_back(self)
+
+    def test_a_bug_while_ending_still_ends_once(self) -> None:
+        h = Harness()
+        done = h.start()
+        response = h.respond(0)
+
+        def bug() -> None:
+            raise RuntimeError("a bug")
+
+        h.nodes[0].breaker.success = bug  # type: ignore[method-assign]
+        response.send(delta("a") + FINISH)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertEqual(h.finals()[0]["type"], "done")
+        self.assertTrue(done.called)
+        h.assert_given_back(self)

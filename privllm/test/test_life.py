@@ -26,7 +26,7 @@ EVENTS: dict[str, Any] = {
     "refused": lambda m, now: m.refused("rate_limited", "slow down", 3),
     "too_long": lambda m, now: m.too_long(),
     "sent": lambda m, now: m.sent(now),
-    "counting": lambda m, now: m.counting(now),
+    "taken": lambda m, now: m.taken(now),
     "queued": lambda m, now: m.queued(),
     "no_node": lambda m, now: m.no_node(),
     "queue_full": lambda m, now: m.queue_full(),
@@ -35,7 +35,7 @@ EVENTS: dict[str, Any] = {
     "delta": lambda m, now: m.delta("x", now),
     "finished": lambda m, now: m.finished(Finished("stop", 1, 1)),
     "request_error": lambda m, now: m.request_error("too_long"),
-    "node_failed": lambda m, now: m.node_failed(life.Failure.SERVER),
+    "node_failed": lambda m, now: m.node_failed(life.Fault.SERVER),
     "retry_due": lambda m, now: m.retry_due(),
     "tick": lambda m, now: m.tick(now),
     "client_gone": lambda m, now: m.client_gone(),
@@ -57,11 +57,11 @@ def drive(machine: ChatLife, path: list[str]) -> None:
 PATHS = {
     State.STARTING: [],
     State.QUEUED: ["queued"],
-    State.COUNTING: ["counting"],
-    State.ATTEMPTING: ["sent"],
-    State.RETRYING: ["sent", "node_failed"],
-    State.STREAMING: ["sent", "delta"],
-    State.DONE: ["sent", "finished"],
+    State.CHECKING: ["taken"],
+    State.ATTEMPTING: ["taken", "sent"],
+    State.RETRYING: ["taken", "sent", "node_failed"],
+    State.STREAMING: ["taken", "sent", "delta"],
+    State.DONE: ["taken", "sent", "finished"],
     State.FAILED: ["no_node"],
 }
 
@@ -84,38 +84,58 @@ class Table(TestCase):
 
     def test_retries_before_the_first_delta_only(self) -> None:
         machine = new_life(retries=1)
+        machine.taken(1.0)
         machine.sent(1.0)
-        actions = machine.node_failed(life.Failure.DOWN)
+        actions = machine.node_failed(life.Fault.DOWN)
         self.assertEqual(actions, [life.ReleaseNode(Verdict.DOWN), life.ScheduleRetry(0.1)])
         self.assertEqual(machine.retry_due(), [life.Attempt()])
+        machine.taken(2.0)
         machine.sent(2.0)
-        actions = machine.node_failed(life.Failure.SERVER)
+        actions = machine.node_failed(life.Fault.SERVER)
         self.assertEqual(actions[0], life.ReleaseNode(Verdict.FAILED))
         self.assertEqual(final(actions)["code"], "upstream_failed")
         self.assertEqual(actions[-1], life.End("upstream_failed"))
 
     def test_no_retry_once_streaming(self) -> None:
         machine = new_life(retries=5)
+        machine.taken(1.0)
         machine.sent(1.0)
         self.assertEqual(machine.delta("a", 1.0), [life.ForgetConversation(), life.SendDelta("a")])
-        actions = machine.node_failed(life.Failure.SERVER)
+        actions = machine.node_failed(life.Fault.SERVER)
         self.assertEqual([type(a) for a in actions], [life.ReleaseNode, life.Final, life.End])
 
     def test_request_errors_are_not_the_nodes_fault(self) -> None:
         machine = new_life()
+        machine.taken(1.0)
         machine.sent(1.0)
         actions = machine.request_error("too_long")
         self.assertEqual(actions[0], life.ReleaseNode(Verdict.OK))
         self.assertEqual(final(actions)["code"], "too_long")
 
+    def test_the_routers_own_count_has_no_verdict_on_the_node(self) -> None:
+        machine = new_life()
+        machine.taken(1.0)
+        self.assertEqual(machine.too_long()[0], life.ReleaseNode(Verdict.NONE))
+
+    def test_first_token_timeout_is_silence(self) -> None:
+        """Harmony reasons before its first delta: tokens that are not deltas keep it alive."""
+        machine = new_life()
+        machine.taken(0.0)
+        machine.sent(0.0)
+        machine.upstream_activity(50.0)
+        self.assertEqual(machine.tick(109.0), [])
+        self.assertEqual(final(machine.tick(110.0))["message"], life.MESSAGES["first_token_timeout"])
+
     def test_timeouts(self) -> None:
         machine = new_life()
+        machine.taken(0.0)
         machine.sent(0.0)
         self.assertEqual(machine.tick(59.0), [])
         actions = machine.tick(60.0)
         self.assertEqual(actions[0], life.ReleaseNode(Verdict.FAILED))
         self.assertEqual(final(actions)["message"], life.MESSAGES["first_token_timeout"])
         machine = new_life()
+        machine.taken(0.0)
         machine.sent(0.0)
         machine.delta("a", 10.0)
         self.assertEqual(machine.tick(129.0), [])
@@ -132,6 +152,7 @@ class Table(TestCase):
 
     def test_client_gone_sends_nothing(self) -> None:
         machine = new_life()
+        machine.taken(0.0)
         machine.sent(0.0)
         self.assertEqual(machine.client_gone(), [life.ReleaseNode(Verdict.NONE), life.End("client_gone")])
 
@@ -168,7 +189,7 @@ class Properties(TestCase):
                 actions = EVENTS[event](machine, now)
             except LifeError:
                 actions = machine.crash()  # what the adapter does
-            if machine.state in (State.COUNTING, State.ATTEMPTING) and event in ("sent", "counting"):
+            if machine.state is State.CHECKING and event == "taken":
                 held = 1
             for action in actions:
                 self.assertEqual(ends, 0, "nothing after End")

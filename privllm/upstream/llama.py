@@ -90,6 +90,7 @@ class LlamaServer:
             agent = Agent.usingEndpointFactory(reactor, AgentEndpoints(reactor, tls, connect_timeout), pool=pool)
             self._base = url.rstrip("/")
         self._agent = agent
+        self._reactor = reactor
         self.context: int | None = None  # tokens per slot, learned from the node once it is ready
         self._http = treq.client.HTTPClient(agent)
         self._pool = pool
@@ -100,8 +101,8 @@ class LlamaServer:
     async def _get_json(self, path: str, timeout: float) -> Any:
         """The JSON answer of a GET, or None when it fails, is not 200, or is not bounded JSON."""
         try:
-            response = await self._http.get(self._base + path, timeout=timeout)
-            body = await read_bounded(response, MAX_ANSWER_BYTES)
+            response = await self._http.get(self._base + path, timeout=timeout)  # to the headers
+            body = await read_bounded(response, MAX_ANSWER_BYTES).addTimeout(timeout, self._reactor)
             return loads_bounded(body, MAX_ANSWER_BYTES) if response.code == 200 else None
         except Exception:
             return None

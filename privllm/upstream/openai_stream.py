@@ -151,10 +151,10 @@ class ChatDialect:
         return "\n".join(contents(body))
 
     @staticmethod
-    def counted_bounds(body: dict[str, Any], tokens: int) -> tuple[int, int]:
-        """Bounds from the count of `count_text`: the joins may have merged a token each."""
-        messages = len(body["messages"])
-        return max(0, tokens - messages), tokens + template_allowance(messages)
+    def counted_lower(body: dict[str, Any], tokens: int) -> int:
+        """A lower bound on the prompt from the count of `count_text` (each join may have
+        merged two tokens into one; the template only adds)."""
+        return max(0, tokens - len(body["messages"]))
 
     @staticmethod
     def translator(body: dict[str, Any]) -> ChatCompletionStream:

@@ -41,6 +41,7 @@ class NodePool:
         self.max_per_node = max_per_node  # llama-server's --parallel slots on each node
         self.queue_size = queue_size
         self._waiting: deque[Callable[[], None]] = deque()
+        self._taken = 0  # takes so far: tells whether a woken waiter took the free slot
         self._next = 0
 
     def saturated(self, now: float) -> bool:
@@ -61,12 +62,17 @@ class NodePool:
 
     def take(self, node: Node) -> None:
         node.outstanding += 1
+        self._taken += 1
 
     def release(self, node: Node) -> None:
-        """A stream left `node`: hand the slot to the longest-waiting request, if any."""
+        """A stream left `node`: hand the slot to the longest-waiting request; if that one
+        ends without taking it (a node went down, its conversation was too long), the next."""
         node.outstanding -= 1
-        if self._waiting:
+        for _ in range(len(self._waiting)):  # each at most once: one that waits again goes last
+            taken = self._taken
             self._waiting.popleft()()
+            if self._taken != taken:
+                return
 
     def mark_down(self, node: Node) -> None:
         """A connection to `node` failed, or its process exited: take it out of service now;

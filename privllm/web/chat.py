@@ -22,10 +22,10 @@ from typing import Any
 
 from twisted.internet import error as neterror
 from twisted.internet.base import DelayedCall
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, fail
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
-from twisted.python.failure import Failure as TwistedFailure
+from twisted.python.failure import Failure
 from twisted.web.server import Request
 
 from ..body import BodyStream, read_bounded
@@ -66,13 +66,13 @@ class StreamSettings:
     queue_timeout: float = 10.0
 
 
-def node_failure(failure: TwistedFailure) -> life.Failure:
+def node_fault(failure: Failure) -> life.Fault:
     """What an upstream exception says about the node."""
     if failure.check(neterror.TimeoutError, neterror.ConnectingCancelledError):
-        return life.Failure.TIMEOUT
+        return life.Fault.TIMEOUT
     if failure.check(neterror.ConnectError):  # refused, no socket, no route: the node is down
-        return life.Failure.DOWN
-    return life.Failure.SERVER
+        return life.Fault.DOWN
+    return life.Fault.SERVER
 
 
 class ChatStream:
@@ -115,7 +115,6 @@ class ChatStream:
         self._body: BodyStream | None = None
         self._translator: Any = None
         self._timer: DelayedCall | None = None  # the retry backoff or the queue timeout
-        self._queued = False
         self._ticker = LoopingCall(self._tick)
         self._ticker.clock = clock
         self._tried: list[Node] = []
@@ -124,8 +123,13 @@ class ChatStream:
     def start(
         self, opened: OpenedRequest, encapsulated_key: bytes, refusal: SealedRefusal | None = None
     ) -> Deferred[None]:
-        """Send `init`, then run the chat; a refusal after decryption ends it sealed at once."""
-        self._events.open(opened.response_secret, encapsulated_key)
+        """Send `init`, then run the chat; a refusal after decryption ends it sealed at once.
+        If even `init` cannot be sent, nothing can be sealed: the route's Deferred fails."""
+        try:
+            self._events.open(opened.response_secret, encapsulated_key)
+        except Exception:
+            log.failure("chat {rid}: the stream could not start", rid=self._tag)
+            return fail()
         self._metrics.active_streams.inc()
         self._ticker.start(1.0, now=False)
         self._feed(lambda: self._begin(opened.plaintext, refusal))
@@ -147,31 +151,34 @@ class ChatStream:
     # the machine: events in, actions out
 
     def _feed(self, event: Callable[[], list[life.Action]]) -> None:
-        """Hand one event to the machine and perform what it says. Actions are queued, so an
-        event raised while performing (a connection refused at once) comes after them."""
-        try:
-            self._actions.extend(event())
-        except Exception:
-            self._crashed()
-        if self._performing:
-            return
+        """Hand one event to the machine and perform what it says. While actions are being
+        performed, an event they raise (a connection refused at once, a body delivered at
+        once) only queues its actions behind theirs."""
+        outermost = not self._performing
         self._performing = True
         try:
-            while self._actions:
+            try:
+                self._actions.extend(event())
+            except Exception:
+                self._crashed()
+            while outermost and self._actions:
                 action = self._actions.popleft()
                 try:
                     self._perform(action)
                 except Exception:
                     self._crashed()
         finally:
-            self._performing = False
+            if outermost:
+                self._performing = False
 
     def _crashed(self) -> None:
+        """A bug while handling an event or performing an action. A live chat ends sealed
+        `internal`; a chat already on its way out goes on with the actions queued (its
+        Final and End), so it still ends once and gives everything back."""
         log.failure("chat {rid}: internal error", rid=self._tag)
-        self._actions.clear()
-        self._actions.extend(self._life.crash())
-        if not self._actions:  # ended already: make sure nothing is kept
-            self._give_back()
+        if not self._life.ended:
+            self._actions.clear()
+            self._actions.extend(self._life.crash())
 
     def _perform(self, action: life.Action) -> None:
         if isinstance(action, life.SendDelta):
@@ -194,7 +201,6 @@ class ChatStream:
 
     def _choose(self) -> list[life.Action]:
         self._timer = None
-        self._queued = False
         assert self._chat is not None
         now = self._clock.seconds()
         node = self._pool.choose(now, exclude=self._tried)
@@ -206,25 +212,30 @@ class ChatStream:
             # Every node is busy: wait briefly in a bounded queue rather than slow anyone down.
             if not self._pool.wait(self._slot_free):
                 return self._life.queue_full()
-            self._queued = True
             self._timer = self._clock.callLater(self._settings.queue_timeout, self._feed, self._life.queue_timed_out)
             return self._life.queued()
         if node is None:
             return self._life.no_node()
+        # Taken at once (choose may have handed out its breaker's probe): from here every way
+        # out releases the node with a verdict.
+        self._take(node)
+        return self._life.taken(now) + self._check(node)
+
+    def _check(self, node: Node) -> list[life.Action]:
+        """Send the conversation if it fits the node's context; ask the node's tokenizer when
+        the bounds cannot tell."""
+        assert self._chat is not None
         body = node.dialect.body(self._chat)
         lower, upper = node.dialect.prompt_bounds(body)
         context = node.client.context
-        if context is not None and lower >= context:
-            return self._life.too_long()
-        self._take(node)
         if context is None or upper < context:
             return self._send(node, body)
-        actions = self._life.counting(now)
+        if lower >= context:
+            return self._life.too_long()
         self._watch(node.client.count_tokens(node.dialect.count_text(body)), self._counted, body)
-        return actions
+        return []
 
     def _slot_free(self) -> None:
-        self._queued = False
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
@@ -252,8 +263,8 @@ class ChatStream:
                 self._pending = None
                 self._feed(lambda: on_result(value, *args))
 
-        def failed(failure: TwistedFailure) -> None:
-            if attempt == self._attempt and not failure.check(CancelledError):
+        def failed(failure: Failure) -> None:
+            if attempt == self._attempt:
                 self._pending = None
                 self._upstream_failed(failure)
 
@@ -261,9 +272,8 @@ class ChatStream:
 
     def _counted(self, tokens: int, body: dict[str, Any]) -> list[life.Action]:
         assert self._node is not None
-        lower, _ = self._node.dialect.counted_bounds(body, tokens)
         context = self._node.client.context
-        if context is not None and lower >= context:
+        if context is not None and self._node.dialect.counted_lower(body, tokens) >= context:
             return self._life.too_long()
         return self._send(self._node, body)
 
@@ -275,8 +285,8 @@ class ChatStream:
         if response.code != 200:
             self._watch(read_bounded(response, MAX_REFUSAL_BYTES), self._refused, response.code)
             return []
-        self._body = BodyStream(self._upstream_data)
-        attempt = self._attempt
+        attempt = self._attempt  # the body's pieces count only while this attempt is the current one
+        self._body = BodyStream(lambda data: self._upstream_data(data) if attempt == self._attempt else None)
         self._body.done.addCallbacks(
             lambda _: self._upstream_ended(attempt),
             lambda f: self._upstream_failed(f) if attempt == self._attempt else None,
@@ -290,7 +300,7 @@ class ChatStream:
             return self._life.request_error(code)
         log.info("chat {rid}: upstream answered {kind}", rid=self._tag, kind=status)
         # 503: llama-server loading its model, or a node whose llama-server is gone.
-        return self._life.node_failed(life.Failure.DOWN if status == 503 else life.Failure.SERVER)
+        return self._life.node_failed(life.Fault.DOWN if status == 503 else life.Fault.SERVER)
 
     def _upstream_data(self, data: bytes) -> None:
         self._life.upstream_activity(self._clock.seconds())
@@ -308,7 +318,7 @@ class ChatStream:
                 return self._life.request_error(e.code)
             except UpstreamProtocolError:
                 log.info("chat {rid}: upstream failed ({kind})", rid=self._tag, kind="UpstreamProtocolError")
-                return self._life.node_failed(life.Failure.SERVER)
+                return self._life.node_failed(life.Fault.SERVER)
             now = self._clock.seconds()
             actions: list[life.Action] = []
             for piece in pieces:
@@ -325,11 +335,11 @@ class ChatStream:
         self._metrics.tokens.labels("completion").inc(finished.completion_tokens)
         return self._life.finished(finished)
 
-    def _upstream_failed(self, failure: TwistedFailure) -> None:
+    def _upstream_failed(self, failure: Failure) -> None:
         if failure.check(CancelledError):
             return
         log.info("chat {rid}: upstream failed ({kind})", rid=self._tag, kind=getattr(failure.type, "__name__", "?"))
-        self._feed(lambda: self._life.node_failed(node_failure(failure)))
+        self._feed(lambda: self._life.node_failed(node_fault(failure)))
 
     def _tick(self) -> None:
         self._feed(lambda: self._life.tick(self._clock.seconds()))
@@ -340,28 +350,33 @@ class ChatStream:
 
     def _release_node(self, verdict: Verdict) -> None:
         node, self._node = self._node, None
-        self._stop_upstream()
+        self._stop_upstream(linger=verdict is Verdict.OK)
         if node is None:
             return
-        if verdict is Verdict.OK:
-            node.breaker.success()
-        elif verdict is Verdict.NONE:
-            node.breaker.abandon()
-        else:
-            node.breaker.failure(self._clock.seconds())
-            self._metrics.node_failures.labels(node.name).inc()
-            if verdict is Verdict.DOWN:
-                self._pool.mark_down(node)
-        self._pool.release(node)
+        try:
+            if verdict is Verdict.OK:
+                node.breaker.success()
+            elif verdict is Verdict.NONE:
+                node.breaker.abandon()
+            else:
+                node.breaker.failure(self._clock.seconds())
+                self._metrics.node_failures.labels(node.name).inc()
+                if verdict is Verdict.DOWN:
+                    self._pool.mark_down(node)
+        finally:
+            self._pool.release(node)
 
-    def _stop_upstream(self) -> None:
+    def _stop_upstream(self, linger: bool = False) -> None:
+        """Drop the upstream request. `linger`: the node answered in full and its response is
+        about to end; read that end, so the connection goes back to the pool."""
         self._attempt += 1  # whatever the last request still says is stale now
         if self._pending is not None:
             pending, self._pending = self._pending, None
             pending.cancel()
         if self._body is not None:
             body, self._body = self._body, None
-            if self._translator is not None and self._translator.upstream_complete and not body.done.called:
+            complete = self._translator is not None and self._translator.upstream_complete
+            if linger and complete and not body.done.called:
                 self._linger(body)
             else:
                 body.stop()
@@ -409,9 +424,7 @@ class ChatStream:
             self._ticker.stop()
 
     def _leave_queue(self) -> None:
-        if self._queued:
-            self._queued = False
-            self._pool.forget(self._slot_free)
+        self._pool.forget(self._slot_free)
 
     def _release_slot(self) -> None:
         if self._holds_slot and self._slots is not None:
