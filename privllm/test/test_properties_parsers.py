@@ -143,9 +143,10 @@ class ServerSentEvents(TestCase):
 
 
 class Translators(TestCase):
-    @given(st.lists(json_values | st.sampled_from(["[DONE]", "{", "x"]), max_size=6), st.lists(st.integers(0, 999)))
+    @given(st.lists(json_values | st.sampled_from([b"[DONE]", b"{", b"x"]), max_size=6), st.lists(st.integers(0, 999)))
     def test_chat_stream(self, events: list[Any], cuts: list[int]) -> None:
-        data = b"".join(b"data: " + (e.encode() if isinstance(e, str) else json_bytes(e)) + b"\n\n" for e in events)
+        """Any JSON event, or raw data (bytes), split anywhere."""
+        data = b"".join(b"data: " + (e if isinstance(e, bytes) else json_bytes(e)) + b"\n\n" for e in events)
         stream = ChatCompletionStream()
         try:
             for piece in split(data, cuts):
