@@ -10,6 +10,7 @@ from typing import Any
 import h2.config
 import h2.connection
 import h2.events
+from h2.exceptions import StreamClosedError
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
@@ -240,3 +241,52 @@ class HTTP2(TestCase):
         self.held.requests[0].finish()
         self.clock.advance(DEADLINE)
         self.assertTrue(self.transport.closed)
+
+
+class BodyBudgetPerConnection(TestCase):
+    """HTTP/2 multiplexes 100 streams: unbounded, one connection held 100 bodies (25 MiB here)."""
+
+    def test_bodies_arriving_on_one_connection_are_bounded(self) -> None:
+        clock = Clock()
+        max_body = 262144
+        self.patch(http, "H2Connection", lambda: H2Connection(clock))
+        site = PrivllmSite(Resource(), max_body, reactor=clock, idle_timeout=60, request_read_timeout=15)
+        protocol = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
+        transport = Transport(b"h2")
+        protocol.makeConnection(transport)
+        client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        client.initiate_connection()
+
+        def pump() -> None:
+            if not transport.closed:
+                protocol.dataReceived(client.data_to_send())
+                client.receive_data(transport.value())
+                transport.clear()
+
+        pump()
+        streams = [1 + 2 * i for i in range(100)]
+        for stream in streams:
+            head = [(b":method", b"POST"), (b":path", b"/api/chat"), (b":scheme", b"https"), (b":authority", b"x")]
+            client.send_headers(stream, head)
+        pump()
+        left = dict.fromkeys(streams, max_body - 1)  # each body one byte short of the limit, never ended
+        most, reset = 0, set()
+        for _ in range(1000):
+            progressed = False
+            for stream in streams:
+                n = min(left[stream], client.local_flow_control_window(stream), client.max_outbound_frame_size)
+                if n > 0 and stream not in reset:
+                    try:
+                        client.send_data(stream, b"x" * n)
+                    except StreamClosedError:
+                        reset.add(stream)  # the router reset it: past the connection's budget
+                        continue
+                    left[stream] -= n
+                    progressed = True
+            pump()
+            channel: Any = protocol.wrapped._channel
+            most = max(most, sum(len(s._request.content.getvalue()) for s in channel.streams.values()))
+            if not progressed:
+                break
+        self.assertLessEqual(most, 4 * max_body)
+        self.assertGreater(len(reset), 90, "streams past the budget are reset")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable
 from typing import Any
 
@@ -85,6 +86,7 @@ class RouterApp:
         if content_type != b"application/json":
             return self._reject(request, UNSUPPORTED_MEDIA_TYPE)
         body = request.content.read() if request.content is not None else b""
+        request.content = io.BytesIO()  # the request lives as long as its answer; its body need not
         try:
             admitted = self._admission.admit(body, self._client_address(request), self._clock.seconds(), self._ready())
         except RequestRejected as e:

@@ -42,10 +42,6 @@ class ReadDeadline:
         self._expire = None
         self._cancel()
 
-    @property
-    def running(self) -> bool:
-        return self._call is not None
-
     def _arm(self) -> None:
         self._cancel()
         self._call = self._clock.callLater(self._seconds, self._expired)

@@ -38,16 +38,47 @@ def error_body(rejection: Rejection) -> bytes:
     return dumps({"error": rejection.code})
 
 
+BODY_BUDGET_BODIES = 4  # request bodies' worth of bytes one connection may hold while they arrive
+
+
+class BodyBudget:
+    """Bytes of request bodies one connection holds while they arrive. HTTP/1.1 reads one
+    request at a time; HTTP/2 multiplexes up to 100 streams, each with a body up to the limit,
+    so without this one connection could hold 100 bodies in memory (locked, in prod)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+
+    def take(self, size: int) -> bool:
+        if self.held + size > self.limit:
+            return False
+        self.held += size
+        return True
+
+    def give(self, size: int) -> None:
+        self.held -= size
+
+
 class PrivllmRequest(server.Request):
     _received = 0
+    _budgeted = 0  # bytes of this body counted in the connection's budget
     _too_large = False
     _refused_early = False
     _answering = False
     _stream_deadline: ReadDeadline | None = None
 
-    def __init__(self, channel: Any, *args: Any, connection: ReadDeadline | None = None, **kw: Any) -> None:
+    def __init__(
+        self,
+        channel: Any,
+        *args: Any,
+        connection: ReadDeadline | None = None,
+        budget: BodyBudget | None = None,
+        **kw: Any,
+    ) -> None:
         super().__init__(channel, *args, **kw)
         self._connection = connection
+        self._budget = budget
         if connection is not None and not isinstance(channel, http.HTTPChannel):
             # An HTTP/2 stream: its body must arrive in time even while other streams are answered.
             site: Any = channel.site
@@ -63,7 +94,13 @@ class PrivllmRequest(server.Request):
         super().finish()
         self._answered()
 
+    def _give_budget(self) -> None:
+        if self._budget is not None and self._budgeted:
+            self._budget.give(self._budgeted)
+            self._budgeted = 0
+
     def connectionLost(self, reason: Any) -> None:
+        self._give_budget()
         if self._stream_deadline is not None:
             self._stream_deadline.stop()
         super().connectionLost(reason)
@@ -93,6 +130,12 @@ class PrivllmRequest(server.Request):
             self.content = io.BytesIO()
             self._refuse()
             return
+        if self._budget is not None:
+            if not self._budget.take(len(data)):
+                self._give_budget()
+                self.channel.abortConnection()  # type: ignore[union-attr,attr-defined]
+                return
+            self._budgeted += len(data)
         content: Any = self.content
         content.write(data)
 
@@ -113,6 +156,7 @@ class PrivllmRequest(server.Request):
         # the 413 goes out when the stream's request completes (see process).
 
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        self._give_budget()  # arrived whole: the route reads it and lets it go
         if self._stream_deadline is not None:
             self._stream_deadline.stop()
         if self._refused_early:
@@ -152,14 +196,16 @@ def _decodable(request: server.Request) -> bool:
 
 @implementer(INonQueuedRequestFactory)
 class _Requests:
-    """Builds the requests of one connection, each told of the connection's deadline."""
+    """Builds the requests of one connection, each told of the connection's deadline and
+    body budget."""
 
-    def __init__(self, make: Any, deadline: ReadDeadline) -> None:
+    def __init__(self, make: Any, deadline: ReadDeadline, budget: BodyBudget) -> None:
         self._make = make
         self._deadline = deadline
+        self._budget = budget
 
     def __call__(self, channel: Any, **kw: Any) -> Any:
-        return self._make(channel, connection=self._deadline, **kw)
+        return self._make(channel, connection=self._deadline, budget=self._budget, **kw)
 
 
 class _Deadlined(proxyForInterface(IProtocol, "wrapped")):  # type: ignore[misc]
@@ -202,7 +248,8 @@ class PrivllmSite(server.Site):
         channel = super().buildProtocol(addr)
         deadline = ReadDeadline(self.reactor, self.request_read_timeout)
         # Set through the channel so that an HTTP/2 connection, chosen later by ALPN, gets it too.
-        channel.requestFactory = _Requests(self.requestFactory, deadline)
+        budget = BodyBudget(BODY_BUDGET_BODIES * self.max_body)
+        channel.requestFactory = _Requests(self.requestFactory, deadline, budget)
         return _Deadlined(channel, deadline)
 
     def log(self, request: object) -> None:
