@@ -59,8 +59,10 @@ class PowGate:
         if difficulty == 0:
             return
         if envelope.pow is not None:
+            # A challenge issued when the load was lower is still good, but only one step lower.
+            minimum = max(1, difficulty - self.policy.step)
             try:
-                self.challenges.verify(envelope.pow[0], envelope.pow[1], envelope.request_id, now, address)
+                self.challenges.verify(envelope.pow[0], envelope.pow[1], envelope.request_id, now, address, minimum)
                 return
             except PowError:
                 pass
@@ -92,11 +94,11 @@ class Admission:
         """Return the opened request (perhaps with a sealed refusal), or raise RequestRejected
         with the plaintext error to send. Unless refused, the address holds one stream until
         `release`."""
-        if self.pow_gate is not None:
-            self.pow_gate.rate.add(now)
         wait = self.per_address.check(address, now)
         if wait:
             raise RequestRejected(RATE_LIMITED, retry_after=wait)
+        if self.pow_gate is not None:  # load as requests that passed their address's limit
+            self.pow_gate.rate.add(now)
         if not backend_ready or (self.slots is not None and self.slots.full()):
             raise RequestRejected(UNAVAILABLE)
         streams = self.address_streams

@@ -77,9 +77,11 @@ class Challenges:
             "expires": expires,
         }
 
-    def verify(self, challenge_b64: object, nonce_b64: object, request_id: str, now: float, address: str) -> None:
-        """Accept a solution once, and spend it. Raises PowError, or RequestRejected(UNAVAILABLE)
-        when the spent set is full."""
+    def verify(
+        self, challenge_b64: object, nonce_b64: object, request_id: str, now: float, address: str, minimum: int = 0
+    ) -> None:
+        """Accept a solution once, and spend it: its challenge must ask `minimum` bits at least.
+        Raises PowError, or RequestRejected(UNAVAILABLE) when the spent set is full."""
         self._spent.purge(int(now))
         try:
             challenge = b64decode(challenge_b64, CHALLENGE_SIZE)
@@ -92,6 +94,8 @@ class Challenges:
         version, difficulty, expires, token = _HEAD.unpack(head)
         if version != VERSION or now > expires:
             raise PowError("expired")
+        if difficulty < minimum:
+            raise PowError("issued when the load was lower")
         if token in self._spent:
             raise PowError("spent")
         if leading_zero_bits(work_hash(challenge, request_id, nonce)) < difficulty:

@@ -102,6 +102,13 @@ class ProofOfWork(TestCase):
         with self.assertRaises(PowError):
             challenges.verify(b64encode(bytes(raw)), b64encode(b"\0"), "r" * 22, NOW, "a")
 
+    def test_a_challenge_from_a_quieter_time_is_good_one_step_lower_only(self) -> None:
+        challenges = Challenges(SECRET, ttl=60)
+        challenge, nonce = self.solved(challenges)  # 10 bits
+        with self.assertRaises(PowError):
+            challenges.verify(challenge, nonce, "r" * 22, NOW, "a", minimum=11)
+        challenges.verify(challenge, nonce, "r" * 22, NOW, "a", minimum=10)
+
     def test_leading_zero_bits(self) -> None:
         self.assertEqual(leading_zero_bits(b"\x00\x00\x80"), 16)
         self.assertEqual(leading_zero_bits(b"\x00\x01"), 15)
@@ -207,6 +214,16 @@ class Admitting(TestCase):
         assert isinstance(difficulty, int)
         nonce = solve(base64.b64decode(challenge), sealed.body["request_id"], difficulty)
         return dict(sealed.body, pow={"challenge": challenge, "nonce": b64encode(nonce)})
+
+    def test_requests_refused_by_their_address_limit_are_not_load(self) -> None:
+        """One address sending junk it is refused for must not make everyone solve puzzles."""
+        gate = PowGate(Challenges(SECRET, 120), DifficultyPolicy(192, 50.0, 16, 2, 24))
+        admission = Admission(self.ring, ReplayWindow(60, 1000), RateLimiter(2, 20, 100), 65536, pow_gate=gate)
+        for i in range(8000):  # 800 a second for 10 s
+            with self.assertRaises(RequestRejected):
+                admission.admit(b"x", "198.51.100.1", NOW + i / 800, True)
+        honest = sealed_request(self.key, timestamp=NOW + 10)
+        self.admit(admission, honest.body, "203.0.113.9", NOW + 10)
 
     def test_pow_required_then_accepted(self) -> None:
         admission = self.pow_admission()

@@ -82,4 +82,6 @@ class Config(TestCase):
             "replay.max_entries_per_address",
             self.refused("[replay]\nmax_entries = 100\nmax_entries_per_address = 101\n"),
         )
-        self.load('[server]\ntrusted_proxies = ["10.0.0.0/8", "::ffff:192.0.2.1", "2001:db8::/32"]\n')
+        proxies = '[server]\ntrusted_proxies = ["10.0.0.0/8", "::ffff:192.0.2.1", "2001:db8::/32"]\n'
+        self.assertIn("server.client_address_header", self.refused(proxies))
+        self.load(proxies + 'client_address_header = "x-forwarded-for"\n')
