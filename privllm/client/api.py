@@ -321,7 +321,12 @@ class PrivllmClient:
             except ServerError as e:
                 if e.code != "pow_required" or attempt == 2:
                     raise
-                body = {**sealed.body, "pow": await self._solve(e.details, sealed.body["request_id"])}
+                request_id = sealed.body["request_id"]
+                solution = await self._solve(e.details, request_id)
+                # Sealed again after the work (which can outlast the replay window), with the
+                # request id the solution is bound to: the refused request never opened.
+                sealed = self.seal(plaintext, key, request_id)
+                body = {**sealed.body, "pow": solution}
         raise AssertionError("unreachable")
 
     async def _raise_plaintext_error(self, response: Any) -> None:

@@ -26,8 +26,6 @@ NOT_FOUND = Rejection(404, "not_found")
 METHOD_NOT_ALLOWED = Rejection(405, "method_not_allowed")
 UNSUPPORTED_MEDIA_TYPE = Rejection(415, "unsupported_media_type")
 
-PRE_DECRYPTION = (MALFORMED, TOO_LARGE, UNKNOWN_KEY, STALE, DECRYPT_FAILED, REPLAY, RATE_LIMITED, UNAVAILABLE)
-
 
 class RequestRejected(Exception):
     """Raised by the sans-IO request checks; the adapter turns it into a plaintext reply."""

@@ -21,7 +21,6 @@ ED25519_SIGNATURE_SIZE = 64
 RESPONSE_NONCE_SIZE = 32
 AEAD_KEY_SIZE = 32
 AEAD_NONCE_SIZE = 12
-AEAD_TAG_SIZE = 16
 
 # The most proof of work (leading zero bits) a router may ask and a client will do: 2**24
 # SHA-256 on average, about 12 s of one core for the CPython solver (docs/protocol.md). The
