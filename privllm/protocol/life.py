@@ -189,7 +189,7 @@ class ChatLife:
         return [Attempt()]
 
     def refused(self, code: str, message: str, retry_after: int | None = None) -> list[Action]:
-        """Refused after decryption (bad plaintext, per-device limits, the replay window full)."""
+        """Refused after decryption: bad plaintext, the device's rate or stream cap."""
         if not self._accept("refused"):
             return []
         chunk: dict[str, Any] = {"type": "error", "code": code, "message": message}
