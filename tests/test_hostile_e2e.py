@@ -11,7 +11,7 @@ from twisted.trial.unittest import TestCase
 
 from .docclient import DocClient
 from .stack import shared
-from .test_e2e import ROUTER, llama_metric, user
+from .test_e2e import ROUTER, user
 
 SURROGATE = b'{"messages":[{"role":"user","content":"a\\ud800b"}],"max_tokens":8}'
 
@@ -60,12 +60,14 @@ class HostileChats(TestCase):
             ],
             "max_tokens": 8,
         }
-        before = llama_metric(self.daemon.llama_socket, "prompt_tokens_total")
+        answers = "privllm_upstream_response_seconds_count"  # responses from the node, any status
+        before = metric(self.metrics(), answers, f'{{node="unix://{self.daemon.llama_socket}"}}')
         for _ in range(6):
             chunks = self.doc().chat(conversation)
             self.assertEqual((chunks[-1]["type"], chunks[-1]["code"]), ("error", "too_long"))
-        self.assertEqual(llama_metric(self.daemon.llama_socket, "prompt_tokens_total"), before, "never sent")
         metrics = self.metrics()
+        after = metric(metrics, answers, f'{{node="unix://{self.daemon.llama_socket}"}}')
+        self.assertEqual(after, before, "never sent: only counted by the node's tokenizer")
         self.assertNotIn(b'state="open"', metrics)
         self.assertNotIn(b"privllm_node_failures_total{", metrics)
         self.assertGreaterEqual(metric(metrics, "privllm_chat_requests_total", '{outcome="too_long"}'), 6)

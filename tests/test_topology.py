@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import re
 import ssl
 
 from twisted.trial.unittest import TestCase
@@ -20,6 +21,12 @@ class Nodes(TestCase):
         t = topology()
         return DocClient(t.router.port, t.router.ssl_context(), t.pin())
 
+    def node_answers(self) -> float:
+        """Responses the router got from its nodes, whatever their status."""
+        _, _, body = topology().router.get("/metrics", tls=False)
+        counts = re.findall(rb"^privllm_upstream_response_seconds_count\{[^}]*\} ([0-9.e+]+)$", body, re.M)
+        return sum(float(c) for c in counts)
+
     def test_a_chats_go_through_both_nodes(self) -> None:
         t = topology()
         doc = self.doc()
@@ -27,6 +34,23 @@ class Nodes(TestCase):
             self.assertEqual(doc.chat(user("Say hi."))[-1]["type"], "done")
         for node in t.nodes:
             self.assertGreater(llama_metric(node.llama_socket, "prompt_tokens_total"), 0)
+
+    def test_a_hostile_chats_through_nodes(self) -> None:
+        """Each node forwards its slot context (/props) and tokenizer (/tokenize): an over-long
+        conversation is refused before it is sent, and no node is counted as failing."""
+        doc = self.doc()
+        long = "word " * 3000
+        conversation = {"messages": [{"role": "user", "content": long}, {"role": "assistant", "content": long},
+                                     {"role": "user", "content": long}], "max_tokens": 8}  # fmt: skip
+        before = self.node_answers()
+        for _ in range(4):
+            self.assertEqual(doc.chat(conversation)[-1]["code"], "too_long")
+        self.assertEqual(self.node_answers(), before, "refused by the router, never sent to a node")
+        surrogate = b'{"messages":[{"role":"user","content":"\\ud800"}]}'
+        self.assertEqual(doc.chat(surrogate)[-1]["code"], "bad_request")
+        for _ in range(4):
+            self.assertEqual(doc.chat(user("Say hi."))[-1]["type"], "done")
+        self.assertEqual(self.node_answers(), before + 4, "ordinary chats are counted")
 
     def test_b_node_accepts_only_the_router(self) -> None:
         t = topology()
