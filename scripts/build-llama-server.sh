@@ -18,8 +18,8 @@ if [ -x "$BIN" ]; then
     exit 0
 fi
 
-command -v cmake >/dev/null || { echo "build-llama-server: cmake is required (apt-get install cmake)" >&2; exit 1; }
-command -v c++ >/dev/null || { echo "build-llama-server: a C++ compiler is required (apt-get install g++)" >&2; exit 1; }
+command -v cmake >/dev/null || { echo "build-llama-server: cmake is required (apt-get install --no-install-recommends cmake)" >&2; exit 1; }
+command -v c++ >/dev/null || { echo "build-llama-server: a C++ compiler is required (apt-get install --no-install-recommends g++)" >&2; exit 1; }
 
 WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT
