@@ -11,8 +11,9 @@ from twisted.trial.unittest import TestCase
 from ..harmony import vocabulary
 from ..harmony.dialect import HarmonyDialect, HarmonyStream, render
 from ..protocol.chat import ChatLimits, parse_chat_request
+from ..protocol.life import Finished
 from ..upstream.instructions import INSTRUCTIONS
-from ..upstream.openai_stream import Delta, Finished
+from ..upstream.openai_stream import Delta
 from .harmony_replay import FINAL, assistant_tokens, completion_events, encoding
 
 

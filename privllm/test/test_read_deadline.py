@@ -97,18 +97,23 @@ class Transport(StringTransport):
         return bool(self.disconnecting or self.disconnected)
 
 
+def connect(clock: Clock, transport: Transport) -> tuple[Any, Any, Transport]:
+    """A site with a quick and a held resource, one connection to it over `transport`.
+    The idle timeout is far away: only the read deadline can close the connection."""
+    root: Any = Resource()
+    root.putChild(b"quick", Quick())
+    held = Held()
+    root.putChild(b"held", held)
+    site = PrivllmSite(root, 4096, reactor=clock, idle_timeout=3600, request_read_timeout=DEADLINE)
+    protocol = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
+    protocol.makeConnection(transport)
+    return held, protocol, transport
+
+
 class HTTP11(TestCase):
     def setUp(self) -> None:
         self.clock = Clock()
-        root: Any = Resource()
-        root.putChild(b"quick", Quick())
-        self.held = Held()
-        root.putChild(b"held", self.held)
-        # The idle timeout is far away: only the read deadline can close these connections.
-        site = PrivllmSite(root, 4096, reactor=self.clock, idle_timeout=3600, request_read_timeout=DEADLINE)
-        self.protocol = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
-        self.transport = Transport()
-        self.protocol.makeConnection(self.transport)
+        self.held, self.protocol, self.transport = connect(self.clock, Transport())
 
     def trickle(self, data: bytes, every: float = 1.0) -> None:
         for byte in data:
@@ -172,14 +177,7 @@ class HTTP2(TestCase):
         self.clock = Clock()
         # Twisted builds the HTTP/2 connection on the global reactor; run it on this clock.
         self.patch(http, "H2Connection", lambda: H2Connection(self.clock))
-        root: Any = Resource()
-        root.putChild(b"quick", Quick())
-        self.held = Held()
-        root.putChild(b"held", self.held)
-        site = PrivllmSite(root, 4096, reactor=self.clock, idle_timeout=3600, request_read_timeout=DEADLINE)
-        self.protocol = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
-        self.transport = Transport(b"h2")
-        self.protocol.makeConnection(self.transport)
+        self.held, self.protocol, self.transport = connect(self.clock, Transport(b"h2"))
         self.client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
         self.client.initiate_connection()
 

@@ -41,10 +41,12 @@ class CountError(Exception):
 
 
 def _token_count(body: bytes) -> int:
+    """`{"tokens": [...]}`: the body was bounded as it was read."""
     try:
-        tokens = loads_bounded(body, len(body) + 1).get("tokens")
-    except (EncodingError, AttributeError) as e:
+        answer = loads_bounded(body, len(body))
+    except EncodingError as e:
         raise CountError() from e
+    tokens = answer.get("tokens") if isinstance(answer, dict) else None
     if not isinstance(tokens, list):
         raise CountError()
     return len(tokens)

@@ -24,8 +24,6 @@ MAX_REFUSAL_BYTES = 1 << 16  # the body of a refusal read, at most, to learn its
 # error is the server's own and counts against the node.
 REQUEST_ERRORS = {"exceed_context_size_error": "too_long", "invalid_request_error": "bad_request"}
 
-__all__ = ["Delta", "Finished", "UpstreamProtocolError", "UpstreamRequestError"]
-
 
 class Delta(NamedTuple):  # tuples: made once per streamed delta, cheaply
     text: str
@@ -118,7 +116,7 @@ def completion_body(chat: ChatRequest) -> dict[str, Any]:
     return body
 
 
-def count(usage: object, name: str) -> int:
+def _count(usage: object, name: str) -> int:
     """A token count from the node, or 0 when it is missing or not believable."""
     value = usage.get(name) if isinstance(usage, dict) else None
     return value if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_COUNT else 0
@@ -187,8 +185,8 @@ class ChatCompletionStream:
         self.finished = True
         return Finished(
             self._finish_reason or "stop",
-            count(self._usage, "prompt_tokens"),
-            count(self._usage, "completion_tokens"),
+            _count(self._usage, "prompt_tokens"),
+            _count(self._usage, "completion_tokens"),
         )
 
     def _event(self, event: SSEEvent) -> list[Delta | Finished]:

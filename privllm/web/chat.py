@@ -193,7 +193,7 @@ class ChatStream:
         elif isinstance(action, life.ScheduleRetry):
             self._timer = self._clock.callLater(action.delay, self._feed, self._life.retry_due)
         elif isinstance(action, life.Final):
-            self._final(action.chunk)
+            self._events.final(action.chunk)
         elif isinstance(action, life.End):
             self._end(action.outcome)
 
@@ -386,9 +386,6 @@ class ChatStream:
         the connection goes back to the pool (a new one per chat costs time to first token)."""
         stop = self._clock.callLater(UPSTREAM_LINGER, body.stop)
         body.done.addBoth(lambda _: stop.cancel() if stop.active() else None)
-
-    def _final(self, chunk: dict[str, Any]) -> None:
-        self._events.final(chunk)
 
     def _end(self, outcome: str) -> None:
         try:
