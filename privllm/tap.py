@@ -34,9 +34,9 @@ from .protocol.addresses import AddressPolicy
 from .protocol.admission import Admission, PowGate
 from .protocol.chat import ChatLimits
 from .protocol.pow import Challenges, DifficultyPolicy
-from .protocol.ratelimit import RateLimiter
-from .protocol.replay import ReplayWindow
-from .protocol.slots import CountPerKey, StreamSlots
+from .state.gate import AdmissionGate
+from .state.interface import AdmissionState, Limits
+from .state.memory import MemoryState
 from .upstream.breaker import CircuitBreaker
 from .upstream.health import HealthMonitor
 from .upstream.llama import LlamaServer
@@ -92,7 +92,31 @@ def _pow_gate(config: Config) -> PowGate | None:
         write_secret(path, os.urandom(32))
     p = config.pow
     policy = DifficultyPolicy(p.stream_threshold, p.rate_threshold, p.base_difficulty, p.step, p.max_difficulty)
-    return PowGate(Challenges(read_secret(path), p.ttl, p.max_spent), policy, forced=p.forced)
+    return PowGate(Challenges(read_secret(path), p.ttl), policy, forced=p.forced)
+
+
+def _limits(config: Config) -> Limits:
+    rate, load, replay = config.rate_limit, config.load, config.replay
+    return Limits(
+        address_rate=rate.per_address_rate,
+        address_burst=rate.per_address_burst,
+        device_rate=rate.per_device_rate,
+        device_burst=rate.per_device_burst,
+        max_streams=load.max_streams,
+        max_streams_per_device=load.max_streams_per_device,
+        max_streams_per_address=load.max_streams_per_address,
+        replay_window=replay.window,
+        replay_future_skew=replay.future_skew,
+        replay_max_entries=replay.max_entries,
+        replay_max_per_address=replay.max_entries_per_address,
+        pow_max_spent=config.pow.max_spent,
+        max_addresses=rate.max_addresses,
+        max_devices=rate.max_devices,
+    )
+
+
+def _admission_state(config: Config) -> AdmissionState:
+    return MemoryState(_limits(config))
 
 
 def _server_tls(config: Config, client_ca: str = "", alpn: list[bytes] | None = None) -> ReloadingServerOptions:
@@ -183,22 +207,14 @@ class Router:
         if supervisor is not None:  # its llama-server is the first node: down the moment it exits
             supervisor.on_exit = lambda: self.pool.mark_down(nodes[0])
 
-        limits = config.rate_limit
         admission = Admission(
             self.keys.ring,
-            ReplayWindow(
-                config.replay.window,
-                config.replay.max_entries,
-                config.replay.future_skew,
-                config.replay.max_entries_per_address,
-            ),
-            RateLimiter(limits.per_address_rate, limits.per_address_burst, limits.max_addresses),
             config.server.max_body_bytes,
-            per_device=RateLimiter(limits.per_device_rate, limits.per_device_burst, limits.max_devices),
-            slots=StreamSlots(config.load.max_streams, config.load.max_streams_per_device),
+            config.replay.window,
+            config.replay.future_skew,
             pow_gate=_pow_gate(config),
-            address_streams=CountPerKey(config.load.max_streams_per_address),
         )
+        self.state = _admission_state(config)
         settings = StreamSettings(
             ChatLimits(**vars(config.chat), default_verbosity=config.defaults.verbosity),
             keepalive=config.server.keepalive_seconds,
@@ -213,7 +229,7 @@ class Router:
         )
         self.app = RouterApp(
             clock=reactor,
-            admission=admission,
+            gate=AdmissionGate(admission, self.state),
             keyset=self.keys.keyset,
             pool=self.pool,
             metrics=self.metrics,

@@ -144,6 +144,7 @@ def _check_consistency(config: Config) -> None:
             raise ConfigError(f"chat.{level}_max_tokens", "must not exceed chat.max_tokens")
     _check_backends(config)
     _check_addresses(config)
+    _check_state(config)
     if not config.keys.state_dir:
         raise ConfigError("keys.state_dir", "must be set")
     if config.is_dev:
@@ -158,6 +159,19 @@ def _check_consistency(config: Config) -> None:
         raise ConfigError("backend.urls", "must name at least one backend in prod")
     if config.llama.spawn:
         raise ConfigError("llama.spawn", "prod runs llama-server as its own service, not spawned")
+
+
+def _check_state(config: Config) -> None:
+    state = config.state
+    if state.backend == "memory":
+        return
+    url = state.url
+    if not (url.startswith("unix:///") or url.startswith("rediss://")):
+        raise ConfigError("state.url", "must be unix:///absolute/path or rediss://host:port (TLS)")
+    if url.startswith("rediss://") and not (state.user and state.password_file):
+        raise ConfigError("state.user", "a Redis over the network needs an ACL user and state.password_file")
+    if bool(state.user) != bool(state.password_file):
+        raise ConfigError("state.password_file", "state.user and state.password_file go together")
 
 
 def _check_addresses(config: Config) -> None:

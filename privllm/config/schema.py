@@ -106,6 +106,26 @@ class Pow:
 
 
 @dataclass(frozen=True)
+class State:
+    """Admission state (replay window, rate limits, stream caps, spent proofs of work, load):
+    in this process (memory: one router process) or shared in Redis (workers, many routers)."""
+
+    backend: str = field(default="memory", metadata=_choice("memory", "redis"))
+    url: str = ""  # redis: unix:///run/redis/redis.sock or rediss://10.0.0.5:6379 (TLS)
+    user: str = ""  # the Redis ACL user
+    password_file: str = ""  # a secret file (0600) holding its password
+    ca: str = ""  # rediss: the CA that signed Redis's certificate (default: the system's)
+    # the secret the routers share to hash every name they store (0600); default <state_dir>/state.key
+    key_file: str = ""
+    key_rotation: int = field(default=3600, metadata=_range(60, 7 * 86400))  # a new hashing key each period
+    timeout: float = field(default=0.5, metadata=_range(0.01, 30))  # per Redis call; slower: 503
+    lease_ttl: int = field(default=30, metadata=_range(5, 3600))  # a crashed worker's streams free after this
+    pool_size: int = field(default=4, metadata=_range(1, 256))  # connections per worker
+    # Redis must not write to disk and must not evict; set only if you know why your Redis must
+    allow_unsafe_redis: bool = False
+
+
+@dataclass(frozen=True)
 class Backend:
     # unix:///path/llama.sock (a local llama-server) or https://10.0.0.2:8443 (a node, mutual TLS)
     urls: list[str] = field(default_factory=list)
@@ -193,6 +213,7 @@ class Config:
     backend: Backend = Backend()
     llama: Llama = Llama()
     chat: Chat = Chat()
+    state: State = State()
 
     @property
     def is_dev(self) -> bool:

@@ -1,12 +1,19 @@
 """
-Admission of a chat request, sans-IO: every check that happens before the answer starts.
+Admission of a chat request, sans-IO: the checks that need no shared state, and the request's
+questions for the state that router processes share (privllm.state).
 
-Cheap checks come first (address rate limit, backend, global stream cap, the address's
-concurrent streams, shape, proof of work under stress, freshness, key, replay, room in the
-replay window) so a flood costs little; decryption comes last, then the per-device rate
-limit (only a request that opened has proven its device key, so nobody can spend someone
-else's quota). A request that opened is always remembered in the replay window, and any
-refusal after that point is a `SealedRefusal`, sent inside the encrypted stream.
+A request goes through three steps, in order:
+1. `prepare` (here): the backend's readiness, the envelope's shape, proof of work under stress
+   (the challenge's MAC, expiry, difficulty and work), freshness and the key. It never raises:
+   a failure is carried in the returned `Ask`, so the state still counts the request against
+   its address before the refusal is sent.
+2. the state's `screen`: the address's rate limit, the global and per-address stream caps, the
+   proof of work spent once, the replay window (seen, and room). Still before decryption, so a
+   flood costs little.
+3. `open` (here): decryption. Then the state's `commit` remembers the request in the replay
+   window whatever follows, counts the device (only a request that opened has proven its
+   device key, so nobody can spend someone else's quota) and leases a stream. Any refusal
+   after decryption is a `SealedRefusal`, sent inside the encrypted stream.
 
 `address` is the client's address key (privllm.protocol.addresses): an IPv4 address or an
 IPv6 prefix, never raw text from the request.
@@ -16,16 +23,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .envelope import Envelope, parse_envelope
-from .errors import POW_REQUIRED, RATE_LIMITED, UNAVAILABLE, UNKNOWN_KEY, RequestRejected
-from .keyring import KeyRing
-from .pow import Challenges, DifficultyPolicy, PowError, RateMeter
-from .ratelimit import RateLimiter
-from .replay import ReplayWindow
-from .request import OpenedRequest, open_request
-from .slots import CountPerKey, StreamSlots
+from pyhpke import KEMKeyInterface
 
-ADDRESS_STREAMS_RETRY = 1  # seconds: streams end at any time
+from .envelope import Envelope, parse_envelope
+from .errors import POW_REQUIRED, STALE, UNAVAILABLE, UNKNOWN_KEY, RequestRejected
+from .keyring import KeyRing
+from .pow import Challenges, DifficultyPolicy, PowError
+from .request import OpenedRequest, open_request
 
 
 @dataclass(frozen=True)
@@ -38,11 +42,52 @@ class SealedRefusal:
 
 
 @dataclass(frozen=True)
+class Ask:
+    """One request, as the shared state sees it. `address` is an address key; a backend that
+    stores anything stores only keyed hashes of these values."""
+
+    address: str
+    now: float
+    refusal: RequestRejected | None = None  # a stateless check failed: counted, then refused with this
+    request_id: str = ""
+    encapsulated_key: bytes = b""
+    timestamp: int = 0  # the request's own, already checked fresh
+    pow_token: bytes | None = None  # a verified challenge's random part: spent once
+    pow_expires: int = 0
+
+
+@dataclass(frozen=True)
+class Load:
+    """What sets the proof-of-work difficulty: streams being answered, chat requests per second."""
+
+    active_streams: int
+    rate: float
+
+
+@dataclass(frozen=True)
+class Lease:
+    """One admitted stream's hold on the stream caps; `token` names it in the state (random)."""
+
+    token: bytes
+    address: str
+    device: bytes
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A request that passed the stateless checks, waiting for the state and decryption."""
+
+    envelope: Envelope
+    secret: KEMKeyInterface  # the accepting key's private key
+
+
+@dataclass(frozen=True)
 class Admitted:
     envelope: Envelope
     opened: OpenedRequest
     address: str
     refusal: SealedRefusal | None = None  # set: end at once with it; nothing was taken
+    lease: Lease | None = None  # held until the stream ends (None when refused)
 
 
 class PowGate:
@@ -52,86 +97,85 @@ class PowGate:
         self.challenges = challenges
         self.policy = policy
         self.forced = forced
-        self.rate = RateMeter()
 
-    def check(self, envelope: Envelope, active_streams: int, now: float, address: str) -> None:
-        difficulty = self.policy.difficulty(active_streams, self.rate.rate(now), self.forced)
+    def difficulty(self, load: Load) -> int:
+        return self.policy.difficulty(load.active_streams, load.rate, self.forced)
+
+    def check(self, envelope: Envelope, load: Load, now: float, address: str) -> tuple[bytes, int] | None:
+        """None when no work is asked, else the solved challenge's (token, expires) to spend.
+        Raises RequestRejected(POW_REQUIRED) with a new challenge."""
+        difficulty = self.difficulty(load)
         if difficulty == 0:
-            return
+            return None
         if envelope.pow is not None:
             # A challenge issued when the load was lower is still good, but only one step lower.
             minimum = max(1, difficulty - self.policy.step)
             try:
-                self.challenges.verify(envelope.pow[0], envelope.pow[1], envelope.request_id, now, address, minimum)
-                return
+                return self.challenges.verify(
+                    envelope.pow[0], envelope.pow[1], envelope.request_id, now, address, minimum
+                )
             except PowError:
                 pass
-        raise RequestRejected(POW_REQUIRED, body=self.challenges.issue(difficulty, now, address))
+        raise self.required(load, now, address)
+
+    def required(self, load: Load, now: float, address: str) -> RequestRejected:
+        difficulty = max(1, self.difficulty(load))
+        return RequestRejected(POW_REQUIRED, body=self.challenges.issue(difficulty, now, address))
 
 
 class Admission:
     def __init__(
         self,
         ring: KeyRing,
-        replay: ReplayWindow,
-        per_address: RateLimiter,
         max_body: int,
-        per_device: RateLimiter | None = None,
-        slots: StreamSlots | None = None,
+        window: int,
+        future_skew: int,
         pow_gate: PowGate | None = None,
-        address_streams: CountPerKey | None = None,
     ) -> None:
+        if window < 2 or not 0 <= future_skew <= window:
+            raise ValueError("the replay window must be at least 2 s, future_skew within 0..window")
         self.ring = ring
-        self.replay = replay
-        self.per_address = per_address
         self.max_body = max_body
-        self.per_device = per_device
-        self.slots = slots
+        self.window = window
+        self.future_skew = future_skew
         self.pow_gate = pow_gate
-        self.address_streams = address_streams
 
-    def admit(self, body: bytes, address: str, now: float, backend_ready: bool) -> Admitted:
-        """Return the opened request (perhaps with a sealed refusal), or raise RequestRejected
-        with the plaintext error to send. Unless refused, the address holds one stream until
-        `release`."""
-        wait = self.per_address.check(address, now)
-        if wait:
-            raise RequestRejected(RATE_LIMITED, retry_after=wait)
-        if self.pow_gate is not None:  # load as requests that passed their address's limit
-            self.pow_gate.rate.add(now)
-        if not backend_ready or (self.slots is not None and self.slots.full()):
+    def prepare(
+        self, body: bytes, address: str, now: float, backend_ready: bool, load: Load
+    ) -> tuple[Ask, Prepared | None]:
+        """The stateless checks; a failure is the returned Ask's refusal (and no Prepared)."""
+        try:
+            return self._prepare(body, address, now, backend_ready, load)
+        except RequestRejected as e:
+            return Ask(address, now, refusal=e), None
+
+    def _prepare(
+        self, body: bytes, address: str, now: float, backend_ready: bool, load: Load
+    ) -> tuple[Ask, Prepared]:
+        if not backend_ready:
             raise RequestRejected(UNAVAILABLE)
-        streams = self.address_streams
-        if streams is not None and streams.held(address) >= streams.limit:
-            raise RequestRejected(RATE_LIMITED, retry_after=ADDRESS_STREAMS_RETRY)
         envelope = parse_envelope(body, max_ciphertext=self.max_body)
+        solved = None
         if self.pow_gate is not None:
-            self.pow_gate.check(envelope, self.slots.active if self.slots else 0, now, address)
+            solved = self.pow_gate.check(envelope, load, now, address)
         seconds = int(now)
-        self.replay.check_fresh(envelope.timestamp, seconds)
+        if not seconds - self.window <= envelope.timestamp <= seconds + self.future_skew:
+            raise RequestRejected(STALE)
         key = self.ring.accepting(envelope.key_id, seconds)
         if key is None:
             raise RequestRejected(UNKNOWN_KEY)
-        self.replay.check_unseen(envelope.request_id, envelope.encapsulated_key, seconds)
-        self.replay.check_room(address, seconds)
-        opened = open_request(envelope, key.secret)
-        # From here on the request has opened: it is remembered whatever follows, so it
-        # cannot be replayed, and a refusal is sealed.
-        self.replay.remember(envelope.request_id, envelope.encapsulated_key, envelope.timestamp, seconds, address)
-        refusal = self._per_device(envelope.device_pubkey, now)
-        if refusal is None and streams is not None:
-            streams.acquire(address)
-        return Admitted(envelope, opened, address, refusal)
+        token, expires = solved if solved is not None else (None, 0)
+        ask = Ask(
+            address,
+            now,
+            request_id=envelope.request_id,
+            encapsulated_key=envelope.encapsulated_key,
+            timestamp=envelope.timestamp,
+            pow_token=token,
+            pow_expires=expires,
+        )
+        return ask, Prepared(envelope, key.secret)
 
-    def release(self, admitted: Admitted) -> None:
-        """The admitted request's stream ended: give back its address's stream."""
-        if admitted.refusal is None and self.address_streams is not None:
-            self.address_streams.release(admitted.address)
-
-    def _per_device(self, device: bytes, now: float) -> SealedRefusal | None:
-        if self.per_device is None:
-            return None
-        wait = self.per_device.check(device, now)
-        if not wait:
-            return None
-        return SealedRefusal("rate_limited", "too many requests from this device", retry_after=wait)
+    def open(self, prepared: Prepared) -> OpenedRequest:
+        """Decrypt; raises RequestRejected(DECRYPT_FAILED) for a forged or damaged request."""
+        return open_request(prepared.envelope, prepared.secret)

@@ -7,11 +7,9 @@ check it without having stored it, and a challenge issued to one address (IPv6: 
 worthless from another. The client finds `nonce` such that
 SHA-256(challenge || request_id || nonce) starts with at least `difficulty` zero bits.
 
-A challenge admits one request: it is marked spent when it verifies (before decryption,
-so forged requests cannot reuse it either), and remembered until it expires. The spent set
-is bounded; when it is full, no challenge verifies until entries expire (fail closed: the
-router answers 503 rather than forget what was spent). The set lives in one process: each
-router process sharing the secret accepts a challenge at most once.
+A challenge admits one request: `verify` returns its random part and expiry, which the
+admission state (privllm.state, shared by every router process) marks spent before
+decryption, so forged requests cannot reuse it either, and remembers until it expires.
 """
 
 from __future__ import annotations
@@ -24,8 +22,6 @@ import struct
 from collections.abc import Callable
 
 from .encoding import EncodingError, b64decode, b64encode
-from .errors import UNAVAILABLE, RequestRejected
-from .expiring import ExpiringSet
 
 VERSION = 2  # 2: the MAC covers the client's address key
 _HEAD = struct.Struct(">BBQ16s")  # version, difficulty, expires, random
@@ -52,16 +48,11 @@ def work_hash(challenge: bytes, request_id: str, nonce: bytes) -> bytes:
 
 
 class Challenges:
-    def __init__(self, secret: bytes, ttl: int, max_spent: int = 100_000) -> None:
+    def __init__(self, secret: bytes, ttl: int) -> None:
         if len(secret) < 32 or ttl < 1:
             raise ValueError("a 32-byte secret and a positive ttl are required")
         self._secret = secret
         self.ttl = ttl
-        self._spent = ExpiringSet(max_spent)
-
-    def __len__(self) -> int:
-        """How many spent challenges are remembered."""
-        return len(self._spent)
 
     def _mac(self, head: bytes, address: str) -> bytes:
         # The head has a fixed size, so head || address is unambiguous.
@@ -79,10 +70,9 @@ class Challenges:
 
     def verify(
         self, challenge_b64: object, nonce_b64: object, request_id: str, now: float, address: str, minimum: int = 0
-    ) -> None:
-        """Accept a solution once, and spend it: its challenge must ask `minimum` bits at least.
-        Raises PowError, or RequestRejected(UNAVAILABLE) when the spent set is full."""
-        self._spent.purge(int(now))
+    ) -> tuple[bytes, int]:
+        """Check a solution: its challenge must ask `minimum` bits at least. Return the
+        challenge's random token and expiry, for the caller to spend once; raise PowError."""
         try:
             challenge = b64decode(challenge_b64, CHALLENGE_SIZE)
             nonce = b64decode(nonce_b64, max_length=MAX_NONCE)
@@ -96,13 +86,9 @@ class Challenges:
             raise PowError("expired")
         if difficulty < minimum:
             raise PowError("issued when the load was lower")
-        if token in self._spent:
-            raise PowError("spent")
         if leading_zero_bits(work_hash(challenge, request_id, nonce)) < difficulty:
             raise PowError("too weak")
-        if self._spent.full(None):
-            raise RequestRejected(UNAVAILABLE)
-        self._spent.add(token, expires + 1, None)  # kept while it could still verify
+        return token, expires
 
 
 def solve(

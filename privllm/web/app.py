@@ -1,21 +1,24 @@
-"""The public routes. Each handler is a few lines: checks live in the sans-IO admission."""
+"""The public routes. Each handler is a few lines: checks live in the sans-IO admission,
+asked of the shared state by privllm.state.gate."""
 
 from __future__ import annotations
 
 import io
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from klein import Klein
 from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
 from twisted.web.server import Request
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from ..logs import request_tag
 from ..protocol.addresses import AddressPolicy
-from ..protocol.admission import Admission
+from ..protocol.admission import Admitted
 from ..protocol.encoding import dumps
 from ..protocol.errors import METHOD_NOT_ALLOWED, NOT_FOUND, UNSUPPORTED_MEDIA_TYPE, Rejection, RequestRejected
+from ..state.gate import AdmissionGate
 from ..upstream.pool import NodePool
 from .chat import ChatStream, StreamSettings
 from .limits import ClientAddress
@@ -30,7 +33,7 @@ class RouterApp:
         self,
         *,
         clock: Any,
-        admission: Admission,
+        gate: AdmissionGate,
         keyset: Callable[[], bytes],
         pool: NodePool,
         metrics: RouterMetrics,
@@ -40,7 +43,7 @@ class RouterApp:
     ) -> None:
         self._client_address = client_address or ClientAddress(AddressPolicy(), "")
         self._clock = clock
-        self._admission = admission
+        self._gate = gate
         self._keyset = keyset
         self._pool = pool
         self._metrics = metrics
@@ -81,17 +84,25 @@ class RouterApp:
         return self._json(request, 200, self._keyset(), cache=b"public, max-age=300")
 
     @app.route("/api/chat", methods=["POST"])
-    def chat(self, request: Request) -> bytes | Deferred[None]:
+    def chat(self, request: Request) -> bytes | Deferred[Any]:
         content_type = (request.getHeader(b"content-type") or b"").split(b";")[0].strip().lower()
         if content_type != b"application/json":
             return self._reject(request, UNSUPPORTED_MEDIA_TYPE)
         body = request.content.read() if request.content is not None else b""
         request.content = io.BytesIO()  # the request lives as long as its answer; its body need not
-        try:
-            admitted = self._admission.admit(body, self._client_address(request), self._clock.seconds(), self._ready())
-        except RequestRejected as e:
-            return self._reject(request, e.rejection, e.retry_after, e.body)
+        admitted = self._gate.admit(body, self._client_address(request), self._clock.seconds(), self._ready())
         del body
+        answered: Deferred[Any] = admitted.addCallbacks(
+            lambda a: self._stream(request, a), lambda f: self._refused(request, f)
+        )
+        return answered
+
+    def _refused(self, request: Request, failure: Failure) -> bytes:
+        failure.trap(RequestRejected)
+        e = cast(RequestRejected, failure.value)
+        return self._reject(request, e.rejection, e.retry_after, e.body)
+
+    def _stream(self, request: Request, admitted: Admitted) -> Deferred[None]:
         self._common_headers(request)
         stream = ChatStream(
             request,
@@ -100,13 +111,11 @@ class RouterApp:
             self._metrics,
             self._settings,
             request_tag(admitted.envelope.request_id),
-            slots=self._admission.slots,
-            device=admitted.envelope.device_pubkey,
         )
         done = stream.start(admitted.opened, admitted.envelope.encapsulated_key, refusal=admitted.refusal)
 
         def release(result: object) -> object:
-            self._admission.release(admitted)  # on every end: done, error, or the client gone
+            self._gate.release(admitted)  # on every end: done, error, or the client gone
             return result
 
         return done.addBoth(release)

@@ -7,8 +7,9 @@ scheduling a retry, and telling privllm.web.sealed what the client gets.
 Everything here happens after decryption succeeded, so every failure is sent sealed. Every
 event goes through `_feed`: an exception while handling one (a bug, or input nobody thought
 of) is answered by the machine's `crash`, which ends the chat with a sealed `internal`
-error; whatever way the chat ends, `_give_back` returns the stream slot, the node lease,
-the queue place, the timers and the upstream connection. The upstream body (which holds the
+error; whatever way the chat ends, `_give_back` returns the node lease, the queue place,
+the timers and the upstream connection (the route gives back the stream's lease in the
+admission state when `done` fires). The upstream body (which holds the
 conversation) is kept only until the first delta arrives, for retries.
 """
 
@@ -35,7 +36,6 @@ from ..protocol.admission import SealedRefusal
 from ..protocol.chat import BadChatRequest, ChatLimits, ChatRequest, parse_chat_request
 from ..protocol.life import ChatLife, Finished, Timeouts, Verdict
 from ..protocol.request import OpenedRequest
-from ..protocol.slots import StreamSlots
 from ..upstream.openai_stream import (
     MAX_REFUSAL_BYTES,
     Delta,
@@ -85,8 +85,6 @@ class ChatStream:
         settings: StreamSettings,
         tag: str = "-",
         jitter: Callable[[float, float], float] = random.uniform,
-        slots: StreamSlots | None = None,
-        device: bytes = b"",
     ) -> None:
         self._request = request
         self._clock = clock
@@ -94,8 +92,6 @@ class ChatStream:
         self._metrics = metrics
         self._settings = settings
         self._tag = tag  # a keyed hash of the request id, for log lines (privllm.logs.request_tag)
-        self._slots = slots
-        self._device = device
         s = settings
         self._life = ChatLife(
             clock.seconds(),
@@ -107,7 +103,6 @@ class ChatStream:
         self._actions: deque[life.Action] = deque()
         self._performing = False
         # what the chat holds, each given back by _give_back
-        self._holds_slot = False
         self._chat: ChatRequest | None = None  # kept, for retries, only until the first delta
         self._node: Node | None = None
         self._attempt = 0  # numbers upstream callbacks, so a stale one is told apart
@@ -138,10 +133,6 @@ class ChatStream:
     def _begin(self, plaintext: bytes, refusal: SealedRefusal | None) -> list[life.Action]:
         if refusal is not None:
             return self._life.refused(refusal.code, refusal.message, refusal.retry_after)
-        if self._slots is not None:
-            if not self._slots.acquire(self._device):
-                return self._life.refused("overloaded", "too many answers at once; try again shortly")
-            self._holds_slot = True
         try:
             self._chat = parse_chat_request(plaintext, self._settings.limits)
         except BadChatRequest as e:
@@ -405,7 +396,6 @@ class ChatStream:
             self._release_timers,
             self._leave_queue,
             lambda: self._release_node(Verdict.NONE),
-            self._release_slot,
         ):
             try:
                 step()
@@ -422,8 +412,3 @@ class ChatStream:
 
     def _leave_queue(self) -> None:
         self._pool.forget(self._slot_free)
-
-    def _release_slot(self) -> None:
-        if self._holds_slot and self._slots is not None:
-            self._holds_slot = False
-            self._slots.release(self._device)
