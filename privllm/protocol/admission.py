@@ -26,9 +26,10 @@ from dataclasses import dataclass
 from pyhpke import KEMKeyInterface
 
 from .envelope import Envelope, parse_envelope
-from .errors import POW_REQUIRED, STALE, UNAVAILABLE, UNKNOWN_KEY, RequestRejected
+from .errors import POW_REQUIRED, UNAVAILABLE, UNKNOWN_KEY, RequestRejected
 from .keyring import KeyRing
 from .pow import Challenges, DifficultyPolicy, PowError
+from .replay import check_fresh
 from .request import OpenedRequest, open_request
 
 
@@ -149,9 +150,7 @@ class Admission:
         except RequestRejected as e:
             return Ask(address, now, refusal=e), None
 
-    def _prepare(
-        self, body: bytes, address: str, now: float, backend_ready: bool, load: Load
-    ) -> tuple[Ask, Prepared]:
+    def _prepare(self, body: bytes, address: str, now: float, backend_ready: bool, load: Load) -> tuple[Ask, Prepared]:
         if not backend_ready:
             raise RequestRejected(UNAVAILABLE)
         envelope = parse_envelope(body, max_ciphertext=self.max_body)
@@ -159,8 +158,7 @@ class Admission:
         if self.pow_gate is not None:
             solved = self.pow_gate.check(envelope, load, now, address)
         seconds = int(now)
-        if not seconds - self.window <= envelope.timestamp <= seconds + self.future_skew:
-            raise RequestRejected(STALE)
+        check_fresh(envelope.timestamp, seconds, self.window, self.future_skew)
         key = self.ring.accepting(envelope.key_id, seconds)
         if key is None:
             raise RequestRejected(UNKNOWN_KEY)

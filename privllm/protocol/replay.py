@@ -21,6 +21,12 @@ from .expiring import ExpiringSet
 ENTRIES_PER_REQUEST = 2  # its request id and its encapsulated key
 
 
+def check_fresh(timestamp: int, now: int, window: int, future_skew: int) -> None:
+    """The freshness rule, for every backend of the window: stateless, checked before any state."""
+    if not now - window <= timestamp <= now + future_skew:
+        raise RequestRejected(STALE)
+
+
 class ReplayWindow:
     MIN_WINDOW = 2
 
@@ -46,8 +52,7 @@ class ReplayWindow:
         return self.window + self.future_skew + 1
 
     def check_fresh(self, timestamp: int, now: int) -> None:
-        if not now - self.window <= timestamp <= now + self.future_skew:
-            raise RequestRejected(STALE)
+        check_fresh(timestamp, now, self.window, self.future_skew)
 
     def check_unseen(self, request_id: str, encapsulated_key: bytes, now: int) -> None:
         self._seen.purge(now)

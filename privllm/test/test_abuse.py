@@ -17,7 +17,7 @@ from twisted.web.resource import Resource
 from twisted.web.test.requesthelper import DummyRequest
 
 from ..protocol.addresses import AddressPolicy
-from ..protocol.admission import ADDRESS_STREAMS_RETRY, Admission, Admitted, PowGate
+from ..protocol.admission import Admission, Admitted, Ask, PowGate
 from ..protocol.chat import ChatLimits
 from ..protocol.encoding import b64encode
 from ..protocol.errors import (
@@ -30,17 +30,18 @@ from ..protocol.errors import (
 )
 from ..protocol.life import ERROR_CODES
 from ..protocol.pow import Challenges, DifficultyPolicy, PowError, RateMeter, leading_zero_bits, solve
-from ..protocol.ratelimit import RateLimiter
-from ..protocol.replay import ReplayWindow
 from ..protocol.request import SealedRequest
 from ..protocol.response import ResponseReader
-from ..protocol.slots import CountPerKey, StreamSlots
+from ..protocol.slots import StreamSlots
+from ..state.gate import AdmissionGate
+from ..state.interface import ADDRESS_STREAMS_RETRY, PowSpent
+from ..state.memory import MemoryState
 from ..web.app import RouterApp
 from ..web.chat import StreamSettings
 from ..web.limits import ClientAddress, ConnectionsPerAddress
 from ..web.metrics import RouterMetrics
 from ..web.request import PrivllmSite
-from .helpers import NOW, current_key, ring, sealed_request
+from .helpers import NOW, current_key, limits, memory_gate, ring, sealed_request, settled
 from .test_chat_stream import FINISH, FakeResponse, SyntheticUpstream, delta, pool_of
 
 SECRET = b"s" * 32
@@ -66,34 +67,45 @@ class ProofOfWork(TestCase):
             Challenges(b"t" * 32, 60).verify(challenge, nonce, "r" * 22, NOW, "a")
         challenges.verify(challenge, nonce, "r" * 22, NOW + 30, "a")
 
+    def spend(self, state: MemoryState, token: bytes, expires: int, now: float = NOW) -> None:
+        settled(
+            state.screen(
+                Ask("a", now, request_id="r" * 22, encapsulated_key=token, pow_token=token, pow_expires=expires)
+            )
+        )
+
     def test_single_use(self) -> None:
+        """Checking a solution is stateless (any router with the secret can); the state spends it once."""
         challenges = Challenges(SECRET, ttl=60)
         challenge, nonce = self.solved(challenges)
-        challenges.verify(challenge, nonce, "r" * 22, NOW, "a")
-        with self.assertRaises(PowError):
-            challenges.verify(challenge, nonce, "r" * 22, NOW + 1, "a")
-        self.assertEqual(len(challenges), 1)
-        challenges.verify(
-            *self.solved(challenges, now=NOW + 61), "r" * 22, NOW + 61, "a"
-        )  # the spent one expired with it
-        self.assertEqual(len(challenges), 1)
+        token, expires = challenges.verify(challenge, nonce, "r" * 22, NOW, "a")
+        self.assertEqual(challenges.verify(challenge, nonce, "r" * 22, NOW + 1, "a"), (token, expires))
+        state = MemoryState(limits())
+        self.spend(state, token, expires)
+        with self.assertRaises(PowSpent):
+            self.spend(state, token, expires, NOW + 1)
+        self.assertEqual(len(state.spent), 1)
+        fresh, later = challenges.verify(*self.solved(challenges, now=NOW + 61), "r" * 22, NOW + 61, "a")
+        self.spend(state, fresh, later, NOW + 61)
+        self.assertEqual(len(state.spent), 1)  # the spent one expired with its challenge
 
     def test_bound_to_the_address(self) -> None:
         challenges = Challenges(SECRET, ttl=60)
         challenge, nonce = self.solved(challenges, "192.0.2.1")
         with self.assertRaises(PowError):
             challenges.verify(challenge, nonce, "r" * 22, NOW, "192.0.2.2")
-        self.assertEqual(len(challenges), 0)  # a refused solution is not spent
         challenges.verify(challenge, nonce, "r" * 22, NOW, "192.0.2.1")
 
     def test_spent_set_full_fails_closed(self) -> None:
-        challenges = Challenges(SECRET, ttl=60, max_spent=2)
+        challenges = Challenges(SECRET, ttl=60)
+        state = MemoryState(limits(pow_max_spent=2))
         for _ in range(2):
-            challenges.verify(*self.solved(challenges), "r" * 22, NOW, "a")
+            self.spend(state, *challenges.verify(*self.solved(challenges), "r" * 22, NOW, "a"))
         with self.assertRaises(RequestRejected) as cm:
-            challenges.verify(*self.solved(challenges), "r" * 22, NOW, "a")
+            self.spend(state, *challenges.verify(*self.solved(challenges), "r" * 22, NOW, "a"))
         self.assertEqual(cm.exception.rejection, UNAVAILABLE)
-        challenges.verify(*self.solved(challenges, now=NOW + 61), "r" * 22, NOW + 61, "a")
+        later = challenges.verify(*self.solved(challenges, now=NOW + 61), "r" * 22, NOW + 61, "a")
+        self.spend(state, *later, now=NOW + 61)
 
     def test_difficulty_cannot_be_lowered(self) -> None:
         challenges = Challenges(SECRET, ttl=60)
@@ -141,19 +153,23 @@ class Admitting(TestCase):
         self.ring = ring()
         self.key = current_key(self.ring)
 
-    def admission(self, **kw: object) -> Admission:
-        return Admission(self.ring, ReplayWindow(60, 1000), RateLimiter(1000, 1000, 100), 65536, **kw)  # type: ignore[arg-type]
+    def admission(self, pow_gate: PowGate | None = None, **overrides: Any) -> AdmissionGate:
+        return memory_gate(self.ring, pow_gate=pow_gate, address_rate=1000, address_burst=1000, **overrides)
 
-    def refusal(self, admission: Admission, body: dict, now: float = NOW, address: str = "a") -> RequestRejected:
+    def state(self, admission: AdmissionGate) -> MemoryState:
+        assert isinstance(admission.state, MemoryState)
+        return admission.state
+
+    def refusal(self, admission: AdmissionGate, body: dict, now: float = NOW, address: str = "a") -> RequestRejected:
         with self.assertRaises(RequestRejected) as cm:
-            admission.admit(json.dumps(body).encode(), address, now, True)
+            settled(admission.admit(json.dumps(body).encode(), address, now, True))
         return cm.exception
 
-    def admit(self, admission: Admission, body: dict, address: str = "a", now: float = NOW) -> Admitted:
-        return admission.admit(json.dumps(body).encode(), address, now, True)
+    def admit(self, admission: AdmissionGate, body: dict, address: str = "a", now: float = NOW) -> Admitted:
+        return settled(admission.admit(json.dumps(body).encode(), address, now, True))
 
     def test_per_device_limit_after_decryption_is_sealed_and_remembered(self) -> None:
-        admission = self.admission(per_device=RateLimiter(0.01, 2, 100), address_streams=CountPerKey(10))
+        admission = self.admission(device_rate=0.01, device_burst=2, max_streams_per_address=10)
         device, other = os.urandom(32), os.urandom(32)
         for _ in range(2):
             self.assertIsNone(self.admit(admission, sealed_request(self.key, device).body).refusal)
@@ -162,9 +178,9 @@ class Admitting(TestCase):
         assert refused.refusal is not None
         self.assertEqual((refused.refusal.code, refused.refusal.retry_after), ("rate_limited", 100))
         self.assertIn(refused.refusal.code, ERROR_CODES)
-        self.assertEqual(admission.address_streams.held("a"), 2)  # type: ignore[union-attr]
+        self.assertEqual(self.state(admission).address_streams.held("a"), 2)
         admission.release(refused)  # nothing was taken: nothing given back
-        self.assertEqual(admission.address_streams.held("a"), 2)  # type: ignore[union-attr]
+        self.assertEqual(self.state(admission).address_streams.held("a"), 2)
         self.assertEqual(self.refusal(admission, limited).rejection, REPLAY)  # remembered: no replay later
         self.assertIsNone(self.admit(admission, sealed_request(self.key, other).body).refusal)
         # Someone copying the device's public key cannot spend its quota: the copy does not open.
@@ -175,8 +191,24 @@ class Admitting(TestCase):
         self.assertNotEqual(self.refusal(admission, copied).rejection, RATE_LIMITED)
         self.assertIsNone(self.admit(admission, sealed_request(self.key, other).body).refusal)
 
+    def test_streams_per_device_sealed_overloaded(self) -> None:
+        """The per-device cap is counted once the device key is proven, so its refusal is sealed;
+        a refused request holds nothing, and a released stream makes room."""
+        admission = self.admission(max_streams_per_device=1)
+        device = os.urandom(32)
+        held = self.admit(admission, sealed_request(self.key, device).body)
+        refused = self.admit(admission, sealed_request(self.key, device).body)
+        assert refused.refusal is not None
+        self.assertEqual((refused.refusal.code, refused.lease), ("overloaded", None))
+        self.assertIn(refused.refusal.code, ERROR_CODES)
+        state = self.state(admission)
+        self.assertEqual((state.slots.active, state.address_streams.held("a")), (1, 1))
+        self.assertIsNone(self.admit(admission, sealed_request(self.key).body).refusal)  # another device
+        admission.release(held)
+        self.assertIsNone(self.admit(admission, sealed_request(self.key, device).body).refusal)
+
     def test_concurrent_streams_per_address(self) -> None:
-        admission = self.admission(address_streams=CountPerKey(2))
+        admission = self.admission(max_streams_per_address=2)
         held = [self.admit(admission, sealed_request(self.key).body) for _ in range(2)]
         refused = self.refusal(admission, sealed_request(self.key).body)
         self.assertEqual((refused.rejection, refused.retry_after), (RATE_LIMITED, ADDRESS_STREAMS_RETRY))
@@ -185,27 +217,28 @@ class Admitting(TestCase):
         self.admit(admission, sealed_request(self.key).body)
 
     def test_replay_share_refused_before_decryption(self) -> None:
-        admission = Admission(self.ring, ReplayWindow(60, 1000, max_per_address=4), RateLimiter(1000, 1000, 100), 65536)
+        admission = self.admission(replay_max_per_address=4)
         for _ in range(2):
             self.admit(admission, sealed_request(self.key).body, address="flood")
         forged = dict(sealed_request(self.key).body, ciphertext=b64encode(os.urandom(40)))
         self.assertEqual(self.refusal(admission, forged, address="flood").rejection, RATE_LIMITED)  # not opened
         self.admit(admission, sealed_request(self.key).body, address="other")
-        self.assertEqual((len(admission.replay), admission.replay.owned("flood")), (6, 4))
+        replay = self.state(admission).replay
+        self.assertEqual((len(replay), replay.owned("flood")), (6, 4))
 
     def test_global_cap_before_decryption(self) -> None:
-        slots = StreamSlots(max_streams=1, max_per_device=1)
-        admission = self.admission(slots=slots)
+        admission = self.admission(max_streams=1, max_streams_per_device=1)
+        slots = self.state(admission).slots
         self.assertTrue(slots.acquire(b"d"))
         self.assertEqual(self.refusal(admission, sealed_request(self.key).body).rejection, UNAVAILABLE)
         slots.release(b"d")
-        admission.admit(json.dumps(sealed_request(self.key).body).encode(), "a", NOW, True)
+        self.admit(admission, sealed_request(self.key).body)
 
-    def pow_admission(self) -> Admission:
+    def pow_admission(self) -> AdmissionGate:
         gate = PowGate(Challenges(SECRET, 60), DifficultyPolicy(10, 10, 8, 2, 12), forced=True)
         return self.admission(pow_gate=gate)
 
-    def solved(self, admission: Admission, address: str = "a") -> dict:
+    def solved(self, admission: AdmissionGate, address: str = "a") -> dict:
         sealed = sealed_request(self.key)
         asked = self.refusal(admission, sealed.body, address=address)
         self.assertEqual(asked.rejection, POW_REQUIRED)
@@ -218,10 +251,10 @@ class Admitting(TestCase):
     def test_requests_refused_by_their_address_limit_are_not_load(self) -> None:
         """One address sending junk it is refused for must not make everyone solve puzzles."""
         gate = PowGate(Challenges(SECRET, 120), DifficultyPolicy(192, 50.0, 16, 2, 24))
-        admission = Admission(self.ring, ReplayWindow(60, 1000), RateLimiter(2, 20, 100), 65536, pow_gate=gate)
+        admission = memory_gate(self.ring, pow_gate=gate, address_rate=2, address_burst=20)
         for i in range(8000):  # 800 a second for 10 s
             with self.assertRaises(RequestRejected):
-                admission.admit(b"x", "198.51.100.1", NOW + i / 800, True)
+                settled(admission.admit(b"x", "198.51.100.1", NOW + i / 800, True))
         honest = sealed_request(self.key, timestamp=NOW + 10)
         self.admit(admission, honest.body, "203.0.113.9", NOW + 10)
 
@@ -269,20 +302,22 @@ class SealedAfterDecryption(TestCase):
         self.clock.advance(NOW)
         self.ring = ring()
         self.key = current_key(self.ring)
-        self.slots = StreamSlots(10, 10)
         self.upstream = SyntheticUpstream()
-        self.admission = Admission(
-            self.ring,
-            ReplayWindow(60, 1000),
-            RateLimiter(1000, 1000, 100),
-            65536,
-            per_device=RateLimiter(0.01, 1, 100),
-            slots=self.slots,
-            address_streams=CountPerKey(10),
+        self.state = MemoryState(
+            limits(
+                address_rate=1000,
+                address_burst=1000,
+                device_rate=0.01,
+                device_burst=1,
+                max_streams=10,
+                max_streams_per_device=10,
+                max_streams_per_address=10,
+            )
         )
+        self.slots = self.state.slots
         app = RouterApp(
             clock=self.clock,
-            admission=self.admission,
+            gate=AdmissionGate(Admission(self.ring, 65536, 60, 5), self.state),
             keyset=lambda: b"{}",
             pool=pool_of(self.upstream),
             metrics=RouterMetrics(),
@@ -316,11 +351,11 @@ class SealedAfterDecryption(TestCase):
     def test_per_device_429_is_sealed(self) -> None:
         device = os.urandom(32)
         first, _ = self.post(sealed_request(self.key, device))
-        self.assertEqual((self.slots.active, self.admission.address_streams.held("192.0.2.7")), (1, 1))  # type: ignore[union-attr]
+        self.assertEqual((self.slots.active, self.state.address_streams.held("192.0.2.7")), (1, 1))
         second = sealed_request(self.key, device)
         _, transport = self.post(second)
         chunks = self.chunks(second, transport.value())
-        wait = self.admission.per_device.check(base64.b64decode(second.body["device_pubkey"]), self.clock.seconds())  # type: ignore[union-attr]
+        wait = self.state.per_device.check(base64.b64decode(second.body["device_pubkey"]), self.clock.seconds())
         self.assertEqual(
             chunks,
             [
@@ -333,20 +368,20 @@ class SealedAfterDecryption(TestCase):
             ],
         )
         self.assertNotIn(b"429", transport.value().split(b"\r\n", 1)[0])
-        self.assertEqual((self.slots.active, self.admission.address_streams.held("192.0.2.7")), (1, 1))  # type: ignore[union-attr]
+        self.assertEqual((self.slots.active, self.state.address_streams.held("192.0.2.7")), (1, 1))
         first.connectionLost(Failure(ConnectionDone()))  # the client of the first stream goes away
-        self.assertEqual((self.slots.active, len(self.admission.address_streams)), (0, 0))  # type: ignore[arg-type]
+        self.assertEqual((self.slots.active, len(self.state.address_streams)), (0, 0))
 
     def test_address_stream_given_back_when_done(self) -> None:
         sealed = sealed_request(self.key)
         _, transport = self.post(sealed)
-        self.assertEqual(len(self.admission.address_streams), 1)  # type: ignore[arg-type]
+        self.assertEqual(len(self.state.address_streams), 1)
         response = FakeResponse()
         self.upstream.pending.callback(response)
         response.send(delta("hi") + FINISH)
         response.end()
         self.assertEqual(self.chunks(sealed, transport.value())[-1]["type"], "done")
-        self.assertEqual((self.slots.active, len(self.admission.address_streams)), (0, 0))  # type: ignore[arg-type]
+        self.assertEqual((self.slots.active, len(self.state.address_streams)), (0, 0))
 
 
 class SlowClients(TestCase):

@@ -9,7 +9,6 @@ from typing import Any
 from twisted.trial.unittest import TestCase
 
 from ..protocol import suite
-from ..protocol.admission import Admission
 from ..protocol.encoding import b64encode
 from ..protocol.errors import (
     DECRYPT_FAILED,
@@ -22,21 +21,19 @@ from ..protocol.errors import (
     Rejection,
     RequestRejected,
 )
-from ..protocol.ratelimit import RateLimiter
-from ..protocol.replay import ReplayWindow
 from ..protocol.request import encapsulate, new_request_id, seal_request
-from .helpers import NOW, current_key, ring, sealed_request
+from .helpers import NOW, current_key, memory_gate, ring, sealed_request, settled
 
 
 class Admit(TestCase):
     def setUp(self) -> None:
         self.ring = ring()
         self.key = current_key(self.ring)
-        self.admission = Admission(self.ring, ReplayWindow(60, 1000), RateLimiter(100, 100, 100), 65536)
+        self.admission = memory_gate(self.ring)
 
     def admit(self, body: dict[str, Any] | bytes, address: str = "a", ready: bool = True, now: float = NOW) -> Any:
         raw = body if isinstance(body, bytes) else json.dumps(body).encode()
-        return self.admission.admit(raw, address, now, ready)
+        return settled(self.admission.admit(raw, address, now, ready))
 
     def rejection(self, *args: Any, **kw: Any) -> Rejection:
         with self.assertRaises(RequestRejected) as cm:
@@ -111,12 +108,11 @@ class Admit(TestCase):
         self.assertEqual(self.rejection(b"nope", ready=False), UNAVAILABLE)
 
     def test_rate_limited_first_with_retry_after(self) -> None:
-        admission = Admission(self.ring, ReplayWindow(60, 1000), RateLimiter(1, 2, 100), 65536)
+        self.admission = memory_gate(self.ring, address_rate=1, address_burst=2)
         for _ in range(2):
-            with self.assertRaises(RequestRejected):
-                admission.admit(b"nope", "flood", NOW, True)
+            self.assertEqual(self.rejection(b"nope", "flood"), MALFORMED)
         with self.assertRaises(RequestRejected) as cm:
-            admission.admit(b"nope", "flood", NOW, True)
+            self.admit(b"nope", "flood")
         self.assertEqual(cm.exception.rejection, RATE_LIMITED)
         self.assertEqual(cm.exception.retry_after, 1)
-        admission.admit(json.dumps(sealed_request(self.key).body).encode(), "other", NOW, True)
+        self.admit(sealed_request(self.key).body, "other")

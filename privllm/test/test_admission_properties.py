@@ -13,12 +13,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial.unittest import TestCase
 
+from ..protocol.admission import Ask
 from ..protocol.encoding import b64encode
 from ..protocol.errors import RATE_LIMITED, REPLAY, UNAVAILABLE, RequestRejected
 from ..protocol.pow import Challenges, PowError, solve
 from ..protocol.ratelimit import RateLimiter
 from ..protocol.replay import ENTRIES_PER_REQUEST, ReplayWindow
+from ..state.interface import PowSpent
+from ..state.memory import MemoryState
 from . import properties
+from .helpers import limits, settled
 
 properties.load()
 
@@ -129,7 +133,8 @@ class ProofOfWorkProperties(TestCase):
     )
     def test_a_solution_admits_once_from_its_address(self, max_spent: int, steps: list) -> None:
         ttl = 10
-        challenges = Challenges(b"k" * 32, ttl, max_spent)
+        challenges = Challenges(b"k" * 32, ttl)
+        state = MemoryState(limits(pow_max_spent=max_spent))
         now = float(START)
         issued: list[tuple[str, str, str, int]] = []  # challenge, nonce, address, expires
         spent: dict[str, int] = {}  # the model: challenge -> expires
@@ -141,10 +146,16 @@ class ProofOfWorkProperties(TestCase):
             issued.append((challenge, nonce, issue_to, int(str(doc["expires"]))))
             challenge, nonce, address, expires = issued[pick % len(issued)]
             live = {c: e for c, e in spent.items() if e + 1 > now}
+            spending = False
             try:
-                challenges.verify(challenge, nonce, "r" * 22, now, send_from)
+                token, until = challenges.verify(challenge, nonce, "r" * 22, now, send_from)
+                spending = True
+                ask = Ask(
+                    send_from, now, request_id="r" * 22, encapsulated_key=b"e", pow_token=token, pow_expires=until
+                )
+                settled(state.screen(ask))
                 outcome = "ok"
-            except PowError:
+            except (PowError, PowSpent):
                 outcome = "refused"
             except RequestRejected as e:
                 self.assertEqual(e.rejection, UNAVAILABLE)
@@ -158,5 +169,6 @@ class ProofOfWorkProperties(TestCase):
                 self.assertEqual(outcome, "ok")
                 spent[challenge] = expires
                 live[challenge] = expires
-            self.assertEqual(len(challenges), len(live))  # kept exactly while it could verify
-            self.assertLessEqual(len(challenges), max_spent)
+            if spending:  # the state was asked: it kept spent ones exactly while they could verify
+                self.assertEqual(len(state.spent), len(live))
+            self.assertLessEqual(len(state.spent), max_spent)

@@ -21,7 +21,6 @@ from ..config.schema import Privacy
 from ..protocol.chat import ChatLimits
 from ..protocol.request import OpenedRequest, SealedRequest
 from ..protocol.response import ResponseReader
-from ..protocol.slots import StreamSlots
 from ..upstream.breaker import CircuitBreaker
 from ..upstream.openai_stream import ChatDialect
 from ..upstream.pool import Node, NodePool
@@ -49,7 +48,6 @@ class Harness:
         self.upstreams = [SyntheticUpstream(context), SyntheticUpstream(context)]
         self.nodes = [Node(f"n{i}", u, CircuitBreaker(3, 10), healthy=True) for i, u in enumerate(self.upstreams)]
         self.pool = NodePool(self.nodes)
-        self.slots = StreamSlots(10, 4)
         self.metrics = RouterMetrics()
         self.request = DummyRequest([b"api", b"chat"])
         settings = StreamSettings(ChatLimits(), 15, 60, Privacy(pad_to=0, coalesce_ms=0), retries=retries)
@@ -59,8 +57,6 @@ class Harness:
             self.pool,
             self.metrics,
             settings,
-            slots=self.slots,
-            device=b"d" * 32,
         )
         self.done: Deferred[None] | None = None
 
@@ -99,7 +95,6 @@ class Harness:
 
     def assert_given_back(self, test: TestCase) -> None:
         self.settle()
-        test.assertEqual(self.slots.active, 0, "stream slot")
         test.assertEqual([n.outstanding for n in self.nodes], [0, 0], "node leases")
         test.assertEqual(self.sample("privllm_active_streams"), 0, "active streams")
         test.assertEqual(self.clock.getDelayedCalls(), [], "timers")

@@ -15,13 +15,10 @@ from ..keys.material import KEYRING
 from ..keys.service import KeyRingService
 from ..keys.store import KeyRingStore
 from ..protocol import suite
-from ..protocol.admission import Admission
 from ..protocol.errors import UNKNOWN_KEY, RequestRejected
 from ..protocol.keyring import KeyRing
 from ..protocol.keyset import KEYSET_CLOCK_SKEW, StaleKeySet, choose_key, verify_keyset
-from ..protocol.ratelimit import RateLimiter
-from ..protocol.replay import ReplayWindow
-from .helpers import NOW, sealed_request
+from .helpers import NOW, memory_gate, sealed_request, settled
 
 DAY = 86400
 HOUR = 3600
@@ -60,7 +57,14 @@ class Service(TestCase):
 
     def test_a_set_fetched_up_to_one_interval_earlier_still_works(self) -> None:
         s = self.service()
-        admission = Admission(s.ring, ReplayWindow(60, 100_000), RateLimiter(1e6, 10**6, 10), 65536)
+        admission = memory_gate(
+            s.ring,
+            address_rate=1e6,
+            address_burst=10**6,
+            replay_max_entries=100_000,
+            max_streams=10**6,
+            max_streams_per_address=10**6,
+        )
         fetched: list[tuple[int, list]] = []
         for _ in range(6 * 24):  # the router's clock moves on hour by hour for six days
             now = int(self.clock.seconds())
@@ -71,19 +75,19 @@ class Service(TestCase):
                 self.assertIsNotNone(key, (t, now))
                 assert key is not None
                 body = sealed_request(key, timestamp=now).body
-                admission.admit(json.dumps(body).encode(), "a", now, True)
+                settled(admission.admit(json.dumps(body).encode(), "a", now, True))
             self.clock.advance(HOUR)
 
     def test_expired_key_refused_unknown_key(self) -> None:
         s = self.service()
-        admission = Admission(s.ring, ReplayWindow(60, 1000), RateLimiter(1000, 1000, 10), 65536)
+        admission = memory_gate(s.ring, address_rate=1000, address_burst=1000)
         old = self.published(s)[0]
         ring_key = s.ring.accepting(old.key_id, NOW)
         assert ring_key is not None
         self.clock.pump([60] * ((old.not_after - NOW) // 60 + 1))
         body = sealed_request(ring_key, timestamp=int(self.clock.seconds())).body
         with self.assertRaises(RequestRejected) as cm:
-            admission.admit(json.dumps(body).encode(), "a", self.clock.seconds(), True)
+            settled(admission.admit(json.dumps(body).encode(), "a", self.clock.seconds(), True))
         self.assertEqual(cm.exception.rejection, UNKNOWN_KEY)
         self.assertFalse(hasattr(ring_key, "secret"), "a key that left the ring is dropped")
 

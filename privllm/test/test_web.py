@@ -9,15 +9,12 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import TestCase
 
-from ..protocol.admission import Admission
 from ..protocol.chat import ChatLimits
-from ..protocol.ratelimit import RateLimiter
-from ..protocol.replay import ReplayWindow
 from ..web.app import RouterApp
 from ..web.chat import StreamSettings
 from ..web.metrics import RouterMetrics
 from ..web.request import PrivllmSite
-from .helpers import NOW, ring
+from .helpers import NOW, memory_gate, ring
 from .test_chat_stream import SyntheticUpstream, pool_of
 
 LIMIT = 4096
@@ -29,7 +26,7 @@ class HTTP(TestCase):
         clock.advance(NOW)
         app = RouterApp(
             clock=clock,
-            admission=Admission(ring(), ReplayWindow(60, 100), RateLimiter(100, 100, 100), LIMIT),
+            gate=memory_gate(ring(), LIMIT, replay_max_entries=100, replay_max_per_address=100),
             keyset=lambda: b'{"v":1}',
             pool=pool_of(SyntheticUpstream()),
             metrics=RouterMetrics(),
