@@ -81,7 +81,7 @@ class Chain(TestCase):
         site = PrivllmSite(self.seen, 4096, self.reactor, 60, DEADLINE)
         self.cap = ProxiedConnectionsPerAddress(site, 2, policy)
         proxied(TCP4ServerEndpoint(self.reactor, 8443), [LB, "fd00::/8"]).listen(self.cap)
-        self.outer = self.reactor.tcpServers[0][1]
+        self.outer: Any = self.reactor.tcpServers[0][1]
 
     def connect(self, peer: Any = None) -> tuple[Any, StringTransport]:
         peer = peer or IPv4Address("TCP", LB, 40000)
@@ -155,7 +155,7 @@ class Chain(TestCase):
             self.assertEqual(self.cap.open, {})
 
     def test_header_and_request_in_separate_reads(self) -> None:
-        protocol, transport = self.connect()
+        protocol, _ = self.connect()
         protocol.dataReceived(v2("198.51.100.7"))
         self.assertEqual(self.cap.open, {}, "counted at the first byte after the header")
         protocol.dataReceived(GET)
@@ -210,7 +210,7 @@ class Listener(TestCase):
         assert isinstance(service, StreamServerEndpointService)
         service.startService()
         self.addCleanup(service.stopService)
-        self.outer = self.reactor.tcpServers[0][1]
+        self.outer: Any = self.reactor.tcpServers[0][1]
 
     def connect(self) -> tuple[Any, StringTransport]:
         peer = IPv4Address("TCP", LB, 40000)
@@ -236,7 +236,7 @@ class Listener(TestCase):
         self.assertEqual(transport.value(), b"")
 
     def test_silent_connection_is_bounded(self) -> None:
-        protocol, transport = self.connect()
+        _, transport = self.connect()
         self.reactor.advance(DEADLINE - 0.01)
         self.assertFalse(transport.disconnecting)
         self.reactor.advance(0.01)
