@@ -22,7 +22,7 @@ from twisted.web.resource import Resource
 
 from ..config import ConfigError, load_config
 from ..protocol.addresses import AddressPolicy
-from ..tap import _https_listener, _server_tls
+from ..tap import InferenceNode, StartError, _https_listener, _server_tls
 from ..web.limits import ClientAddress, ProxiedConnectionsPerAddress
 from ..web.proxied import proxied
 from ..web.request import PrivllmSite
@@ -266,6 +266,17 @@ class Settings(TestCase):
             with self.assertRaises(ConfigError, msg=bad) as e:
                 load_config("dev", environ=environ)
             self.assertEqual(e.exception.key, "server.proxy_protocol_from")
+
+    def test_a_node_refuses_it(self) -> None:
+        environ = {
+            "PRIVLLM_KEYS__STATE_DIR": self.mktemp(),
+            "PRIVLLM_SERVER__CLIENT_CA": "/nonexistent/ca.crt",
+            "PRIVLLM_SERVER__PROXY_PROTOCOL": "true",
+            "PRIVLLM_SERVER__PROXY_PROTOCOL_FROM": f'["{LB}"]',
+        }
+        with self.assertRaises(StartError) as e:
+            InferenceNode(load_config("dev", environ=environ), MemoryReactorClock())
+        self.assertIn("server.proxy_protocol", str(e.exception))
 
     def test_off_by_default(self) -> None:
         config = load_config("dev", environ={"PRIVLLM_KEYS__STATE_DIR": "/x"})

@@ -3,13 +3,13 @@ Slow and greedy clients: a cap on open connections per address (IPv6: per prefix
 client address itself (from a trusted reverse proxy's header only when the peer is that
 proxy). The per-request read deadline lives in privllm.web.request.
 
-Behind a PROXY-protocol load balancer (privllm.web.proxied) the client's address is known
-only once the header is read: `ProxiedConnectionsPerAddress` counts a connection, or refuses
-it, at its first bytes after the header, before any reach TLS.
-
 Behind a trusted proxy the TCP connections are the proxy's, not the clients': the proxy is
 exempt from the connection cap, and each forwarded client is held to the same number of
 concurrent chats by privllm.protocol.admission (`load.max_streams_per_address`).
+
+Behind a PROXY-protocol load balancer (privllm.web.proxied) the client's address is known
+only once the header is read: `ProxiedConnectionsPerAddress` counts a connection, or refuses
+it, at its first bytes after the header, before any reach TLS.
 """
 
 from __future__ import annotations
