@@ -46,8 +46,9 @@ from .upstream.pool import Node, NodePool
 from .upstream.supervisor import LlamaSupervisor, SupervisorError, default_binary, default_model, llama_arguments
 from .web.app import RouterApp
 from .web.chat import StreamSettings
-from .web.limits import ClientAddress, ConnectionsPerAddress
+from .web.limits import ClientAddress, ConnectionsPerAddress, ProxiedConnectionsPerAddress
 from .web.metrics import RouterMetrics
+from .web.proxied import proxied
 from .web.request import PrivllmSite
 from .web.tls import ReloadingServerOptions, server_tls_options
 
@@ -137,12 +138,20 @@ def _https_listener(
     # Twisted's default TLS transport gathers the writes of one reactor turn into one TLS
     # record. Measured at 1,000 streams (router saturated): 88 us of CPU per sealed chunk
     # with it, 132 us without; at 200 streams, without it was about 5 % cheaper.
-    endpoint = TCP4ServerEndpoint(reactor, config.server.port, interface=config.server.host)
-    # A node's only client is the router, which opens a connection per concurrent stream:
-    # the per-address cap is for the public listener.
-    factory = ConnectionsPerAddress(
-        tls, config.server.max_connections_per_address if public else 1 << 30, _addresses(config)
-    )
+    server = config.server
+    endpoint: Any = TCP4ServerEndpoint(reactor, server.port, interface=server.host)
+    if public and server.proxy_protocol:
+        # Outermost first: the load balancers' allow-list, the PROXY header, the cap on its source, TLS.
+        endpoint = proxied(endpoint, server.proxy_protocol_from)
+        factory: ConnectionsPerAddress = ProxiedConnectionsPerAddress(
+            tls, server.max_connections_per_address, _addresses(config)
+        )
+    else:
+        # A node's only client is the router, which opens a connection per concurrent stream:
+        # the per-address cap is for the public listener.
+        factory = ConnectionsPerAddress(
+            tls, server.max_connections_per_address if public else 1 << 30, _addresses(config)
+        )
     return StreamServerEndpointService(endpoint, factory)
 
 
@@ -280,6 +289,8 @@ class InferenceNode:
     def __init__(self, config: Config, reactor: Any) -> None:
         if not config.server.client_ca:
             raise StartError("config server.client_ca: a node requires client certificates from the deployment CA")
+        if config.server.proxy_protocol:
+            raise StartError("config server.proxy_protocol: for the router's public listener, not a node")
         self.service = MultiService()
         ensure_private_dir(config.keys.state_dir)
         local, _ = _local_llama(config, self.service)

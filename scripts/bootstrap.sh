@@ -32,6 +32,21 @@ if [ ${#missing[@]} -gt 0 ]; then
     fi
 fi
 
+# The PROXY protocol and two-router tests start Debian's haproxy and redis-server themselves:
+# the packages' own services must neither run nor start at boot.
+daemons=()
+command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || daemons+=(haproxy)
+command -v redis-server >/dev/null || daemons+=(redis-server)
+if [ ${#daemons[@]} -gt 0 ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        echo "bootstrap: installing ${daemons[*]}, services off" >&2
+        scripts/install-quiet.sh "${daemons[@]}" >&2
+    else
+        echo "bootstrap: please install: ${daemons[*]} (then stop and disable their services)" >&2
+        exit 1
+    fi
+fi
+
 if [ ! -x "$VENV/bin/python" ]; then
     echo "bootstrap: creating $VENV" >&2
     "$PY" -m venv "$VENV"

@@ -107,19 +107,23 @@ class Daemon:
             self._wait("/health/ready" if wait_ready else "/health")
         return self
 
-    def _wait(self, path: str) -> None:
+    def _wait(self, path: str, port: int | None = None) -> None:
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
             assert self.process is not None
             if self.process.poll() is not None:
                 raise RuntimeError(f"privllm exited with {self.process.returncode}:\n{self.log()}")
             try:
-                if self.get(path)[0] == 200:
+                if self.get(path, port)[0] == 200:
                     return
             except (OSError, ssl.SSLError):
                 pass
             time.sleep(0.2)
         raise RuntimeError(f"privllm did not become ready:\n{self.log()}")
+
+    def wait_ready(self, port: int) -> None:
+        """After start(wait=False): wait for readiness asked through `port` (a load balancer in front)."""
+        self._wait("/health/ready", port)
 
     async def ready(self, reactor: Any, timeout: float = 20.0) -> None:
         """Wait without blocking the reactor (for tests whose reactor serves the daemon's upstream)."""

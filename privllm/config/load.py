@@ -183,11 +183,15 @@ def _check_addresses(config: Config) -> None:
     if config.server.trusted_proxies and not config.server.client_address_header:
         # Every client would count as the proxy: one could spend everyone's limits.
         raise ConfigError("server.client_address_header", "must be set when server.trusted_proxies is")
-    for proxy in config.server.trusted_proxies:
-        try:
-            parse_network(proxy)
-        except ValueError:
-            raise ConfigError("server.trusted_proxies", "each entry is an IP address or CIDR") from None
+    for key in ("trusted_proxies", "proxy_protocol_from"):
+        for entry in getattr(config.server, key):
+            try:
+                parse_network(entry)
+            except ValueError:
+                raise ConfigError(f"server.{key}", "each entry is an IP address or CIDR") from None
+    if config.server.proxy_protocol and not config.server.proxy_protocol_from:
+        # Anyone could otherwise name any client address in the header.
+        raise ConfigError("server.proxy_protocol_from", "must name the load balancers when server.proxy_protocol is on")
 
 
 def _check_backends(config: Config) -> None:

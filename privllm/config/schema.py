@@ -40,6 +40,10 @@ class Server:
     # addresses or CIDRs, either family; trusted proxies are exempt from the connection cap
     trusted_proxies: list[str] = field(default_factory=list)
     client_address_header: str = ""
+    # behind a TCP load balancer (haproxy send-proxy-v2): the public listener accepts connections only
+    # from these addresses or CIDRs, each starting with a PROXY header (v1 or v2) that names the client
+    proxy_protocol: bool = False
+    proxy_protocol_from: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,10 @@ proxy). The per-request read deadline lives in privllm.web.request.
 Behind a trusted proxy the TCP connections are the proxy's, not the clients': the proxy is
 exempt from the connection cap, and each forwarded client is held to the same number of
 concurrent chats by privllm.protocol.admission (`load.max_streams_per_address`).
+
+Behind a PROXY-protocol load balancer (privllm.web.proxied) the client's address is known
+only once the header is read: `ProxiedConnectionsPerAddress` counts a connection, or refuses
+it, at its first bytes after the header, before any reach TLS.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from typing import Any
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.web.server import Request
 
-from ..protocol.addresses import AddressPolicy, parse_address
+from ..protocol.addresses import AddressPolicy, IPAddress, parse_address
 from ..protocol.errors import MALFORMED, RequestRejected
 
 UNPARSED_PEER = "unparsed-peer"  # one shared key for a peer that is not an IP address (none on TCP)
@@ -24,6 +28,11 @@ UNPARSED_PEER = "unparsed-peer"  # one shared key for a peer that is not an IP a
 def _peer(addr: Any) -> str:
     # The kernel's word, not the client's: a link-local zone (fe80::1%eth0) is dropped, not refused.
     return str(getattr(addr, "host", "")).split("%", 1)[0]
+
+
+def peer_address(addr: Any) -> IPAddress | None:
+    """A transport's peer as an address, or None when it is none (a UNIX socket's name)."""
+    return parse_address(_peer(addr))
 
 
 class _Connection(ProtocolWrapper):
@@ -38,7 +47,7 @@ class ConnectionsPerAddress(WrappingFactory):
     """Refuse a new connection from an address (prefix) that already holds `limit` open ones;
     trusted proxies are not counted."""
 
-    protocol = _Connection
+    protocol: type[ProtocolWrapper] = _Connection
 
     def __init__(self, wrapped: Any, limit: int, policy: AddressPolicy | None = None) -> None:
         super().__init__(wrapped)
@@ -48,19 +57,26 @@ class ConnectionsPerAddress(WrappingFactory):
 
     def _key(self, addr: Any) -> str | None:
         """The counted key, or None for a trusted proxy."""
-        address = parse_address(_peer(addr))
+        address = peer_address(addr)
         if address is None:
             return UNPARSED_PEER
         return None if self.policy.trusted(address) else self.policy.key(address)
 
-    def buildProtocol(self, addr: Any) -> Any:
-        key = self._key(addr)
-        if key is not None and self.open.get(key, 0) >= self.limit:
-            return None
-        protocol: Any = super().buildProtocol(addr)
-        if protocol is not None and key is not None:
+    def _full(self, key: str | None) -> bool:
+        return key is not None and self.open.get(key, 0) >= self.limit
+
+    def _count(self, protocol: Any, key: str | None) -> None:
+        if key is not None:
             self.open[key] = self.open.get(key, 0) + 1
             protocol.privllm_key = key
+
+    def buildProtocol(self, addr: Any) -> Any:
+        key = self._key(addr)
+        if self._full(key):
+            return None
+        protocol: Any = super().buildProtocol(addr)
+        if protocol is not None:
+            self._count(protocol, key)
         return protocol
 
     def unregisterProtocol(self, protocol: Any) -> None:
@@ -74,6 +90,42 @@ class ConnectionsPerAddress(WrappingFactory):
                 del self.open[key]
 
 
+class _AfterHeader(_Connection):
+    """A connection counted at its first bytes after the PROXY header, under the header's source."""
+
+    admitted = False
+
+    def dataReceived(self, data: bytes) -> None:
+        if not self.admitted:
+            factory: Any = self.factory
+            if not factory.admit(self):
+                self.transport.abortConnection()  # type: ignore[union-attr]
+                return
+            self.admitted = True
+        super().dataReceived(data)
+
+
+class ProxiedConnectionsPerAddress(ConnectionsPerAddress):
+    """The cap behind a PROXY parser: at accept the peer is the load balancer, so a connection
+    is counted (or refused, unread) only when its client's address is known."""
+
+    protocol = _AfterHeader
+
+    def buildProtocol(self, addr: Any) -> Any:
+        return WrappingFactory.buildProtocol(self, addr)
+
+    def admit(self, protocol: Any) -> bool:
+        """False for a full address, or a header whose source is no IP address (UNIX, or a bad v1 line)."""
+        peer = protocol.getPeer()
+        if peer_address(peer) is None:
+            return False
+        key = self._key(peer)
+        if self._full(key):
+            return False
+        self._count(protocol, key)
+        return True
+
+
 class ClientAddress:
     """The address key a request counts under. From a trusted proxy, the last value of the
     header (the address the proxy saw) when present; it must parse as an address, else the
@@ -85,7 +137,7 @@ class ClientAddress:
         self._header = header.encode() if header else b""
 
     def __call__(self, request: Request) -> str:
-        peer = parse_address(_peer(request.getClientAddress()))
+        peer = peer_address(request.getClientAddress())
         if peer is None:
             return UNPARSED_PEER
         if self._header and self._policy.trusted(peer):
