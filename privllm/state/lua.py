@@ -195,4 +195,10 @@ return 0
 """
 )
 
-SCRIPTS = (SCREEN, COMMIT, RELEASE, RENEW)
+# KEYS: 1 the check; ARGV: 1 this router's check value. Replies the stored one.
+KEY_CHECK = """
+redis.call('SET', KEYS[1], ARGV[1], 'NX')
+return redis.call('GET', KEYS[1])
+"""
+
+SCRIPTS = (SCREEN, COMMIT, RELEASE, RENEW, KEY_CHECK)

@@ -157,6 +157,7 @@ class RedisState:
             config = await self._checked(Deferred.fromCoroutine(self._config()), START_TIMEOUT)
             for script in lua.SCRIPTS:
                 await self._checked(self.client.script_load(script), START_TIMEOUT)
+            shared = await self._checked(self._same_key(), START_TIMEOUT)
         except StateUnavailable as e:
             why = self.refused or str(e)
             raise RedisStateError(f"Redis at state.url did not answer properly: {why}") from e
@@ -170,6 +171,12 @@ class RedisState:
                 "Redis is unsafe for the replay window (" + "; ".join(unsafe) + "): it must not persist to disk"
                 " (save '', appendonly no) nor evict (maxmemory-policy noeviction); set state.allow_unsafe_redis"
                 " only if you know why"
+            )
+        if not shared:
+            raise RedisStateError(
+                "the routers sharing this Redis use different state keys (state.key_file): each must hold the"
+                " same secret, else one router's entries are invisible to the others (replays would pass);"
+                " after replacing it on every router, delete privllm:keycheck"
             )
         if unsafe:
             log.warn(
@@ -185,6 +192,13 @@ class RedisState:
                 raise txredisapi.InvalidResponse(f"CONFIG GET {name}")
             values[name] = "" if reply[1] is None else str(reply[1])
         return values
+
+    def _same_key(self) -> Deferred[bool]:
+        """Whether this router hashes with the same root as the first one that used this Redis
+        (a keyed hash of a constant: it reveals nothing)."""
+        check = self.namer.check()
+        d = self.client.eval(lua.KEY_CHECK, [PREFIX + "keycheck"], [check])
+        return d.addCallback(lambda stored: stored == check)
 
     def stop(self) -> Deferred[None]:
         """Stop renewing and close the pool; the leases still held expire."""
