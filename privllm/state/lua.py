@@ -168,26 +168,31 @@ return {0, 0, active + 1}
 """
 )
 
-# KEYS: 1 streams, then each lease's address and device stream sets; ARGV: the tokens.
+# KEYS: 1 streams, then the address and device stream sets that may hold the lease; ARGV: its token.
 RELEASE = """
-for i, token in ipairs(ARGV) do
-  redis.call('ZREM', KEYS[1], token)
-  redis.call('ZREM', KEYS[2 * i], token)
-  redis.call('ZREM', KEYS[2 * i + 1], token)
+for _, key in ipairs(KEYS) do
+  redis.call('ZREM', key, ARGV[1])
 end
 return 0
 """
 
-# KEYS as RELEASE; ARGV: 1 the new expiry (ms), then the tokens. A lease already gone stays gone.
+# KEYS: 1 streams, then for each lease the address and device stream sets it is in, then
+# this epoch's (a lease moves into this epoch's sets, so the caps count it under the names
+# the next requests ask). ARGV: 1 the new expiry (ms), then the tokens. A lease already gone
+# (released, or expired) stays gone.
 RENEW = (
     _COMMON
     + """
 local expires = ARGV[1]
 for i = 2, #ARGV do
   local token = ARGV[i]
-  if redis.call('ZADD', KEYS[1], 'XX', 'CH', expires, token) == 1 then
-    for _, key in ipairs({KEYS[2 * i - 2], KEYS[2 * i - 1]}) do
-      if redis.call('ZADD', key, 'XX', 'CH', expires, token) == 1 then expire_with_last(key, true) end
+  local base = 4 * (i - 2) + 1
+  if redis.call('ZSCORE', KEYS[1], token) then
+    redis.call('ZADD', KEYS[1], expires, token)
+    for j = 1, 2 do
+      redis.call('ZREM', KEYS[base + j], token)
+      redis.call('ZADD', KEYS[base + j + 2], expires, token)
+      expire_with_last(KEYS[base + j + 2], true)
     end
   end
 end

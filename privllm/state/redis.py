@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -126,6 +127,16 @@ def pool(config: State, reactor: Any) -> txredisapi.RedisFactory:
     return factory
 
 
+@dataclass
+class Held:
+    """A lease this worker holds, in memory only: renewal moves it into each epoch's sets."""
+
+    address: str
+    device: bytes
+    sets: tuple[str, str]  # where it is: address, device
+    before: tuple[str, str]  # where it was before the last renewal, in case that one failed
+
+
 class RedisState:
     """privllm.state.interface.AdmissionState in Redis. Call `start` before serving."""
 
@@ -138,7 +149,8 @@ class RedisState:
         self.lease_ttl = config.lease_ttl
         self.allow_unsafe = config.allow_unsafe_redis
         self.reactor = reactor
-        self.held: dict[bytes, tuple[str, str]] = {}  # lease token -> its address and device stream sets
+        # lease token -> its address and device, and the stream sets it is or may be in
+        self.held: dict[bytes, Held] = {}
         self._load = Load(0, 0.0)
         self._load_at = float("-inf")
         self._renewal = LoopingCall(self._renew)
@@ -291,7 +303,7 @@ class RedisState:
             int((now + self.lease_ttl) * 1000),
         ]
         lease = Lease(token, ask.address, device)
-        held = (keys[6], keys[8])  # this epoch's address and device stream sets
+        held = Held(ask.address, device, (keys[6], keys[8]), (keys[6], keys[8]))
 
         def committed(reply: object) -> Lease | SealedRefusal:
             code, retry, active = self._integers(reply, 3)
@@ -314,7 +326,7 @@ class RedisState:
         held = self.held.pop(lease.token, None)
         if held is None:
             return
-        d = self._run(lua.RELEASE, [PREFIX + "streams", *held], [lease.token.hex()])
+        d = self._run(lua.RELEASE, [PREFIX + "streams", *dict.fromkeys(held.sets + held.before)], [lease.token.hex()])
         d.addErrback(lambda f: f.trap(StateUnavailable))  # lost: the lease expires by itself
 
     def load(self, now: float) -> Load:
@@ -325,11 +337,21 @@ class RedisState:
     def _renew(self) -> Deferred[object] | None:
         if not self.held:
             return None
-        tokens = list(self.held)
-        keys = [PREFIX + "streams"] + [key for token in tokens for key in self.held[token]]
-        expires = int((self.reactor.seconds() + self.lease_ttl) * 1000)
-        d = self._run(lua.RENEW, keys, [expires, *(t.hex() for t in tokens)])
+        now = self.reactor.seconds()
+        keys = [PREFIX + "streams"]
+        for held in self.held.values():
+            current = (
+                self._stream_set(b"address", held.address.encode(), now),
+                self._stream_set(b"device", held.device, now),
+            )
+            keys += [*held.sets, *current]
+            held.before, held.sets = held.sets, current
+        expires = int((now + self.lease_ttl) * 1000)
+        d = self._run(lua.RENEW, keys, [expires, *(t.hex() for t in self.held)])
         return d.addErrback(lambda f: f.trap(StateUnavailable))  # retried at the next tick
+
+    def _stream_set(self, kind: bytes, value: bytes, now: float) -> str:
+        return PREFIX + "streams:" + self.namer.name(kind, value, self.namer.epoch(now))
 
     def _names(self, kind: bytes, value: bytes, now: float) -> tuple[str, str]:
         return self.namer.names(kind, value, now)

@@ -332,6 +332,22 @@ class RedisOnly(RedisTestCase):
             await living.screen(ask(2, address="192.0.2.2"))
         self.assertEqual(caught.exception.rejection.status, 503)
 
+    async def test_a_renewed_lease_counts_against_its_address_in_later_epochs(self) -> None:
+        state = await self.connect(
+            limits(max_streams_per_address=1, max_streams_per_device=1), lease_ttl=1, key_rotation=1
+        )
+        held = await self.admit(state, ask(1), device(1))
+        assert isinstance(held, Lease)
+        await deferLater(reactor, 2.5, lambda: None)  # two epochs later: moved by renewal
+        with self.assertRaises(RequestRejected) as caught:
+            await state.screen(ask(2))
+        self.assertEqual(caught.exception.retry_after, 1)
+        self.assertEqual(await self.admit(state, ask(3, address="192.0.2.9"), device(1)), OVERLOADED)
+        state.release(held)
+        await deferLater(reactor, 0.1, lambda: None)
+        self.assertIsInstance(await self.admit(state, ask(4), device(1)), Lease)
+        self.assertNotIn(held.token.hex().encode(), self.server.dump())
+
     async def test_three_script_calls_per_chat(self) -> None:
         a = await self.connect()
         self.server.command("CONFIG", "RESETSTAT")
