@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import os
+import shutil
 import tempfile
 import time
 from typing import Any
@@ -215,6 +216,7 @@ class RedisTestCase(TestCase):
         if not available():
             self.skipTest("redis-server is not installed (scripts/bootstrap.sh installs it)")
         self.directory = tempfile.mkdtemp(prefix="privllm-state-")
+        self.addCleanup(shutil.rmtree, self.directory, True)
         self.server = RedisServer(self.password)
         self.addCleanup(self.server.close)
         self.server.command("SET", "privllm:fresh", "1")  # as if it had served longer than the window
@@ -462,6 +464,7 @@ class RedisTLS(RedisTestCase):
         if not available():
             self.skipTest("redis-server is not installed")
         self.directory = tempfile.mkdtemp(prefix="privllm-state-")
+        self.addCleanup(shutil.rmtree, self.directory, True)
         ca_dir = os.path.join(self.directory, "ca")
         self.ca = pki.create_ca(ca_dir)
         certificate, key = pki.issue(ca_dir, "redis.test", self.directory, dns=["localhost"], ips=["127.0.0.1"])
