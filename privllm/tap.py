@@ -37,6 +37,7 @@ from .protocol.pow import Challenges, DifficultyPolicy
 from .state.gate import AdmissionGate
 from .state.interface import AdmissionState, Limits
 from .state.memory import MemoryState
+from .state.service import SharedStateService
 from .upstream.breaker import CircuitBreaker
 from .upstream.health import HealthMonitor
 from .upstream.llama import LlamaServer
@@ -114,10 +115,6 @@ def _limits(config: Config) -> Limits:
         max_addresses=rate.max_addresses,
         max_devices=rate.max_devices,
     )
-
-
-def _admission_state(config: Config) -> AdmissionState:
-    return MemoryState(_limits(config))
 
 
 def _server_tls(config: Config, client_ca: str = "", alpn: list[bytes] | None = None) -> ReloadingServerOptions:
@@ -216,14 +213,28 @@ class Router:
         if supervisor is not None:  # its llama-server is the first node: down the moment it exits
             supervisor.on_exit = lambda: self.pool.mark_down(nodes[0])
 
-        admission = Admission(
+        self._admission = Admission(
             self.keys.ring,
             config.server.max_body_bytes,
             config.replay.window,
             config.replay.future_skew,
             pow_gate=_pow_gate(config),
         )
-        self.state = _admission_state(config)
+        self._reactor, self._tls_options = reactor, tls_options
+        _metrics_listener(config, reactor, self.metrics, self.service)
+        limits = _limits(config)
+        if config.state.backend == "redis":
+            # The listener opens once Redis has answered and passed its checks.
+            state_dir = config.keys.state_dir
+            shared = SharedStateService(config.state, limits, state_dir, config.is_dev, reactor, self._listen)
+            shared.setServiceParent(self.service)
+        else:
+            self._listen(MemoryState(limits))
+
+    def _listen(self, state: AdmissionState) -> None:
+        """Serve chats with this admission state: build the routes and open the listener."""
+        config, backend = self.config, self.config.backend
+        self.state = state
         settings = StreamSettings(
             ChatLimits(**vars(config.chat), default_verbosity=config.defaults.verbosity),
             keepalive=config.server.keepalive_seconds,
@@ -237,8 +248,8 @@ class Router:
             queue_timeout=config.load.queue_timeout,
         )
         self.app = RouterApp(
-            clock=reactor,
-            gate=AdmissionGate(admission, self.state),
+            clock=self._reactor,
+            gate=AdmissionGate(self._admission, state),
             keyset=self.keys.keyset,
             pool=self.pool,
             metrics=self.metrics,
@@ -246,9 +257,8 @@ class Router:
             settings=settings,
             client_address=ClientAddress(_addresses(config), config.server.client_address_header),
         )
-        site = _site(config, self.app.resource(), reactor)
-        _https_listener(config, reactor, site, tls_options).setServiceParent(self.service)
-        _metrics_listener(config, reactor, self.metrics, self.service)
+        site = _site(config, self.app.resource(), self._reactor)
+        _https_listener(config, self._reactor, site, self._tls_options).setServiceParent(self.service)
 
     def _dialect(self, reactor: Any) -> Any:
         if self.config.backend.mode == "chat":

@@ -23,31 +23,43 @@ HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
 START_TIMEOUT = 10.0
 
 
-def config(port: int, backends: list[int], source: str | None, check: bool) -> str:
-    servers = "".join(
-        f"    server r{i} 127.0.0.1:{backend} send-proxy-v2"
-        + (f" source {source}" if source else "")
-        + (" check inter 1s" if check else "")
-        + "\n"
-        for i, backend in enumerate(backends)
+def config(port: int, backends: list[int], source: str | None, check: bool, own_ports: list[int]) -> str:
+    def server(i: int, backend: int) -> str:
+        return (
+            f"    server r{i} 127.0.0.1:{backend} send-proxy-v2"
+            + (f" source {source}" if source else "")
+            + (" check inter 1s" if check else "")
+            + "\n"
+        )
+
+    servers = "".join(server(i, backend) for i, backend in enumerate(backends))
+    # One frontend per router too, so a test can choose which router a request reaches.
+    own = "".join(
+        f"frontend to_r{i}\n    bind 127.0.0.1:{own_port}\n    default_backend only_r{i}\n"
+        f"backend only_r{i}\n{server(i, backends[i])}"
+        for i, own_port in enumerate(own_ports)
     )
     return (
         "global\n    maxconn 512\n"
         "defaults\n    mode tcp\n    timeout connect 5s\n    timeout client 10m\n    timeout server 10m\n"
         f"frontend public\n    bind 127.0.0.1:{port}\n    default_backend routers\n"
-        f"backend routers\n    balance roundrobin\n{servers}"
+        f"backend routers\n    balance roundrobin\n{servers}{own}"
     )
 
 
 class HAProxy:
-    def __init__(self, backends: list[int], source: str | None = None, check: bool = True) -> None:
+    def __init__(
+        self, backends: list[int], source: str | None = None, check: bool = True, per_router: bool = False
+    ) -> None:
         """`backends`: the routers' ports on 127.0.0.1; `check`: haproxy's TCP health checks,
-        which carry a PROXY v2 LOCAL header."""
+        which carry a PROXY v2 LOCAL header; `per_router`: also one port per router
+        (`router_ports`), besides the balanced `port`."""
         self.dir = tempfile.mkdtemp(prefix="privllm-haproxy-")
         self.port = free_port()
+        self.router_ports = [free_port() for _ in backends] if per_router else []
         self.config_path = os.path.join(self.dir, "haproxy.cfg")
         with open(self.config_path, "w") as f:
-            f.write(config(self.port, backends, source, check))
+            f.write(config(self.port, backends, source, check, self.router_ports))
         self.log_path = os.path.join(self.dir, "haproxy.log")
         self.process: subprocess.Popen[bytes] | None = None
 

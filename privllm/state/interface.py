@@ -5,9 +5,11 @@ privllm.protocol.admission does every stateless check and asks the state twice p
 
 - `screen`, before decryption: count the request against its address (GCRA) and in the load,
   then, in this order, refuse it with the stateless refusal it already carries, for the global
-  stream cap (503 unavailable), for the address's concurrent streams (429), for a proof of work
-  already spent (PowSpent), for a request id or encapsulated key already seen (409 replay), or
-  for no room in the replay window (429, or 503 when the whole window is full).
+  stream cap (503 unavailable), for the address's concurrent streams (429), for a request id
+  or encapsulated key already seen (409 replay; Redis: 401 stale while a restarted Redis's
+  floor lives), for no room in the replay window (429, or 503 when the whole window is full),
+  or for a proof of work already spent (PowSpent). The work is spent last, so a request
+  refused for anything else keeps it, and a replay is answered as one.
 - `commit`, once it decrypted: remember it in the replay window (409 if another process
   remembered it meanwhile), count it against its device (GCRA), and lease a stream for the
   global, per-address and per-device caps; or return the sealed refusal to send.

@@ -116,14 +116,14 @@ redis.call('EXPIRE', KEYS[12], 11)
 if ARGV[4] == '1' then return done(2, 0) end
 if active >= tonumber(ARGV[5]) then return done(3, 0) end
 if live(KEYS[7], now) + live(KEYS[8], now) >= tonumber(ARGV[6]) then return done(1, 1) end
-if ARGV[7] == '1' then
-  if not redis.call('SET', KEYS[9], '1', 'NX', 'EXAT', tonumber(ARGV[8]) + 1) then return done(4, 0) end
-end
 if floor and tonumber(ARGV[17]) < floor then return done(6, 0) end
 if seen(KEYS[1], {ARGV[9], ARGV[10], ARGV[11], ARGV[12]}, now_s) then return done(5, 0) end
 local full = no_room(KEYS[1], KEYS[2], KEYS[3], now_s, tonumber(ARGV[15]), tonumber(ARGV[16]))
 if full == 1 then return done(1, life) end
 if full then return done(full, 0) end
+if ARGV[7] == '1' then
+  if not redis.call('SET', KEYS[9], '1', 'NX', 'EXAT', tonumber(ARGV[8]) + 1) then return done(4, 0) end
+end
 return done(0, 0)
 """
 )

@@ -60,10 +60,10 @@ class MemoryState:
         if self.address_streams.held(ask.address) >= self.address_streams.limit:
             raise RequestRejected(RATE_LIMITED, retry_after=ADDRESS_STREAMS_RETRY)
         seconds = int(ask.now)
-        if ask.pow_token is not None:
-            self._spend(ask.pow_token, ask.pow_expires, seconds)
         self.replay.check_unseen(ask.request_id, ask.encapsulated_key, seconds)
         self.replay.check_room(ask.address, seconds)
+        if ask.pow_token is not None:  # last: a request refused above does not spend its work
+            self._spend(ask.pow_token, ask.pow_expires, seconds)
 
     def _spend(self, token: bytes, expires: int, now: int) -> None:
         self.spent.purge(now)

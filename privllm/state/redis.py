@@ -61,7 +61,11 @@ UNAVAILABLE_ERRORS = (
 
 
 class RedisStateError(Exception):
-    """Redis is unsafe, unreachable or misconfigured at start: the router must not serve."""
+    """Redis is unsafe or misconfigured at start: the router must not serve."""
+
+
+class RedisUnreachable(RedisStateError):
+    """Redis did not answer properly at start (down, slow, or refusing the password): try again."""
 
 
 class AuthWithoutTimeout(txredisapi.RedisProtocol):
@@ -172,7 +176,7 @@ class RedisState:
             shared = await self._checked(self._same_key(), START_TIMEOUT)
         except StateUnavailable as e:
             why = self.refused or str(e)
-            raise RedisStateError(f"Redis at state.url did not answer properly: {why}") from e
+            raise RedisUnreachable(f"Redis at state.url did not answer properly: {why}") from e
         unsafe = [
             f"{name} is {config[name]!r}, must be {want!r}"
             for name, want in SAFE_CONFIG.items()

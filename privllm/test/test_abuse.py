@@ -275,6 +275,24 @@ class Admitting(TestCase):
         other = dict(sealed_request(self.key).body, pow=body["pow"])
         self.assertEqual(self.refusal(admission, other).rejection, POW_REQUIRED)
 
+    def test_replay_with_its_proof_of_work_is_a_replay(self) -> None:
+        """The work is spent last: a captured request sent again is answered as a replay, and a
+        request refused before the spend (here: no room in its address's share) keeps its work."""
+        admission = memory_gate(
+            self.ring,
+            pow_gate=PowGate(Challenges(SECRET, 60), DifficultyPolicy(10, 10, 8, 2, 12), forced=True),
+            address_rate=1000,
+            address_burst=1000,
+            replay_max_per_address=2,
+        )
+        body = self.solved(admission)
+        self.admit(admission, body)
+        self.assertEqual(self.refusal(admission, body).rejection, REPLAY)
+        self.assertEqual(len(self.state(admission).spent), 1)
+        kept = self.solved(admission)
+        self.assertEqual(self.refusal(admission, kept).rejection, RATE_LIMITED)  # the share is full
+        self.assertEqual(len(self.state(admission).spent), 1)  # its work was not spent
+
     def test_pow_solution_from_another_address(self) -> None:
         admission = self.pow_admission()
         body = self.solved(admission, address="192.0.2.1")
