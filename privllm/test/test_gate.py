@@ -1,0 +1,114 @@
+"""The gate between admission and a state that answers later (as Redis does): what happens
+while the answer is awaited, and when it is a failure."""
+
+from __future__ import annotations
+
+import json
+
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.trial.unittest import TestCase
+
+from ..protocol.admission import Admission, Ask, Lease, Load, PowGate, SealedRefusal
+from ..protocol.errors import POW_REQUIRED, UNAVAILABLE, RequestRejected
+from ..protocol.pow import Challenges, DifficultyPolicy
+from ..state.gate import AdmissionGate
+from ..state.interface import AdmissionState, PowSpent, StateUnavailable
+from .helpers import NOW, current_key, ring, sealed_request
+
+
+class LateState:
+    """Test equipment: an AdmissionState whose answers the test gives, when it chooses."""
+
+    def __init__(self) -> None:
+        self.screens: list[Deferred[None]] = []
+        self.commits: list[Deferred[Lease | SealedRefusal]] = []
+        self.released: list[Lease] = []
+
+    def screen(self, ask: Ask) -> Deferred[None]:
+        self.screens.append(Deferred())
+        return self.screens[-1]
+
+    def commit(self, ask: Ask, device: bytes) -> Deferred[Lease | SealedRefusal]:
+        self.commits.append(Deferred())
+        return self.commits[-1]
+
+    def release(self, lease: Lease) -> None:
+        self.released.append(lease)
+
+    def load(self, now: float) -> Load:
+        return Load(0, 0.0)
+
+
+class Gate(TestCase):
+    def setUp(self) -> None:
+        self.ring = ring()
+        self.state = LateState()
+        state: AdmissionState = self.state
+        pow_gate = PowGate(Challenges(b"s" * 32, 60), DifficultyPolicy(10, 10, 8, 2, 12))
+        self.gate = AdmissionGate(Admission(self.ring, 65536, 60, 5, pow_gate), state)
+
+    def admit(self) -> Deferred:
+        body = json.dumps(sealed_request(current_key(self.ring)).body).encode()
+        return self.gate.admit(body, "a", NOW, True)
+
+    def refused(self, d: Deferred) -> RequestRejected:
+        failure = self.failureResultOf(d, RequestRejected)
+        assert isinstance(failure.value, RequestRejected)
+        return failure.value
+
+    def test_client_gone_while_the_lease_was_taken_gives_it_back(self) -> None:
+        admitted = self.admit()
+        self.state.screens[0].callback(None)
+        admitted.cancel()  # the client left while the commit was under way
+        self.failureResultOf(admitted, CancelledError)
+        lease = Lease(b"t" * 16, "a", b"d")
+        self.state.commits[0].callback(lease)
+        self.assertEqual(self.state.released, [lease])
+
+    def test_client_gone_before_the_screen_answered_opens_nothing(self) -> None:
+        admitted = self.admit()
+        admitted.cancel()
+        self.failureResultOf(admitted, CancelledError)
+        self.state.screens[0].callback(None)
+        self.assertEqual(self.state.commits, [], "neither decrypted nor committed")
+
+    def test_state_unavailable_is_503(self) -> None:
+        admitted = self.admit()
+        self.state.screens[0].errback(StateUnavailable("timeout"))
+        self.assertEqual(self.refused(admitted).rejection, UNAVAILABLE)
+        admitted = self.admit()
+        self.state.screens[1].callback(None)
+        self.state.commits[0].errback(StateUnavailable("timeout"))
+        self.assertEqual(self.refused(admitted).rejection, UNAVAILABLE)
+
+    def test_an_unexpected_failure_is_503_and_logged(self) -> None:
+        admitted = self.admit()
+        self.state.screens[0].errback(KeyError("a bug"))
+        self.assertEqual(self.refused(admitted).rejection, UNAVAILABLE)
+        self.assertEqual(len(self.flushLoggedErrors(KeyError)), 1)
+
+    def test_spent_work_asks_for_new_work(self) -> None:
+        admitted = self.admit()
+        self.state.screens[0].errback(PowSpent())
+        refused = self.refused(admitted)
+        self.assertEqual(refused.rejection, POW_REQUIRED)
+        assert refused.body is not None
+        self.assertEqual(refused.body["error"], "pow_required")
+        self.assertIn("challenge", refused.body)
+
+    def test_lease_and_sealed_refusal(self) -> None:
+        admitted = self.admit()
+        self.state.screens[0].callback(None)
+        lease = Lease(b"t" * 16, "a", b"d")
+        self.state.commits[0].callback(lease)
+        result = self.successResultOf(admitted)
+        self.assertEqual((result.lease, result.refusal), (lease, None))
+        self.gate.release(result)
+        self.assertEqual(self.state.released, [lease])
+        admitted = self.admit()
+        self.state.screens[1].callback(None)
+        self.state.commits[1].callback(SealedRefusal("overloaded", "busy"))
+        result = self.successResultOf(admitted)
+        self.assertEqual((result.lease, result.refusal), (None, SealedRefusal("overloaded", "busy")))
+        self.gate.release(result)
+        self.assertEqual(self.state.released, [lease], "a refused request held nothing")
