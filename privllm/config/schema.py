@@ -40,6 +40,8 @@ class Server:
     # addresses or CIDRs, either family; trusted proxies are exempt from the connection cap
     trusted_proxies: list[str] = field(default_factory=list)
     client_address_header: str = ""
+    # router processes sharing the listener (privllm.workers); 0: one per core; 1: one process, no parent
+    workers: int = field(default=1, metadata=_range(0, 256))
 
 
 @dataclass(frozen=True)
