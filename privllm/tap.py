@@ -7,12 +7,14 @@ streams) and an inference node (mutual TLS in front of a node-local llama-server
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlparse
 
 from prometheus_client.twisted import MetricsResource
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
@@ -124,7 +126,7 @@ def _https_listener(
     site: Site,
     options: ReloadingServerOptions,
     public: bool = True,
-    fd: int | None = None,
+    worker: tuple[int, Callable[[], Deferred[Any]]] | None = None,
 ) -> Any:
     # The per-address cap sits outside TLS, so a refused connection costs no handshake.
     tls = TLSMemoryBIOFactory(options, False, site)  # type: ignore[arg-type]
@@ -137,8 +139,8 @@ def _https_listener(
     factory = ConnectionsPerAddress(
         tls, config.server.max_connections_per_address if public else 1 << 30, _addresses(config)
     )
-    if fd is not None:  # a worker: the parent's socket
-        return AdoptedPort(reactor, fd, factory)
+    if worker is not None:  # the parent's socket, once the nodes' first probes are done
+        return AdoptedPort(reactor, worker[0], factory, worker[1])
     return StreamServerEndpointService(endpoint, factory)
 
 
@@ -216,6 +218,7 @@ class Router:
         self.config = config
         self.service = MultiService()
         worker = worker_fd is not None
+        self._monitors: list[HealthMonitor] = []
         # Every secret is loaded and checked before anything is written or started.
         identity = _identity(config, create=not worker)
         tls_options = _server_tls(config)
@@ -275,9 +278,13 @@ class Router:
             client_address=ClientAddress(_addresses(config), config.server.client_address_header),
         )
         site = _site(config, self.app.resource(), reactor)
-        _https_listener(config, reactor, site, tls_options, fd=worker_fd).setServiceParent(self.service)
+        adopt = None if worker_fd is None else (worker_fd, self._first_probes)
+        _https_listener(config, reactor, site, tls_options, worker=adopt).setServiceParent(self.service)
         if not worker:  # the parent serves every worker's metrics
             _metrics_listener(config, reactor, self.metrics.registry, self.service)
+
+    def _first_probes(self) -> Deferred[Any]:
+        return DeferredList([monitor.check() for monitor in self._monitors], consumeErrors=True)
 
     def _dialect(self, reactor: Any) -> Any:
         if self.config.backend.mode == "chat":
@@ -307,6 +314,7 @@ class Router:
             lambda: node.client.ready(backend.health_timeout), backend.health_interval, reactor, changed
         )
         health.setServiceParent(self.service)
+        self._monitors.append(health)
         node.on_down = health.down
         return node
 

@@ -47,7 +47,7 @@ def cores() -> int:
     """The cores this process may run on (its affinity mask, as taskset or a cgroup set it)."""
     try:
         return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
+    except (AttributeError, OSError):  # not Linux, or the call is filtered
         return os.cpu_count() or 1
 
 
@@ -223,20 +223,31 @@ class WorkerMonitor(ProcessMonitor):
 
 
 class AdoptedPort(Service):
-    """A worker's listener: the parent's socket, inherited as `fd`, with the usual factory."""
+    """A worker's listener: the parent's socket, inherited as `fd`, with the usual factory.
 
-    def __init__(self, reactor: Any, fd: int, factory: Any) -> None:
+    It accepts only once `first` has fired (the first health probe of every node, bounded by
+    its timeout): until then connections go to the other workers, so a restarted worker
+    does not refuse chats with 503 while its nodes are still unknown to it."""
+
+    def __init__(self, reactor: Any, fd: int, factory: Any, first: Callable[[], Deferred[Any]]) -> None:
         self.reactor = reactor
         self.fd = fd
         self.factory = factory
+        self.first = first
         self.port: Any = None
 
     def startService(self) -> None:
         super().startService()
+        self.first().addBoth(self._adopt)
+
+    def _adopt(self, _: object) -> None:
+        if not self.running:
+            return
         os.set_blocking(self.fd, False)
         os.set_inheritable(self.fd, False)  # llama-server and others never get it
         self.port = self.reactor.adoptStreamPort(self.fd, socket.AF_INET, self.factory)
         os.close(self.fd)  # the reactor holds its own copy
+        log.info("a router worker is accepting")
 
     def stopService(self) -> Any:
         super().stopService()

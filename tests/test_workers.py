@@ -87,6 +87,11 @@ def sealed_per_worker(daemon: Daemon) -> dict[int, float]:
     return counts
 
 
+def pid_of(labels: str | None) -> int:
+    match = re.search(r'pid="(\d+)"', labels or "")
+    return int(match.group(1)) if match else 0
+
+
 def scraped(daemon: Daemon, name: str) -> list[tuple[str, float]]:
     text = daemon.get("/metrics", tls=False)[2].decode()
     return [(m.group(1), float(m.group(2))) for m in re.finditer(rf"^{name}(\{{[^}}]*\}})? (\S+)$", text, re.M)]
@@ -95,8 +100,20 @@ def scraped(daemon: Daemon, name: str) -> list[tuple[str, float]]:
 class Workers(TestCase):
     timeout = 300
 
-    def setUp(self) -> None:
+    def setUp(self) -> Any:
         self.daemon = shared(*WORKERS)
+        return ensureDeferred(self._all_healthy())
+
+    async def _all_healthy(self) -> None:
+        """Both workers have probed llama-server (a worker accepts only after its first probe)."""
+        deadline = time.monotonic() + RESTART_TIMEOUT
+        while time.monotonic() < deadline:
+            healthy = scraped(self.daemon, "privllm_node_healthy")
+            pids = workers(self.daemon)
+            if len(pids) == 2 and sorted(pid_of(labels) for labels, value in healthy if value == 1) == pids:
+                return
+            await deferLater(reactor, 0.2)
+        raise AssertionError(f"the workers did not all become healthy: {healthy}")
 
     def client(self) -> PrivllmClient:
         d = self.daemon
@@ -137,6 +154,7 @@ class Workers(TestCase):
         result = await self.client().chat(SHORT)
         self.assertTrue(result.text)
         after = await self._wait_for_workers(before)
+        await self._all_healthy()
         self.assertNotIn(killed[0], after)
         self.assertIn(survivor[0], after)
         for _ in range(4):  # whichever worker takes them
@@ -163,7 +181,7 @@ class Workers(TestCase):
         self.assertEqual(series, [(None, sum(per_worker.values()))])
         self.assertEqual(len(scraped(self.daemon, "privllm_active_streams")), 1)
         healthy = scraped(self.daemon, "privllm_node_healthy")
-        self.assertEqual(sorted(int(re.search(r'pid="(\d+)"', labels or "")[1]) for labels, _ in healthy), pids)
+        self.assertEqual(sorted(pid_of(labels) for labels, _ in healthy), pids, "one series per live worker")
 
     def test_both_workers_answer_and_metrics_add_up(self) -> None:
         return ensureDeferred(self._both_answer())  # type: ignore[return-value]

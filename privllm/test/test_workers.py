@@ -5,6 +5,7 @@ import socket
 import tempfile
 from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import ProcessProtocol
@@ -216,3 +217,48 @@ class Output(TestCase):
         workers.forward_child_output({"line": "Traceback: secret prompt", "stream": "stderr"})
         self.assertEqual([e.get("worker_line") for e in seen], ["- [privllm.tap#info] node up", None])
         self.assertNotIn("secret", repr(seen))
+
+
+class Adopt(TestCase):
+    def setUp(self) -> None:
+        self.sock = workers.listening_socket("127.0.0.1", 0)
+        self.addCleanup(self.sock.close)
+        self.fd = os.dup(self.sock.fileno())
+        self.adopted: list[tuple[int, int, Any]] = []
+        self.first: Deferred[None] = Deferred()
+
+    def adoptStreamPort(self, fd: int, family: int, factory: Any) -> Any:
+        self.adopted.append((os.dup(fd), family, factory))
+        self.addCleanup(os.close, self.adopted[-1][0])
+        return self
+
+    def stopListening(self) -> None:
+        self.adopted.clear()
+
+    def port(self) -> workers.AdoptedPort:
+        return workers.AdoptedPort(self, self.fd, "factory", lambda: self.first)
+
+    def test_accepts_only_after_the_first_probes(self) -> None:
+        port = self.port()
+        port.startService()
+        self.assertEqual(self.adopted, [])
+        self.first.callback(None)
+        self.assertEqual([(f, s) for _, f, s in self.adopted], [(socket.AF_INET, "factory")])
+        self.assertFalse(os.get_blocking(self.adopted[0][0]))
+        with self.assertRaises(OSError):
+            os.fstat(self.fd)  # the inherited descriptor is closed: the reactor holds a copy
+        port.stopService()
+        self.assertEqual(self.adopted, [])
+
+    def test_a_failed_probe_still_ends_the_wait(self) -> None:
+        self.port().startService()
+        self.first.errback(RuntimeError("probe"))
+        self.assertEqual(len(self.adopted), 1)
+
+    def test_stopped_before_the_probes_never_accepts(self) -> None:
+        port = self.port()
+        port.startService()
+        port.stopService()
+        self.first.callback(None)
+        self.assertEqual(self.adopted, [])
+        os.close(self.fd)
