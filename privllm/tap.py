@@ -189,15 +189,12 @@ def _identity(config: Config, create: bool) -> Any:
 
 
 def _workers(config: Config, reactor: Any, options: Options, count: int) -> MultiService:
-    """server.workers > 1: this process writes every shared file (identity, certificate, proof
-    of work key, key ring) before any worker starts, then supervises llama-server and the workers."""
+    """server.workers > 1: this process supervises llama-server and the workers. It first builds,
+    and never starts, the router a worker builds: every shared file (identity, certificate,
+    proof of work key, key ring) is written before any worker starts, so workers only read
+    them, and a setting a worker would refuse stops the start here with its one line."""
+    Router(config, reactor)
     root = MultiService()
-    _identity(config, create=True)
-    _server_tls(config)
-    _pow_gate(config)
-    KeyRingStore(config.keys.state_dir, config.keys.rotation_interval, config.keys.overlap).update(
-        int(reactor.seconds())
-    )
     _local_llama(config, root)
     try:
         sock = listening_socket(config.server.host, config.server.port)

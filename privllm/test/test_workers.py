@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import tempfile
 from typing import Any
@@ -18,6 +19,7 @@ from twisted.trial.unittest import TestCase
 from .. import tap, workers
 from ..config import ConfigError, load_config
 from ..config.profiles import profile
+from ..keys.material import IDENTITY_KEY, KEYRING, TLS_CERT
 
 
 class FakeProcess:
@@ -100,7 +102,7 @@ class Child(TestCase):
 class Files(TestCase):
     def test_metrics_dir_is_private_and_emptied(self) -> None:
         state = tempfile.mkdtemp()
-        self.addCleanup(lambda: __import__("shutil").rmtree(state))
+        self.addCleanup(shutil.rmtree, state)
         first = workers.metrics_dir(state, 8443)
         with open(os.path.join(first, "counter_1.db"), "w"):
             pass
@@ -262,3 +264,60 @@ class Adopt(TestCase):
         self.first.callback(None)
         self.assertEqual(self.adopted, [])
         os.close(self.fd)
+
+
+class Build(TestCase):
+    """tap.build chooses one process, a worker, or a parent; only the parent writes shared files."""
+
+    def config(self, workers_: str) -> Any:
+        self.state = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, self.state)
+        environ = {
+            "PRIVLLM_KEYS__STATE_DIR": self.state,
+            "PRIVLLM_SERVER__PORT": "0",
+            "PRIVLLM_METRICS__PORT": "0",
+            "PRIVLLM_SERVER__WORKERS": workers_,
+            "PRIVLLM_LLAMA__SPAWN": "false",
+            "PRIVLLM_BACKEND__URLS": '["unix:///nonexistent/llama.sock"]',
+        }
+        return load_config("dev", environ=environ)
+
+    def options(self, *argv: str) -> tap.Options:
+        options = tap.Options()
+        options.parseOptions(list(argv))
+        return options
+
+    def test_a_worker_on_an_empty_state_directory_writes_nothing(self) -> None:
+        with self.assertRaises(tap.StartError):
+            tap.build(self.config("2"), "router", Clock(), self.options("--worker-fd", "3"))
+        self.assertFalse(os.path.exists(os.path.join(self.state, IDENTITY_KEY)))
+
+    def test_the_parent_writes_every_shared_file_first(self) -> None:
+        root = tap.build(self.config("2"), "router", Clock(), self.options())
+        monitors = [s for s in root if isinstance(s, workers.WorkerMonitor)]
+        self.assertEqual(len(monitors), 1)
+        monitor = monitors[0]
+        self.addCleanup(monitor.stopService)  # never started: closes the socket
+        for name in (IDENTITY_KEY, TLS_CERT, tap.POW_KEY, KEYRING):
+            self.assertTrue(os.path.exists(os.path.join(self.state, name)), name)
+        self.assertEqual(monitor.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN), 1)
+        self.assertEqual(os.stat(monitor.directory).st_mode & 0o777, 0o700)
+        # A worker started now only reads what the parent wrote.
+        before = {name: os.stat(os.path.join(self.state, name)).st_mtime_ns for name in os.listdir(self.state)}
+        tap.build(self.config_again(), "router", Clock(), self.options("--worker-fd", "3"))
+        after = {name: os.stat(os.path.join(self.state, name)).st_mtime_ns for name in os.listdir(self.state)}
+        self.assertEqual(before, after)
+
+    def config_again(self) -> Any:
+        environ = {
+            "PRIVLLM_KEYS__STATE_DIR": self.state,
+            "PRIVLLM_SERVER__WORKERS": "2",
+            "PRIVLLM_LLAMA__SPAWN": "false",
+            "PRIVLLM_BACKEND__URLS": '["unix:///nonexistent/llama.sock"]',
+        }
+        return load_config("dev", environ=environ)
+
+    def test_one_worker_is_one_process(self) -> None:
+        root = tap.build(self.config("1"), "router", Clock(), self.options())
+        self.assertEqual([s for s in root if isinstance(s, workers.WorkerMonitor)], [])
+        self.assertFalse(any(name.startswith("metrics-") for name in os.listdir(self.state)))
