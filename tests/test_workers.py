@@ -182,6 +182,11 @@ class Workers(TestCase):
         self.assertEqual(len(scraped(self.daemon, "privllm_active_streams")), 1)
         healthy = scraped(self.daemon, "privllm_node_healthy")
         self.assertEqual(sorted(pid_of(labels) for labels, _ in healthy), pids, "one series per live worker")
+        # Workers' lines reach the parent's log; nothing of a conversation does.
+        log = self.daemon.log()
+        self.assertGreaterEqual(log.count("a router worker is accepting"), 2)
+        self.assertNotIn("Say hello", log)
+        self.assertNotIn("lighthouse", log)
 
     def test_both_workers_answer_and_metrics_add_up(self) -> None:
         return ensureDeferred(self._both_answer())  # type: ignore[return-value]
