@@ -207,3 +207,17 @@ class Stop(TestCase):
         self.assertIn(daemon.process.returncode, (0, -signal.SIGTERM))
         self.assertEqual([p for p in pids if os.path.exists(f"/proc/{p}")], [])
         self.assertIn("a router worker exited", daemon.log())
+
+    def test_parent_killed_outright_takes_every_worker(self) -> None:
+        daemon = Daemon(WORKERS[1], name="workers-kill")
+        self.addCleanup(daemon.cleanup)
+        daemon.start()
+        assert daemon.process is not None
+        pids = children(daemon.process.pid)
+        self.assertEqual(len(pids), 3)
+        daemon.process.kill()  # no stopService: setpriv --pdeathsig ends the children
+        daemon.process.wait()
+        deadline = time.monotonic() + 15
+        while [p for p in pids if os.path.exists(f"/proc/{p}")] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        self.assertEqual([p for p in pids if os.path.exists(f"/proc/{p}")], [])
