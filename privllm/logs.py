@@ -30,7 +30,10 @@ from typing import Any
 
 from twisted.logger import LogEvent, LogLevel, globalLogPublisher
 
-OWN = frozenset({"rid", "outcome", "kind", "reason", "ids", "failure_type", "withheld", "category", "node"})
+# worker_line: a line of a router worker's own log, already filtered by this list in the worker
+OWN = frozenset(
+    {"rid", "outcome", "kind", "reason", "ids", "failure_type", "withheld", "category", "node", "worker_line"}
+)
 # Twisted's start-up and shut-down lines: their values are objects Twisted renders, so each
 # is checked for an address like the format itself.
 TWISTED = frozenset({"factory", "port", "reactor", "version", "pyVersion", "exe", "pid", "protocol", "reactorClass"})

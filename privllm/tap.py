@@ -7,12 +7,14 @@ streams) and an inference node (mutual TLS in front of a node-local llama-server
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlparse
 
 from prometheus_client.twisted import MetricsResource
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
@@ -26,7 +28,7 @@ from .harmony import vocabulary
 from .harmony.dialect import HarmonyDialect
 from .hygiene import HygieneError, harden
 from .keys.files import KeyFileError, ensure_private_dir, read_secret, write_secret
-from .keys.material import ensure_dev_certificate, ensure_identity, load_identity
+from .keys.material import IDENTITY_KEY, ensure_dev_certificate, ensure_identity, load_identity
 from .keys.service import KeyRingService
 from .keys.store import KeyRingStore
 from .node import NodeProxy
@@ -52,6 +54,16 @@ from .web.metrics import RouterMetrics
 from .web.proxied import proxied
 from .web.request import PrivllmSite
 from .web.tls import ReloadingServerOptions, server_tls_options
+from .workers import (
+    AdoptedEndpoint,
+    WorkerMonitor,
+    child_argv,
+    child_env,
+    listening_socket,
+    metrics_dir,
+    metrics_registry,
+    worker_count,
+)
 
 LLAMA_SOCKET = "llama.sock"
 POW_KEY = "pow.key"
@@ -63,11 +75,14 @@ class Options(usage.Options):
         ["env", None, "dev", "Built-in profile: dev or prod."],
         ["config", None, None, "TOML file overriding the profile."],
         ["role", None, "router", "router (the public endpoint) or node (mTLS in front of llama-server)."],
+        ["worker-fd", None, None, "Internal: a router worker, given its parent's listening socket.", int],
     ]
 
     def postOptions(self) -> None:
         if self["role"] not in ("router", "node"):
             raise usage.UsageError("--role must be router or node")
+        if self["worker-fd"] is not None and (self["role"] != "router" or self["worker-fd"] < 3):
+            raise usage.UsageError("--worker-fd is for router workers, a descriptor from 3 up")
 
 
 class StartError(Exception):
@@ -128,7 +143,12 @@ def _server_tls(config: Config, client_ca: str = "", alpn: list[bytes] | None = 
 
 
 def _https_listener(
-    config: Config, reactor: Any, site: Site, options: ReloadingServerOptions, public: bool = True
+    config: Config,
+    reactor: Any,
+    site: Site,
+    options: ReloadingServerOptions,
+    public: bool = True,
+    worker: tuple[int, Callable[[], Deferred[Any]]] | None = None,
 ) -> Any:
     # The per-address cap sits outside TLS, so a refused connection costs no handshake.
     tls = TLSMemoryBIOFactory(options, False, site)  # type: ignore[arg-type]
@@ -137,6 +157,8 @@ def _https_listener(
     # with it, 132 us without; at 200 streams, without it was about 5 % cheaper.
     server = config.server
     endpoint: Any = TCP4ServerEndpoint(reactor, server.port, interface=server.host)
+    if worker is not None:  # the parent's socket, once the nodes' first probes are done
+        endpoint = AdoptedEndpoint(reactor, *worker)
     if public and server.proxy_protocol:
         # Outermost first: the load balancers' allow-list, the PROXY header, the cap on its source, TLS.
         endpoint = proxied(endpoint, server.proxy_protocol_from)
@@ -156,11 +178,14 @@ def _addresses(config: Config) -> AddressPolicy:
     return AddressPolicy(config.server.ipv6_prefix, config.server.trusted_proxies)
 
 
-def _local_llama(config: Config, root: MultiService) -> tuple[list[str], LlamaSupervisor | None]:
-    """Dev: start and supervise llama-server on a socket in the state directory; return its URL and supervisor."""
+def _local_llama(config: Config, root: MultiService, spawn: bool = True) -> tuple[list[str], LlamaSupervisor | None]:
+    """Dev: start and supervise llama-server on a socket in the state directory; return its URL and supervisor.
+    A worker (`spawn` false) uses the one its parent supervises."""
     if not config.llama.spawn:
         return [], None
     socket = os.path.join(config.keys.state_dir, LLAMA_SOCKET)
+    if not spawn:
+        return [f"unix://{socket}"], None
     llama = config.llama
     args = llama_arguments(
         llama.binary or default_binary(),
@@ -176,25 +201,53 @@ def _local_llama(config: Config, root: MultiService) -> tuple[list[str], LlamaSu
     return [f"unix://{socket}"], supervisor
 
 
-def _metrics_listener(config: Config, reactor: Any, metrics: RouterMetrics, root: MultiService) -> None:
+def _metrics_listener(config: Config, reactor: Any, registry: Any, root: MultiService) -> None:
     if config.metrics.enabled:
         resource = Resource()
-        resource.putChild(b"metrics", MetricsResource(registry=metrics.registry))  # type: ignore[arg-type]
+        resource.putChild(b"metrics", MetricsResource(registry=registry))  # type: ignore[arg-type]
         endpoint = TCP4ServerEndpoint(reactor, config.metrics.port, interface=config.metrics.host)
         StreamServerEndpointService(endpoint, Site(resource)).setServiceParent(root)
 
 
-class Router:
-    """The assembled router; tests reach its parts (metrics, key ring, nodes) through it."""
+def _identity(config: Config, create: bool) -> Any:
+    if not config.is_dev and not config.keys.identity_key:
+        raise StartError("config keys.identity_key: must be set in prod (the key the app pins)")
+    ensure_private_dir(config.keys.state_dir)
+    if config.keys.identity_key or create:
+        return load_identity(config.keys.identity_key or ensure_identity(config.keys.state_dir))
+    return load_identity(os.path.join(config.keys.state_dir, IDENTITY_KEY))  # a worker: its parent made it
 
-    def __init__(self, config: Config, reactor: Any) -> None:
+
+def _workers(config: Config, reactor: Any, options: Options, count: int) -> MultiService:
+    """server.workers > 1: this process supervises llama-server and the workers. It first builds,
+    and never starts, the router a worker builds: every shared file (identity, certificate,
+    proof of work key, key ring) is written before any worker starts, so workers only read
+    them, and a setting a worker would refuse stops the start here with its one line."""
+    Router(config, reactor)
+    root = MultiService()
+    _local_llama(config, root)
+    try:
+        sock = listening_socket(config.server.host, config.server.port)
+    except OSError as e:
+        raise StartError(f"server.port: cannot listen: {e.strerror}") from e
+    directory = metrics_dir(config.keys.state_dir, sock.getsockname()[1])
+    _metrics_listener(config, reactor, metrics_registry(directory), root)
+    argv = child_argv(options["env"], options["config"])
+    WorkerMonitor(reactor, sock, count, argv, child_env(directory), directory).setServiceParent(root)
+    return root
+
+
+class Router:
+    """The assembled router; tests reach its parts (metrics, key ring, nodes) through it.
+    `worker_fd`: a worker of a parent (see privllm.workers), which listens and spawns for it."""
+
+    def __init__(self, config: Config, reactor: Any, worker_fd: int | None = None) -> None:
         self.config = config
         self.service = MultiService()
-        if not config.is_dev and not config.keys.identity_key:
-            raise StartError("config keys.identity_key: must be set in prod (the key the app pins)")
-        ensure_private_dir(config.keys.state_dir)
+        worker = worker_fd is not None
+        self._monitors: list[HealthMonitor] = []
         # Every secret is loaded and checked before anything is written or started.
-        identity = load_identity(config.keys.identity_key or ensure_identity(config.keys.state_dir))
+        identity = _identity(config, create=not worker)
         tls_options = _server_tls(config)
         backend = config.backend
         tls = None
@@ -206,7 +259,7 @@ class Router:
         self.keys.setServiceParent(self.service)
 
         self.metrics = RouterMetrics()
-        local, supervisor = _local_llama(config, self.service)
+        local, supervisor = _local_llama(config, self.service, spawn=not worker)
         dialect = self._dialect(reactor)
         nodes = [self._node(url, reactor, tls, dialect) for url in local + list(backend.urls)]
         self.pool = NodePool(nodes, backend.balance, config.load.max_streams_per_node, config.load.queue_size)
@@ -220,13 +273,16 @@ class Router:
             config.replay.future_skew,
             pow_gate=_pow_gate(config),
         )
-        self._reactor, self._tls_options = reactor, tls_options
-        _metrics_listener(config, reactor, self.metrics, self.service)
+        self._reactor, self._tls_options, self._worker_fd = reactor, tls_options, worker_fd
+        if not worker:  # a parent of workers serves every worker's metrics
+            _metrics_listener(config, reactor, self.metrics.registry, self.service)
         limits = _limits(config)
         if config.state.backend == "redis":
             # The listener opens once Redis has answered and passed its checks.
             state_dir = config.keys.state_dir
-            shared = SharedStateService(config.state, limits, state_dir, config.is_dev, reactor, self._listen)
+            shared = SharedStateService(
+                config.state, limits, state_dir, config.is_dev, reactor, self._listen, create_key=not worker
+            )
             shared.setServiceParent(self.service)
         else:
             self._listen(MemoryState(limits))
@@ -258,7 +314,12 @@ class Router:
             client_address=ClientAddress(_addresses(config), config.server.client_address_header),
         )
         site = _site(config, self.app.resource(), self._reactor)
-        _https_listener(config, self._reactor, site, self._tls_options).setServiceParent(self.service)
+        adopt = None if self._worker_fd is None else (self._worker_fd, self._first_probes)
+        listener = _https_listener(config, self._reactor, site, self._tls_options, worker=adopt)
+        listener.setServiceParent(self.service)
+
+    def _first_probes(self) -> Deferred[Any]:
+        return DeferredList([monitor.check() for monitor in self._monitors], consumeErrors=True)
 
     def _dialect(self, reactor: Any) -> Any:
         if self.config.backend.mode == "chat":
@@ -288,6 +349,7 @@ class Router:
             lambda: node.client.ready(backend.health_timeout), backend.health_interval, reactor, changed
         )
         health.setServiceParent(self.service)
+        self._monitors.append(health)
         node.on_down = health.down
         return node
 
@@ -315,9 +377,16 @@ class InferenceNode:
         listener.setServiceParent(self.service)
 
 
-def build(config: Config, role: str, reactor: Any) -> MultiService:
+def build(config: Config, role: str, reactor: Any, options: Options | None = None) -> MultiService:
+    """One process (server.workers 1, or a node), a worker, or the parent of workers."""
+    fd = options["worker-fd"] if options is not None else None
+    count = worker_count(config.server.workers, config.state.backend == "redis")
     try:
-        return (Router if role == "router" else InferenceNode)(config, reactor).service
+        if role == "node":
+            return InferenceNode(config, reactor).service
+        if fd is None and count > 1 and options is not None:
+            return _workers(config, reactor, options, count)
+        return Router(config, reactor, fd).service
     except (KeyFileError, SupervisorError, ValueError) as e:
         raise StartError(str(e)) from e
 
@@ -338,6 +407,6 @@ def makeService(options: Options) -> MultiService:
     try:
         config = load_config(options["env"], options["config"])
         _harden(config)
-        return build(config, options["role"], reactor)
+        return build(config, options["role"], reactor, options)
     except (ConfigError, StartError) as e:
         raise SystemExit(f"privllm: {e}") from None

@@ -95,15 +95,17 @@ class Topology:
     def pin(self) -> bytes:
         return self.identity.public_key().public_bytes_raw()
 
-    def node_healthy(self) -> list[bool]:
+    def node_healthy(self) -> list[bool | None]:
+        """Per node: True if every router worker sees it healthy, False if none does (None: they differ)."""
         _, _, body = self.router.get("/metrics", tls=False)
-        states = []
+        states: list[bool | None] = []
         for node in self.nodes:
-            m = re.search(rf'privllm_node_healthy{{node="https://127.0.0.1:{node.port}"}} ([0-9.]+)', body.decode())
-            states.append(bool(m and float(m.group(1)) == 1.0))
+            pattern = rf'^privllm_node_healthy{{node="https://127.0.0.1:{node.port}"(?:,pid="\d+")?}} ([0-9.]+)$'
+            values = {float(v) for v in re.findall(pattern, body.decode(), re.M)}
+            states.append(values == {1.0} if values in ({1.0}, {0.0}) else None if values else False)
         return states
 
-    def wait_nodes_healthy(self, want: list[bool], timeout: float = 120) -> None:
+    def wait_nodes_healthy(self, want: list[bool | None], timeout: float = 120) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.node_healthy() == want:

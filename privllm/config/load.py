@@ -164,6 +164,9 @@ def _check_consistency(config: Config) -> None:
 def _check_state(config: Config) -> None:
     state = config.state
     if state.backend == "memory":
+        if config.server.workers > 1:
+            # Each worker would keep its own replay window and limits: a replay accepted once per worker.
+            raise ConfigError("server.workers", 'more than one worker needs state.backend = "redis"')
         return
     url = state.url
     if not (url.startswith("unix:///") or url.startswith("rediss://")):

@@ -27,7 +27,7 @@ def profile(env: str) -> dict[str, Any]:
     return {
         "env": "prod",
         "process": {"require_mlock": True},
-        "server": {"host": "0.0.0.0", "port": 443},
+        "server": {"host": "0.0.0.0", "port": 443, "workers": 0},
         "keys": {"state_dir": "/var/lib/privllm"},
         "backend": {"urls": ["unix:///run/privllm/inference.sock"]},
     }

@@ -44,6 +44,8 @@ class Server:
     # from these addresses or CIDRs, each starting with a PROXY header (v1 or v2) that names the client
     proxy_protocol: bool = False
     proxy_protocol_from: list[str] = field(default_factory=list)
+    # router processes sharing the listener (privllm.workers); 0: one per core; 1: one process, no parent
+    workers: int = field(default=1, metadata=_range(0, 256))
 
 
 @dataclass(frozen=True)

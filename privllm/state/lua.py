@@ -9,8 +9,10 @@ only counters, expiry times and random lease tokens. Time is the router's clock,
 
 Replay and GCRA read a value under the current and the previous epoch's names and write under
 the current one. A fresh Redis (restarted: it keeps nothing on disk) has forgotten the replay
-window, so the first script to run on it sets a floor: until the window has passed, a
-request timestamped before the floor is refused as stale, as it could have been seen before.
+window, so the first script to run on it sets a floor, the moment it started (from its
+uptime) plus the future skew: until the window has passed, a request timestamped before
+the floor is refused as stale, as it could have been seen before. A Redis that ran longer
+than the window before its first script sets none.
 
 Replies are arrays of integers: {code, retry_after, active_streams, requests in the last 10 s}
 (screen) or {code, retry_after, active_streams} (commit), codes below.
@@ -39,7 +41,15 @@ end
 local function floor_of(marker, floor, now_s, skew, life)
   if redis.call('EXISTS', marker) == 0 then
     redis.call('SET', marker, '1')
-    redis.call('SET', floor, now_s + skew + 1, 'EX', life)
+    -- When this Redis started, by the router's clock (uptime is whole seconds, rounded down,
+    -- so this is no earlier than the start): nothing it holds was seen before that, and a
+    -- request seen by the Redis before it was timestamped at most `skew` past it.
+    local up = tonumber(string.match(redis.call('INFO', 'server'), 'uptime_in_seconds:(%d+)'))
+    local started = now_s
+    if up then started = now_s - up end
+    if started + skew + 1 > now_s - life then
+      redis.call('SET', floor, started + skew + 1, 'EX', life)
+    end
   end
   local f = redis.call('GET', floor)
   if f then return tonumber(f) end

@@ -41,6 +41,7 @@ from .interface import DEVICE_LIMITED, OVERLOADED, Limits, PowSpent, StateUnavai
 log = Logger()
 
 PREFIX = "privllm:"
+STATE_KEY = "state.key"
 LEASE_TOKEN_SIZE = 16
 CONNECT_TIMEOUT = 5.0  # seconds, per connection attempt
 START_TIMEOUT = 10.0  # seconds for the first connection and the checks at start
@@ -77,11 +78,12 @@ class AuthWithoutTimeout(txredisapi.RedisProtocol):
         return self.execute_command("AUTH", username, password, apply_timeout=False)
 
 
-def state_key(config: State, state_dir: str, dev: bool) -> bytes:
-    """The root of the hashing keys, shared by the routers: read (mode-checked), or created in
-    dev or at the default path when absent."""
-    path = config.key_file or os.path.join(state_dir, "state.key")
-    if not os.path.lexists(path) and (dev or not config.key_file):
+def state_key(config: State, state_dir: str, dev: bool, create: bool = True) -> bytes:
+    """The root of the hashing keys, shared by the routers: read (mode-checked), or, unless
+    `create` is false (a worker: its parent made it), created in dev or at the default path
+    when absent."""
+    path = config.key_file or os.path.join(state_dir, STATE_KEY)
+    if create and not os.path.lexists(path) and (dev or not config.key_file):
         write_secret(path, os.urandom(ROOT_SIZE))
     root = read_secret(path, ROOT_SIZE)
     if len(root) != ROOT_SIZE:

@@ -36,9 +36,10 @@ class SharedStateService(Service):
         dev: bool,
         reactor: Any,
         serve: Callable[[RedisState], None],
+        create_key: bool = True,
     ) -> None:
         # The secrets are read (and their modes checked) now, so a bad file stops the start.
-        state_key(config, state_dir, dev)
+        state_key(config, state_dir, dev, create_key)
         password(config)
         self._config, self._limits, self._state_dir, self._dev = config, limits, state_dir, dev
         self._reactor = reactor

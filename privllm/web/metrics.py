@@ -13,7 +13,12 @@ class RouterMetrics:
         self.requests = Counter(
             "privllm_chat_requests", "Chat requests by outcome", ["outcome"], registry=self.registry
         )
-        self.active_streams = Gauge("privllm_active_streams", "Streams being answered now", registry=self.registry)
+        # With workers (privllm.workers) every process writes its own files: streams add up over
+        # the live workers; node health stays per worker (a pid label), since each probes on its
+        # own, and a dead worker's view goes with it.
+        self.active_streams = Gauge(
+            "privllm_active_streams", "Streams being answered now", registry=self.registry, multiprocess_mode="livesum"
+        )
         self.time_to_first_chunk = Histogram(
             "privllm_time_to_first_chunk_seconds",
             "From an admitted request to its first sealed delta",
@@ -37,7 +42,11 @@ class RouterMetrics:
             registry=self.registry,
         )
         self.node_healthy = Gauge(
-            "privllm_node_healthy", "1 while the node passes its health check", ["node"], registry=self.registry
+            "privllm_node_healthy",
+            "1 while the node passes its health check",
+            ["node"],
+            registry=self.registry,
+            multiprocess_mode="liveall",
         )
         self.node_failures = Counter(
             "privllm_node_failures", "Failed upstream attempts per node", ["node"], registry=self.registry
