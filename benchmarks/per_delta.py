@@ -7,9 +7,12 @@ CPU time of one streamed delta through the router, in one process:
 A fake upstream response hands `ChatStream` llama-server's streaming events, `per-read` of
 them per read (1: a router that keeps up; several: a saturated one, where a connection has
 more than one delta waiting per reactor turn). The client's side is a real twisted.web
-Request on an in-memory transport, so HTTP chunking is counted; TLS and the sockets are
-not. The clock is fake; coalescing and padding are off, so every delta is one sealed chunk.
-Each round is the `process_time` of feeding its deltas, divided by their number.
+Request on an in-memory transport, so HTTP chunking is counted; with --tls, that transport
+is Twisted's TLS layer (handshaken in memory, its writes gathered per turn as in the
+router), so TLS is counted too. Sockets and the upstream's HTTP parsing are not. The clock
+is fake and advanced once per read, as a reactor turn would end; coalescing and padding
+are off, so every delta is one sealed chunk. Each round is the `process_time` of feeding
+its deltas, divided by their number.
 
 The machine is shared, so two trees are compared in alternating runs (A B A B ...), each
 run a fresh process importing privllm from its tree: background load hits both alike.
@@ -64,7 +67,57 @@ class _Upstream:
         return self.pending
 
 
-def one_round(deltas: int, per_read: int) -> float:
+def _wire() -> Any:
+    from twisted.internet.testing import StringTransport
+
+    class Wire(StringTransport):
+        """A TCP connection as far as twisted.web asks (it sets TCP_NODELAY through TLS)."""
+
+        def setTcpNoDelay(self, enabled: bool) -> None:
+            pass
+
+    return Wire()
+
+
+def _tls_pair(clock: Any, channel: Any) -> tuple[Any, Any]:
+    """`channel` behind Twisted's TLS layer, handshaken with an in-memory client: the server's
+    StringTransport, and the TLS protocol to hand the channel as its transport."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from OpenSSL import crypto
+    from twisted.internet.protocol import Factory, Protocol
+    from twisted.internet.ssl import CertificateOptions
+    from twisted.internet.testing import StringTransport
+    from twisted.protocols.tls import TLSMemoryBIOFactory
+
+    from privllm.keys.pki import self_signed
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = self_signed(key, "localhost", 1, [])
+    server_options = CertificateOptions(
+        privateKey=crypto.PKey.from_cryptography_key(key), certificate=crypto.X509.from_cryptography(cert)
+    )
+    # CertificateOptions and Factory provide the interfaces Twisted's annotations name (as in privllm.tap)
+    server = TLSMemoryBIOFactory(server_options, False, Factory.forProtocol(lambda: channel), clock=clock)  # type: ignore[arg-type]
+    client = TLSMemoryBIOFactory(CertificateOptions(), True, Factory.forProtocol(Protocol), clock=clock)  # type: ignore[arg-type]
+    server_end, client_end = server.buildProtocol(None), client.buildProtocol(None)
+    server_wire, client_wire = _wire(), StringTransport()
+    client_end.makeConnection(client_wire)
+    server_end.makeConnection(server_wire)
+    for _ in range(10):  # the handshake's round trips
+        clock.advance(0)
+        to_server, to_client = client_wire.value(), server_wire.value()
+        client_wire.clear()
+        server_wire.clear()
+        if not (to_server or to_client):
+            break
+        if to_server:
+            server_end.dataReceived(to_server)
+        if to_client:
+            client_end.dataReceived(to_client)
+    return server_wire, server_end
+
+
+def one_round(deltas: int, per_read: int, tls: bool = False) -> float:
     """Microseconds of CPU per delta for one chat of `deltas` deltas."""
     from twisted.internet.task import Clock
     from twisted.internet.testing import StringTransport
@@ -83,10 +136,14 @@ def one_round(deltas: int, per_read: int) -> float:
     clock = Clock()
     clock.advance(1000)
     upstream = _Upstream()
-    transport = StringTransport()
     channel = HTTPChannel()
+    channel.timeOut = None  # no idle timer on the global reactor
     channel.site = Site(Resource())  # type: ignore[attr-defined]  # what Site.buildProtocol sets
-    channel.makeConnection(transport)
+    if tls:
+        transport, _ = _tls_pair(clock, channel)  # the TLS layer connects the channel
+    else:
+        transport = StringTransport()
+        channel.makeConnection(transport)
     request = Request(channel, False)
     request.method, request.clientproto, request.uri, request.path = b"POST", b"HTTP/1.1", b"/api/chat", b"/api/chat"
     settings = StreamSettings(ChatLimits(), privacy=Privacy(pad_to=0, coalesce_ms=0), retries=0)
@@ -103,11 +160,13 @@ def one_round(deltas: int, per_read: int) -> float:
     started = time.process_time()
     for i in range(reads):
         receive(read)
+        clock.advance(0)  # the end of a reactor turn: TLS sends what the turn wrote
         if i % 64 == 63:  # keep the in-memory transport small, as a socket's buffer would be
             written += len(transport.value())
             transport.clear()
     elapsed = time.process_time() - started
     receive(ENDING)
+    clock.advance(0)
     written += len(transport.value())
     if not done.called or written < reads * per_read * 80:
         raise RuntimeError("the chat did not stream as expected")
@@ -122,7 +181,7 @@ def run_tree(tree: str, args: argparse.Namespace) -> float:
     """One round in a fresh process that imports privllm from `tree`."""
     env = dict(os.environ, PYTHONPATH=os.path.abspath(tree))
     command = [sys.executable, os.path.abspath(__file__), "--deltas", str(args.deltas)]
-    command += ["--per-read", str(args.per_read), "--rounds", "1", "--json"]
+    command += ["--per-read", str(args.per_read), "--rounds", "1", "--json"] + (["--tls"] if args.tls else [])
     out = subprocess.run(command, env=env, cwd=tree, check=True, capture_output=True, text=True, timeout=600)
     return float(json.loads(out.stdout)["rounds"][0])
 
@@ -133,11 +192,13 @@ def compare(old: str, new: str, args: argparse.Namespace) -> None:
         figures["old"].append(run_tree(old, args))
         figures["new"].append(run_tree(new, args))
     diffs = [n - o for o, n in zip(figures["old"], figures["new"], strict=True)]
-    print(f"us per delta, {args.per_read} per read, {args.deltas} deltas, {args.pairs} pairs (old new):")
+    print(
+        f"us per delta, {'TLS, ' if args.tls else ''}{args.per_read} per read, {args.deltas} deltas, {args.pairs} pairs (old new):"
+    )
     print("  " + "  ".join(f"{o:.2f} {n:.2f}" for o, n in zip(figures["old"], figures["new"], strict=True)))
     print(f"old: {spread(figures['old'])}")
     print(f"new: {spread(figures['new'])}")
-    print(f"new - old, pair by pair: {spread(diffs)}")
+    print(f"new - old, pair by pair: {spread(diffs)}; new cheaper in {sum(d < 0 for d in diffs)} of {len(diffs)} pairs")
 
 
 def main() -> None:
@@ -147,13 +208,14 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--pairs", type=int, default=7)
     p.add_argument("--compare", nargs=2, metavar=("OLD_TREE", "NEW_TREE"))
+    p.add_argument("--tls", action="store_true", help="the client's side through Twisted's TLS layer")
     p.add_argument("--json", action="store_true", help="print the rounds as JSON")
     args = p.parse_args()
     if args.compare:
         compare(args.compare[0], args.compare[1], args)
         return
-    one_round(500, args.per_read)  # warm up: imports, first-call caches
-    rounds = [one_round(args.deltas, args.per_read) for _ in range(args.rounds)]
+    one_round(500, args.per_read, args.tls)  # warm up: imports, first-call caches
+    rounds = [one_round(args.deltas, args.per_read, args.tls) for _ in range(args.rounds)]
     if args.json:
         print(json.dumps({"rounds": rounds}))
     else:
