@@ -1,18 +1,20 @@
 """
 CPU time of one streamed delta through the router, in one process:
 
-    python -m benchmarks.per_delta [--deltas 20000] [--per-read 1] [--rounds 7]
-    python -m benchmarks.per_delta --compare OLD_TREE NEW_TREE [--pairs 7] [--per-read 4]
+    python -m benchmarks.per_delta [--deltas 20000] [--per-read 1] [--rounds 7] [--tls] [--http]
+    python -m benchmarks.per_delta --compare OLD_TREE NEW_TREE [--pairs 7] [--per-read 4] [--tls] [--http]
 
 A fake upstream response hands `ChatStream` llama-server's streaming events, `per-read` of
 them per read (1: a router that keeps up; several: a saturated one, where a connection has
 more than one delta waiting per reactor turn). The client's side is a real twisted.web
 Request on an in-memory transport, so HTTP chunking is counted; with --tls, that transport
 is Twisted's TLS layer (handshaken in memory, its writes gathered per turn as in the
-router), so TLS is counted too. Sockets and the upstream's HTTP parsing are not. The clock
-is fake and advanced once per read, as a reactor turn would end; coalescing and padding
-are off, so every delta is one sealed chunk. Each round is the `process_time` of feeding
-its deltas, divided by their number.
+router), so TLS is counted too. With --http, the upstream's body comes as HTTP/1.1 chunks
+through Twisted's HTTP/1.1 client protocol, as on the Agent's connections; without it, the
+body's pieces are handed over directly. Sockets are not counted. The clock is fake and
+advanced once per read, as a reactor turn would end; coalescing and padding are off, so
+every delta is one sealed chunk. Each round is the `process_time` of feeding its deltas,
+divided by their number.
 
 The machine is shared, so two trees are compared in alternating runs (A B A B ...), each
 run a fresh process importing privllm from its tree: background load hits both alike.
@@ -117,7 +119,27 @@ def _tls_pair(clock: Any, channel: Any) -> tuple[Any, Any]:
     return server_wire, server_end
 
 
-def one_round(deltas: int, per_read: int, tls: bool = False) -> float:
+def _http_response(upstream: _Upstream) -> Any:
+    """Answer the upstream request through Twisted's HTTP/1.1 client protocol (as the Agent
+    does): its protocol, whose reads must be HTTP/1.1 chunks of the body."""
+    from twisted.internet.testing import StringTransport
+    from twisted.web.client import HTTP11ClientProtocol
+    from twisted.web.client import Request as ClientRequest
+    from twisted.web.http_headers import Headers
+
+    protocol = HTTP11ClientProtocol()
+    protocol.makeConnection(StringTransport())
+    sent = protocol.request(ClientRequest(b"POST", b"/v1/chat/completions", Headers({b"host": [b"node"]}), None))
+    sent.addCallback(upstream.pending.callback)
+    protocol.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
+    return protocol
+
+
+def _chunk(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+def one_round(deltas: int, per_read: int, tls: bool = False, http: bool = False) -> float:
     """Microseconds of CPU per delta for one chat of `deltas` deltas."""
     from twisted.internet.task import Clock
     from twisted.internet.testing import StringTransport
@@ -151,11 +173,15 @@ def one_round(deltas: int, per_read: int, tls: bool = False) -> float:
     stream = ChatStream(request, clock, pool, RouterMetrics(), settings)
     body = json.dumps({"messages": [{"role": "user", "content": "hi"}]}).encode()
     done = stream.start(OpenedRequest(body, os.urandom(32)), os.urandom(32))
-    response = _Response()
-    upstream.pending.callback(response)
-    read = EVENT * per_read
+    read, ending = EVENT * per_read, ENDING
+    if http:
+        receive = _http_response(upstream).dataReceived
+        read, ending = _chunk(read), _chunk(ending) + b"0\r\n\r\n"
+    else:
+        response = _Response()
+        upstream.pending.callback(response)
+        receive = response.protocol.dataReceived
     reads = deltas // per_read
-    receive = response.protocol.dataReceived
     written = 0
     started = time.process_time()
     for i in range(reads):
@@ -165,7 +191,7 @@ def one_round(deltas: int, per_read: int, tls: bool = False) -> float:
             written += len(transport.value())
             transport.clear()
     elapsed = time.process_time() - started
-    receive(ENDING)
+    receive(ending)
     clock.advance(0)
     written += len(transport.value())
     if not done.called or written < reads * per_read * 80:
@@ -181,7 +207,11 @@ def run_tree(tree: str, args: argparse.Namespace) -> float:
     """One round in a fresh process that imports privllm from `tree`."""
     env = dict(os.environ, PYTHONPATH=os.path.abspath(tree))
     command = [sys.executable, os.path.abspath(__file__), "--deltas", str(args.deltas)]
-    command += ["--per-read", str(args.per_read), "--rounds", "1", "--json"] + (["--tls"] if args.tls else [])
+    command += (
+        ["--per-read", str(args.per_read), "--rounds", "1", "--json"]
+        + (["--tls"] if args.tls else [])
+        + (["--http"] if args.http else [])
+    )
     out = subprocess.run(command, env=env, cwd=tree, check=True, capture_output=True, text=True, timeout=600)
     return float(json.loads(out.stdout)["rounds"][0])
 
@@ -193,7 +223,7 @@ def compare(old: str, new: str, args: argparse.Namespace) -> None:
         figures["new"].append(run_tree(new, args))
     diffs = [n - o for o, n in zip(figures["old"], figures["new"], strict=True)]
     print(
-        f"us per delta, {'TLS, ' if args.tls else ''}{args.per_read} per read, {args.deltas} deltas, {args.pairs} pairs (old new):"
+        f"us per delta, {'TLS, ' if args.tls else ''}{'upstream HTTP, ' if args.http else ''}{args.per_read} per read, {args.deltas} deltas, {args.pairs} pairs (old new):"
     )
     print("  " + "  ".join(f"{o:.2f} {n:.2f}" for o, n in zip(figures["old"], figures["new"], strict=True)))
     print(f"old: {spread(figures['old'])}")
@@ -209,13 +239,14 @@ def main() -> None:
     p.add_argument("--pairs", type=int, default=7)
     p.add_argument("--compare", nargs=2, metavar=("OLD_TREE", "NEW_TREE"))
     p.add_argument("--tls", action="store_true", help="the client's side through Twisted's TLS layer")
+    p.add_argument("--http", action="store_true", help="the upstream's body through Twisted's HTTP/1.1 client")
     p.add_argument("--json", action="store_true", help="print the rounds as JSON")
     args = p.parse_args()
     if args.compare:
         compare(args.compare[0], args.compare[1], args)
         return
-    one_round(500, args.per_read, args.tls)  # warm up: imports, first-call caches
-    rounds = [one_round(args.deltas, args.per_read, args.tls) for _ in range(args.rounds)]
+    one_round(500, args.per_read, args.tls, args.http)  # warm up: imports, first-call caches
+    rounds = [one_round(args.deltas, args.per_read, args.tls, args.http) for _ in range(args.rounds)]
     if args.json:
         print(json.dumps({"rounds": rounds}))
     else:
