@@ -119,3 +119,39 @@ class Scenarios(TestCase):
         self.assertEqual(spike["chats"], 4 + 15 + 4)
         self.assertEqual((spike["completed"], spike["errors"]), (spike["chats"], {}))
         self.assertGreater(spike["first_chunk_ms"]["p50"], 0)
+
+
+class PerDelta(TestCase):
+    timeout = 120
+
+    def run_per_delta(self, *args: str) -> str:
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "benchmarks.per_delta",
+                "--deltas",
+                "400",
+                "--per-read",
+                "2",
+                "--tls",
+                "--http",
+                *args,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=100,
+            cwd=ROOT,
+        )
+        self.assertEqual(done.returncode, 0, done.stderr[-2000:])
+        return done.stdout
+
+    def test_smoke(self) -> None:
+        rounds = json.loads(self.run_per_delta("--rounds", "2", "--json"))["rounds"]
+        self.assertEqual(len(rounds), 2)
+        self.assertTrue(all(r > 0 for r in rounds), rounds)
+
+    def test_compare_alternates_two_trees(self) -> None:
+        out = self.run_per_delta("--compare", ROOT, ROOT, "--pairs", "2")
+        self.assertIn("2 pairs", out)
+        self.assertIn("of 2 pairs", out)

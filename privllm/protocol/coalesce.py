@@ -10,12 +10,12 @@ chunk is sent early rather than spill into a second padding bucket.
 
 from __future__ import annotations
 
-from json.encoder import encode_basestring  # type: ignore[attr-defined]
+import orjson
 
 
 def delta_json(text: str) -> bytes:
     """dumps({"type": "delta", "text": text}), without building the object (this runs per delta)."""
-    return b'{"type":"delta","text":' + encode_basestring(text).encode("utf-8") + b"}"
+    return b'{"type":"delta","text":' + orjson.dumps(text) + b"}"
 
 
 def delta_size(text: str) -> int:

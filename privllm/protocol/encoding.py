@@ -6,7 +6,10 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from typing import Any
+
+import orjson
 
 
 class EncodingError(ValueError):
@@ -36,6 +39,10 @@ def b64decode(value: object, length: int | None = None, max_length: int | None =
 
 
 MAX_JSON_DEPTH = 32  # no message of the protocol, the key set or llama-server's stream nests deeper
+# orjson reads an integer beyond 64 bits as a float; a run of 19 digits may be one. Such
+# text goes to the standard library, which keeps integers exact (and so their meaning).
+_LONG_DIGITS = re.compile(rb"[0-9]{19}")
+_LONG_DIGITS_STR = re.compile(r"[0-9]{19}")
 
 
 def _reject_constant(name: str) -> None:
@@ -43,6 +50,17 @@ def _reject_constant(name: str) -> None:
 
 
 _DECODER = json.JSONDecoder(parse_constant=_reject_constant)  # made once: json.loads(..., kw) makes one a call
+
+
+def _decode(data: bytes | bytearray | str) -> Any:
+    """orjson, strict (RFC 8259), for most text; the standard library for long numbers."""
+    if isinstance(data, str):
+        if _LONG_DIGITS_STR.search(data) is None:
+            return orjson.loads(data)
+        return _DECODER.decode(data)
+    if _LONG_DIGITS.search(data) is None:
+        return orjson.loads(data)
+    return _DECODER.decode(data.decode("utf-8"))
 
 
 def _depth_within(value: Any, max_depth: int) -> bool:
@@ -61,12 +79,17 @@ def _depth_within(value: Any, max_depth: int) -> bool:
 
 def loads_bounded(data: bytes | bytearray | str, max_bytes: int, max_depth: int = MAX_JSON_DEPTH) -> Any:
     """JSON from a peer, with its size and nesting bounded: EncodingError for anything else,
-    so a caller has one exception to handle (not ValueError, RecursionError, UnicodeError)."""
+    so a caller has one exception to handle.
+
+    Both decoders refuse NaN and Infinity, invalid UTF-8 and control characters, and keep
+    the last of duplicate names. orjson also refuses lone surrogates (escaped or not) and
+    numbers that overflow a double (1e400); the standard library lets them through to the
+    field checks, which still refuse them."""
     if len(data) > max_bytes:
         raise EncodingError("too large")
     try:
-        value = _DECODER.decode(data if isinstance(data, str) else data.decode("utf-8"))
-    except (ValueError, RecursionError) as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        value = _decode(data)
+    except (ValueError, RecursionError) as e:  # both JSONDecodeErrors and UnicodeDecodeError are ValueErrors
         raise EncodingError("not JSON") from e
     # Nesting needs an opening bracket per level: most messages have too few to need the walk.
     brackets = data.count("[") + data.count("{") if isinstance(data, str) else data.count(b"[") + data.count(b"{")

@@ -257,6 +257,30 @@ class HostileUpstream(TestCase):
         self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
         h.assert_given_back(self)
 
+    def test_a_failed_write_of_one_read_ends_the_chat(self) -> None:
+        """The chunks of one upstream read leave in one write; if it fails, the chat ends
+        (its final chunk written at once) and gives everything back."""
+        h = Harness()
+        h.start()
+        response = h.respond()
+        write = h.request.write
+        failed: list[bytes] = []
+
+        def write_once(data: bytes) -> None:
+            if not failed:
+                failed.append(data)
+                raise OSError("write failed")
+            write(data)
+
+        h.request.write = write_once  # type: ignore[method-assign]
+        response.send(delta("a") + delta("b"))
+        self.assertEqual(failed[0].count(b"event: chunk"), 2)
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+        h.request.written.insert(-1, failed[0])  # as if it had gone out: the stream opens in order
+        self.assertEqual([c.get("text") for c in h.chunks()[:2]], ["a", "b"])
+        self.assertEqual(h.finals()[0]["code"], "internal")
+        h.assert_given_back(self)
+
     def test_client_gone_during_a_probe_frees_the_probe(self) -> None:
         h = Harness()
         node = h.nodes[0]

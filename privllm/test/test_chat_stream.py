@@ -18,6 +18,7 @@ from ..config.schema import Privacy
 from ..protocol.chat import ChatLimits
 from ..protocol.request import OpenedRequest, SealedRequest
 from ..protocol.response import ResponseReader
+from ..protocol.sse import SSEParser
 from ..protocol.stream import StreamError
 from ..upstream.breaker import CircuitBreaker
 from ..upstream.pool import Node, NodePool
@@ -130,6 +131,26 @@ class Streaming(TestCase):
         self.assertEqual(self.outcome("ok"), 1)
         self.assertEqual(self.metrics.registry.get_sample_value("privllm_sealed_chunks_total"), 3)
         self.assertEqual(self.metrics.registry.get_sample_value("privllm_active_streams"), 0)
+
+    def test_one_write_per_upstream_read(self) -> None:
+        """The chunks of one upstream read leave in one write (one HTTP chunk, one TLS record);
+        nothing is held past the read, and the end is written before the request finishes."""
+        done = self.start()
+        response = FakeResponse()
+        self.upstream.pending.callback(response)
+        before = len(self.request.written)
+        response.send(delta("a") + delta("b") + delta("c"))
+        self.assertEqual(len(self.request.written), before + 1)
+        self.assertEqual(self.request.written[-1].count(b"event: chunk"), 3)
+        response.send(b": a comment, no delta\n\n")
+        self.assertEqual(len(self.request.written), before + 1)
+        self.clock.pump([1] * 15)  # a keep-alive, written by itself: no hold left open
+        self.assertEqual(self.request.written[-1], b": keepalive\n\n")
+        at_done: list[int] = []
+        done.addCallback(lambda _: at_done.append(len(self.request.written)))  # the route finishes the request here
+        response.send(delta("d") + FINISH)
+        self.assertEqual(at_done, [before + 3])
+        self.assertEqual([c.get("text") for c in self.opened()], ["a", "b", "c", "d", None])
 
     def test_bad_parameters_sealed(self) -> None:
         done = self.start({"messages": [{"role": "user", "content": "x"}], "top_p": 0})
@@ -271,9 +292,8 @@ class Coalescing(TestCase):
     def sealed_sizes(self) -> list[int]:
         import base64
 
-        return [
-            len(base64.b64decode(w.split(b"data: ")[1])) for w in self.request.written if w.startswith(b"event: chunk")
-        ]
+        events = SSEParser().feed(b"".join(self.request.written))  # one write may carry several chunks
+        return [len(base64.b64decode(e.data)) for e in events if e.event == "chunk"]
 
     def test_gathered_and_padded(self) -> None:
         self.response.send(delta("First"))

@@ -69,9 +69,51 @@ def json_bytes(value: Any) -> bytes:
     return json.dumps(value).encode()  # ensure_ascii: lone surrogates travel as \ud800 escapes
 
 
+def _no_constants(name: str) -> None:
+    raise ValueError(name)
+
+
+STRICT = json.JSONDecoder(parse_constant=_no_constants)  # what loads_bounded used before orjson
+
+
+def same(a: Any, b: Any) -> bool:
+    """Equal, and of the same types all the way down (1 == 1.0 is not enough here)."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        return list(a) == list(b) and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, list):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
+    return bool(a == b)
+
+
 def split(data: bytes, cuts: list[int]) -> list[bytes]:
     points = sorted({c % (len(data) + 1) for c in cuts})
     return [data[a:b] for a, b in zip([0, *points], [*points, len(data)], strict=True)]
+
+
+class BoundedJson(TestCase):
+    """Where orjson and the standard library differ, loads_bounded stays as strict as before."""
+
+    def test_refused(self) -> None:
+        for text in [
+            b"NaN", b"[Infinity]", b"-Infinity", b"1e400", b'"\\ud800"', b'"a\\udc00b"', b'"\xed\xa0\x80"',
+            b'"\xff"', b'"\x01"', b"\xef\xbb\xbf{}", b"[1,]", b"01", b"{}x", b"", b"[" * 40 + b"]" * 40,
+        ]:  # fmt: skip
+            self.assertRaises(EncodingError, loads_bounded, text, 1 << 16)
+            self.assertRaises(EncodingError, loads_bounded, text.decode("utf-8", "surrogateescape"), 1 << 16)
+
+    def test_integers_stay_exact(self) -> None:
+        for number in [2**63, 2**64, -(2**63) - 1, 10**40, -(10**400)]:
+            value = loads_bounded(b'{"n":%d}' % number, 1 << 16)
+            self.assertTrue(same(value, {"n": number}), number)
+        self.assertTrue(same(loads_bounded(b"[1e19, 1.5, -0]", 100), [1e19, 1.5, 0]))
+
+    def test_last_duplicate_name_wins(self) -> None:
+        self.assertEqual(loads_bounded(b'{"a":1,"a":2}', 100), {"a": 2})
+
+    def test_size_before_parsing(self) -> None:
+        self.assertRaises(EncodingError, loads_bounded, b"[" * 100, 99)
 
 
 class Plaintext(TestCase):
@@ -100,10 +142,23 @@ class Plaintext(TestCase):
 
     @given(st.binary(max_size=300) | json_values.map(json_bytes))
     def test_bounded_json(self, data: bytes) -> None:
+        """orjson reads most text: whatever it takes, the standard library's strict decoder
+        reads to the same value, types included (so it accepts nothing new)."""
         try:
-            loads_bounded(data, 1 << 16)
+            value = loads_bounded(data, 1 << 16)
         except EncodingError:
-            pass
+            return
+        self.assertTrue(same(value, STRICT.decode(data.decode("utf-8"))), data)
+
+    @given(json_values)
+    def test_bounded_json_round_trip(self, value: Any) -> None:
+        """Any JSON value comes back exactly, integers as integers at any size."""
+        data = json_bytes(value)
+        try:
+            json.dumps(value, ensure_ascii=False, allow_nan=False).encode("utf-8")
+        except ValueError:  # a lone surrogate or an infinity: not JSON text (test_bounded_json covers these)
+            return
+        self.assertTrue(same(loads_bounded(data, 1 << 16), value), data)
 
 
 class Envelope(TestCase):

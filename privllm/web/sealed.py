@@ -33,6 +33,7 @@ class SealedEvents:
         self._flush_call: DelayedCall | None = None
         self._sealer: StreamSealer | None = None
         self._unreported = 0  # chunks not yet in the metric
+        self._held: list[bytes] | None = None  # writes gathered between hold and release
         self.last_write = clock.seconds()
 
     def open(self, response_secret: bytes, encapsulated_key: bytes) -> None:
@@ -68,7 +69,19 @@ class SealedEvents:
         if self._clock.seconds() - self.last_write >= keepalive:
             self._write(KEEPALIVE)
 
+    def hold(self) -> None:
+        """Gather writes until `release`: the chunks of one upstream read then leave in one
+        write, so HTTP chunking and the TLS layer's buffering happen once, not per chunk."""
+        if self._held is None:
+            self._held = []
+
+    def release(self) -> None:
+        held, self._held = self._held, None
+        if held:
+            self._request.write(b"".join(held))
+
     def close(self) -> None:
+        self.release()
         if self._flush_call is not None and self._flush_call.active():
             self._flush_call.cancel()
         self._flush_call = None
@@ -96,5 +109,8 @@ class SealedEvents:
             self._unreported = 0
 
     def _write(self, data: bytes) -> None:
-        self._request.write(data)
+        if self._held is not None:
+            self._held.append(data)
+        else:
+            self._request.write(data)
         self.last_write = self._clock.seconds()
