@@ -35,13 +35,13 @@ DEVICE_BURST = 3
 ADDRESS_BURST = 12
 MAX_STREAMS = 3
 LEASE_TTL = 6
-FUTURE_SKEW = 5  # the routers' replay.future_skew (the default)
+FUTURE_SKEW = 1  # the routers' replay.future_skew: how long a fresh Redis refuses requests from before it
 _fleet: dict[str, Fleet] = {}
 
 
 def sections(redis: RedisServer, password_file: str, llama: str) -> dict[str, dict[str, Any]]:
     return {
-        "server": {"proxy_protocol": True, "proxy_protocol_from": [BALANCER]},
+        "server": {"proxy_protocol": True, "proxy_protocol_from": [BALANCER], "workers": WORKERS},
         "state": {
             "backend": "redis",
             "url": redis.url,
@@ -58,6 +58,7 @@ def sections(redis: RedisServer, password_file: str, llama: str) -> dict[str, di
             "per_device_burst": DEVICE_BURST,
         },
         "load": {"max_streams": MAX_STREAMS},
+        "replay": {"future_skew": FUTURE_SKEW},
         # Every request must bring proof of work (cheap here), so spending it once is shown too.
         "pow": {"forced": True, "base_difficulty": 4, "step": 0},
     }
