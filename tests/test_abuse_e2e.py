@@ -165,8 +165,8 @@ class ProofOfWorkUnderStress(TestCase):
         self.assertEqual((status, json.loads(raw)["error"]), (429, "pow_required"))  # worthless elsewhere
         status, _, raw = doc.post(solved)  # and not spent by the thief's attempt
         self.assertEqual((status, open_stream(raw, enc, secret)[-1]["type"]), (200, "done"))
-        status, _, raw = doc.post(solved)
-        self.assertEqual((status, json.loads(raw)["error"]), (429, "pow_required"))  # spent
+        status, _, raw = doc.post(solved)  # sent again: a replay, answered as one (its work is spent last)
+        self.assertEqual((status, json.loads(raw)["error"]), (409, "replay"))
 
     def test_forged_copies_cannot_reuse_a_solution(self) -> None:
         """Forged requests never open, so the replay window never sees them: the spent
