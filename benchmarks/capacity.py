@@ -64,15 +64,34 @@ RAMP_RATE = 400.0
 LIGHT_DEADLINE = 60.0  # seconds after the ramp: the light load generator abandons streams still open
 
 
-def cpu_seconds(pid: int) -> float:
+def children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(p) for p in f.read().split()]
+    except FileNotFoundError:
+        return []
+
+
+def tree(pid: int) -> list[int]:
+    """The process and its live descendants: a router with workers is a parent and its workers."""
+    return [pid] + [p for child in children(pid) for p in tree(child)]
+
+
+def cpu_seconds(pid: int, descendants: bool = False) -> float:
+    """CPU of the process, and with `descendants` of every process below it, live (read) or
+    ended (cutime, cstime): a router with workers is a parent and its workers."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    own = sum(int(x) for x in fields[11 : 15 if descendants else 13]) / os.sysconf("SC_CLK_TCK")
+    return own + (sum(cpu_seconds(child, True) for child in children(pid)) if descendants else 0.0)
 
 
 def rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        return int(next(line.split()[1] for line in f if line.startswith("VmRSS")))
+    total = 0
+    for p in tree(pid):
+        with open(f"/proc/{p}/status") as f:
+            total += int(next(line.split()[1] for line in f if line.startswith("VmRSS")))
+    return total
 
 
 class Router(NamedTuple):
@@ -127,7 +146,7 @@ async def level(
         except Exception as e:  # network errors under overload are results too
             errors[type(e).__name__] = errors.get(type(e).__name__, 0) + 1
 
-    rss_before, cpu_before, start = rss_kib(pid), cpu_seconds(pid), time.perf_counter()
+    rss_before, cpu_before, start = rss_kib(pid), cpu_seconds(pid, True), time.perf_counter()
     equipment_before = sum(cpu_seconds(p) for p in equipment)
     rss_open: list[int] = []
 
@@ -147,7 +166,7 @@ async def level(
         for kind, n in result.errors.items():
             errors[kind] = errors.get(kind, 0) + n
     wall = time.perf_counter() - start
-    cpu = cpu_seconds(pid) - cpu_before
+    cpu = cpu_seconds(pid, True) - cpu_before
     chunks = sum(len(a) for a in arrivals)
     equipment_cpu = sum(cpu_seconds(p) for p in equipment) - equipment_before
     added = [(b - a) * 1000 - 1000 / rate for stream in arrivals for a, b in pairwise(stream[1:-1])]
@@ -172,7 +191,7 @@ async def short_chats(
     plaintext = {"messages": [{"role": "user", "content": "go"}], "max_tokens": 4}
     done = [0]
     errors: dict[str, int] = {}
-    cpu_before, start = cpu_seconds(pid), time.perf_counter()
+    cpu_before, start = cpu_seconds(pid, True), time.perf_counter()
 
     async def worker() -> None:
         while time.perf_counter() - start < seconds:
@@ -190,7 +209,7 @@ async def short_chats(
         "concurrency": concurrency,
         "chats_per_second": done[0] / wall,
         "errors": errors,
-        "router_cpu_percent": 100 * (cpu_seconds(pid) - cpu_before) / wall,
+        "router_cpu_percent": 100 * (cpu_seconds(pid, True) - cpu_before) / wall,
     }
 
 
@@ -213,11 +232,11 @@ async def light_short_chats(
     per_session = max(1, min(int(-(-seconds * target // sessions)), cap // sessions))  # ceil, capped
     flat = await sealed_bodies(client, plaintext, sessions * per_session)
     bodies = [flat[i * per_session : (i + 1) * per_session] for i in range(sessions)]
-    cpu_before, start = cpu_seconds(pid), time.perf_counter()
+    cpu_before, start = cpu_seconds(pid, True), time.perf_counter()
     equipment_before = sum(cpu_seconds(p) for p in equipment)
     result = await deferToThread(loadgen.sessions, *light, bodies, seconds)
     wall = time.perf_counter() - start
-    cpu = cpu_seconds(pid) - cpu_before
+    cpu = cpu_seconds(pid, True) - cpu_before
     equipment_cpu = sum(cpu_seconds(p) for p in equipment) - equipment_before
     done = max(1, result.completed)
     return {
@@ -288,28 +307,49 @@ def main() -> None:
     p.add_argument("--shed-streams", type=int, default=0, help="streams offered to it (default: twice the cap)")
     p.add_argument("--short-seconds", type=float, default=5.0, help="the new-chats-per-second phase (0: skip)")
     p.add_argument("--light", action="store_true", help="count sealed chunks without opening them (all but one stream)")
+    p.add_argument("--workers", type=int, default=1, help="router processes (server.workers); 2 or more: every core")
+    p.add_argument("--state", choices=("memory", "redis"), default="memory", help="where admission state lives")
+    p.add_argument("--short-target", type=float, default=1200.0, help="short chats per second the bodies suffice for")
     p.add_argument("--out", default="capacity.json")
     args = p.parse_args()
     from tests.stack import Daemon  # test equipment: the real router under twistd
 
     cores = "0", "1" if (os.cpu_count() or 1) > 1 else "0"
     os.sched_setaffinity(0, {int(cores[1])})
+    # One router process has core 0; workers have every core, the test equipment's included.
+    router_cores = cores[0] if args.workers == 1 else ",".join(str(c) for c in range(os.cpu_count() or 1))
+    pin = ["taskset", "-c", router_cores]
+    redis_servers: list[Any] = []
+
+    def state(base: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        """The daemon's sections with its own Redis when the state is shared (routers on one
+        Redis must share one hashing key; these are separate routers)."""
+        extra: dict[str, dict[str, Any]] = {"server": {**base.get("server", {}), "workers": args.workers}}
+        if args.state == "redis":
+            from privllm.test.redis_server import RedisServer
+
+            redis_servers.append(RedisServer())
+            extra["state"] = {"backend": "redis", "url": redis_servers[-1].url}
+            extra["replay"] = {**base.get("replay", {}), "future_skew": 1}  # a fresh Redis's floor: 2 s
+        return {**base, **extra}
+
     workdir = tempfile.mkdtemp(prefix="privllm-capacity-")
     socket = os.path.join(workdir, "upstream.sock")
     upstream = start_upstream(socket, args.rate, args.deltas, cores[1])
     short_socket = os.path.join(workdir, "short.sock")
     short_upstream = start_upstream(short_socket, 1000.0, 1, cores[1])
     sections = {**UNLIMITED, "backend": {"urls": [f"unix://{socket}"], "health_interval": 0.5, **PATIENT}}
-    router = Daemon(sections, name="capacity", prefix=["taskset", "-c", cores[0]]).start()
+    router = Daemon(state(sections), name="capacity", prefix=pin).start()
     shed_sections = {**sections, "load": {**UNLIMITED["load"], "max_streams": max(args.shed_cap, 1)}}
-    shedder = (
-        Daemon(shed_sections, name="shedding", prefix=["taskset", "-c", cores[0]]).start() if args.shed_cap else None
-    )
+    shedder = Daemon(state(shed_sections), name="shedding", prefix=pin).start() if args.shed_cap else None
     short_sections = {**sections, "backend": {"urls": [f"unix://{short_socket}"], "health_interval": 0.5, **PATIENT}}
-    pin = ["taskset", "-c", cores[0]]
-    shorts = Daemon(short_sections, name="short", prefix=pin).start() if args.short_seconds else None
+    shorts = Daemon(state(short_sections), name="short", prefix=pin).start() if args.short_seconds else None
+    time.sleep(2.5 if args.state == "redis" else 0)  # past a fresh Redis's floor
     report: dict[str, Any] = {
         "machine": machine(),
+        "workers": args.workers,
+        "state": args.state,
+        "router_cores": router_cores,
         "rate_per_stream": args.rate,
         "deltas_per_answer": args.deltas,
         "load_generator": "counts sealed chunks (benchmarks.loadgen)" if args.light else "opens every chunk",
@@ -349,7 +389,13 @@ def main() -> None:
                     short_light = Router("127.0.0.1", shorts.port, shorts.cert())
                     short_equipment = [short_upstream.pid, os.getpid()]
                     report["short_chats"] = await light_short_chats(
-                        short_client, shorts.process.pid, short_light, args.short_seconds, short_equipment
+                        short_client,
+                        shorts.process.pid,
+                        short_light,
+                        args.short_seconds,
+                        short_equipment,
+                        target=args.short_target,
+                        cap=int(5 * args.short_target),
                     )
                 else:
                     short_client._pool.maxPersistentPerHost = 64  # one kept-alive connection per worker, as apps would
@@ -368,6 +414,8 @@ def main() -> None:
         for process in (upstream, short_upstream):
             process.terminate()
             process.wait(timeout=10)
+        for redis in redis_servers:
+            redis.close()
 
 
 if __name__ == "__main__":

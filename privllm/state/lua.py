@@ -97,7 +97,7 @@ end
 
 # KEYS: 1 replay window, 2-3 address's replay entries (current, previous epoch), 4-5 address's
 # GCRA, 6 streams, 7-8 address's streams, 9 proof of work, 10 marker, 11 floor,
-# 12-21 load counters (this second first, then the 9 before).
+# 12-21 load counters (this second first, then the 9 before), 22 proof of work (previous epoch).
 # ARGV: 1 now (ms), 2 address interval (ms), 3 address tolerance (ms), 4 refused (0/1),
 # 5 max streams, 6 max streams per address, 7 has proof of work (0/1), 8 its expiry (s),
 # 9-10 request id names, 11-12 encapsulated key names, 13 window, 14 future skew,
@@ -132,6 +132,7 @@ local full = no_room(KEYS[1], KEYS[2], KEYS[3], now_s, tonumber(ARGV[15]), tonum
 if full == 1 then return done(1, life) end
 if full then return done(full, 0) end
 if ARGV[7] == '1' then
+  if redis.call('EXISTS', KEYS[22]) == 1 then return done(4, 0) end
   if not redis.call('SET', KEYS[9], '1', 'NX', 'EXAT', tonumber(ARGV[8]) + 1) then return done(4, 0) end
 end
 return done(0, 0)

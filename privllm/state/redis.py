@@ -232,6 +232,7 @@ class RedisState:
     def _screen_call(self, ask: Ask) -> tuple[list[str], list[object]]:
         limits, now = self.limits, ask.now
         address = self._names(b"address", ask.address.encode(), now)
+        spent = self._names(b"pow", ask.pow_token or b"", now)
         second = int(now)
         keys = [
             PREFIX + "replay",
@@ -239,10 +240,11 @@ class RedisState:
             *(PREFIX + "rate:" + n for n in address),
             PREFIX + "streams",
             *(PREFIX + "streams:" + n for n in address),
-            PREFIX + "pow:" + self.namer.name(b"pow", ask.pow_token or b"", self.namer.epoch(now)),
+            PREFIX + "pow:" + spent[0],
             PREFIX + "fresh",
             PREFIX + "floor",
             *(f"{PREFIX}load:{second - i}" for i in range(lua.LOAD_SECONDS)),
+            PREFIX + "pow:" + spent[1],
         ]
         interval = 1000.0 / limits.address_rate
         args: list[object] = [

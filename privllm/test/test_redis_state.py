@@ -307,6 +307,14 @@ class RedisOnly(RedisTestCase):
             await a.screen(later)
         self.assertEqual(caught.exception.rejection.status, 409)
 
+    async def test_proof_of_work_spent_in_the_previous_epoch_stays_spent(self) -> None:
+        a = await self.connect(key_rotation=1)
+        now = int(time.time()) + 1 - 0.2
+        token = os.urandom(16)
+        await a.screen(ask(1, now=now, pow_token=token, pow_expires=int(now) + 60))
+        with self.assertRaises(PowSpent):  # the next epoch: its name changed, its spending did not
+            await a.screen(ask(2, now=now + 0.4, pow_token=token, pow_expires=int(now) + 60))
+
     async def test_gcra_reads_the_previous_epochs_debt(self) -> None:
         a = await self.connect(limits(address_burst=1), key_rotation=1)
         now = int(time.time()) + 1 - 0.2
