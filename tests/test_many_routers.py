@@ -48,6 +48,7 @@ def sections(redis: RedisServer, password_file: str, llama: str) -> dict[str, di
             "user": USER,
             "password_file": password_file,
             "lease_ttl": LEASE_TTL,
+            "timeout": 0.5,  # Redis killed: each request refused within this
         },
         "llama": {"spawn": False},
         "backend": {"urls": [f"unix://{llama}"]},
@@ -209,12 +210,18 @@ class ManyRouters(TestCase):
         c = self.client(30)
         before, _, _ = c.sealed(port=self.a_port)
         self.assertEqual(c.send(before, self.a_port)[0], 200)
+        load = [self.client(31 + i) for i in range(2)]  # answers under way when Redis goes
+        streams = [_Stream(x, x.sealed(200), port) for x, port in zip(load, self.both, strict=True)]
+        for stream in streams:
+            self.assertEqual(stream.start(), 200)
         self.fleet.redis.kill()
         try:
             started = time.monotonic()
             for port in (*self.both, *self.both):
                 self.assertEqual(error(c.send(before, port)), (503, "unavailable"))
             self.assertLess(time.monotonic() - started, 10)
+            for stream in streams:  # admitted before: they end whole
+                self.assertEqual(stream.finish()[-1]["type"], "done")
         finally:
             self.fleet.redis.start()
         for port in self.both:  # remembered nowhere now, yet refused: it could have been seen

@@ -124,7 +124,9 @@ class State:
     # the secret the routers share to hash every name they store (0600); default <state_dir>/state.key
     key_file: str = ""
     key_rotation: int = field(default=3600, metadata=_range(60, 7 * 86400))  # a new hashing key each period
-    timeout: float = field(default=0.5, metadata=_range(0.01, 30))  # per Redis call; slower: 503
+    # per Redis call; slower: 503. It also counts this process's own lag: a saturated router at 0.5 s
+    # refused 2 to 7 % of a 1,000-stream ramp (benchmarks.capacity --state redis); none in two runs at 2 s
+    timeout: float = field(default=2.0, metadata=_range(0.01, 30))
     lease_ttl: int = field(default=30, metadata=_range(5, 3600))  # a crashed worker's streams free after this
     pool_size: int = field(default=4, metadata=_range(1, 256))  # connections per worker
     # Redis must not write to disk and must not evict; set only if you know why your Redis must
