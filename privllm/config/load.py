@@ -168,6 +168,12 @@ def _check_state(config: Config) -> None:
             # Each worker would keep its own replay window and limits: a replay accepted once per worker.
             raise ConfigError("server.workers", 'more than one worker needs state.backend = "redis"')
         return
+    # Names in Redis are looked up in three hashing epochs: anything that must be remembered
+    # longer than one epoch (a replay entry, a spent proof of work, a lease between renewals)
+    # would be lost with its name.
+    longest = max(config.replay.window + config.replay.future_skew + 1, config.pow.ttl + 1, state.lease_ttl)
+    if state.key_rotation < longest:
+        raise ConfigError("state.key_rotation", f"must be at least {longest} s (replay window, pow.ttl, lease_ttl)")
     url = state.url
     if not (url.startswith("unix:///") or url.startswith("rediss://")):
         raise ConfigError("state.url", "must be unix:///absolute/path or rediss://host:port (TLS)")

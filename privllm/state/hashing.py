@@ -7,8 +7,10 @@ floor(now / rotation). The root is a secret file the routers share; it never lea
 Someone who reads Redis sees random-looking names that change every epoch, so they cannot
 tell whether two requests came from one address or device, nor link one across epochs.
 
-Writes use the current epoch's name; lookups also ask the previous epoch's, so an entry
-written just before a boundary (or by a router whose clock is a little behind) is found.
+Writes use the current epoch's name; lookups of the replay window and of spent proofs of work
+also ask the previous and the next epoch's, so an entry written just before a boundary, or by
+a router whose clock is a little behind or ahead, is found. (Rate limits and stream counts ask
+the current and previous ones: a skew at a boundary costs at most a moment's extra quota.)
 """
 
 from __future__ import annotations
@@ -35,10 +37,11 @@ class Namer:
         digest = hmac.new(self._key(epoch), kind + b"\x00" + value, hashlib.sha256).digest()
         return digest[:NAME_SIZE].hex()
 
-    def names(self, kind: bytes, value: bytes, now: float) -> tuple[str, str]:
-        """The current epoch's name (to write and read), then the previous one's (to read)."""
+    def names(self, kind: bytes, value: bytes, now: float) -> tuple[str, str, str]:
+        """The current epoch's name (to write and read), then the previous one's and the next
+        one's (to read: written just before a boundary, or by a router whose clock is ahead)."""
         epoch = self.epoch(now)
-        return self.name(kind, value, epoch), self.name(kind, value, epoch - 1)
+        return tuple(self.name(kind, value, e) for e in (epoch, epoch - 1, epoch + 1))  # type: ignore[return-value]
 
     def check(self) -> str:
         """A value that tells whether two routers hold the same root, and nothing else."""
@@ -50,7 +53,7 @@ class Namer:
             key = hmac.new(
                 self._root, b"privllm-state" + epoch.to_bytes(8, "big", signed=True), hashlib.sha256
             ).digest()
-            if len(self._keys) >= 4:
+            if len(self._keys) >= 6:
                 self._keys.clear()
             self._keys[epoch] = key
         return key

@@ -162,6 +162,7 @@ class RedisState:
         self._renewal = LoopingCall(self._renew)
         self._renewal.clock = reactor
         self.refused: str | None = None  # why Redis refused the connection (AUTH), if it did
+        self.other_key = False  # Redis holds another router's key check: every chat is refused
         if factory.deferred is not None:  # fires when the pool is full, fails if AUTH is refused
             factory.deferred.addErrback(self._connection_refused)
 
@@ -198,7 +199,8 @@ class RedisState:
             )
         if unsafe:
             log.warn(
-                "Redis is unsafe for the replay window, allowed by state.allow_unsafe_redis: {unsafe}", unsafe=unsafe
+                "Redis is unsafe for the replay window, allowed by state.allow_unsafe_redis: {reason}",
+                reason="; ".join(unsafe),
             )
         self._renewal.start(self.lease_ttl / 3, now=False)
 
@@ -236,15 +238,17 @@ class RedisState:
         second = int(now)
         keys = [
             PREFIX + "replay",
-            *(PREFIX + "replay:" + n for n in address),
-            *(PREFIX + "rate:" + n for n in address),
+            *(PREFIX + "replay:" + n for n in address[:2]),
+            *(PREFIX + "rate:" + n for n in address[:2]),
             PREFIX + "streams",
-            *(PREFIX + "streams:" + n for n in address),
+            *(PREFIX + "streams:" + n for n in address[:2]),
             PREFIX + "pow:" + spent[0],
             PREFIX + "fresh",
             PREFIX + "floor",
             *(f"{PREFIX}load:{second - i}" for i in range(lua.LOAD_SECONDS)),
             PREFIX + "pow:" + spent[1],
+            PREFIX + "pow:" + spent[2],
+            PREFIX + "keycheck",
         ]
         interval = 1000.0 / limits.address_rate
         args: list[object] = [
@@ -262,6 +266,8 @@ class RedisState:
             limits.replay_max_entries,
             limits.replay_max_per_address,
             ask.timestamp,
+            *self._replay_names_ahead(ask),
+            self.namer.check(),
         ]
         return keys, args
 
@@ -285,11 +291,11 @@ class RedisState:
         token = os.urandom(LEASE_TOKEN_SIZE)
         keys = [
             PREFIX + "replay",
-            *(PREFIX + "replay:" + n for n in address),
-            *(PREFIX + "rate:" + n for n in devices),
+            *(PREFIX + "replay:" + n for n in address[:2]),
+            *(PREFIX + "rate:" + n for n in devices[:2]),
             PREFIX + "streams",
-            *(PREFIX + "streams:" + n for n in address),
-            *(PREFIX + "streams:" + n for n in devices),
+            *(PREFIX + "streams:" + n for n in address[:2]),
+            *(PREFIX + "streams:" + n for n in devices[:2]),
             PREFIX + "fresh",
             PREFIX + "floor",
         ]
@@ -309,6 +315,7 @@ class RedisState:
             limits.max_streams_per_address,
             token.hex(),
             int((now + self.lease_ttl) * 1000),
+            *self._replay_names_ahead(ask),
         ]
         lease = Lease(token, ask.address, device)
         held = Held(ask.address, device, (keys[6], keys[8]), (keys[6], keys[8]))
@@ -355,20 +362,26 @@ class RedisState:
             keys += [*held.sets, *current]
             held.before, held.sets = held.sets, current
         expires = int((now + self.lease_ttl) * 1000)
-        d = self._run(lua.RENEW, keys, [expires, *(t.hex() for t in self.held)])
+        d = self._run(lua.RENEW, keys, [int(now * 1000), expires, *(t.hex() for t in self.held)])
         return d.addErrback(lambda f: f.trap(StateUnavailable))  # retried at the next tick
 
     def _stream_set(self, kind: bytes, value: bytes, now: float) -> str:
         return PREFIX + "streams:" + self.namer.name(kind, value, self.namer.epoch(now))
 
-    def _names(self, kind: bytes, value: bytes, now: float) -> tuple[str, str]:
+    def _names(self, kind: bytes, value: bytes, now: float) -> tuple[str, str, str]:
         return self.namer.names(kind, value, now)
 
     def _replay_names(self, ask: Ask) -> list[str]:
-        return [
-            *self._names(b"request-id", ask.request_id.encode(), ask.now),
-            *self._names(b"encapsulated-key", ask.encapsulated_key, ask.now),
-        ]
+        """The request id's and encapsulated key's names: current epoch, then previous."""
+        rid = self._names(b"request-id", ask.request_id.encode(), ask.now)
+        enc = self._names(b"encapsulated-key", ask.encapsulated_key, ask.now)
+        return [rid[0], rid[1], enc[0], enc[1]]
+
+    def _replay_names_ahead(self, ask: Ask) -> list[str]:
+        """Their names in the next epoch, where a router whose clock is ahead wrote them."""
+        rid = self._names(b"request-id", ask.request_id.encode(), ask.now)
+        enc = self._names(b"encapsulated-key", ask.encapsulated_key, ask.now)
+        return [rid[2], enc[2]]
 
     def _run(self, script: str, keys: Sequence[str], args: Sequence[object]) -> Deferred[Any]:
         return self._checked(self.client.eval(script, list(keys), list(args)), self.timeout)
@@ -389,8 +402,12 @@ class RedisState:
             raise StateUnavailable("a script answered nonsense")
         return reply
 
-    @staticmethod
-    def _refuse(code: int) -> None:
+    def _refuse(self, code: int) -> None:
+        if code == lua.OTHER_KEY:
+            if not self.other_key:  # once: the operator must fix the key files (docs/deployment.md)
+                log.critical("shared state: another router's state key reached this Redis first; refusing every chat")
+            self.other_key = True
+            raise RequestRejected(UNAVAILABLE)
         if code == lua.UNAVAILABLE:
             raise RequestRejected(UNAVAILABLE)
         if code == lua.REPLAY:

@@ -146,3 +146,19 @@ class Hostile(TestCase):
             "keys.keyset_lifetime", self.error(environ={"PRIVLLM_KEYS__KEYSET_LIFETIME": str(MAX_KEYSET_LIFETIME + 1)})
         )
         self.assertEqual(load_config("dev", environ={}).keys.keyset_lifetime, 3600)
+
+    def test_state_key_rotation_outlives_what_redis_remembers(self) -> None:
+        environ = {
+            "PRIVLLM_STATE__BACKEND": '"redis"',
+            "PRIVLLM_STATE__URL": '"unix:///run/redis.sock"',
+            "PRIVLLM_STATE__KEY_ROTATION": "60",
+            "PRIVLLM_REPLAY__WINDOW": "300",
+        }
+        with self.assertRaises(ConfigError) as cm:
+            load_config("dev", environ=environ)
+        self.assertIn("state.key_rotation", str(cm.exception))
+        environ["PRIVLLM_REPLAY__WINDOW"] = "30"
+        with self.assertRaises(ConfigError):  # pow.ttl is 120 by default
+            load_config("dev", environ=environ)
+        environ["PRIVLLM_POW__TTL"] = "30"
+        self.assertEqual(load_config("dev", environ=environ).state.key_rotation, 60)

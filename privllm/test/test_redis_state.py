@@ -496,3 +496,115 @@ class RedisTLS(RedisTestCase):
             await connect(
                 self.config(url=f"rediss://localhost:{self.server.tls_port}", ca=other), LIMITS, self.directory, reactor
             )
+
+
+class RedisAgainstItsReviewers(RedisTestCase):
+    """Ways around the shared state found in review, each refused (each passed before its fix)."""
+
+    async def admit(self, state: RedisState, request: Ask, dev: bytes) -> Lease | SealedRefusal:
+        await state.screen(request)
+        result: Lease | SealedRefusal = await state.commit(request, dev)
+        return result
+
+    async def until_answered(self, call: Any) -> Any:
+        """Retry while the state reconnects after a restart (bounded)."""
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                return await call()
+            except StateUnavailable:
+                self.assertLess(time.monotonic(), deadline, "no reconnect within 5 s")
+                await deferLater(reactor, 0.2, lambda: None)
+
+    async def test_leases_outlive_a_redis_restart(self) -> None:
+        """A restarted Redis forgot the streams under way; the worker's renewal puts them back."""
+        a = await self.connect(limits(max_streams=1), lease_ttl=6)
+        self.assertIsInstance(await self.admit(a, ask(1), device(1)), Lease)
+        self.server.kill()
+        self.server.start()
+        self.server.command("SET", "privllm:fresh", "1")  # no floor: the point here is the streams
+        await deferLater(reactor, 2.5, lambda: None)  # one renewal (every lease_ttl / 3)
+        with self.assertRaises(RequestRejected) as caught:
+            await self.until_answered(lambda: a.screen(ask(2, address="192.0.2.2")))
+        self.assertEqual(caught.exception.rejection.status, 503)  # the cap still counts the first
+
+    async def test_expiries_follow_the_routers_clock_not_redis(self) -> None:
+        """The router's clock 200 s behind Redis's: nothing it writes expires early."""
+        a = await self.connect(limits(address_burst=1, max_streams_per_address=1, max_streams_per_device=1))
+        now = time.time() - 200
+        await a.screen(ask(1, now=now))
+        with self.assertRaises(RequestRejected) as caught:
+            await a.screen(ask(2, now=now))
+        self.assertEqual(caught.exception.rejection.status, 429)  # the address's rate limit held
+        token = os.urandom(16)
+        b = await self.connect()
+        await b.screen(ask(3, address="192.0.2.3", now=now, pow_token=token, pow_expires=int(now) + 60))
+        with self.assertRaises(PowSpent):
+            await b.screen(ask(4, address="192.0.2.3", now=now, pow_token=token, pow_expires=int(now) + 60))
+        c = await self.connect(limits(max_streams_per_address=1))
+        first = ask(5, address="192.0.2.5", now=now)
+        self.assertIsInstance(await self.admit(c, first, device(5)), Lease)
+        with self.assertRaises(RequestRejected) as caught:
+            await c.screen(ask(6, address="192.0.2.5", now=now))
+        self.assertEqual(caught.exception.rejection.status, 429)  # its stream is still counted
+
+    async def test_a_router_whose_clock_is_ahead_across_a_boundary(self) -> None:
+        a = await self.connect(key_rotation=1)
+        b = await self.connect(key_rotation=1)
+        boundary = int(time.time()) + 1
+        request = ask(1, now=boundary + 0.1, timestamp=boundary)
+        self.assertIsInstance(await self.admit(a, request, device(1)), Lease)
+        behind = Ask(
+            request.address,
+            boundary - 0.1,
+            request_id=request.request_id,
+            encapsulated_key=request.encapsulated_key,
+            timestamp=boundary,
+        )
+        with self.assertRaises(RequestRejected) as caught:
+            await b.screen(behind)
+        self.assertEqual(caught.exception.rejection.status, 409)
+
+    async def test_another_state_key_after_a_redis_restart(self) -> None:
+        """A restarted Redis forgot the start-up key check; a router started then with another
+        key must not work beside the running ones: whichever reached Redis first is served,
+        the others are refused (503), never mixed."""
+        a = await self.connect()
+        self.server.kill()
+        self.server.start()
+        self.server.command("SET", "privllm:fresh", "1")
+        other = os.path.join(self.directory, "other.key")
+        write_secret(other, os.urandom(32))
+        late = await connect(self.config(key_file=other), LIMITS, self.directory, reactor)
+        self.addCleanup(late.stop)
+        await late.screen(ask(1))
+        with self.assertRaises(RequestRejected) as caught:
+            await self.until_answered(lambda: a.screen(ask(2)))
+        self.assertEqual(caught.exception.rejection.status, 503)
+        self.assertEqual(len(self.flushLoggedErrors()), 0)
+        with self.assertRaises(RedisStateError):  # and a third with the first key cannot start
+            await connect(self.config(), LIMITS, self.directory, reactor)
+
+    async def test_without_info_no_marker_and_no_service(self) -> None:
+        """The floor needs Redis's uptime: an ACL without INFO must not leave a marker without
+        a floor (pre-restart requests would pass); every chat is refused instead."""
+        a = await self.connect()
+        self.server.kill()
+        self.server.start()
+        self.server.command("ACL", "SETUSER", USER, "-info")
+        for _ in range(3):
+            with self.assertRaises(StateUnavailable):
+                await self.until_no_connection_error(lambda: a.screen(ask(1, timestamp=int(time.time()) - 20)))
+        self.assertEqual(self.server.command("EXISTS", "privllm:fresh"), 0)
+
+    async def until_no_connection_error(self, call: Any) -> Any:
+        """Call until Redis answers (after a restart), letting its refusal through."""
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                return await call()
+            except StateUnavailable as e:
+                if "Connection" not in str(e) and "connect" not in str(e).lower() and "Timeout" not in str(e):
+                    raise
+                self.assertLess(time.monotonic(), deadline, "no reconnect within 5 s")
+                await deferLater(reactor, 0.2, lambda: None)
