@@ -100,12 +100,13 @@ def _site(config: Config, resource: Any, reactor: Any) -> PrivllmSite:
     return PrivllmSite(resource, server.max_body_bytes, reactor, server.idle_timeout, server.request_read_timeout)
 
 
-def _pow_gate(config: Config) -> PowGate | None:
-    """Proof of work under stress; the secret is shared by routers on one state directory."""
+def _pow_gate(config: Config, create: bool = True) -> PowGate | None:
+    """Proof of work under stress; the secret is shared by routers on one state directory (a
+    worker only reads it: its parent made it)."""
     if not config.pow.enabled:
         return None
     path = os.path.join(config.keys.state_dir, POW_KEY)
-    if not os.path.lexists(path):
+    if create and not os.path.lexists(path):
         write_secret(path, os.urandom(32))
     p = config.pow
     policy = DifficultyPolicy(p.stream_threshold, p.rate_threshold, p.base_difficulty, p.step, p.max_difficulty)
@@ -271,7 +272,7 @@ class Router:
             config.server.max_body_bytes,
             config.replay.window,
             config.replay.future_skew,
-            pow_gate=_pow_gate(config),
+            pow_gate=_pow_gate(config, create=not worker),
         )
         self._reactor, self._tls_options, self._worker_fd = reactor, tls_options, worker_fd
         if not worker:  # a parent of workers serves every worker's metrics

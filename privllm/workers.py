@@ -90,11 +90,13 @@ def metrics_registry(directory: str) -> CollectorRegistry:
 
 
 def child_argv(env: str, config: str | None, python: str = sys.executable) -> list[str]:
-    """The same twistd plugin in worker mode; setpriv --pdeathsig ends it if the parent is killed."""
+    """The same twistd plugin in worker mode; setpriv --pdeathsig ends it if the parent is killed.
+    `-P`: the working directory is not put on the import path (a `twisted/plugins` there would
+    run); workers run in "/", so the configuration's path is made absolute."""
     prefix = [SETPRIV, "--pdeathsig", "TERM", "--"] if os.path.exists(SETPRIV) else []
-    argv = [python, "-c", TWISTD, "--nodaemon", "--pidfile=", "--logger=privllm.workers.worker_log"]
+    argv = [python, "-P", "-c", TWISTD, "--nodaemon", "--pidfile=", "--logger=privllm.workers.worker_log"]
     argv += ["privllm", "--env", env, "--role", "router", "--worker-fd", str(WORKER_FD)]
-    return prefix + argv + (["--config", config] if config else [])
+    return prefix + argv + (["--config", os.path.abspath(config)] if config else [])
 
 
 def child_env(directory: str, environ: dict[str, str] | None = None) -> dict[str, str]:
@@ -185,6 +187,10 @@ def forward_child_output(event: LogEvent) -> None:
         log.warn("a worker wrote on stderr (withheld)")
 
 
+RESTART_THRESHOLD = 30  # seconds
+RESTART_MAX_DELAY = 60  # seconds
+
+
 class WorkerMonitor(ProcessMonitor):
     """Keeps `count` router workers running on the parent's socket; a stop waits for all of them."""
 
@@ -194,11 +200,16 @@ class WorkerMonitor(ProcessMonitor):
         self, reactor: Any, sock: socket.socket, count: int, argv: list[str], env: dict[str, str], directory: str
     ) -> None:
         super().__init__(reactor=InheritingReactor(reactor, sock.fileno(), self._ended))  # type: ignore[arg-type]
+        # A worker that ends within RESTART_THRESHOLD of its start (it could not start: an unsafe
+        # Redis, a bad file) is restarted after a delay doubling from 1 s to RESTART_MAX_DELAY,
+        # not at once in a loop; one that ran longer (a crash) is restarted at once.
+        self.threshold = RESTART_THRESHOLD
+        self.maxRestartDelay = RESTART_MAX_DELAY
         self.sock = sock
         self.directory = directory
         self._waiters: list[Deferred[None]] = []
         for n in range(count):
-            self.addProcess(f"worker-{n}", argv, env=env)
+            self.addProcess(f"worker-{n}", argv, env=env, cwd="/")
 
     def _ended(self, pid: int) -> None:
         """procmon has scheduled its restart; retire its live gauges and release a waiting stop."""

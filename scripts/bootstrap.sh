@@ -17,8 +17,6 @@ command -v ip >/dev/null || missing+=(iproute2)
 command -v wg >/dev/null || missing+=(wireguard-tools)
 command -v wireguard-go >/dev/null || missing+=(wireguard-go)
 command -v nft >/dev/null || missing+=(nftables)
-# The benchmarks' plain-proxy comparison (its smoke run is part of the tests).
-command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
 # The TLS test: testssl.sh checks what the listener offers.
 command -v testssl >/dev/null || missing+=(testssl.sh)
 if [ ${#missing[@]} -gt 0 ]; then
@@ -32,9 +30,11 @@ if [ ${#missing[@]} -gt 0 ]; then
     fi
 fi
 
-# The PROXY protocol and two-router tests start Debian's haproxy and redis-server themselves:
-# the packages' own services must neither run nor start at boot.
+# The PROXY protocol and two-router tests start Debian's haproxy and redis-server themselves,
+# the benchmarks' plain-proxy comparison nginx (its smoke run is part of the tests): the
+# packages' own services must neither run nor start at boot.
 daemons=()
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || daemons+=(nginx-light:nginx)
 command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || daemons+=(haproxy)
 command -v redis-server >/dev/null || daemons+=(redis-server)
 if [ ${#daemons[@]} -gt 0 ]; then

@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
-# Install Debian packages that ship a service (redis-server, haproxy) without letting it run:
+# Install Debian packages that ship a service (redis-server, haproxy, nginx) without letting it run:
 # policy-rc.d answers 101 ("not allowed") to every start the packages' scripts ask for during
 # the install, then each package's service is stopped and disabled in case anything got past.
 # Idempotent; an existing policy-rc.d (Docker images ship one) is put back as it was.
 set -euo pipefail
-[ $# -gt 0 ] || { echo "usage: $0 package..." >&2; exit 2; }
+# Each argument is a package, or package:service when the service is named otherwise
+# (nginx-light:nginx).
+[ $# -gt 0 ] || { echo "usage: $0 package[:service]..." >&2; exit 2; }
 policy=/usr/sbin/policy-rc.d
+marker="# scripts/install-quiet.sh: no service starts during this install"
 saved="$(mktemp)"
 had_policy=0
-if [ -e "$policy" ]; then
+# Our own file, left by a run that was killed outright, is not the machine's: it goes.
+if [ -e "$policy" ] && ! grep -qxF "$marker" "$policy"; then
     had_policy=1
     cp -p "$policy" "$saved"
 fi
@@ -17,11 +21,12 @@ restore() {
     rm -f "$saved"
 }
 trap restore EXIT
-printf '#!/bin/sh\n# scripts/install-quiet.sh: no service starts during this install\nexit 101\n' > "$policy"
+printf '#!/bin/sh\n%s\nexit 101\n' "$marker" > "$policy"
 chmod 755 "$policy"
 apt-get update -qq
-DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@"
-for service in "$@"; do
+DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${@%%:*}"
+for entry in "$@"; do
+    service="${entry#*:}"
     if [ -d /run/systemd/system ]; then
         systemctl disable --now "$service" >/dev/null 2>&1 || true
     else

@@ -201,6 +201,10 @@ def _check_addresses(config: Config) -> None:
     if config.server.proxy_protocol and not config.server.proxy_protocol_from:
         # Anyone could otherwise name any client address in the header.
         raise ConfigError("server.proxy_protocol_from", "must name the load balancers when server.proxy_protocol is on")
+    if config.server.proxy_protocol and config.server.trusted_proxies:
+        # TLS ends here, so a forwarding header would come from the client itself; and a LOCAL
+        # header reports the load balancer, which would then be trusted to name any client.
+        raise ConfigError("server.trusted_proxies", "must be empty when server.proxy_protocol is on")
 
 
 def _check_backends(config: Config) -> None:

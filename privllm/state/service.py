@@ -2,9 +2,10 @@
 Nothing serves before the shared state is safe: the router's listener starts only once Redis
 has answered and passed its checks (privllm.state.redis.start).
 
-Redis that cannot be reached at start is tried again with backoff, while the router stays
-closed (a load balancer sees it down); Redis that is unsafe (it would persist or evict the
-replay window) or shared under another state key stops the router with one clear line.
+Redis that cannot be reached at start is tried again with backoff, while the router serves
+nothing (one process: its port is not open; a worker: it does not accept from its parent's
+port, whose queue holds the connections); Redis that is unsafe (it would persist or evict the
+replay window) or shared under another state key stops the process with one clear line.
 """
 
 from __future__ import annotations

@@ -36,6 +36,7 @@ from ..protocol.slots import StreamSlots
 from ..state.gate import AdmissionGate
 from ..state.interface import ADDRESS_STREAMS_RETRY, PowSpent
 from ..state.memory import MemoryState
+from ..web import app as app_module
 from ..web.app import RouterApp
 from ..web.chat import StreamSettings
 from ..web.limits import ClientAddress, ConnectionsPerAddress
@@ -389,6 +390,15 @@ class SealedAfterDecryption(TestCase):
         self.assertEqual((self.slots.active, self.state.address_streams.held("192.0.2.7")), (1, 1))
         first.connectionLost(Failure(ConnectionDone()))  # the client of the first stream goes away
         self.assertEqual((self.slots.active, len(self.state.address_streams)), (0, 0))
+
+    def test_lease_given_back_when_the_stream_cannot_even_be_built(self) -> None:
+        def broken(*args: object, **kw: object) -> None:
+            raise RuntimeError("a bug")
+
+        self.patch(app_module, "ChatStream", broken)
+        self.post(sealed_request(self.key))
+        self.assertEqual((self.slots.active, len(self.state.address_streams)), (0, 0))
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
 
     def test_address_stream_given_back_when_done(self) -> None:
         sealed = sealed_request(self.key)

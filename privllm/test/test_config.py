@@ -162,3 +162,15 @@ class Hostile(TestCase):
             load_config("dev", environ=environ)
         environ["PRIVLLM_POW__TTL"] = "30"
         self.assertEqual(load_config("dev", environ=environ).state.key_rotation, 60)
+
+    def test_proxy_protocol_and_trusted_proxies_refused_together(self) -> None:
+        """Behind the PROXY protocol a forwarding header would be the client's own words."""
+        environ = {
+            "PRIVLLM_SERVER__PROXY_PROTOCOL": "true",
+            "PRIVLLM_SERVER__PROXY_PROTOCOL_FROM": '["10.0.0.5"]',
+            "PRIVLLM_SERVER__TRUSTED_PROXIES": '["10.0.0.5"]',
+            "PRIVLLM_SERVER__CLIENT_ADDRESS_HEADER": '"X-Forwarded-For"',
+        }
+        with self.assertRaises(ConfigError) as cm:
+            load_config("dev", environ=environ)
+        self.assertIn("server.trusted_proxies", str(cm.exception))

@@ -94,7 +94,7 @@ class Child(TestCase):
         argv = workers.child_argv("prod", "/etc/privllm.toml", python="/venv/bin/python")
         start = argv.index("/venv/bin/python")
         self.assertEqual(argv[:start], [workers.SETPRIV, "--pdeathsig", "TERM", "--"][:start])
-        self.assertEqual(argv[start + 1 : start + 3], ["-c", workers.TWISTD])
+        self.assertEqual(argv[start + 1 : start + 4], ["-P", "-c", workers.TWISTD])  # not the cwd's modules
         self.assertIn("--pidfile=", argv)
         tail = argv[argv.index("privllm") :]
         self.assertEqual(
@@ -102,6 +102,8 @@ class Child(TestCase):
             ["privllm", "--env", "prod", "--role", "router", "--worker-fd", "3", "--config", "/etc/privllm.toml"],
         )
         self.assertNotIn("--config", workers.child_argv("dev", None))
+        relative = workers.child_argv("dev", "privllm.toml")
+        self.assertEqual(relative[-1], os.path.join(os.getcwd(), "privllm.toml"))  # workers run in /
 
     def test_env_passes_through_and_names_the_metrics_directory(self) -> None:
         parent = {"PATH": "/bin", "PRIVLLM_SERVER__PORT": "1", workers.METRICS_ENV: "/elsewhere"}
@@ -173,7 +175,7 @@ class Monitor(TestCase):
 
     def test_a_crashed_worker_is_restarted_and_its_live_gauges_retired(self) -> None:
         self.monitor.startService()
-        self.reactor.advance(5)  # ran longer than procmon's threshold: restarted at once
+        self.reactor.advance(workers.RESTART_THRESHOLD + 1)  # ran longer than the threshold: restarted at once
         self.assertEqual(len(self.reactor.spawned), 2)
         crashed = self.reactor.spawned[0][0]
         live = os.path.join(self.directory, f"gauge_livesum_{crashed.pid}.db")
@@ -193,9 +195,22 @@ class Monitor(TestCase):
         self.monitor.startService()
         end(self.reactor.spawned[0][0])
         self.reactor.advance(0)
-        self.assertEqual(len(self.reactor.spawned), 2, "died within a second: not restarted at once")
+        self.assertEqual(len(self.reactor.spawned), 2, "died at once: not restarted at once")
         self.reactor.advance(self.monitor.minRestartDelay)
         self.assertEqual(len(self.reactor.spawned), 3)
+        self.monitor.stopService()
+
+    def test_a_worker_that_cannot_start_is_not_restarted_in_a_loop(self) -> None:
+        """It ends a little after its start each time (e.g. it found Redis unsafe): the delays
+        grow to RESTART_MAX_DELAY instead of a restart at once, over and over."""
+        self.monitor.startService()
+        delays = []
+        for _ in range(8):
+            self.reactor.advance(1.2)
+            end(self.monitor.protocols["worker-0"])
+            delays.append(self.monitor.delay["worker-0"])
+            self.reactor.advance(workers.RESTART_MAX_DELAY)  # restarted by then
+        self.assertEqual(delays, [2, 4, 8, 16, 32, 60, 60, 60])
         self.monitor.stopService()
 
     def test_stop_terms_every_worker_and_waits_for_all(self) -> None:

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any, cast
 
 from klein import Klein
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.python.failure import Failure
 from twisted.web.server import Request
 from werkzeug.exceptions import MethodNotAllowed, NotFound
@@ -103,6 +103,14 @@ class RouterApp:
         return self._reject(request, e.rejection, e.retry_after, e.body)
 
     def _stream(self, request: Request, admitted: Admitted) -> Deferred[None]:
+        def release(result: object) -> object:
+            self._gate.release(admitted)  # on every end: done, error, the client gone, or a bug
+            return result
+
+        done = maybeDeferred(self._start, request, admitted)
+        return done.addBoth(release)
+
+    def _start(self, request: Request, admitted: Admitted) -> Deferred[None]:
         self._common_headers(request)
         stream = ChatStream(
             request,
@@ -112,13 +120,7 @@ class RouterApp:
             self._settings,
             request_tag(admitted.envelope.request_id),
         )
-        done = stream.start(admitted.opened, admitted.envelope.encapsulated_key, refusal=admitted.refusal)
-
-        def release(result: object) -> object:
-            self._gate.release(admitted)  # on every end: done, error, or the client gone
-            return result
-
-        return done.addBoth(release)
+        return stream.start(admitted.opened, admitted.envelope.encapsulated_key, refusal=admitted.refusal)
 
     @app.route("/health", methods=["GET"])
     def health(self, request: Request) -> bytes:
