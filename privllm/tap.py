@@ -35,6 +35,7 @@ from .node import NodeProxy
 from .protocol.addresses import AddressPolicy
 from .protocol.admission import Admission, PowGate
 from .protocol.chat import ChatLimits
+from .protocol.cors import CorsPolicy
 from .protocol.pow import Challenges, DifficultyPolicy
 from .state.gate import AdmissionGate
 from .state.interface import AdmissionState, Limits
@@ -313,6 +314,7 @@ class Router:
             hsts_max_age=config.server.hsts_max_age,
             settings=settings,
             client_address=ClientAddress(_addresses(config), config.server.client_address_header),
+            cors=CorsPolicy(config.server.cors_origins),
         )
         site = _site(config, self.app.resource(), self._reactor)
         adopt = None if self._worker_fd is None else (self._worker_fd, self._first_probes)

@@ -89,11 +89,15 @@ class DocClient:
         return body, enc, ctx.export(b"privllm/v1 response", 32)
 
     def post(
-        self, body: bytes | dict[str, Any], content_type: str = "application/json"
+        self, body: bytes | dict[str, Any], content_type: str = "application/json", origin: str | None = None
     ) -> tuple[int, http.client.HTTPMessage, bytes]:
+        """`origin`: sent as a browser's page would send it (CORS)."""
         raw = body if isinstance(body, bytes) else json.dumps(body).encode()
         conn = self.connection()
-        conn.request("POST", "/api/chat", raw, {"Content-Type": content_type, "Accept": "text/event-stream"})
+        headers = {"Content-Type": content_type, "Accept": "text/event-stream"}
+        if origin is not None:
+            headers["Origin"] = origin
+        conn.request("POST", "/api/chat", raw, headers)
         response = conn.getresponse()
         return response.status, response.headers, response.read()
 

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..protocol.addresses import parse_network
+from ..protocol.cors import check_origin
 from .profiles import profile
 from .schema import Config
 
@@ -145,6 +146,7 @@ def _check_consistency(config: Config) -> None:
     _check_backends(config)
     _check_addresses(config)
     _check_state(config)
+    _check_origins(config)
     if not config.keys.state_dir:
         raise ConfigError("keys.state_dir", "must be set")
     if config.is_dev:
@@ -222,3 +224,13 @@ def _check_backends(config: Config) -> None:
             raise ConfigError("backend.pins", "each pin is https-url=base64 for a url in backend.urls")
     if len(set(backend.urls)) != len(backend.urls):
         raise ConfigError("backend.urls", "a backend is named twice")
+
+
+def _check_origins(config: Config) -> None:
+    origins = config.server.cors_origins
+    for entry in origins:
+        reason = check_origin(entry, allow_http_loopback=config.is_dev)
+        if reason is not None:
+            raise ConfigError("server.cors_origins", reason)
+    if len(set(origins)) != len(origins):
+        raise ConfigError("server.cors_origins", "an origin is named twice")

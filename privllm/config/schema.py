@@ -46,6 +46,8 @@ class Server:
     proxy_protocol_from: list[str] = field(default_factory=list)
     # router processes sharing the listener (privllm.workers); 0: one per core; 1: one process, no parent
     workers: int = field(default=1, metadata=_range(0, 256))
+    # browsers: the exact origins (https://host[:port]) whose pages may read the answers; empty: no CORS
+    cors_origins: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound
 from ..logs import request_tag
 from ..protocol.addresses import AddressPolicy
 from ..protocol.admission import Admitted
+from ..protocol.cors import CorsPolicy
 from ..protocol.encoding import dumps
 from ..protocol.errors import METHOD_NOT_ALLOWED, NOT_FOUND, UNSUPPORTED_MEDIA_TYPE, Rejection, RequestRejected
 from ..state.gate import AdmissionGate
@@ -40,6 +41,7 @@ class RouterApp:
         hsts_max_age: int,
         settings: StreamSettings,
         client_address: Callable[[Request], str] | None = None,
+        cors: CorsPolicy | None = None,
     ) -> None:
         self._client_address = client_address or ClientAddress(AddressPolicy(), "")
         self._clock = clock
@@ -49,6 +51,7 @@ class RouterApp:
         self._metrics = metrics
         self._hsts = f"max-age={hsts_max_age}; includeSubDomains".encode()
         self._settings = settings
+        self._cors = cors or CorsPolicy(())
 
     def _ready(self) -> bool:
         return self._pool.ready(self._clock.seconds())
@@ -56,9 +59,16 @@ class RouterApp:
     def resource(self) -> Any:
         return self.app.resource()
 
-    def _common_headers(self, request: Request) -> None:
+    def _security_headers(self, request: Request) -> None:
         request.setHeader(b"strict-transport-security", self._hsts)
         request.setHeader(b"x-content-type-options", b"nosniff")
+
+    def _common_headers(self, request: Request) -> None:
+        """On every answer but a preflight: JSON, errors and the event stream alike, so that an
+        allowed page can read a 429's Retry-After as well as a chat."""
+        self._security_headers(request)
+        for name, value in self._cors.answer(request.requestHeaders.getRawHeaders(b"origin")):
+            request.setHeader(name, value)
 
     def _json(self, request: Request, status: int, body: bytes, cache: bytes = b"no-store") -> bytes:
         self._common_headers(request)
@@ -96,6 +106,25 @@ class RouterApp:
             lambda a: self._stream(request, a), lambda f: self._refused(request, f)
         )
         return answered
+
+    @app.route("/api/chat", methods=["OPTIONS"])
+    def chat_preflight(self, request: Request) -> bytes:
+        """A browser's question before a cross-origin POST. A refused one is a 403 with no CORS
+        header: the browser then never sends the POST."""
+        raw = request.requestHeaders.getRawHeaders
+        if not self._cors.is_preflight(raw(b"origin"), raw(b"access-control-request-method")):
+            return self.method_not_allowed(request, None)
+        preflight = self._cors.preflight(
+            raw(b"origin"), raw(b"access-control-request-method"), raw(b"access-control-request-headers")
+        )
+        self._security_headers(request)
+        request.setResponseCode(204 if preflight.allowed else 403)
+        request.setHeader(b"cache-control", b"no-store")
+        if not preflight.allowed:
+            request.setHeader(b"content-length", b"0")  # a 204 has none; a 403 says it is empty
+        for name, value in preflight.headers:
+            request.setHeader(name, value)
+        return b""
 
     def _refused(self, request: Request, failure: Failure) -> bytes:
         failure.trap(RequestRejected)
