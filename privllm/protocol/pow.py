@@ -58,9 +58,12 @@ class Challenges:
         # The head has a fixed size, so head || address is unambiguous.
         return hmac.new(self._secret, head + address.encode(), hashlib.sha256).digest()[:MAC_SIZE]
 
-    def issue(self, difficulty: int, now: float, address: str) -> dict[str, object]:
+    def issue(self, difficulty: int, now: float, address: str, token: bytes | None = None) -> dict[str, object]:
+        """`token` (16 bytes) is for reproducible vectors only; leave it None so a fresh one is drawn."""
+        if token is not None and len(token) != 16:
+            raise ValueError("a challenge's random part is 16 bytes")
         expires = int(now) + self.ttl
-        head = _HEAD.pack(VERSION, difficulty, expires, os.urandom(16))
+        head = _HEAD.pack(VERSION, difficulty, expires, os.urandom(16) if token is None else token)
         return {
             "error": "pow_required",
             "challenge": b64encode(head + self._mac(head, address)),
