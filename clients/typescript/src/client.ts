@@ -1,0 +1,299 @@
+/** PrivllmClient: the key set behind a pin, sealed requests, streamed answers opened as they arrive. */
+import { randomBytes } from "@noble/hashes/utils.js";
+import { b64decode, b64encode, concat, fromUtf8, isObject, parseBounded } from "./encoding.js";
+import type { JsonObject } from "./encoding.js";
+import { AbortedError, NetworkError, PrivllmError, ProtocolError, RateLimitedError, ServerError, TruncatedError } from "./errors.js";
+import { checkFresh, chooseKey, StaleKeySetError, verifyKeySet, MAX_KEYSET_BYTES } from "./keyset.js";
+import type { KeySet, PublishedKey } from "./keyset.js";
+import { CHALLENGE_SIZE, POW_MAX_DIFFICULTY, solve } from "./pow.js";
+import { chatPlaintext, encapsulate, newRequestId, sealRequest } from "./request.js";
+import type { ChatParameters, Encapsulation, Message, RequestBody, SealedRequest } from "./request.js";
+import { ResponseReader } from "./stream.js";
+import type { Chunk } from "./stream.js";
+import { chooseTransport } from "./transport.js";
+import type { HttpResponse, Transport, TransportName, XhrConstructor } from "./transport.js";
+
+/** Where the device key lives (an app: the platform's secure storage). */
+export interface KeyStore {
+  get(): Promise<Uint8Array | null>;
+  set(key: Uint8Array): Promise<void>;
+}
+
+/** Keeps the device key for this process only: each run is a new device to the router. */
+export class MemoryKeyStore implements KeyStore {
+  private key: Uint8Array | null = null;
+  async get(): Promise<Uint8Array | null> {
+    return this.key;
+  }
+  async set(key: Uint8Array): Promise<void> {
+    this.key = key.slice();
+  }
+}
+
+export interface ClientOptions {
+  url: string;
+  pin: Uint8Array | string;
+  fetch?: typeof fetch;
+  now?: () => number;
+  random?: (n: number) => Uint8Array;
+  storage?: KeyStore;
+  transport?: TransportName;
+  XMLHttpRequest?: XhrConstructor;
+  powCeiling?: number;
+}
+
+export interface ChatOptions extends ChatParameters {
+  signal?: AbortSignal;
+}
+
+export type ChatEvent = { type: "delta"; text: string } | { type: "done"; finishReason: string; usage: Record<string, number> };
+
+const MAX_ERROR_BYTES = 4096;
+const ERROR_CODE = /^[a-z_]{1,32}$/;
+const MAX_RETRY_AFTER = 86400;
+
+const ROUTER_URL = /^https:\/\/(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?\/?$/;
+
+/** https://host[:port] with nothing after it: the base the client adds /api/... to. */
+function routerUrl(text: string): string {
+  if (!ROUTER_URL.test(text)) throw new TypeError("the router URL must be https://host[:port]");
+  return text.replace(/\/$/, "");
+}
+
+/** A code from the router, or "unknown": arbitrary server text is never repeated to the user. */
+function errorCode(value: unknown): string {
+  return typeof value === "string" && ERROR_CODE.test(value) ? value : "unknown";
+}
+
+/** Retry-After in whole seconds, or null for anything else (an absurd value is not repeated). */
+export function retryAfter(value: string | null | number | undefined): number | null {
+  const text = typeof value === "number" && Number.isSafeInteger(value) ? String(value) : value;
+  if (typeof text !== "string" || !/^[0-9]{1,6}$/.test(text)) return null;
+  const seconds = Number(text);
+  return seconds <= MAX_RETRY_AFTER ? seconds : null;
+}
+
+function defaultRandom(n: number): Uint8Array {
+  const c = (globalThis as { crypto?: { getRandomValues?: (b: Uint8Array) => Uint8Array } }).crypto;
+  if (c?.getRandomValues !== undefined) return c.getRandomValues(new Uint8Array(n));
+  return randomBytes(n); // throws where there is no secure random source at all: pass `random`
+}
+
+/** A small body, at most `limit` bytes: a longer one is cut and refused. */
+async function readSmall(response: HttpResponse, limit: number): Promise<string> {
+  const parts: Uint8Array[] = [];
+  let size = 0;
+  for await (const part of response.body) {
+    size += part.length;
+    if (size > limit) throw new ProtocolError("the router's answer is too large");
+    parts.push(part);
+  }
+  return fromUtf8(concat(...parts));
+}
+
+export class PrivllmClient {
+  private readonly base: string;
+  private readonly pin: Uint8Array;
+  private readonly now: () => number;
+  private readonly random: (n: number) => Uint8Array;
+  private readonly storage: KeyStore;
+  private readonly transport: Transport;
+  private readonly powCeiling: number;
+  private keySet: KeySet | null = null;
+  private prepared: Encapsulation | null = null;
+  private deviceKey: Uint8Array | null = null;
+
+  constructor(options: ClientOptions) {
+    this.base = routerUrl(options.url);
+    this.pin = typeof options.pin === "string" ? b64decode(options.pin, 32) : options.pin.slice();
+    if (this.pin.length !== 32) throw new TypeError("the pin is a 32-byte Ed25519 public key");
+    this.now = options.now ?? Date.now;
+    this.random = options.random ?? defaultRandom;
+    this.storage = options.storage ?? new MemoryKeyStore();
+    this.powCeiling = options.powCeiling ?? POW_MAX_DIFFICULTY;
+    if (!Number.isInteger(this.powCeiling) || this.powCeiling < 1 || this.powCeiling > POW_MAX_DIFFICULTY) {
+      throw new TypeError(`powCeiling must be between 1 and ${POW_MAX_DIFFICULTY}`);
+    }
+    const g = globalThis as { fetch?: typeof fetch; XMLHttpRequest?: XhrConstructor };
+    const fetchFn = options.fetch ?? (g.fetch !== undefined ? g.fetch.bind(globalThis) : undefined);
+    this.transport = chooseTransport(options.transport ?? "auto", fetchFn, options.XMLHttpRequest ?? g.XMLHttpRequest);
+  }
+
+  private seconds(): number {
+    return Math.floor(this.now() / 1000);
+  }
+
+  /** The device's X25519 key: made on first use and kept in the KeyStore; it authenticates every request. */
+  private async device(): Promise<Uint8Array> {
+    if (this.deviceKey === null) {
+      let key = await this.storage.get();
+      if (key === null) {
+        key = this.random(32);
+        await this.storage.set(key);
+      }
+      if (key.length !== 32) throw new PrivllmError("the stored device key is not 32 bytes");
+      this.deviceKey = key;
+    }
+    return this.deviceKey;
+  }
+
+  /** Fetch and verify the key set; a stale one (an old cached or replayed copy) is fetched once more past caches. */
+  private async fetchKeys(signal?: AbortSignal): Promise<KeySet> {
+    for (let attempt = 0; ; attempt++) {
+      const response = await this.transport({
+        method: "GET",
+        url: `${this.base}/api/pubkey`,
+        headers: attempt > 0 ? { "Cache-Control": "no-cache" } : {},
+        signal,
+      });
+      if (response.status !== 200) {
+        await readSmall(response, MAX_ERROR_BYTES).catch(() => undefined);
+        throw new ServerError("pubkey_unavailable", response.status);
+      }
+      const text = await readSmall(response, MAX_KEYSET_BYTES);
+      try {
+        this.keySet = verifyKeySet(text, this.pin, this.seconds());
+        return this.keySet;
+      } catch (e) {
+        if (!(e instanceof StaleKeySetError) || attempt > 0) throw e;
+      }
+    }
+  }
+
+  /** The set held while it is fresh, else a newly fetched one. */
+  private async currentKeys(signal?: AbortSignal): Promise<KeySet> {
+    if (this.keySet !== null) {
+      try {
+        checkFresh(this.keySet, this.seconds());
+        return this.keySet;
+      } catch {
+        this.keySet = null;
+      }
+    }
+    return this.fetchKeys(signal);
+  }
+
+  /** Make the next chat's HPKE encapsulation now, while the user writes (it does not depend on the message). */
+  async prepare(): Promise<void> {
+    const key = chooseKey((await this.currentKeys()).keys, this.seconds());
+    if (key !== null) this.prepared = encapsulate(key.publicKey, await this.device(), this.random(32));
+  }
+
+  private async seal(plaintext: string, key: PublishedKey, requestId: string): Promise<SealedRequest> {
+    let encapsulation = this.prepared;
+    this.prepared = null; // an encapsulation seals once
+    if (encapsulation === null || !sameKey(encapsulation.routerPublicKey, key.publicKey)) {
+      encapsulation = encapsulate(key.publicKey, await this.device(), this.random(32));
+    }
+    return sealRequest(encapsulation, key.keyId, plaintext, this.seconds(), requestId);
+  }
+
+  /** One chat: the decrypted deltas as they arrive, then `done`; or one PrivllmError. Retries once on unknown_key. */
+  async *chat(messages: Message[], options: ChatOptions = {}): AsyncGenerator<ChatEvent, void, undefined> {
+    const plaintext = chatPlaintext(messages, options);
+    const signal = options.signal;
+    if (signal?.aborted) throw new AbortedError();
+    for (let attempt = 0; ; attempt++) {
+      const key = chooseKey((await this.currentKeys(signal)).keys, this.seconds());
+      if (key !== null) {
+        try {
+          yield* this.chatOnce(plaintext, key, signal);
+          return;
+        } catch (e) {
+          // unknown_key comes before any delta, so resending cannot repeat part of an answer
+          if (!(e instanceof ServerError && e.code === "unknown_key") || attempt > 0) throw e;
+        }
+      } else if (attempt > 0) throw new ProtocolError("the key set holds no key valid now");
+      this.keySet = null;
+    }
+  }
+
+  private async *chatOnce(plaintext: string, key: PublishedKey, signal?: AbortSignal): AsyncGenerator<ChatEvent, void, undefined> {
+    const requestId = newRequestId(this.random);
+    let sealed = await this.seal(plaintext, key, requestId);
+    let body: RequestBody = sealed.body;
+    for (let attempt = 0; ; attempt++) {
+      const response = await this.transport({
+        method: "POST",
+        url: `${this.base}/api/chat`,
+        headers: { "Content-Type": "application/json", Accept: "text/event-stream" },
+        body: JSON.stringify(body),
+        signal,
+      });
+      if (response.status === 200) {
+        yield* this.readStream(response, sealed);
+        void this.prepare().catch(() => undefined); // idle now, until the next message
+        return;
+      }
+      const details = await this.plaintextError(response);
+      if (details.error !== "pow_required" || attempt >= 2) throw refusal(response, details);
+      const pow = await this.solve(details, requestId, signal);
+      // Sealed again after the work (which can outlast the timestamp window), with the id the work is bound to.
+      sealed = await this.seal(plaintext, key, requestId);
+      body = { ...sealed.body, pow };
+    }
+  }
+
+  private async plaintextError(response: HttpResponse): Promise<JsonObject> {
+    let details: JsonObject = {};
+    try {
+      const parsed = parseBounded(await readSmall(response, MAX_ERROR_BYTES), MAX_ERROR_BYTES, 1);
+      if (isObject(parsed)) details = parsed;
+    } catch (e) {
+      if (e instanceof AbortedError) throw e;
+    }
+    return details;
+  }
+
+  private async solve(challenge: JsonObject, requestId: string, signal?: AbortSignal): Promise<{ challenge: string; nonce: string }> {
+    const difficulty = challenge.difficulty;
+    const raw = b64decode(challenge.challenge, CHALLENGE_SIZE);
+    if (typeof difficulty !== "number" || !Number.isSafeInteger(difficulty) || difficulty < 1) {
+      throw new ProtocolError("malformed proof-of-work challenge");
+    }
+    if (difficulty > this.powCeiling) {
+      throw new ServerError("pow_required", 429, null, `the router asks for ${difficulty} bits of proof of work, above this client's ceiling of ${this.powCeiling}`);
+    }
+    const nonce = await solve(raw, requestId, difficulty, signal);
+    return { challenge: challenge.challenge as string, nonce: b64encode(nonce) };
+  }
+
+  /** Deltas as they open; the final chunk's verdict only once the body has ended (nothing may follow it). */
+  private async *readStream(response: HttpResponse, sealed: SealedRequest): AsyncGenerator<ChatEvent, void, undefined> {
+    const reader = new ResponseReader(sealed.enc, sealed.responseSecret);
+    let final: Chunk | null = null;
+    try {
+      for await (const bytes of response.body) {
+        for (const chunk of reader.feed(bytes)) {
+          if (chunk.type === "delta") yield { type: "delta", text: chunk.text };
+          else final = chunk;
+        }
+      }
+    } catch (e) {
+      // A connection that breaks before the final chunk cut the answer; after it, nothing was lost.
+      if (!(e instanceof NetworkError)) throw e;
+      if (!reader.finished) throw new TruncatedError("the connection broke before the final chunk");
+    }
+    reader.end();
+    if (final === null) throw new ProtocolError("no final chunk"); // unreachable: end() checked it
+    if (final.type === "done") {
+      yield { type: "done", finishReason: final.finish_reason, usage: final.usage };
+      return;
+    }
+    if (final.type === "error") {
+      if (final.code === "rate_limited") throw new RateLimitedError(retryAfter(final.retry_after as number | undefined), null);
+      throw new ServerError(errorCode(final.code), null, retryAfter(final.retry_after as number | undefined));
+    }
+  }
+}
+
+function sameKey(a: Uint8Array, b: Uint8Array): boolean {
+  return a.length === b.length && a.every((x, i) => x === b[i]);
+}
+
+function refusal(response: HttpResponse, details: JsonObject): PrivllmError {
+  const code = errorCode(details.error);
+  const wait = retryAfter(response.header("retry-after"));
+  if (code === "rate_limited") return new RateLimitedError(wait, response.status);
+  return new ServerError(code, response.status, wait);
+}

@@ -1,0 +1,204 @@
+/**
+ * HTTP for the client, streamed: fetch with a readable body where the platform has one, else
+ * XMLHttpRequest reading `responseText` as it grows (older React Native buffers fetch bodies).
+ * Both give the same thing: a status, headers, and a body as an async iterable of bytes.
+ */
+import { utf8 } from "./encoding.js";
+import { AbortedError, NetworkError } from "./errors.js";
+
+export type TransportName = "auto" | "fetch" | "xhr";
+
+export interface HttpResponse {
+  status: number;
+  header(name: string): string | null;
+  /** Iterate once; breaking out of the loop (or an error) cancels the request. */
+  body: AsyncIterable<Uint8Array>;
+}
+
+export interface HttpRequest {
+  method: "GET" | "POST";
+  url: string;
+  headers: Record<string, string>;
+  body?: string;
+  signal?: AbortSignal | undefined;
+}
+
+export type Transport = (request: HttpRequest) => Promise<HttpResponse>;
+
+/** The part of XMLHttpRequest used here, so a test can hand in a fake. */
+export interface XhrLike {
+  readyState: number;
+  status: number;
+  responseText: string;
+  onreadystatechange: (() => void) | null;
+  onprogress: (() => void) | null;
+  onload: (() => void) | null;
+  onerror: (() => void) | null;
+  onabort: (() => void) | null;
+  ontimeout?: (() => void) | null;
+  open(method: string, url: string): void;
+  setRequestHeader(name: string, value: string): void;
+  getResponseHeader(name: string): string | null;
+  send(body?: string | null): void;
+  abort(): void;
+}
+export type XhrConstructor = new () => XhrLike;
+
+/** Bytes pushed by callbacks, pulled by `for await`; `cancel` runs when the consumer stops early. */
+class ByteQueue implements AsyncIterable<Uint8Array> {
+  private items: Uint8Array[] = [];
+  private done = false;
+  private error: Error | null = null;
+  private wake: (() => void) | null = null;
+
+  constructor(private readonly cancel: () => void) {}
+
+  push(bytes: Uint8Array): void {
+    if (this.done) return;
+    this.items.push(bytes);
+    this.notify();
+  }
+
+  end(error: Error | null = null): void {
+    if (this.done) return;
+    this.done = true;
+    this.error = error;
+    this.notify();
+  }
+
+  private notify(): void {
+    const wake = this.wake;
+    this.wake = null;
+    wake?.();
+  }
+
+  async *[Symbol.asyncIterator](): AsyncIterator<Uint8Array> {
+    try {
+      for (;;) {
+        const item = this.items.shift();
+        if (item !== undefined) yield item;
+        else if (this.done) {
+          if (this.error !== null) throw this.error;
+          return;
+        } else await new Promise<void>((resolve) => (this.wake = resolve));
+      }
+    } finally {
+      if (!this.done) {
+        this.done = true;
+        this.cancel();
+      }
+    }
+  }
+}
+
+function aborted(signal: AbortSignal | undefined, error: unknown): Error {
+  return signal?.aborted ? new AbortedError() : new NetworkError(`the connection failed: ${error instanceof Error ? error.message : String(error)}`);
+}
+
+export function fetchTransport(fetchFn: typeof fetch): Transport {
+  return async (request) => {
+    let response: Response;
+    try {
+      response = await fetchFn(request.url, {
+        method: request.method,
+        headers: request.headers,
+        body: request.body ?? null,
+        signal: request.signal ?? null,
+      });
+    } catch (e) {
+      throw aborted(request.signal, e);
+    }
+    const stream = response.body;
+    let queue: ByteQueue;
+    if (stream !== null && stream !== undefined && typeof stream.getReader === "function") {
+      const reader = stream.getReader();
+      queue = new ByteQueue(() => void reader.cancel().catch(() => undefined));
+      void (async () => {
+        try {
+          for (;;) {
+            const { done, value } = await reader.read();
+            if (done) break;
+            queue.push(value);
+          }
+          queue.end();
+        } catch (e) {
+          queue.end(aborted(request.signal, e));
+        }
+      })();
+    } else {
+      // A fetch without a readable body: correct, but the answer arrives all at once.
+      queue = new ByteQueue(() => undefined);
+      response.arrayBuffer().then(
+        (buffer) => {
+          queue.push(new Uint8Array(buffer));
+          queue.end();
+        },
+        (e: unknown) => queue.end(aborted(request.signal, e)),
+      );
+    }
+    return { status: response.status, header: (name) => response.headers.get(name), body: queue };
+  };
+}
+
+const HEADERS_RECEIVED = 2;
+
+export function xhrTransport(Xhr: XhrConstructor): Transport {
+  return (request) =>
+    new Promise<HttpResponse>((resolve, reject) => {
+      const signal = request.signal;
+      if (signal?.aborted) return reject(new AbortedError());
+      const xhr = new Xhr();
+      let seen = 0;
+      let started = false;
+      const onAbort = (): void => xhr.abort();
+      const queue = new ByteQueue(() => xhr.abort());
+      const fail = (error: Error): void => {
+        signal?.removeEventListener("abort", onAbort);
+        if (started) queue.end(error);
+        else reject(error);
+      };
+      const start = (): void => {
+        if (started || xhr.readyState < HEADERS_RECEIVED) return;
+        started = true;
+        resolve({ status: xhr.status, header: (name) => xhr.getResponseHeader(name), body: queue });
+      };
+      const drain = (): void => {
+        start();
+        const text = xhr.responseText ?? "";
+        if (text.length > seen) {
+          // responseText is decoded by the platform, so a character split across packets is whole here.
+          queue.push(utf8(text.slice(seen)));
+          seen = text.length;
+        }
+      };
+      xhr.open(request.method, request.url);
+      for (const [name, value] of Object.entries(request.headers)) xhr.setRequestHeader(name, value);
+      xhr.onreadystatechange = start;
+      xhr.onprogress = drain;
+      xhr.onload = () => {
+        drain();
+        signal?.removeEventListener("abort", onAbort);
+        queue.end();
+      };
+      xhr.onerror = () => fail(new NetworkError("the connection failed"));
+      xhr.ontimeout = () => fail(new NetworkError("the connection timed out"));
+      xhr.onabort = () => fail(new AbortedError());
+      signal?.addEventListener("abort", onAbort);
+      xhr.send(request.body ?? null);
+    });
+}
+
+/** True where fetch streams its body (browsers, Node); false on platforms whose Response has no body stream. */
+export function fetchStreams(): boolean {
+  return typeof ReadableStream === "function" && typeof Response === "function" && "body" in Response.prototype;
+}
+
+export function chooseTransport(name: TransportName, fetchFn: typeof fetch | undefined, Xhr: XhrConstructor | undefined): Transport {
+  const useXhr = name === "xhr" || (name === "auto" && Xhr !== undefined && (fetchFn === undefined || !fetchStreams()));
+  if (useXhr) {
+    if (Xhr === undefined) throw new TypeError("no XMLHttpRequest on this platform");
+    return xhrTransport(Xhr);
+  }
+  if (fetchFn === undefined) throw new TypeError("no fetch on this platform");
+  return fetchTransport(fetchFn);
+}
