@@ -64,6 +64,12 @@ export function oddSplits(bytes: Uint8Array): Uint8Array[] {
   return parts;
 }
 
+function bigParts(bytes: Uint8Array): Uint8Array[] {
+  const parts: Uint8Array[] = [];
+  for (let i = 0; i < bytes.length; i += 65536) parts.push(bytes.subarray(i, i + 65536));
+  return parts;
+}
+
 /** Deterministic randomness: 32-byte draws are the vectors' ephemeral key; others fixed bytes. */
 export function vectorRandom(): { random: (n: number) => Uint8Array; calls: number[] } {
   const calls: number[] = [];
@@ -121,7 +127,7 @@ export function fakeFetch(handler: Handler): { fetch: typeof fetch; cancelled: (
     const reply = handler({ method: init?.method ?? "GET", url: String(input), headers: headerRecord(init), body: (init?.body as string | null) ?? null });
     if (reply.status === 0) throw new TypeError("fetch failed");
     const bytes = typeof reply.body === "string" ? utf8(reply.body) : (reply.body ?? new Uint8Array(0));
-    const parts = oddSplits(bytes);
+    const parts = bytes.length > 65536 ? bigParts(bytes) : oddSplits(bytes);
     const stream = new ReadableStream<Uint8Array>({
       start(controller) {
         signal?.addEventListener("abort", () => controller.error(new DOMException("aborted", "AbortError")));
@@ -174,7 +180,8 @@ export function fakeXhr(handler: Handler): { Xhr: new () => XhrLike; aborted: ()
       const reply = handler({ method: this.method, url: this.url, headers: this.headers, body: body ?? null });
       const text = typeof reply.body === "string" ? reply.body : fromUtf8(reply.body ?? new Uint8Array(0));
       const parts: string[] = [];
-      for (let i = 0, n = 1; i < text.length; i += n, n = (n * 3) % 41 || 1) parts.push(text.slice(i, i + n));
+      const big = text.length > 65536 ? 65536 : 0;
+      for (let i = 0, n = 1; i < text.length; i += n, n = big || (n * 3) % 41 || 1) parts.push(text.slice(i, i + n));
       const tick = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
       void (async () => {
         await tick();
