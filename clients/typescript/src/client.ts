@@ -9,6 +9,7 @@ import { CHALLENGE_SIZE, POW_MAX_DIFFICULTY, solve } from "./pow.js";
 import { chatPlaintext, encapsulate, newRequestId, sealRequest } from "./request.js";
 import type { ChatParameters, Encapsulation, Message, RequestBody, SealedRequest } from "./request.js";
 import { ResponseReader } from "./stream.js";
+import { x25519Public } from "./hpke.js";
 import type { Chunk } from "./stream.js";
 import { chooseTransport } from "./transport.js";
 import type { HttpResponse, Transport, TransportName, XhrConstructor } from "./transport.js";
@@ -101,7 +102,7 @@ export class PrivllmClient {
   private readonly powCeiling: number;
   private keySet: KeySet | null = null;
   private prepared: Encapsulation | null = null;
-  private deviceKey: Uint8Array | null = null;
+  private deviceKey: { privateKey: Uint8Array; publicKey: Uint8Array } | null = null;
 
   constructor(options: ClientOptions) {
     this.base = routerUrl(options.url);
@@ -124,7 +125,7 @@ export class PrivllmClient {
   }
 
   /** The device's X25519 key: made on first use and kept in the KeyStore; it authenticates every request. */
-  private async device(): Promise<Uint8Array> {
+  private async device(): Promise<{ privateKey: Uint8Array; publicKey: Uint8Array }> {
     if (this.deviceKey === null) {
       let key = await this.storage.get();
       if (key === null) {
@@ -132,7 +133,7 @@ export class PrivllmClient {
         await this.storage.set(key);
       }
       if (key.length !== 32) throw new PrivllmError("the stored device key is not 32 bytes");
-      this.deviceKey = key;
+      this.deviceKey = { privateKey: key, publicKey: x25519Public(key) };
     }
     return this.deviceKey;
   }
@@ -176,14 +177,19 @@ export class PrivllmClient {
   /** Make the next chat's HPKE encapsulation now, while the user writes (it does not depend on the message). */
   async prepare(): Promise<void> {
     const key = chooseKey((await this.currentKeys()).keys, this.seconds());
-    if (key !== null) this.prepared = encapsulate(key.publicKey, await this.device(), this.random(32));
+    if (key !== null) this.prepared = await this.encapsulate(key.publicKey);
+  }
+
+  private async encapsulate(routerPublicKey: Uint8Array): Promise<Encapsulation> {
+    const device = await this.device();
+    return encapsulate(routerPublicKey, device.privateKey, this.random(32), device.publicKey);
   }
 
   private async seal(plaintext: string, key: PublishedKey, requestId: string): Promise<SealedRequest> {
     let encapsulation = this.prepared;
     this.prepared = null; // an encapsulation seals once
     if (encapsulation === null || !sameKey(encapsulation.routerPublicKey, key.publicKey)) {
-      encapsulation = encapsulate(key.publicKey, await this.device(), this.random(32));
+      encapsulation = await this.encapsulate(key.publicKey);
     }
     return sealRequest(encapsulation, key.keyId, plaintext, this.seconds(), requestId);
   }

@@ -80,11 +80,11 @@ export interface SenderSetup {
 }
 
 /** SetupAuthS: `ephemeral` is the ephemeral private key (fresh random bytes; fixed only in the vectors). */
-export function setupAuthS(pkR: Uint8Array, skS: Uint8Array, info: Uint8Array, ephemeral: Uint8Array): SenderSetup {
+export function setupAuthS(pkR: Uint8Array, skS: Uint8Array, info: Uint8Array, ephemeral: Uint8Array, pkS: Uint8Array = x25519.getPublicKey(skS)): SenderSetup {
   const enc = x25519.getPublicKey(ephemeral);
   // noble refuses a low-order pkR (an all-zero shared secret), as RFC 9180 requires.
   const dh = concat(x25519.getSharedSecret(ephemeral, pkR), x25519.getSharedSecret(skS, pkR));
-  const sharedSecret = kemSharedSecret(dh, concat(enc, pkR, x25519.getPublicKey(skS)));
+  const sharedSecret = kemSharedSecret(dh, concat(enc, pkR, pkS));
   return { enc, sharedSecret, context: keySchedule(sharedSecret, info) };
 }
 

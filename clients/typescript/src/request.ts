@@ -71,9 +71,15 @@ export interface Encapsulation {
   devicePublicKey: Uint8Array;
 }
 
-export function encapsulate(routerPublicKey: Uint8Array, devicePrivateKey: Uint8Array, ephemeral: Uint8Array): Encapsulation {
-  const { enc, context } = setupAuthS(routerPublicKey, devicePrivateKey, REQUEST_INFO, ephemeral);
-  return { routerPublicKey, enc, context, devicePublicKey: x25519Public(devicePrivateKey) };
+/** `devicePublicKey` may be given to save a scalar multiplication (the client keeps it). */
+export function encapsulate(
+  routerPublicKey: Uint8Array,
+  devicePrivateKey: Uint8Array,
+  ephemeral: Uint8Array,
+  devicePublicKey: Uint8Array = x25519Public(devicePrivateKey),
+): Encapsulation {
+  const { enc, context } = setupAuthS(routerPublicKey, devicePrivateKey, REQUEST_INFO, ephemeral, devicePublicKey);
+  return { routerPublicKey, enc, context, devicePublicKey };
 }
 
 export interface RequestBody {
