@@ -144,7 +144,8 @@ export class PrivllmClient {
       const response = await this.transport({
         method: "GET",
         url: `${this.base}/api/pubkey`,
-        headers: attempt > 0 ? { "Cache-Control": "no-cache" } : {},
+        headers: {},
+        reload: attempt > 0,
         signal,
       });
       if (response.status !== 200) {

@@ -56,9 +56,25 @@ export function unhex(text: string): Uint8Array {
   return out;
 }
 
+const ENCODER: { encode(s: string): Uint8Array } | null = typeof TextEncoder === "function" ? new TextEncoder() : null;
+
+/** UTF-8 of Unicode text (older Hermes lacks TextEncoder: then encoded here). */
 export function utf8(text: string): Uint8Array {
   if (!isScalarText(text)) throw new ProtocolError("text holds a lone surrogate");
-  return new TextEncoder().encode(text);
+  return ENCODER !== null ? ENCODER.encode(text) : utf8Js(text);
+}
+
+/** The encoder for platforms without TextEncoder (exported for the tests). */
+export function utf8Js(text: string): Uint8Array {
+  const out: number[] = [];
+  for (const ch of text) {
+    const cp = ch.codePointAt(0)!;
+    if (cp < 0x80) out.push(cp);
+    else if (cp < 0x800) out.push(0xc0 | (cp >> 6), 0x80 | (cp & 63));
+    else if (cp < 0x10000) out.push(0xe0 | (cp >> 12), 0x80 | ((cp >> 6) & 63), 0x80 | (cp & 63));
+    else out.push(0xf0 | (cp >> 18), 0x80 | ((cp >> 12) & 63), 0x80 | ((cp >> 6) & 63), 0x80 | (cp & 63));
+  }
+  return Uint8Array.from(out);
 }
 
 const DECODER: { decode(b: Uint8Array): string } | null =
@@ -66,13 +82,16 @@ const DECODER: { decode(b: Uint8Array): string } | null =
 
 /** Strict UTF-8 (no overlongs, surrogates or truncated sequences); Hermes may lack TextDecoder. */
 export function fromUtf8(bytes: Uint8Array): string {
-  if (DECODER !== null) {
-    try {
-      return DECODER.decode(bytes);
-    } catch {
-      throw new ProtocolError("not UTF-8");
-    }
+  if (DECODER === null) return fromUtf8Js(bytes);
+  try {
+    return DECODER.decode(bytes);
+  } catch {
+    throw new ProtocolError("not UTF-8");
   }
+}
+
+/** The decoder for platforms without TextDecoder (exported for the tests). */
+export function fromUtf8Js(bytes: Uint8Array): string {
   let out = "";
   for (let i = 0; i < bytes.length; ) {
     const b = bytes[i]!;

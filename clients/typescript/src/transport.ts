@@ -21,6 +21,9 @@ export interface HttpRequest {
   headers: Record<string, string>;
   body?: string;
   signal?: AbortSignal | undefined;
+  /** Past every cache. fetch: cache mode "reload" (the browser adds Cache-Control itself, so a CORS request
+   * needs no preflight); XHR: a Cache-Control header. */
+  reload?: boolean;
 }
 
 export type Transport = (request: HttpRequest) => Promise<HttpResponse>;
@@ -104,6 +107,7 @@ export function fetchTransport(fetchFn: typeof fetch): Transport {
         headers: request.headers,
         body: request.body ?? null,
         signal: request.signal ?? null,
+        ...(request.reload ? { cache: "reload" as const } : {}),
       });
     } catch (e) {
       throw aborted(request.signal, e);
@@ -173,6 +177,7 @@ export function xhrTransport(Xhr: XhrConstructor): Transport {
       };
       xhr.open(request.method, request.url);
       for (const [name, value] of Object.entries(request.headers)) xhr.setRequestHeader(name, value);
+      if (request.reload) xhr.setRequestHeader("Cache-Control", "no-cache");
       xhr.onreadystatechange = start;
       xhr.onprogress = drain;
       xhr.onload = () => {

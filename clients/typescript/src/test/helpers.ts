@@ -88,6 +88,7 @@ export interface Seen {
   url: string;
   headers: Record<string, string>;
   body: string | null;
+  cache?: string;
 }
 export type Handler = (request: Seen) => Reply;
 
@@ -124,7 +125,7 @@ export function fakeFetch(handler: Handler): { fetch: typeof fetch; cancelled: (
   const fn = async (input: string | URL | Request, init?: RequestInit): Promise<Response> => {
     const signal = init?.signal ?? undefined;
     if (signal?.aborted) throw new DOMException("aborted", "AbortError");
-    const reply = handler({ method: init?.method ?? "GET", url: String(input), headers: headerRecord(init), body: (init?.body as string | null) ?? null });
+    const reply = handler({ method: init?.method ?? "GET", url: String(input), headers: headerRecord(init), body: (init?.body as string | null) ?? null, cache: init?.cache ?? "default" });
     if (reply.status === 0) throw new TypeError("fetch failed");
     const bytes = typeof reply.body === "string" ? utf8(reply.body) : (reply.body ?? new Uint8Array(0));
     const parts = bytes.length > 65536 ? bigParts(bytes) : oddSplits(bytes);
