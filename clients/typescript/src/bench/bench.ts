@@ -10,6 +10,7 @@ import { x25519Public } from "../hpke.js";
 import { encapsulate, sealRequest, chatPlaintext } from "../request.js";
 import { chunkNonce, deriveStreamKeys, StreamOpener } from "../stream.js";
 import { verifyKeySet } from "../keyset.js";
+import { solve } from "../pow.js";
 import { readFileSync } from "node:fs";
 
 const RUNS = 7;
@@ -65,3 +66,14 @@ const pin = Uint8Array.from(Buffer.from(vectors.keyset.pin_hex, "hex"));
 measure("verify the key set (Ed25519 + JCS)", 200, () => {
   verifyKeySet(keySetText, pin, vectors.keyset.issued_at);
 });
+
+// Proof of work: the vectors' challenge needs 102,111 tries (counter 0x18ede) at 16 bits.
+const challenge = Uint8Array.from(Buffer.from(vectors.pow.challenge_hex, "hex"));
+const tries = Number(BigInt(`0x${vectors.pow.nonce_hex}`)) + 1;
+const rates: number[] = [];
+for (let run = 0; run < 3; run++) {
+  const start = process.hrtime.bigint();
+  await solve(challenge, vectors.pow.request_id, vectors.pow.difficulty);
+  rates.push(tries / (Number(process.hrtime.bigint() - start) / 1e9));
+}
+console.log(`${"proof of work (SHA-256 tries per second)".padEnd(44)} ${Math.round(median(rates)).toLocaleString("en").padStart(8)} /s    (24 bits: ${(2 ** 24 / median(rates)).toFixed(0)} s on average)`);

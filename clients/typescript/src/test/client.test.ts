@@ -278,3 +278,19 @@ test("bad input is the caller's mistake: TypeError", async () => {
   }
   await assert.rejects(collect(c.chat(ASK, { temperature: 3 })), TypeError);
 });
+
+test("a fetch without a body stream still works: the answer arrives at once", async () => {
+  const { handler } = router([KEYSET], [answer]);
+  const streaming = fakeFetch(handler).fetch;
+  const buffering = (async (input: string | URL | Request, init?: RequestInit) => {
+    const response = await streaming(input, init);
+    const buffer = await response.arrayBuffer();
+    return { status: response.status, headers: response.headers, body: null, arrayBuffer: async () => buffer } as unknown as Response;
+  }) as typeof fetch;
+  const storage = new MemoryKeyStore();
+  await storage.set(DEVICE);
+  const c = new PrivllmClient({ url: "https://r.test", pin: PIN, fetch: buffering, transport: "fetch", now: () => NOW_MS, random: vectorRandom().random, storage });
+  const events = await collect(c.chat(ASK));
+  assert.equal(events.filter((e) => e.type === "delta").map((e) => (e.type === "delta" ? e.text : "")).join(""), ANSWER_TEXT);
+  assert.equal(events.pop()!.type, "done");
+});
