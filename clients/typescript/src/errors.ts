@@ -1,22 +1,26 @@
 /** Every failure of a chat is one of these: an app can tell the user what happened and whether to retry. */
 export class PrivllmError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = new.target.name;
-  }
+  override name = "PrivllmError"; // spelled out: minifiers rename classes
 }
 
 /** The router could not be reached, or the connection broke before an answer began. */
-export class NetworkError extends PrivllmError {}
+export class NetworkError extends PrivllmError {
+  override name = "NetworkError";
+}
 
 /** The answer broke the protocol: wrong pin, bad signature, tampered or malformed chunk. Treat as an attack. */
-export class ProtocolError extends PrivllmError {}
+export class ProtocolError extends PrivllmError {
+  override name = "ProtocolError";
+}
 
 /** The stream ended without its sealed final chunk: the answer is incomplete. */
-export class TruncatedError extends ProtocolError {}
+export class TruncatedError extends ProtocolError {
+  override name = "TruncatedError";
+}
 
 /** Rate limited (plaintext 429 or a sealed `rate_limited` chunk): wait `retryAfter` seconds, if known. */
 export class RateLimitedError extends PrivllmError {
+  override name = "RateLimitedError";
   readonly retryAfter: number | null;
   readonly status: number | null;
   constructor(retryAfter: number | null, status: number | null) {
@@ -28,6 +32,7 @@ export class RateLimitedError extends PrivllmError {
 
 /** The router refused the request (plaintext error, `status` set) or ended the stream with a sealed error (`status` null). */
 export class ServerError extends PrivllmError {
+  override name = "ServerError";
   readonly code: string;
   readonly status: number | null;
   readonly retryAfter: number | null;
@@ -41,6 +46,7 @@ export class ServerError extends PrivllmError {
 
 /** The caller's AbortSignal fired. */
 export class AbortedError extends PrivllmError {
+  override name = "AbortedError";
   constructor() {
     super("aborted");
   }

@@ -26,7 +26,9 @@ export interface KeySet {
 }
 
 /** Well signed, but not valid at this clock: a cache or a replayer served it; fetch once more. */
-export class StaleKeySetError extends ProtocolError {}
+export class StaleKeySetError extends ProtocolError {
+  override name = "StaleKeySetError";
+}
 
 function integer(value: Json | undefined, low: number, high: number): number {
   if (typeof value !== "number" || !Number.isSafeInteger(value) || value < low || value > high) {

@@ -47,7 +47,7 @@ export interface XhrLike {
 }
 export type XhrConstructor = new () => XhrLike;
 
-/** Bytes pushed by callbacks, pulled by `for await`; `cancel` runs when the consumer stops early. */
+/** Bytes pushed by XHR callbacks, pulled by `for await`; `cancel` runs when the consumer stops early. */
 class ByteQueue implements AsyncIterable<Uint8Array> {
   private items: Uint8Array[] = [];
   private done = false;
@@ -98,6 +98,29 @@ function aborted(signal: AbortSignal | undefined, error: unknown): Error {
   return signal?.aborted ? new AbortedError() : new NetworkError(`the connection failed: ${error instanceof Error ? error.message : String(error)}`);
 }
 
+/** Read on demand (the stream's own backpressure); stopping early cancels the reader. */
+async function* readerBody(reader: ReadableStreamDefaultReader<Uint8Array>, signal: AbortSignal | undefined): AsyncGenerator<Uint8Array> {
+  let finished = false;
+  try {
+    for (;;) {
+      let result: ReadableStreamReadResult<Uint8Array>;
+      try {
+        result = await reader.read();
+      } catch (e) {
+        finished = true;
+        throw aborted(signal, e);
+      }
+      if (result.done) {
+        finished = true;
+        return;
+      }
+      yield result.value;
+    }
+  } finally {
+    if (!finished) void reader.cancel().catch(() => undefined);
+  }
+}
+
 export function fetchTransport(fetchFn: typeof fetch): Transport {
   return async (request) => {
     let response: Response;
@@ -113,34 +136,20 @@ export function fetchTransport(fetchFn: typeof fetch): Transport {
       throw aborted(request.signal, e);
     }
     const stream = response.body;
-    let queue: ByteQueue;
+    let body: AsyncIterable<Uint8Array>;
     if (stream !== null && stream !== undefined && typeof stream.getReader === "function") {
-      const reader = stream.getReader();
-      queue = new ByteQueue(() => void reader.cancel().catch(() => undefined));
-      void (async () => {
-        try {
-          for (;;) {
-            const { done, value } = await reader.read();
-            if (done) break;
-            queue.push(value);
-          }
-          queue.end();
-        } catch (e) {
-          queue.end(aborted(request.signal, e));
-        }
-      })();
+      body = readerBody(stream.getReader(), request.signal);
     } else {
       // A fetch without a readable body: correct, but the answer arrives all at once.
-      queue = new ByteQueue(() => undefined);
-      response.arrayBuffer().then(
-        (buffer) => {
-          queue.push(new Uint8Array(buffer));
-          queue.end();
-        },
-        (e: unknown) => queue.end(aborted(request.signal, e)),
-      );
+      body = (async function* () {
+        try {
+          yield new Uint8Array(await response.arrayBuffer());
+        } catch (e) {
+          throw aborted(request.signal, e);
+        }
+      })();
     }
-    return { status: response.status, header: (name) => response.headers.get(name), body: queue };
+    return { status: response.status, header: (name) => response.headers.get(name), body };
   };
 }
 
