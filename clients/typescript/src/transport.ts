@@ -28,17 +28,20 @@ export interface HttpRequest {
 
 export type Transport = (request: HttpRequest) => Promise<HttpResponse>;
 
+type Handler = ((ev: never) => unknown) | null;
+
 /** The part of XMLHttpRequest used here, so a test can hand in a fake. */
 export interface XhrLike {
   readyState: number;
   status: number;
   responseText: string;
-  onreadystatechange: (() => void) | null;
-  onprogress: (() => void) | null;
-  onload: (() => void) | null;
-  onerror: (() => void) | null;
-  onabort: (() => void) | null;
-  ontimeout?: (() => void) | null;
+  // (ev: never) => unknown: the DOM's handlers, which take an event, fit; the client's take none.
+  onreadystatechange: Handler;
+  onprogress: Handler;
+  onload: Handler;
+  onerror: Handler;
+  onabort: Handler;
+  ontimeout?: Handler;
   open(method: string, url: string): void;
   setRequestHeader(name: string, value: string): void;
   getResponseHeader(name: string): string | null;
