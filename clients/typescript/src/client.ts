@@ -1,6 +1,6 @@
 /** PrivllmClient: the key set behind a pin, sealed requests, streamed answers opened as they arrive. */
 import { randomBytes } from "@noble/hashes/utils.js";
-import { b64decode, b64encode, concat, fromUtf8, isObject, parseBounded } from "./encoding.js";
+import { b64decode, b64encode, concat, equalBytes, fromUtf8, isObject, parseBounded } from "./encoding.js";
 import type { JsonObject } from "./encoding.js";
 import { AbortedError, NetworkError, PrivllmError, ProtocolError, RateLimitedError, ServerError, TruncatedError } from "./errors.js";
 import { checkFresh, chooseKey, StaleKeySetError, verifyKeySet, MAX_KEYSET_BYTES } from "./keyset.js";
@@ -8,8 +8,8 @@ import type { KeySet, PublishedKey } from "./keyset.js";
 import { CHALLENGE_SIZE, POW_MAX_DIFFICULTY, solve } from "./pow.js";
 import { chatPlaintext, encapsulate, newRequestId, sealRequest } from "./request.js";
 import type { ChatParameters, Encapsulation, Message, RequestBody, SealedRequest } from "./request.js";
-import { ResponseReader } from "./stream.js";
 import { x25519Public } from "./hpke.js";
+import { ResponseReader } from "./stream.js";
 import type { Chunk } from "./stream.js";
 import { chooseTransport } from "./transport.js";
 import type { HttpResponse, Transport, TransportName, XhrConstructor } from "./transport.js";
@@ -67,7 +67,7 @@ function errorCode(value: unknown): string {
 }
 
 /** Retry-After in whole seconds, or null for anything else (an absurd value is not repeated). */
-export function retryAfter(value: string | null | number | undefined): number | null {
+function retryAfter(value: string | null | number | undefined): number | null {
   const text = typeof value === "number" && Number.isSafeInteger(value) ? String(value) : value;
   if (typeof text !== "string" || !/^[0-9]{1,6}$/.test(text)) return null;
   const seconds = Number(text);
@@ -189,7 +189,7 @@ export class PrivllmClient {
   private async seal(plaintext: string, key: PublishedKey, requestId: string): Promise<SealedRequest> {
     let encapsulation = this.prepared;
     this.prepared = null; // an encapsulation seals once
-    if (encapsulation === null || !sameKey(encapsulation.routerPublicKey, key.publicKey)) {
+    if (encapsulation === null || !equalBytes(encapsulation.routerPublicKey, key.publicKey)) {
       encapsulation = await this.encapsulate(key.publicKey);
     }
     return sealRequest(encapsulation, key.keyId, plaintext, this.seconds(), requestId);
@@ -292,10 +292,6 @@ export class PrivllmClient {
       throw new ServerError(errorCode(final.code), null, retryAfter(final.retry_after as number | undefined));
     }
   }
-}
-
-function sameKey(a: Uint8Array, b: Uint8Array): boolean {
-  return a.length === b.length && a.every((x, i) => x === b[i]);
 }
 
 function refusal(response: HttpResponse, details: JsonObject): PrivllmError {

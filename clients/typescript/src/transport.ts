@@ -178,22 +178,30 @@ export function xhrTransport(Xhr: XhrConstructor): Transport {
         started = true;
         resolve({ status: xhr.status, header: (name) => xhr.getResponseHeader(name), body: queue });
       };
-      const drain = (): void => {
+      const drain = (last: boolean): void => {
         start();
         const text = xhr.responseText ?? "";
-        if (text.length > seen) {
-          // responseText is decoded by the platform, so a character split across packets is whole here.
-          queue.push(utf8(text.slice(seen)));
-          seen = text.length;
+        // responseText is decoded by the platform, so a character split across packets is whole here;
+        // only a surrogate pair could straddle two reads: keep a trailing high surrogate for the next one.
+        const held = !last && text.length > seen && (text.charCodeAt(text.length - 1) & 0xfc00) === 0xd800;
+        const end = held ? text.length - 1 : text.length;
+        if (end > seen) {
+          try {
+            queue.push(utf8(text.slice(seen, end)));
+          } catch (e) {
+            queue.end(e as Error); // first: the abort that follows must not replace this error
+            xhr.abort();
+          }
+          seen = end;
         }
       };
       xhr.open(request.method, request.url);
       for (const [name, value] of Object.entries(request.headers)) xhr.setRequestHeader(name, value);
       if (request.reload) xhr.setRequestHeader("Cache-Control", "no-cache");
       xhr.onreadystatechange = start;
-      xhr.onprogress = drain;
+      xhr.onprogress = () => drain(false);
       xhr.onload = () => {
-        drain();
+        drain(true);
         signal?.removeEventListener("abort", onAbort);
         queue.end();
       };

@@ -121,6 +121,11 @@ for (const transport of ["fetch", "xhr"] as const) {
       assert.ok(error instanceof TruncatedError);
     });
 
+    test("characters split across reads (UTF-8 bytes, surrogate pairs) are put back together", async () => {
+      const { handler } = router([KEYSET], [stream(`: x${"🪐é".repeat(40)}\n\n${ANSWER.sse_text}`)]);
+      assert.equal((await collect(client(handler).client.chat(ASK))).pop()!.type, "done");
+    });
+
     test("a done chunk with a bad usage is malformed", async () => {
       const sse = sealedStream([{ plaintext: '{"type":"done","finish_reason":"stop","usage":{"prompt_tokens":-1}}', final: true }]);
       const { handler } = router([KEYSET], [stream(sse)]);
