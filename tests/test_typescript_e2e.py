@@ -7,7 +7,7 @@ Chromium runs Debian's build, driven by puppeteer-core (tests/browser), with --n
 tests run as root) and --ignore-certificate-errors: the dev router's certificate is self-signed,
 and a page cannot be told to trust one certificate. scripts/test builds the SDK (dist/ and its
 browser bundle) and scripts/bootstrap.sh installs Node.js, Chromium and the npm packages; a test
-whose part is missing skips, naming it.
+whose part is missing fails, naming it (a skip would hide a set-up that does not install it).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import urllib.parse
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from twisted.trial.unittest import SkipTest, TestCase
+from twisted.trial.unittest import TestCase
 
 from privllm.protocol.encoding import b64encode
 
@@ -46,14 +46,14 @@ RUN_TIMEOUT = 90.0  # seconds for one Node run or one browser page, start to fin
 def need(*paths: str) -> None:
     for path in paths:
         if not os.path.exists(path):
-            raise SkipTest(f"{os.path.relpath(path, ROOT)} is missing: run scripts/bootstrap.sh and scripts/test")
+            raise AssertionError(f"{os.path.relpath(path, ROOT)} is missing: run scripts/bootstrap.sh and scripts/test")
 
 
 def node(*args: str, ca_file: str | None) -> subprocess.CompletedProcess[str]:
     """Run Node with a fresh HOME (the SDK must not need the user's files); trust `ca_file` if given."""
     node_bin = shutil.which("node")
     if node_bin is None:
-        raise SkipTest("node is missing: run scripts/bootstrap.sh")
+        raise AssertionError("node is missing: run scripts/bootstrap.sh")
     home = tempfile.mkdtemp(prefix="privllm-node-")
     env = {k: v for k, v in os.environ.items() if k != "NODE_EXTRA_CA_CERTS"}
     env.update(HOME=home, XDG_CONFIG_HOME=home)
@@ -173,7 +173,7 @@ class Browser(TestCase):
         need(BUNDLE, os.path.join(BROWSER, "node_modules", "puppeteer-core"))
         self.chromium = shutil.which("chromium")
         if self.chromium is None:
-            raise SkipTest("chromium is missing: run scripts/bootstrap.sh")
+            raise AssertionError("chromium is missing: run scripts/bootstrap.sh")
         self.site = site()
         self.router: Daemon = guarded("typescript-cors", {"server": {"cors_origins": [self.site.origin(True)]}})
 

@@ -34,6 +34,9 @@ def sections() -> dict[str, dict[str, Any]]:
     refuses routers whose state keys differ, and each daemon here has its own state directory)."""
     redis = RedisServer()
     atexit.register(redis.close)
+    # As a Redis that has run longer than the replay window: a fresh one refuses requests
+    # timestamped before its start plus the future skew, which a loaded machine can reach.
+    redis.command("SET", "privllm:fresh", "1")
     # A fresh Redis refuses requests timestamped before its start plus the future skew: keep it short.
     return {"server": {"workers": 2}, "state": {"backend": "redis", "url": redis.url}, "replay": {"future_skew": 1}}
 
