@@ -1,5 +1,4 @@
 /** PrivllmClient: the key set behind a pin, sealed requests, streamed answers opened as they arrive. */
-import { randomBytes } from "@noble/hashes/utils.js";
 import { b64decode, b64encode, concat, equalBytes, fromUtf8, isObject, parseBounded } from "./encoding.js";
 import type { JsonObject } from "./encoding.js";
 import { AbortedError, NetworkError, PrivllmError, ProtocolError, RateLimitedError, ServerError, TruncatedError } from "./errors.js";
@@ -41,6 +40,8 @@ export interface ClientOptions {
   transport?: TransportName;
   XMLHttpRequest?: XhrConstructor;
   powCeiling?: number;
+  /** Longest wait for the next sealed chunk while an answer streams (keepalives do not count), ms. */
+  idleTimeoutMs?: number;
 }
 
 export interface ChatOptions extends ChatParameters {
@@ -52,6 +53,8 @@ export type ChatEvent = { type: "delta"; text: string } | { type: "done"; finish
 const MAX_ERROR_BYTES = 4096;
 const ERROR_CODE = /^[a-z_]{1,32}$/;
 const MAX_RETRY_AFTER = 86400;
+/** Like the Python client's STREAM_IDLE_TIMEOUT: the router sends a keepalive after 15 s without an event. */
+const IDLE_TIMEOUT_MS = 90_000;
 
 const ROUTER_URL = /^https:\/\/(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?\/?$/;
 
@@ -74,10 +77,13 @@ function retryAfter(value: string | null | number | undefined): number | null {
   return seconds <= MAX_RETRY_AFTER ? seconds : null;
 }
 
-function defaultRandom(n: number): Uint8Array {
+/** The platform's secure random source; there is no weaker fallback (keys and nonces come from it). */
+function defaultRandom(): (n: number) => Uint8Array {
   const c = (globalThis as { crypto?: { getRandomValues?: (b: Uint8Array) => Uint8Array } }).crypto;
-  if (c?.getRandomValues !== undefined) return c.getRandomValues(new Uint8Array(n));
-  return randomBytes(n); // throws where there is no secure random source at all: pass `random`
+  if (typeof c?.getRandomValues !== "function") {
+    throw new TypeError("no secure random source: install react-native-get-random-values (imported first) or pass `random`");
+  }
+  return (n) => c.getRandomValues!(new Uint8Array(n));
 }
 
 /** A small body, at most `limit` bytes: a longer one is cut and refused. */
@@ -100,6 +106,8 @@ export class PrivllmClient {
   private readonly storage: KeyStore;
   private readonly transport: Transport;
   private readonly powCeiling: number;
+  private readonly idleTimeoutMs: number;
+  private devicePending: Promise<{ privateKey: Uint8Array; publicKey: Uint8Array }> | null = null;
   private keySet: KeySet | null = null;
   private prepared: Encapsulation | null = null;
   private deviceKey: { privateKey: Uint8Array; publicKey: Uint8Array } | null = null;
@@ -109,7 +117,9 @@ export class PrivllmClient {
     this.pin = typeof options.pin === "string" ? b64decode(options.pin, 32) : options.pin.slice();
     if (this.pin.length !== 32) throw new TypeError("the pin is a 32-byte Ed25519 public key");
     this.now = options.now ?? Date.now;
-    this.random = options.random ?? defaultRandom;
+    this.random = options.random ?? defaultRandom();
+    this.idleTimeoutMs = options.idleTimeoutMs ?? IDLE_TIMEOUT_MS;
+    if (!(this.idleTimeoutMs > 0)) throw new TypeError("idleTimeoutMs must be positive");
     this.storage = options.storage ?? new MemoryKeyStore();
     this.powCeiling = options.powCeiling ?? POW_MAX_DIFFICULTY;
     if (!Number.isInteger(this.powCeiling) || this.powCeiling < 1 || this.powCeiling > POW_MAX_DIFFICULTY) {
@@ -125,7 +135,16 @@ export class PrivllmClient {
   }
 
   /** The device's X25519 key: made on first use and kept in the KeyStore; it authenticates every request. */
-  private async device(): Promise<{ privateKey: Uint8Array; publicKey: Uint8Array }> {
+  private device(): Promise<{ privateKey: Uint8Array; publicKey: Uint8Array }> {
+    // single flight: prepare() and chat() started together must not make two device keys
+    this.devicePending ??= this.loadDevice().catch((e: unknown) => {
+      this.devicePending = null;
+      throw e;
+    });
+    return this.devicePending;
+  }
+
+  private async loadDevice(): Promise<{ privateKey: Uint8Array; publicKey: Uint8Array }> {
     if (this.deviceKey === null) {
       let key = await this.storage.get();
       if (key === null) {
@@ -149,7 +168,9 @@ export class PrivllmClient {
         signal,
       });
       if (response.status !== 200) {
-        await readSmall(response, MAX_ERROR_BYTES).catch(() => undefined);
+        await readSmall(response, MAX_ERROR_BYTES).catch((e: unknown) => {
+          if (e instanceof AbortedError) throw e;
+        });
         throw new ServerError("pubkey_unavailable", response.status);
       }
       const text = await readSmall(response, MAX_KEYSET_BYTES);
@@ -203,12 +224,18 @@ export class PrivllmClient {
     for (let attempt = 0; ; attempt++) {
       const key = chooseKey((await this.currentKeys(signal)).keys, this.seconds());
       if (key !== null) {
+        let answered = false;
         try {
-          yield* this.chatOnce(plaintext, key, signal);
+          for await (const event of this.chatOnce(plaintext, key, signal)) {
+            answered = true;
+            yield event;
+          }
           return;
         } catch (e) {
-          // unknown_key comes before any delta, so resending cannot repeat part of an answer
-          if (!(e instanceof ServerError && e.code === "unknown_key") || attempt > 0) throw e;
+          // Only the plaintext refusal (status set, before any delta) is retried: a sealed error ends the
+          // answer, and resending after deltas would join two answers.
+          const refused = e instanceof ServerError && e.code === "unknown_key" && e.status !== null && !answered;
+          if (!refused || attempt > 0) throw e;
         }
       } else if (attempt > 0) throw new ProtocolError("the key set holds no key valid now");
       this.keySet = null;
@@ -217,18 +244,39 @@ export class PrivllmClient {
 
   private async *chatOnce(plaintext: string, key: PublishedKey, signal?: AbortSignal): AsyncGenerator<ChatEvent, void, undefined> {
     const requestId = newRequestId(this.random);
-    let sealed = await this.seal(plaintext, key, requestId);
-    let body: RequestBody = sealed.body;
+    const sealed = await this.seal(plaintext, key, requestId);
+    const body: RequestBody = sealed.body;
+    // The transport's own signal: the caller's abort, or the idle timer's.
+    const transportAbort = new AbortController();
+    const forward = (): void => transportAbort.abort();
+    signal?.addEventListener("abort", forward);
+    try {
+      yield* this.post(plaintext, key, requestId, sealed, body, signal, transportAbort);
+    } finally {
+      signal?.removeEventListener("abort", forward);
+    }
+  }
+
+  private async *post(
+    plaintext: string,
+    key: PublishedKey,
+    requestId: string,
+    sealed: SealedRequest,
+    body: RequestBody,
+    signal: AbortSignal | undefined,
+    transportAbort: AbortController,
+  ): AsyncGenerator<ChatEvent, void, undefined> {
+    if (signal?.aborted) throw new AbortedError();
     for (let attempt = 0; ; attempt++) {
       const response = await this.transport({
         method: "POST",
         url: `${this.base}/api/chat`,
         headers: { "Content-Type": "application/json", Accept: "text/event-stream" },
         body: JSON.stringify(body),
-        signal,
+        signal: transportAbort.signal,
       });
       if (response.status === 200) {
-        yield* this.readStream(response, sealed);
+        yield* this.readStream(response, sealed, () => transportAbort.abort());
         void this.prepare().catch(() => undefined); // idle now, until the next message
         return;
       }
@@ -266,20 +314,33 @@ export class PrivllmClient {
   }
 
   /** Deltas as they open; the final chunk's verdict only once the body has ended (nothing may follow it). */
-  private async *readStream(response: HttpResponse, sealed: SealedRequest): AsyncGenerator<ChatEvent, void, undefined> {
+  private async *readStream(response: HttpResponse, sealed: SealedRequest, stop: () => void): AsyncGenerator<ChatEvent, void, undefined> {
     const reader = new ResponseReader(sealed.enc, sealed.responseSecret);
     let final: Chunk | null = null;
+    const idle = new IdleTimer(this.idleTimeoutMs, stop);
+    const body = response.body[Symbol.asyncIterator]();
+    let done = false;
     try {
-      for await (const bytes of response.body) {
-        for (const chunk of reader.feed(bytes)) {
+      for (;;) {
+        const next = await idle.race(body.next());
+        if (next.done) break;
+        const before = reader.progress;
+        const chunks = reader.feed(next.value);
+        if (reader.progress !== before) idle.restart(); // a sealed event, not a keepalive
+        for (const chunk of chunks) {
           if (chunk.type === "delta") yield { type: "delta", text: chunk.text };
           else final = chunk;
         }
       }
+      done = true;
     } catch (e) {
+      done = true;
       // A connection that breaks before the final chunk cut the answer; after it, nothing was lost.
       if (!(e instanceof NetworkError)) throw e;
       if (!reader.finished) throw new TruncatedError("the connection broke before the final chunk");
+    } finally {
+      idle.clear();
+      if (!done) void body.return?.()?.catch(() => undefined); // the consumer stopped early: cancel the body
     }
     reader.end();
     if (final === null) throw new ProtocolError("no final chunk"); // unreachable: end() checked it
@@ -299,4 +360,39 @@ function refusal(response: HttpResponse, details: JsonObject): PrivllmError {
   const wait = retryAfter(response.header("retry-after"));
   if (code === "rate_limited") return new RateLimitedError(wait, response.status);
   return new ServerError(code, response.status, wait);
+}
+
+/** Fails a wait with TruncatedError when no sealed chunk came for `ms`, and stops the transport. */
+class IdleTimer {
+  private timer: ReturnType<typeof setTimeout> | undefined;
+  private fire: () => void = () => undefined;
+  private readonly expired: Promise<never>;
+
+  constructor(
+    private readonly ms: number,
+    private readonly stop: () => void,
+  ) {
+    this.expired = new Promise<never>((_, reject) => {
+      this.fire = () => {
+        this.stop();
+        reject(new TruncatedError(`no sealed chunk for ${Math.round(this.ms / 1000)} s`));
+      };
+    });
+    this.expired.catch(() => undefined);
+    this.restart();
+  }
+
+  restart(): void {
+    clearTimeout(this.timer);
+    this.timer = setTimeout(() => this.fire(), this.ms);
+  }
+
+  clear(): void {
+    clearTimeout(this.timer);
+  }
+
+  race<T>(wait: Promise<T>): Promise<T> {
+    wait.catch(() => undefined); // an abort after the timeout rejects it later: not unhandled
+    return Promise.race([wait, this.expired]);
+  }
 }

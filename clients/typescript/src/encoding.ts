@@ -77,14 +77,27 @@ export function utf8Js(text: string): Uint8Array {
   return Uint8Array.from(out);
 }
 
-const DECODER: { decode(b: Uint8Array): string } | null =
-  typeof TextDecoder === "function" ? new TextDecoder("utf-8", { fatal: true, ignoreBOM: true }) : null;
+let decoder: { decode(b: Uint8Array): string } | null | undefined;
+
+/** A strict TextDecoder, made on first use; null where there is none or it cannot be strict (some React Native
+ * polyfills throw on `fatal`): then the decoder below. */
+function strictDecoder(): { decode(b: Uint8Array): string } | null {
+  if (decoder === undefined) {
+    try {
+      decoder = typeof TextDecoder === "function" ? new TextDecoder("utf-8", { fatal: true, ignoreBOM: true }) : null;
+    } catch {
+      decoder = null;
+    }
+  }
+  return decoder;
+}
 
 /** Strict UTF-8 (no overlongs, surrogates or truncated sequences); Hermes may lack TextDecoder. */
 export function fromUtf8(bytes: Uint8Array): string {
-  if (DECODER === null) return fromUtf8Js(bytes);
+  const d = strictDecoder();
+  if (d === null) return fromUtf8Js(bytes);
   try {
-    return DECODER.decode(bytes);
+    return d.decode(bytes);
   } catch {
     throw new ProtocolError("not UTF-8");
   }

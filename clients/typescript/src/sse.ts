@@ -49,6 +49,11 @@ export class SseParser {
     return events;
   }
 
+  /** The body ended: a partial line or an event without its blank line is refused, not dropped. */
+  end(): void {
+    if (this.pendingSize > 0 || this.event !== "" || this.data.length > 0) throw new ProtocolError("the stream ended inside an event");
+  }
+
   private take(tail: Uint8Array): Uint8Array {
     if (this.pendingSize === 0) return tail;
     const line = concat(...this.pending, tail);

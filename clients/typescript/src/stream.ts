@@ -10,6 +10,8 @@ import { SseParser } from "./sse.js";
 const FINAL_AAD = utf8("final");
 const EMPTY = new Uint8Array(0);
 const MAX_CHUNK = 1 << 20;
+/** The longest SSE line: "data: " and the base64 of the largest sealed chunk. */
+export const MAX_SSE_LINE = "data: ".length + 4 * Math.ceil(MAX_CHUNK / 3);
 const MAX_CHUNK_DEPTH = 4;
 const MAX_INIT = 256;
 const KEY_LABEL = utf8("key");
@@ -95,7 +97,9 @@ export class StreamOpener {
 
 /** Feed the body as it arrives; get the opened chunks in order. `end()` when the body ends. */
 export class ResponseReader {
-  private readonly sse = new SseParser();
+  private readonly sse = new SseParser(MAX_SSE_LINE, MAX_SSE_LINE);
+  /** Sealed events (init, chunks) seen: what the idle timer counts, keepalives not. */
+  progress = 0;
   private opener: StreamOpener | null = null;
 
   constructor(
@@ -110,6 +114,7 @@ export class ResponseReader {
   feed(bytes: Uint8Array): Chunk[] {
     const chunks: Chunk[] = [];
     for (const event of this.sse.feed(bytes)) {
+      this.progress++;
       if (event.event === "init") this.init(event.data);
       else if (event.event === "chunk" && this.opener !== null) chunks.push(this.opener.open(event.data).chunk);
       else throw new ProtocolError("unexpected event in the stream");
@@ -128,5 +133,6 @@ export class ResponseReader {
   /** The body ended: without an init and a verified final chunk, the answer was truncated. */
   end(): void {
     if (!this.finished) throw new TruncatedError("the stream ended before its final chunk");
+    this.sse.end(); // nothing, not even part of a line or event, may follow the final chunk
   }
 }

@@ -4,7 +4,7 @@
  * Both give the same thing: a status, headers, and a body as an async iterable of bytes.
  */
 import { utf8 } from "./encoding.js";
-import { AbortedError, NetworkError } from "./errors.js";
+import { AbortedError, NetworkError, ProtocolError } from "./errors.js";
 
 export type TransportName = "auto" | "fetch" | "xhr";
 
@@ -133,6 +133,7 @@ export function fetchTransport(fetchFn: typeof fetch): Transport {
         headers: request.headers,
         body: request.body ?? null,
         signal: request.signal ?? null,
+        redirect: "error", // everything is signed or sealed: a redirect is never expected
         ...(request.reload ? { cache: "reload" as const } : {}),
       });
     } catch (e) {
@@ -157,8 +158,10 @@ export function fetchTransport(fetchFn: typeof fetch): Transport {
 }
 
 const HEADERS_RECEIVED = 2;
+/** XHR keeps the whole response in responseText: a longer one (32 Mi characters) is refused, not buffered. */
+export const MAX_XHR_RESPONSE = 32 << 20;
 
-export function xhrTransport(Xhr: XhrConstructor): Transport {
+export function xhrTransport(Xhr: XhrConstructor, maxResponse = MAX_XHR_RESPONSE): Transport {
   return (request) =>
     new Promise<HttpResponse>((resolve, reject) => {
       const signal = request.signal;
@@ -181,6 +184,11 @@ export function xhrTransport(Xhr: XhrConstructor): Transport {
       const drain = (last: boolean): void => {
         start();
         const text = xhr.responseText ?? "";
+        if (text.length > maxResponse) {
+          queue.end(new ProtocolError("the answer is too large"));
+          xhr.abort();
+          return;
+        }
         // responseText is decoded by the platform, so a character split across packets is whole here;
         // only a surrogate pair could straddle two reads: keep a trailing high surrogate for the next one.
         const held = !last && text.length > seen && (text.charCodeAt(text.length - 1) & 0xfc00) === 0xd800;

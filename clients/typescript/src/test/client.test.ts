@@ -4,6 +4,7 @@ import { describe, test } from "node:test";
 import { b64decode, b64encode } from "../encoding.js";
 import { AbortedError, NetworkError, ProtocolError, RateLimitedError, ServerError, TruncatedError } from "../errors.js";
 import { leadingZeroBits, workHash } from "../pow.js";
+import { MAX_SSE_LINE } from "../stream.js";
 import { x25519Public } from "../hpke.js";
 import { MemoryKeyStore, PrivllmClient } from "../client.js";
 import type { ChatEvent, ClientOptions } from "../client.js";
@@ -133,7 +134,7 @@ for (const transport of ["fetch", "xhr"] as const) {
     });
 
     test("an unknown event and an endless line are refused", async () => {
-      for (const body of ["event: surprise\ndata: x\n\n", `event: init\ndata: ${"A".repeat((1 << 20) + 10)}`]) {
+      for (const body of ["event: surprise\ndata: x\n\n", `event: init\ndata: ${"A".repeat(MAX_SSE_LINE + 10)}`]) {
         const { handler } = router([KEYSET], [stream(body)]);
         const { error } = await refusal(client(handler).client.chat(ASK));
         assert.ok(error instanceof ProtocolError && !(error instanceof TruncatedError), String(error));
