@@ -8,7 +8,7 @@ import { MAX_SSE_LINE } from "../stream.js";
 import { x25519Public } from "../hpke.js";
 import { MemoryKeyStore, PrivllmClient } from "../client.js";
 import type { ChatEvent, ClientOptions } from "../client.js";
-import { ANSWER, DEVICE, ERROR_STREAM, NOW_MS, PIN, V, answer, fakeFetch, fakeXhr, openRequest, router, sealedStream, signedKeySet, vectorRandom } from "./helpers.js";
+import { ANSWER, DEVICE, ERROR_STREAM, NOW_MS, PIN, V, answer, fakeFetch, fakeXhr, openRequest, refusal, router, sealedStream, signedKeySet, vectorRandom } from "./helpers.js";
 import type { Handler, Reply, Seen } from "./helpers.js";
 
 const KEYSET = JSON.stringify(V.keyset.document);
@@ -19,16 +19,6 @@ async function collect(events: AsyncIterable<ChatEvent>): Promise<ChatEvent[]> {
   const out: ChatEvent[] = [];
   for await (const e of events) out.push(e);
   return out;
-}
-
-async function refusal(events: AsyncIterable<ChatEvent>): Promise<{ error: unknown; events: ChatEvent[] }> {
-  const out: ChatEvent[] = [];
-  try {
-    for await (const e of events) out.push(e);
-  } catch (error) {
-    return { error, events: out };
-  }
-  throw new Error("the chat did not fail");
 }
 
 const stream = (body: string, extra: Partial<Reply> = {}) => (): Reply => ({ status: 200, body, ...extra });

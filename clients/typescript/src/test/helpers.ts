@@ -8,6 +8,7 @@ import { setupAuthR } from "../hpke.js";
 import { requestAad } from "../request.js";
 import { chunkNonce, deriveStreamKeys } from "../stream.js";
 import type { XhrLike } from "../transport.js";
+import type { ChatEvent } from "../client.js";
 
 // The vectors file is JSON checked member by member in the tests: typed loosely on purpose.
 export const V: any = JSON.parse(readFileSync(new URL("../../../../docs/vectors/protocol-v1.json", import.meta.url), "utf8"));
@@ -214,4 +215,15 @@ export function fakeXhr(handler: Handler): { Xhr: new () => XhrLike; aborted: ()
     }
   }
   return { Xhr: FakeXhr, aborted: () => aborted };
+}
+
+/** The events a chat yielded before it failed, and its error (a chat that does not fail is an error). */
+export async function refusal(events: AsyncIterable<ChatEvent>): Promise<{ error: unknown; events: ChatEvent[] }> {
+  const out: ChatEvent[] = [];
+  try {
+    for await (const e of events) out.push(e);
+  } catch (error) {
+    return { error, events: out };
+  }
+  throw new Error("the chat did not fail");
 }

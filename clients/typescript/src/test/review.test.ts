@@ -4,26 +4,16 @@ import { describe, test } from "node:test";
 import { b64encode, utf8 } from "../encoding.js";
 import { AbortedError, ProtocolError, ServerError, TruncatedError } from "../errors.js";
 import { MemoryKeyStore, PrivllmClient } from "../client.js";
-import type { ChatEvent, ClientOptions, KeyStore } from "../client.js";
+import type { ClientOptions, KeyStore } from "../client.js";
 import { ResponseReader } from "../stream.js";
 import { xhrTransport } from "../transport.js";
 import type { XhrLike } from "../transport.js";
-import { ANSWER, DEVICE, ENC, NOW_MS, PIN, SECRET, V, answer, fakeFetch, fakeXhr, openRequest, router, sealedStream, vectorRandom } from "./helpers.js";
+import { ANSWER, DEVICE, ENC, NOW_MS, PIN, SECRET, V, answer, fakeFetch, fakeXhr, openRequest, refusal, router, sealedStream, vectorRandom } from "./helpers.js";
 import type { Handler, Reply } from "./helpers.js";
 
 const KEYSET = JSON.stringify(V.keyset.document);
 const ASK = [{ role: "user" as const, content: "Which planet is largest?" }];
 const INIT = ANSWER.sse_text.slice(0, ANSWER.sse_text.indexOf("event: chunk")) as string;
-
-async function refusal(events: AsyncIterable<ChatEvent>): Promise<{ error: unknown; events: ChatEvent[] }> {
-  const out: ChatEvent[] = [];
-  try {
-    for await (const e of events) out.push(e);
-  } catch (error) {
-    return { error, events: out };
-  }
-  throw new Error("the chat did not fail");
-}
 
 function base(extra: Partial<ClientOptions> = {}): ClientOptions {
   const storage = new MemoryKeyStore();
