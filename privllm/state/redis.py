@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
 import txredisapi
@@ -233,8 +233,9 @@ class RedisState:
 
     def _screen_call(self, ask: Ask) -> tuple[list[str], list[object]]:
         limits, now = self.limits, ask.now
-        address = self._names(b"address", ask.address.encode(), now)
-        spent = self._names(b"pow", ask.pow_token or b"", now)
+        address = self.namer.names(b"address", ask.address.encode(), now)
+        spent = self.namer.names(b"pow", ask.pow_token or b"", now)
+        replay, replay_ahead = self._replay_names(ask)
         second = int(now)
         keys = [
             PREFIX + "replay",
@@ -260,13 +261,13 @@ class RedisState:
             limits.max_streams_per_address,
             int(ask.pow_token is not None),
             ask.pow_expires,
-            *self._replay_names(ask),
+            *replay,
             limits.replay_window,
             limits.replay_future_skew,
             limits.replay_max_entries,
             limits.replay_max_per_address,
             ask.timestamp,
-            *self._replay_names_ahead(ask),
+            *replay_ahead,
             self.namer.check(),
         ]
         return keys, args
@@ -286,8 +287,9 @@ class RedisState:
 
     def commit(self, ask: Ask, device: bytes) -> Deferred[Lease | SealedRefusal]:
         limits, now = self.limits, ask.now
-        address = self._names(b"address", ask.address.encode(), now)
-        devices = self._names(b"device", device, now)
+        address = self.namer.names(b"address", ask.address.encode(), now)
+        devices = self.namer.names(b"device", device, now)
+        replay, replay_ahead = self._replay_names(ask)
         token = os.urandom(LEASE_TOKEN_SIZE)
         keys = [
             PREFIX + "replay",
@@ -302,7 +304,7 @@ class RedisState:
         interval = 1000.0 / limits.device_rate
         args: list[object] = [
             int(now * 1000),
-            *self._replay_names(ask),
+            *replay,
             ask.timestamp,
             limits.replay_window,
             limits.replay_future_skew,
@@ -315,7 +317,7 @@ class RedisState:
             limits.max_streams_per_address,
             token.hex(),
             int((now + self.lease_ttl) * 1000),
-            *self._replay_names_ahead(ask),
+            *replay_ahead,
         ]
         lease = Lease(token, ask.address, device)
         held = Held(ask.address, device, (keys[6], keys[8]), (keys[6], keys[8]))
@@ -333,7 +335,6 @@ class RedisState:
             if code == lua.RATE_LIMITED:
                 raise RequestRejected(RATE_LIMITED, retry_after=retry)
             self._refuse(code)
-            raise AssertionError("unreachable")
 
         return self._run(lua.COMMIT, keys, args).addCallback(committed)
 
@@ -368,20 +369,12 @@ class RedisState:
     def _stream_set(self, kind: bytes, value: bytes, now: float) -> str:
         return PREFIX + "streams:" + self.namer.name(kind, value, self.namer.epoch(now))
 
-    def _names(self, kind: bytes, value: bytes, now: float) -> tuple[str, str, str]:
-        return self.namer.names(kind, value, now)
-
-    def _replay_names(self, ask: Ask) -> list[str]:
-        """The request id's and encapsulated key's names: current epoch, then previous."""
-        rid = self._names(b"request-id", ask.request_id.encode(), ask.now)
-        enc = self._names(b"encapsulated-key", ask.encapsulated_key, ask.now)
-        return [rid[0], rid[1], enc[0], enc[1]]
-
-    def _replay_names_ahead(self, ask: Ask) -> list[str]:
-        """Their names in the next epoch, where a router whose clock is ahead wrote them."""
-        rid = self._names(b"request-id", ask.request_id.encode(), ask.now)
-        enc = self._names(b"encapsulated-key", ask.encapsulated_key, ask.now)
-        return [rid[2], enc[2]]
+    def _replay_names(self, ask: Ask) -> tuple[list[str], list[str]]:
+        """The request id's and encapsulated key's names: [current, previous] of each, then
+        [next] of each (where a router whose clock is ahead wrote them)."""
+        rid = self.namer.names(b"request-id", ask.request_id.encode(), ask.now)
+        enc = self.namer.names(b"encapsulated-key", ask.encapsulated_key, ask.now)
+        return [rid[0], rid[1], enc[0], enc[1]], [rid[2], enc[2]]
 
     def _run(self, script: str, keys: Sequence[str], args: Sequence[object]) -> Deferred[Any]:
         return self._checked(self.client.eval(script, list(keys), list(args)), self.timeout)
@@ -402,7 +395,8 @@ class RedisState:
             raise StateUnavailable("a script answered nonsense")
         return reply
 
-    def _refuse(self, code: int) -> None:
+    def _refuse(self, code: int) -> NoReturn:
+        """Every other answer is a refusal (or nonsense: StateUnavailable)."""
         if code == lua.OTHER_KEY:
             if not self.other_key:  # once: the operator must fix the key files (docs/deployment.md)
                 log.critical("shared state: another router's state key reached this Redis first; refusing every chat")

@@ -24,6 +24,7 @@ from privllm.keys import pki
 from privllm.keys.files import write_secret
 from privllm.protocol.admission import Ask, Lease, SealedRefusal
 from privllm.protocol.errors import STALE, RequestRejected
+from privllm.state import lua
 from privllm.state.interface import DEVICE_LIMITED, OVERLOADED, AdmissionState, Limits, PowSpent, StateUnavailable
 from privllm.state.memory import MemoryState
 from privllm.state.redis import RedisState, RedisStateError, connect
@@ -247,6 +248,26 @@ class RedisBehaviour(Behaviour, RedisTestCase):
 
     async def settle(self) -> None:
         await deferLater(reactor, 0.05, lambda: None)
+
+
+class ScriptAnswers(TestCase):
+    """A script's answer that is not what the scripts send (another program on the keys, a
+    version mismatch) fails closed: StateUnavailable, never a guess."""
+
+    def test_nonsense_is_unavailable(self) -> None:
+        for reply in (None, b"OK", [0, 0, 0], [0, 0, 0, 0, 0], [0, b"1", 0, 0], [0, 1.5, 0, 0], [True, 0, 0, 0]):
+            with self.assertRaises(StateUnavailable, msg=repr(reply)):
+                RedisState._integers(reply, 4)
+        self.assertEqual(RedisState._integers([0, 1, 2, 3], 4), [0, 1, 2, 3])
+
+    def test_an_unknown_code_is_unavailable(self) -> None:
+        state = RedisState.__new__(RedisState)  # only the answer's reading is under test
+        state.other_key = False
+        with self.assertRaises(StateUnavailable):
+            state._refuse(99)
+        with self.assertRaises(RequestRejected) as caught:
+            state._refuse(lua.REPLAY)
+        self.assertEqual(caught.exception.rejection.status, 409)
 
 
 class RedisOnly(RedisTestCase):
