@@ -224,8 +224,9 @@ def _workers(config: Config, reactor: Any, options: Options, count: int) -> Mult
     """server.workers > 1: this process supervises llama-server and the workers. It first builds,
     and never starts, the router a worker builds: every shared file (identity, certificate,
     proof of work key, key ring) is written before any worker starts, so workers only read
-    them, and a setting a worker would refuse stops the start here with its one line."""
-    Router(config, reactor)
+    them, and a setting a worker would refuse stops the start here with its one line. The
+    parent serves no chat: the HPKE keys that build read are dropped at once."""
+    Router(config, reactor).keys.ring.wipe()
     root = MultiService()
     _local_llama(config, root)
     try:

@@ -20,6 +20,7 @@ from .. import tap, workers
 from ..config import ConfigError, load_config
 from ..config.profiles import profile
 from ..keys.material import IDENTITY_KEY, KEYRING, TLS_CERT
+from ..protocol.keyring import KeyRing
 from ..state.redis import STATE_KEY
 
 
@@ -321,7 +322,17 @@ class Build(TestCase):
         self.assertEqual(os.listdir(self.state), [])
 
     def test_the_parent_writes_every_shared_file_first(self) -> None:
+        wiped: list[KeyRing] = []
+        wipe = KeyRing.wipe
+
+        def recorded(ring: KeyRing) -> None:
+            wiped.append(ring)
+            wipe(ring)
+
+        self.patch(KeyRing, "wipe", recorded)
         root = tap.build(self.config("2"), "router", Clock(), self.options())
+        self.assertEqual(len(wiped), 1, "the parent serves no chat: it keeps no HPKE key")
+        self.assertEqual(wiped[0].keys, [])
         monitors = [s for s in root if isinstance(s, workers.WorkerMonitor)]
         self.assertEqual(len(monitors), 1)
         monitor = monitors[0]
