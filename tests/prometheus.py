@@ -20,6 +20,8 @@ import urllib.parse
 import urllib.request
 from typing import Any
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from .stack import free_port
 
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
@@ -62,6 +64,15 @@ def _promtool_rules(tmp: str, exprs: dict[str, str]) -> tuple[int, str]:
         json.dump({"groups": [{"name": "check", "rules": rules}]}, f)
     done = subprocess.run([PROMTOOL, "check", "rules", path], capture_output=True, text=True, timeout=60, check=False)
     return done.returncode, done.stdout + done.stderr
+
+
+def sample(metrics_text: str, name: str, labels: dict[str, str] | None = None) -> float:
+    """One sample's value from a scrape's text; 0 when there is none yet (an unused label set)."""
+    for family in text_string_to_metric_families(metrics_text):
+        for s in family.samples:
+            if s.name == name and all(s.labels.get(k) == v for k, v in (labels or {}).items()):
+                return float(s.value)
+    return 0.0
 
 
 class Prometheus:

@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from twisted.trial.unittest import TestCase
 
 from .docclient import DocClient
-from .prometheus import check_rules
+from .prometheus import check_rules, sample
 from .stack import shared
 from .test_e2e import ROUTER, user
 
@@ -93,14 +93,6 @@ def exported(metrics_text: str) -> set[str]:
         else:
             names.add(family.name)
     return names
-
-
-def sample(metrics_text: str, name: str, labels: dict[str, str] | None = None) -> float:
-    for family in text_string_to_metric_families(metrics_text):
-        for s in family.samples:
-            if s.name == name and all(s.labels.get(k) == v for k, v in (labels or {}).items()):
-                return float(s.value)
-    return 0.0
 
 
 class Expressions(TestCase):
