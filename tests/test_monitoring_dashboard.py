@@ -11,6 +11,7 @@ import os
 import re
 from typing import Any
 
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.trial.unittest import TestCase
 
@@ -126,6 +127,20 @@ class Expressions(TestCase):
         self.assertEqual(series_names(text), {"privllm_x_total"})
 
 
+class Names(TestCase):
+    def test_exported_names_are_what_prometheus_stores(self) -> None:
+        """A labelled family with no sample yet still counts; a counter without _total does not."""
+        registry = CollectorRegistry()
+        Counter("privllm_a", "", ["reason"], registry=registry)
+        Histogram("privllm_b_seconds", "", ["node"], registry=registry)
+        Gauge("privllm_c", "", registry=registry)
+        names = exported(generate_latest(registry).decode())
+        self.assertLessEqual({"privllm_a_total", "privllm_b_seconds_bucket", "privllm_b_seconds_count"}, names)
+        self.assertIn("privllm_c", names)
+        self.assertNotIn("privllm_a", names)
+        self.assertNotIn("privllm_b_seconds", names)
+
+
 class Panels(TestCase):
     def test_unique_ids_and_titles(self) -> None:
         all_panels = panels(dashboard())
@@ -170,7 +185,10 @@ class ExportedByARealRouter(TestCase):
         self.assertGreaterEqual(sample(text, "privllm_chat_requests_total", {"outcome": "done"}), 1)
         self.assertGreaterEqual(sample(text, "privllm_time_to_first_token_seconds_count"), 1)
         # The dashboard, and whatever rule files sit next to it (the alert rules, when present).
-        files = [DASHBOARD, *sorted(glob.glob(os.path.join(MONITORING, "*.yml")))]
+        files = [
+            DASHBOARD,
+            *sorted(glob.glob(os.path.join(MONITORING, "*.yml")) + glob.glob(os.path.join(MONITORING, "*.yaml"))),
+        ]
         missing = {}
         for path in files:
             with open(path) as f:
