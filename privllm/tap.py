@@ -54,6 +54,7 @@ from .web.limits import ClientAddress, ConnectionsPerAddress, ProxiedConnections
 from .web.metrics import RouterMetrics
 from .web.proxied import proxied
 from .web.request import PrivllmSite
+from .web.status import StatusGauges
 from .web.tls import ReloadingServerOptions, server_tls_options
 from .workers import (
     AdoptedEndpoint,
@@ -279,7 +280,7 @@ class Router:
         self._reactor, self._tls_options, self._worker_fd = reactor, tls_options, worker_fd
         if not worker:  # a parent of workers serves every worker's metrics
             _metrics_listener(config, reactor, self.metrics.registry, self.service)
-        limits = _limits(config)
+        self._limits = limits = _limits(config)
         if config.state.backend == "redis":
             # The listener opens once Redis has answered and passed its checks.
             state_dir = config.keys.state_dir
@@ -321,6 +322,15 @@ class Router:
         adopt = None if self._worker_fd is None else (self._worker_fd, self._first_probes)
         listener = _https_listener(config, self._reactor, site, self._tls_options, worker=adopt)
         listener.setServiceParent(self.service)
+        gauges = StatusGauges(
+            self.metrics,
+            self._reactor,
+            self.keys.ring,
+            state,
+            self._limits.replay_max_entries,
+            self._admission.pow_gate,
+        )
+        gauges.setServiceParent(self.service)
 
     def _first_probes(self) -> Deferred[Any]:
         return DeferredList([monitor.check() for monitor in self._monitors], consumeErrors=True)
@@ -337,10 +347,11 @@ class Router:
 
     def _node(self, url: str, reactor: Any, tls: MutualTLSPolicy | None, dialect: Any) -> Node:
         backend = self.config.backend
-        transitions = self.metrics.breaker_transitions
+        metrics = self.metrics
         breaker = CircuitBreaker(
-            backend.breaker_failures, backend.breaker_cooldown, lambda state: transitions.labels(url, state).inc()
+            backend.breaker_failures, backend.breaker_cooldown, lambda state: metrics.breaker_changed(url, state)
         )
+        metrics.show_breaker(url, breaker.state)
         client = LlamaServer(reactor, url, backend.connect_timeout, tls, keep=self.config.load.max_streams_per_node)
         node = Node(url, client, breaker, dialect=dialect)
 

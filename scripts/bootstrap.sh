@@ -38,14 +38,15 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 # The PROXY protocol and two-router tests start Debian's haproxy and redis-server themselves,
-# the benchmarks' plain-proxy comparison nginx (its smoke run is part of the tests), the
-# monitoring tests prometheus (and its promtool): the packages' own services must neither run
+# the benchmarks' plain-proxy comparison nginx (its smoke run is part of the tests); the alert
+# rules' and the dashboard's tests need promtool, and tests/test_prometheus_e2e.py prometheus,
+# both from Debian's prometheus (docs/monitoring): the packages' own services must neither run
 # nor start at boot.
 daemons=()
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || daemons+=(nginx-light:nginx)
 command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || daemons+=(haproxy)
 command -v redis-server >/dev/null || daemons+=(redis-server)
-command -v prometheus >/dev/null || daemons+=(prometheus)  # with promtool
+command -v promtool >/dev/null || daemons+=(prometheus)
 if [ ${#daemons[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
         echo "bootstrap: installing ${daemons[*]}, services off" >&2

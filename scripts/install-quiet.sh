@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install Debian packages that ship a service (redis-server, haproxy, nginx) without letting it run:
+# Install Debian packages that ship a service (redis-server, haproxy, nginx, prometheus) without letting it run:
 # policy-rc.d answers 101 ("not allowed") to every start the packages' scripts ask for during
 # the install, then each package's service is stopped and disabled in case anything got past.
 # Idempotent; an existing policy-rc.d (Docker images ship one) is put back as it was.

@@ -226,7 +226,7 @@ class RealStack(TestCase):
         self.assertEqual(status, 200)
         text = body.decode()
         self.assertIn('privllm_chat_requests_total{outcome="ok"}', text)
-        self.assertIn("privllm_time_to_first_chunk_seconds_bucket", text)
+        self.assertIn("privllm_time_to_first_token_seconds_bucket", text)
         self.assertRegex(text, r"privllm_node_healthy\{node=\"unix://[^\"]+\"\} 1.0")
         self.assertNotIn("127.0.0.1", text)
 

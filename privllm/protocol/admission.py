@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pyhpke import KEMKeyInterface
 
 from .envelope import Envelope, parse_envelope
-from .errors import POW_REQUIRED, UNAVAILABLE, UNKNOWN_KEY, RequestRejected
+from .errors import POW_REQUIRED, UNAVAILABLE, UNKNOWN_KEY, RequestRejected, refusal_reason
 from .keyring import KeyRing
 from .pow import Challenges, DifficultyPolicy, PowError
 from .replay import check_fresh
@@ -40,6 +40,10 @@ class SealedRefusal:
     code: str  # one of life.ERROR_CODES
     message: str  # names no value from the request
     retry_after: int | None = None  # whole seconds, sent as "retry_after" when set
+    reason: str | None = None  # the control that refused (errors.REFUSAL_REASONS), for the metric
+
+    def __post_init__(self) -> None:
+        refusal_reason(self.reason)
 
 
 @dataclass(frozen=True)
@@ -121,7 +125,9 @@ class PowGate:
 
     def required(self, load: Load, now: float, address: str) -> RequestRejected:
         difficulty = max(1, self.difficulty(load))
-        return RequestRejected(POW_REQUIRED, body=self.challenges.issue(difficulty, now, address))
+        return RequestRejected(
+            POW_REQUIRED, body=self.challenges.issue(difficulty, now, address), reason="pow_required"
+        )
 
 
 class Admission:
@@ -152,7 +158,7 @@ class Admission:
 
     def _prepare(self, body: bytes, address: str, now: float, backend_ready: bool, load: Load) -> tuple[Ask, Prepared]:
         if not backend_ready:
-            raise RequestRejected(UNAVAILABLE)
+            raise RequestRejected(UNAVAILABLE, reason="no_node")
         envelope = parse_envelope(body, max_ciphertext=self.max_body)
         solved = None
         if self.pow_gate is not None:

@@ -55,6 +55,16 @@ class KeyRing:
     def keys(self) -> list[RingKey]:
         return list(self._keys)
 
+    def rotation_status(self, now: int) -> tuple[int, int] | None:
+        """(age of the newest key already started, seconds until its interval ends and the
+        next key should take over: negative when no rotation happened in time), or None
+        with no started key."""
+        started = [k for k in self._keys if k.not_before <= now]
+        if not started:
+            return None
+        newest = started[-1]
+        return now - newest.not_before, newest.not_before + self.interval - now
+
     def _current(self, now: int) -> RingKey | None:
         started = [k for k in self._keys if k.not_before <= now < k.not_before + self.interval]
         return started[-1] if started else None

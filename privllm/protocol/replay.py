@@ -43,6 +43,11 @@ class ReplayWindow:
     def __len__(self) -> int:
         return len(self._seen)
 
+    def entries(self, now: int) -> int:
+        """Entries still held at `now` (two per remembered request)."""
+        self._seen.purge(now)
+        return len(self._seen)
+
     def owned(self, address: str) -> int:
         return self._seen.owned(address)
 
@@ -57,15 +62,15 @@ class ReplayWindow:
     def check_unseen(self, request_id: str, encapsulated_key: bytes, now: int) -> None:
         self._seen.purge(now)
         if ("id", request_id) in self._seen or ("enc", encapsulated_key) in self._seen:
-            raise RequestRejected(REPLAY)
+            raise RequestRejected(REPLAY, reason="replay")
 
     def check_room(self, address: str, now: int) -> None:
         """Before decryption: refuse unless this request could be remembered."""
         self._seen.purge(now)
         if self._seen.full(address, ENTRIES_PER_REQUEST):
             if len(self._seen) + ENTRIES_PER_REQUEST > self._seen.max_entries:
-                raise RequestRejected(UNAVAILABLE)
-            raise RequestRejected(RATE_LIMITED, retry_after=self.longest_life)
+                raise RequestRejected(UNAVAILABLE, reason="replay_room")
+            raise RequestRejected(RATE_LIMITED, retry_after=self.longest_life, reason="replay_room")
 
     def remember(self, request_id: str, encapsulated_key: bytes, timestamp: int, now: int, address: str) -> None:
         """Call only after the request decrypted, so a forged copy cannot burn a real id."""

@@ -72,6 +72,6 @@ class AdmissionGate:
         else:
             if not failure.check(StateUnavailable):
                 log.failure("admission failed", failure)
-            error = RequestRejected(UNAVAILABLE)
+            error = RequestRejected(UNAVAILABLE, reason="state_unavailable")
         if not result.called:
             result.errback(error)

@@ -27,7 +27,7 @@ from twisted.internet.defer import Deferred
 
 from ..protocol.admission import Ask, Lease, Load, SealedRefusal
 
-OVERLOADED = SealedRefusal("overloaded", "too many answers at once; try again shortly")
+OVERLOADED = SealedRefusal("overloaded", "too many answers at once; try again shortly", reason="stream_cap")
 DEVICE_LIMITED = "too many requests from this device"
 ADDRESS_STREAMS_RETRY = 1  # seconds: streams end at any time
 
@@ -73,3 +73,6 @@ class AdmissionState(Protocol):
 
     def load(self, now: float) -> Load:
         """The latest load this process knows, for the next difficulty."""
+
+    def replay_entries(self, now: float) -> Deferred[int]:
+        """Entries in the replay window now (for the operator's gauge), or StateUnavailable."""

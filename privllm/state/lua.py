@@ -21,15 +21,18 @@ Replies are arrays of integers: {code, retry_after, active_streams, requests in 
 from __future__ import annotations
 
 OK = 0
-RATE_LIMITED = 1  # 429 with retry_after
+RATE_LIMITED = 1  # 429 with retry_after: the address's request rate
 REFUSED = 2  # the ask's own refusal, once counted
-UNAVAILABLE = 3  # 503
+STREAM_CAP = 3  # 503: the global stream cap
 POW_SPENT = 4
 REPLAY = 5  # 409
 STALE = 6  # 401: older than the floor of a fresh Redis
 DEVICE_LIMITED = 7  # sealed, with retry_after
 OVERLOADED = 8  # sealed
 OTHER_KEY = 9  # 503: a router with another state key reached this Redis first
+ADDRESS_STREAMS = 10  # 429, retry_after 1: the address's stream cap
+REPLAY_FULL = 11  # 503: the replay window holds as many entries as it may
+REPLAY_ROOM = 12  # 429 with retry_after: the address's share of the replay window is full
 
 LOAD_SECONDS = 10
 
@@ -82,8 +85,8 @@ end
 
 -- nil when there is room for one more request (two entries), else the refusal's code
 local function no_room(window, cur, prev, now_s, max_entries, per_address)
-  if redis.call('ZCARD', window) + 2 > max_entries then return 3 end
-  if live(cur, now_s) + live(prev, now_s) + 2 > per_address then return 1 end
+  if redis.call('ZCARD', window) + 2 > max_entries then return 11 end
+  if live(cur, now_s) + live(prev, now_s) + 2 > per_address then return 12 end
   return nil
 end
 
@@ -144,11 +147,11 @@ redis.call('INCR', KEYS[12])
 redis.call('EXPIRE', KEYS[12], 11)
 if ARGV[4] == '1' then return done(2, 0) end
 if active >= tonumber(ARGV[5]) then return done(3, 0) end
-if live(KEYS[7], now) + live(KEYS[8], now) >= tonumber(ARGV[6]) then return done(1, 1) end
+if live(KEYS[7], now) + live(KEYS[8], now) >= tonumber(ARGV[6]) then return done(10, 1) end
 if floor and tonumber(ARGV[17]) < floor then return done(6, 0) end
 if seen(KEYS[1], {ARGV[9], ARGV[10], ARGV[11], ARGV[12], ARGV[18], ARGV[19]}, now_s) then return done(5, 0) end
 local full = no_room(KEYS[1], KEYS[2], KEYS[3], now_s, tonumber(ARGV[15]), tonumber(ARGV[16]))
-if full == 1 then return done(1, life) end
+if full == 12 then return done(full, life) end
 if full then return done(full, 0) end
 if ARGV[7] == '1' then
   if redis.call('EXISTS', KEYS[22], KEYS[23]) > 0 then return done(4, 0) end
@@ -179,7 +182,7 @@ local active = live(KEYS[6], now)
 if floor and timestamp < floor then return {6, 0, active} end
 if seen(KEYS[1], {ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[18], ARGV[19]}, now_s) then return {5, 0, active} end
 local full = no_room(KEYS[1], KEYS[2], KEYS[3], now_s, tonumber(ARGV[9]), tonumber(ARGV[10]))
-if full == 1 then return {1, life, active} end
+if full == 12 then return {full, life, active} end
 if full then return {full, 0, active} end
 local expires = timestamp + window + 1
 redis.call('ZADD', KEYS[1], expires, ARGV[2], expires, ARGV[4])

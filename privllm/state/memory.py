@@ -51,14 +51,14 @@ class MemoryState:
     def _screen(self, ask: Ask) -> None:
         wait = self.per_address.check(ask.address, ask.now)
         if wait:
-            raise RequestRejected(RATE_LIMITED, retry_after=wait)
+            raise RequestRejected(RATE_LIMITED, retry_after=wait, reason="address_rate")
         self.rate.add(ask.now)  # the load: requests that passed their address's limit
         if ask.refusal is not None:
             raise ask.refusal
         if self.slots.full():
-            raise RequestRejected(UNAVAILABLE)
+            raise RequestRejected(UNAVAILABLE, reason="stream_cap")
         if self.address_streams.held(ask.address) >= self.address_streams.limit:
-            raise RequestRejected(RATE_LIMITED, retry_after=ADDRESS_STREAMS_RETRY)
+            raise RequestRejected(RATE_LIMITED, retry_after=ADDRESS_STREAMS_RETRY, reason="stream_cap")
         seconds = int(ask.now)
         self.replay.check_unseen(ask.request_id, ask.encapsulated_key, seconds)
         self.replay.check_room(ask.address, seconds)
@@ -70,7 +70,7 @@ class MemoryState:
         if token in self.spent:
             raise PowSpent()
         if self.spent.full(None):
-            raise RequestRejected(UNAVAILABLE)  # fail closed rather than forget what was spent
+            raise RequestRejected(UNAVAILABLE, reason="pow_store_full")  # fail closed rather than forget what was spent
         self.spent.add(token, expires + 1, None)  # kept while it could still verify
 
     def commit(self, ask: Ask, device: bytes) -> Deferred[Lease | SealedRefusal]:
@@ -84,7 +84,7 @@ class MemoryState:
         self.replay.remember(ask.request_id, ask.encapsulated_key, ask.timestamp, seconds, ask.address)
         wait = self.per_device.check(device, ask.now)
         if wait:
-            return SealedRefusal("rate_limited", DEVICE_LIMITED, retry_after=wait)
+            return SealedRefusal("rate_limited", DEVICE_LIMITED, retry_after=wait, reason="device_rate")
         if not self.address_streams.acquire(ask.address):
             return OVERLOADED
         if not self.slots.acquire(device):
@@ -98,3 +98,6 @@ class MemoryState:
 
     def load(self, now: float) -> Load:
         return Load(self.slots.active, self.rate.rate(now))
+
+    def replay_entries(self, now: float) -> Deferred[int]:
+        return succeed(self.replay.entries(int(now)))

@@ -278,12 +278,14 @@ class RedisState:
         if code == lua.OK:
             return
         if code == lua.RATE_LIMITED:
-            raise RequestRejected(RATE_LIMITED, retry_after=retry)
+            raise RequestRejected(RATE_LIMITED, retry_after=retry, reason="address_rate")
+        if code == lua.ADDRESS_STREAMS:
+            raise RequestRejected(RATE_LIMITED, retry_after=retry, reason="stream_cap")
         if code == lua.REFUSED and ask.refusal is not None:
             raise ask.refusal
         if code == lua.POW_SPENT:
             raise PowSpent()
-        self._refuse(code)
+        self._refuse(code, retry)
 
     def commit(self, ask: Ask, device: bytes) -> Deferred[Lease | SealedRefusal]:
         limits, now = self.limits, ask.now
@@ -329,12 +331,10 @@ class RedisState:
                 self.held[token] = held
                 return lease
             if code == lua.DEVICE_LIMITED:
-                return SealedRefusal("rate_limited", DEVICE_LIMITED, retry_after=retry)
+                return SealedRefusal("rate_limited", DEVICE_LIMITED, retry_after=retry, reason="device_rate")
             if code == lua.OVERLOADED:
                 return OVERLOADED
-            if code == lua.RATE_LIMITED:
-                raise RequestRejected(RATE_LIMITED, retry_after=retry)
-            self._refuse(code)
+            self._refuse(code, retry)
 
         return self._run(lua.COMMIT, keys, args).addCallback(committed)
 
@@ -349,6 +349,11 @@ class RedisState:
         if now - self._load_at >= lua.LOAD_SECONDS:  # no request seen for a while
             return Load(self._load.active_streams, 0.0)
         return self._load
+
+    def replay_entries(self, now: float) -> Deferred[int]:
+        """The shared window's live entries (scored by their expiry, in seconds)."""
+        count = self.client.zcount(PREFIX + "replay", f"({int(now)}", "+inf")
+        return self._checked(count, self.timeout)
 
     def _renew(self) -> Deferred[object] | None:
         if not self.held:
@@ -395,17 +400,21 @@ class RedisState:
             raise StateUnavailable("a script answered nonsense")
         return reply
 
-    def _refuse(self, code: int) -> NoReturn:
+    def _refuse(self, code: int, retry: int) -> NoReturn:
         """Every other answer is a refusal (or nonsense: StateUnavailable)."""
         if code == lua.OTHER_KEY:
             if not self.other_key:  # once: the operator must fix the key files (docs/deployment.md)
                 log.critical("shared state: another router's state key reached this Redis first; refusing every chat")
             self.other_key = True
-            raise RequestRejected(UNAVAILABLE)
-        if code == lua.UNAVAILABLE:
-            raise RequestRejected(UNAVAILABLE)
+            raise RequestRejected(UNAVAILABLE, reason="state_unavailable")
+        if code == lua.STREAM_CAP:
+            raise RequestRejected(UNAVAILABLE, reason="stream_cap")
+        if code == lua.REPLAY_FULL:
+            raise RequestRejected(UNAVAILABLE, reason="replay_room")
+        if code == lua.REPLAY_ROOM:
+            raise RequestRejected(RATE_LIMITED, retry_after=retry, reason="replay_room")
         if code == lua.REPLAY:
-            raise RequestRejected(REPLAY)
+            raise RequestRejected(REPLAY, reason="replay")
         if code == lua.STALE:
             raise RequestRejected(STALE)
         raise StateUnavailable(f"a script answered code {code}")

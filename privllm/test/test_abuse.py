@@ -334,16 +334,20 @@ class SealedAfterDecryption(TestCase):
             )
         )
         self.slots = self.state.slots
+        self.metrics = RouterMetrics()
         app = RouterApp(
             clock=self.clock,
             gate=AdmissionGate(Admission(self.ring, 65536, 60, 5), self.state),
             keyset=lambda: b"{}",
             pool=pool_of(self.upstream),
-            metrics=RouterMetrics(),
+            metrics=self.metrics,
             hsts_max_age=100,
             settings=StreamSettings(ChatLimits(), 15, 60),
         )
         self.site = PrivllmSite(app.resource(), 65536, reactor=self.clock)
+
+    def counted(self, name: str, label: str, value: str) -> float:
+        return self.metrics.registry.get_sample_value(name, {label: value}) or 0.0
 
     def post(self, sealed: SealedRequest) -> tuple[Any, StringTransport]:
         body = json.dumps(sealed.body).encode()
@@ -390,6 +394,22 @@ class SealedAfterDecryption(TestCase):
         self.assertEqual((self.slots.active, self.state.address_streams.held("192.0.2.7")), (1, 1))
         first.connectionLost(Failure(ConnectionDone()))  # the client of the first stream goes away
         self.assertEqual((self.slots.active, len(self.state.address_streams)), (0, 0))
+
+    def test_refusals_are_counted_by_reason_bad_requests_by_outcome_only(self) -> None:
+        sealed = sealed_request(self.key)
+        self.post(sealed)
+        _, transport = self.post(sealed)  # the same request again
+        self.assertIn(b" 409 ", transport.value().split(b"\r\n", 1)[0])
+        self.post(sealed_request(self.key, os.urandom(32), timestamp=NOW - 3600))  # stale: no control refused it
+        self.assertEqual(self.counted("privllm_refusals_total", "reason", "replay"), 1)
+        self.assertEqual(self.counted("privllm_chat_requests_total", "outcome", "replay"), 1)
+        self.assertEqual(self.counted("privllm_chat_requests_total", "outcome", "stale"), 1)
+        refusals = [s for m in self.metrics.registry.collect() for s in m.samples if s.name == "privllm_refusals_total"]
+        self.assertEqual([s.labels for s in refusals], [{"reason": "replay"}])
+        device = os.urandom(32)
+        self.post(sealed_request(self.key, device))
+        self.post(sealed_request(self.key, device))
+        self.assertEqual(self.counted("privllm_refusals_total", "reason", "device_rate"), 1)
 
     def test_lease_given_back_when_the_stream_cannot_even_be_built(self) -> None:
         def broken(*args: object, **kw: object) -> None:

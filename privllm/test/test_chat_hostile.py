@@ -18,7 +18,9 @@ from twisted.trial.unittest import TestCase
 from twisted.web.test.requesthelper import DummyRequest
 
 from ..config.schema import Privacy
+from ..protocol.admission import SealedRefusal
 from ..protocol.chat import ChatLimits
+from ..protocol.errors import RATE_LIMITED, RequestRejected
 from ..protocol.request import OpenedRequest, SealedRequest
 from ..protocol.response import ResponseReader
 from ..upstream.breaker import CircuitBreaker
@@ -97,6 +99,7 @@ class Harness:
         self.settle()
         test.assertEqual([n.outstanding for n in self.nodes], [0, 0], "node leases")
         test.assertEqual(self.sample("privllm_active_streams"), 0, "active streams")
+        test.assertEqual(self.sample("privllm_queued_streams"), 0, "queued streams")
         test.assertEqual(self.clock.getDelayedCalls(), [], "timers")
         test.assertEqual(len(self.finals()), 1 if self.stream._life.outcome != "client_gone" else 0)
 
@@ -477,3 +480,90 @@ class Regressions(TestCase):
         self.assertEqual(h.finals()[0]["type"], "done")
         self.assertTrue(done.called)
         h.assert_given_back(self)
+
+
+class Metrics(TestCase):
+    """What one chat tells the operator's metrics, timed on the fake clock."""
+
+    def test_the_timings_of_one_answer(self) -> None:
+        h = Harness()
+        h.start()
+        h.clock.advance(0.2)
+        response = h.respond(0)
+        h.clock.advance(0.3)
+        response.send(delta("a"))
+        h.clock.advance(0.05)
+        response.send(delta("b"))
+        h.clock.advance(0.05)
+        response.send(delta("c") + FINISH)  # 2 completion tokens
+        h.assert_given_back(self)
+
+        def observed(name: str, labels: dict[str, str] | None = None) -> tuple[float, float]:
+            return h.sample(name + "_count", labels), round(h.sample(name + "_sum", labels), 6)
+
+        self.assertEqual(observed("privllm_upstream_first_byte_seconds", {"node": "n0"}), (1, 0.2))
+        self.assertEqual(observed("privllm_time_to_first_token_seconds"), (1, 0.5))
+        self.assertEqual(observed("privllm_inter_chunk_seconds"), (2, 0.1))
+        self.assertEqual(observed("privllm_tokens_per_second"), (1, 10.0))  # the 2nd token 0.1 s after the 1st
+        self.assertEqual(observed("privllm_answer_seconds"), (1, 0.6))
+
+    def test_a_failed_answer_is_not_an_answer_time(self) -> None:
+        h = Harness(retries=0)
+        h.start()
+        h.respond(0, code=500).end()
+        h.assert_given_back(self)
+        self.assertEqual(h.sample("privllm_chat_requests_total", {"outcome": "upstream_failed"}), 1)
+        self.assertEqual(h.sample("privllm_answer_seconds_count"), 0)
+        self.assertEqual(h.sample("privllm_tokens_per_second_count"), 0)
+
+    def test_queued_streams_and_a_queue_timeout(self) -> None:
+        h = Harness()
+        h.nodes[1].healthy = False
+        h.pool.max_per_node, h.pool.queue_size = 1, 4
+        h.start()
+        request = DummyRequest([b"api", b"chat"])
+        settings = StreamSettings(ChatLimits(), privacy=Privacy(0, 0), queue_timeout=10)
+        second = ChatStream(request, h.clock, h.pool, h.metrics, settings)  # type: ignore[arg-type]
+        second.start(OpenedRequest(json.dumps(HI).encode(), SECRET), ENC)
+        self.assertEqual(h.sample("privllm_queued_streams"), 1)
+        self.assertEqual(h.sample("privllm_active_streams"), 2)
+        h.clock.advance(10)
+        self.assertEqual(h.sample("privllm_queued_streams"), 0)
+        self.assertEqual(h.sample("privllm_refusals_total", {"reason": "no_node"}), 1)
+        self.assertEqual(h.sample("privllm_chat_requests_total", {"outcome": "overloaded"}), 1)
+        h.respond(0).send(delta("a") + FINISH)
+        h.assert_given_back(self)
+
+    def test_a_queued_stream_that_gets_its_slot_leaves_the_gauge(self) -> None:
+        h = Harness()
+        h.nodes[1].healthy = False
+        h.pool.max_per_node, h.pool.queue_size = 1, 4
+        h.start()
+        request = DummyRequest([b"api", b"chat"])
+        second = ChatStream(request, h.clock, h.pool, h.metrics, StreamSettings(ChatLimits(), privacy=Privacy(0, 0)))  # type: ignore[arg-type]
+        second.start(OpenedRequest(json.dumps(HI).encode(), SECRET), ENC)
+        h.respond(0).send(delta("a") + FINISH)
+        self.assertEqual(h.sample("privllm_queued_streams"), 0)
+        self.assertEqual(h.sample("privllm_refusals_total", {"reason": "no_node"}), 0)
+
+    def test_no_node_is_a_refusal(self) -> None:
+        h = Harness()
+        for node in h.nodes:
+            node.healthy = False
+        h.start()
+        h.assert_given_back(self)
+        self.assertEqual(h.sample("privllm_refusals_total", {"reason": "no_node"}), 1)
+
+    def test_a_sealed_refusal_counts_its_reason(self) -> None:
+        h = Harness()
+        refusal = SealedRefusal("rate_limited", "too many requests from this device", 1, reason="device_rate")
+        h.stream.start(OpenedRequest(json.dumps(HI).encode(), SECRET), ENC, refusal)
+        h.assert_given_back(self)
+        self.assertEqual(h.sample("privllm_refusals_total", {"reason": "device_rate"}), 1)
+        self.assertEqual(h.upstreams[0].requests, [])
+
+    def test_a_reason_outside_the_allow_list_is_refused(self) -> None:
+        with self.assertRaises(ValueError):
+            SealedRefusal("rate_limited", "x", reason="192.0.2.1")
+        with self.assertRaises(ValueError):
+            RequestRejected(RATE_LIMITED, reason="device 1234")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.trial.unittest import TestCase
 
 from ..protocol.admission import Admission, Ask, Lease, Load, PowGate, SealedRefusal
@@ -37,6 +37,9 @@ class LateState:
 
     def load(self, now: float) -> Load:
         return Load(0, 0.0)
+
+    def replay_entries(self, now: float) -> Deferred[int]:
+        return succeed(0)
 
 
 class Gate(TestCase):

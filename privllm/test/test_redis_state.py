@@ -79,11 +79,14 @@ class Behaviour:
     async def states(self, limits: Limits = LIMITS) -> tuple[AdmissionState, AdmissionState]:
         raise NotImplementedError
 
-    async def rejected(self, d: Deferred[Any], status: int, retry: int | None = None) -> RequestRejected:
+    async def rejected(
+        self, d: Deferred[Any], status: int, retry: int | None = None, *, reason: str | None
+    ) -> RequestRejected:
+        """`reason`: the refusals metric's label, which both backends must give alike."""
         try:
             await d
         except RequestRejected as e:
-            self.assertEqual(e.rejection.status, status)
+            self.assertEqual((e.rejection.status, e.reason), (status, reason))
             if retry is not None:
                 self.assertEqual(e.retry_after, retry)
             return e
@@ -98,15 +101,15 @@ class Behaviour:
         a, b = await self.states()
         request = ask(1)
         self.assertIsInstance(await self.admit(a, request), Lease)
-        await self.rejected(b.screen(request), 409)
-        await self.rejected(a.screen(request), 409)
+        await self.rejected(b.screen(request), 409, reason="replay")
+        await self.rejected(a.screen(request), 409, reason="replay")
 
     async def test_the_request_id_alone_and_the_key_alone_are_replays(self) -> None:
         a, b = await self.states()
         first = ask(1)
         await self.admit(a, first)
-        await self.rejected(b.screen(ask(2, request_id=first.request_id)), 409)
-        await self.rejected(b.screen(ask(3, encapsulated_key=first.encapsulated_key)), 409)
+        await self.rejected(b.screen(ask(2, request_id=first.request_id)), 409, reason="replay")
+        await self.rejected(b.screen(ask(3, encapsulated_key=first.encapsulated_key)), 409, reason="replay")
 
     async def test_a_replay_that_raced_is_refused_at_commit(self) -> None:
         a, b = await self.states()
@@ -114,31 +117,34 @@ class Behaviour:
         await a.screen(request)
         await b.screen(request)
         self.assertIsInstance(await a.commit(request, device(1)), Lease)
-        await self.rejected(b.commit(request, device(1)), 409)
+        await self.rejected(b.commit(request, device(1)), 409, reason="replay")
 
     async def test_an_address_fills_its_share_alone_then_the_window_fills_for_all(self) -> None:
         a, b = await self.states(limits(replay_max_entries=6, replay_max_per_address=4))
         for n in range(2):
             await self.admit(a if n else b, ask(n))
-        await self.rejected(a.screen(ask(9)), 429, retry=30 + 5 + 1)
+        await self.rejected(a.screen(ask(9)), 429, retry=30 + 5 + 1, reason="replay_room")
+        self.assertEqual(await a.replay_entries(time.time()), 4)
         await self.admit(b, ask(10, address="192.0.2.2"))
-        await self.rejected(b.screen(ask(11, address="192.0.2.3")), 503)
+        await self.rejected(b.screen(ask(11, address="192.0.2.3")), 503, reason="replay_room")
+        self.assertEqual(await b.replay_entries(time.time()), 6)
+        self.assertEqual(await b.replay_entries(time.time() + 30 + 5 + 1), 0)  # all expired
 
     async def test_address_rate_limit_across_routers(self) -> None:
         a, b = await self.states(limits(address_burst=2))
         now = time.time()
         await a.screen(ask(1, now=now))
         await b.screen(ask(2, now=now))
-        await self.rejected(a.screen(ask(3, now=now)), 429, retry=1)
+        await self.rejected(a.screen(ask(3, now=now)), 429, retry=1, reason="address_rate")
         await b.screen(ask(4, address="192.0.2.9", now=now))
 
     async def test_a_stateless_refusal_is_counted_then_sent(self) -> None:
         a, b = await self.states(limits(address_burst=1))
         now = time.time()
         refusal = RequestRejected(STALE)
-        e = await self.rejected(a.screen(Ask("192.0.2.1", now, refusal=refusal)), 401)
+        e = await self.rejected(a.screen(Ask("192.0.2.1", now, refusal=refusal)), 401, reason=None)
         self.assertIs(e, refusal)
-        await self.rejected(b.screen(ask(2, now=now)), 429)
+        await self.rejected(b.screen(ask(2, now=now)), 429, reason="address_rate")
 
     async def test_device_rate_limit_across_routers_is_sealed(self) -> None:
         a, b = await self.states(limits(device_burst=2))
@@ -146,7 +152,7 @@ class Behaviour:
         for n, state in enumerate((a, b)):
             await self.admit(state, ask(n, address=f"192.0.2.{n}", now=now))
         refused = await self.admit(b, ask(5, address="192.0.2.7", now=now))
-        self.assertEqual(refused, SealedRefusal("rate_limited", DEVICE_LIMITED, retry_after=1))
+        self.assertEqual(refused, SealedRefusal("rate_limited", DEVICE_LIMITED, retry_after=1, reason="device_rate"))
         self.assertIsInstance(await self.admit(a, ask(6, address="192.0.2.8", now=now), device(2)), Lease)
 
     async def test_a_proof_of_work_is_spent_once_across_routers(self) -> None:
@@ -165,7 +171,7 @@ class Behaviour:
         a, b = await self.states(limits(max_streams=2))
         await self.admit(a, ask(1, address="192.0.2.1"), device(1))
         held = await self.admit(b, ask(2, address="192.0.2.2"), device(2))
-        await self.rejected(a.screen(ask(3, address="192.0.2.3")), 503)
+        await self.rejected(a.screen(ask(3, address="192.0.2.3")), 503, reason="stream_cap")
         assert isinstance(held, Lease)
         b.release(held)
         await self.settle()
@@ -174,7 +180,7 @@ class Behaviour:
     async def test_address_stream_cap_across_routers(self) -> None:
         a, b = await self.states(limits(max_streams_per_address=1))
         held = await self.admit(a, ask(1), device(1))
-        await self.rejected(b.screen(ask(2)), 429, retry=1)
+        await self.rejected(b.screen(ask(2)), 429, retry=1, reason="stream_cap")
         assert isinstance(held, Lease)
         a.release(held)
         await self.settle()
@@ -264,9 +270,9 @@ class ScriptAnswers(TestCase):
         state = RedisState.__new__(RedisState)  # only the answer's reading is under test
         state.other_key = False
         with self.assertRaises(StateUnavailable):
-            state._refuse(99)
+            state._refuse(99, 0)
         with self.assertRaises(RequestRejected) as caught:
-            state._refuse(lua.REPLAY)
+            state._refuse(lua.REPLAY, 0)
         self.assertEqual(caught.exception.rejection.status, 409)
 
 

@@ -83,8 +83,11 @@ class RouterApp:
         rejection: Rejection,
         retry_after: int | None = None,
         body: dict[str, object] | None = None,
+        reason: str | None = None,
     ) -> bytes:
         self._metrics.requests.labels(rejection.code).inc()
+        if reason is not None:
+            self._metrics.refusals.labels(reason).inc()
         if retry_after is not None:
             request.setHeader(b"retry-after", str(retry_after).encode())
         return self._json(request, rejection.status, dumps(body) if body else error_body(rejection))
@@ -129,7 +132,7 @@ class RouterApp:
     def _refused(self, request: Request, failure: Failure) -> bytes:
         failure.trap(RequestRejected)
         e = cast(RequestRejected, failure.value)
-        return self._reject(request, e.rejection, e.retry_after, e.body)
+        return self._reject(request, e.rejection, e.retry_after, e.body, e.reason)
 
     def _stream(self, request: Request, admitted: Admitted) -> Deferred[None]:
         def release(result: object) -> object:

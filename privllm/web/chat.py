@@ -113,6 +113,8 @@ class ChatStream:
         self._ticker = LoopingCall(self._tick)
         self._ticker.clock = clock
         self._tried: list[Node] = []
+        self._queued = False  # waiting in the node pool's queue: counted in the queued_streams gauge
+        self._first_delta_at: float | None = None
         self.done: Deferred[None] = Deferred(lambda _: self._feed(self._life.client_gone))
 
     def start(
@@ -132,6 +134,7 @@ class ChatStream:
 
     def _begin(self, plaintext: bytes, refusal: SealedRefusal | None) -> list[life.Action]:
         if refusal is not None:
+            self._count_refusal(refusal.reason)
             return self._life.refused(refusal.code, refusal.message, refusal.retry_after)
         try:
             self._chat = parse_chat_request(plaintext, self._settings.limits)
@@ -191,7 +194,8 @@ class ChatStream:
             self._feed(self._choose)
         elif isinstance(action, life.ForgetConversation):
             self._chat = None
-            self._metrics.time_to_first_chunk.observe(self._clock.seconds() - self._life.started)
+            self._first_delta_at = self._clock.seconds()
+            self._metrics.time_to_first_token.observe(self._first_delta_at - self._life.started)
         elif isinstance(action, life.ReleaseNode):
             self._release_node(action.verdict)
         elif isinstance(action, life.ScheduleRetry):
@@ -215,11 +219,12 @@ class ChatStream:
         if node is None and self._pool.saturated(now):
             # Every node is busy: wait briefly in a bounded queue rather than slow anyone down.
             if not self._pool.wait(self._slot_free):
-                return self._life.queue_full()
-            self._timer = self._clock.callLater(self._settings.queue_timeout, self._feed, self._life.queue_timed_out)
+                return self._no_node(self._life.queue_full())
+            self._set_queued(True)
+            self._timer = self._clock.callLater(self._settings.queue_timeout, self._feed, self._queue_timed_out)
             return self._life.queued()
         if node is None:
-            return self._life.no_node()
+            return self._no_node(self._life.no_node())
         # Taken at once (choose may have handed out its breaker's probe): from here every way
         # out releases the node with a verdict.
         self._take(node)
@@ -243,7 +248,28 @@ class ChatStream:
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
+        self._set_queued(False)
         self._feed(self._life.slot_free)
+
+    def _queue_timed_out(self) -> list[life.Action]:
+        self._timer = None
+        self._leave_queue()
+        return self._no_node(self._life.queue_timed_out())
+
+    def _set_queued(self, queued: bool) -> None:
+        if queued != self._queued:
+            self._queued = queued
+            self._metrics.queued_streams.inc(1 if queued else -1)
+
+    def _count_refusal(self, reason: str | None) -> None:
+        if reason is not None:
+            self._metrics.refusals.labels(reason).inc()
+
+    def _no_node(self, actions: list[life.Action]) -> list[life.Action]:
+        """No node took the chat: counted as a refusal, if the machine took the event."""
+        if actions:
+            self._count_refusal("no_node")
+        return actions
 
     def _take(self, node: Node) -> None:
         self._node = node
@@ -285,7 +311,7 @@ class ChatStream:
 
     def _got_response(self, response: Any, sent: float) -> list[life.Action]:
         assert self._node is not None
-        self._metrics.upstream_latency.labels(self._node.name).observe(self._clock.seconds() - sent)
+        self._metrics.upstream_first_byte.labels(self._node.name).observe(self._clock.seconds() - sent)
         if response.code != 200:
             self._watch(read_bounded(response, MAX_REFUSAL_BYTES), self._refused, response.code)
             return []
@@ -337,6 +363,9 @@ class ChatStream:
     def _finished(self, finished: Finished) -> list[life.Action]:
         self._metrics.tokens.labels("prompt").inc(finished.prompt_tokens)
         self._metrics.tokens.labels("completion").inc(finished.completion_tokens)
+        generating = self._clock.seconds() - (self._first_delta_at or self._clock.seconds())
+        if finished.completion_tokens >= 2 and generating > 0:  # the first token came with the first delta
+            self._metrics.token_rate.observe((finished.completion_tokens - 1) / generating)
         return self._life.finished(finished)
 
     def _upstream_failed(self, failure: Failure) -> None:
@@ -396,6 +425,8 @@ class ChatStream:
             self._give_back()
             self._metrics.active_streams.dec()
             self._metrics.requests.labels(outcome).inc()
+            if outcome == "ok":
+                self._metrics.answer_time.observe(self._clock.seconds() - self._life.started)
             log.info("chat {rid} ended: {outcome}", rid=self._tag, outcome=outcome)
         finally:
             # When the client left, Klein cancelled `done` itself: it fails with CancelledError.
@@ -425,3 +456,4 @@ class ChatStream:
 
     def _leave_queue(self) -> None:
         self._pool.forget(self._slot_free)
+        self._set_queued(False)

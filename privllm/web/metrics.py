@@ -1,59 +1,129 @@
-"""Prometheus metrics: counts and timings only, never payloads, keys, addresses or request ids."""
+"""
+Prometheus metrics: counts and timings only, never payloads, keys, addresses or request ids.
+Every label value comes from an allow-list or the configuration (outcome codes, refusal
+reasons, breaker states, node URLs). docs/operations.md says how to read each one.
+
+The buckets were chosen from timings measured on the dev stack (SmolLM2-135M on 2 CPU cores)
+and widened for gpt-oss on a GPU node (docs/operations.md, "Buckets"): sub-millisecond gaps
+between coalesced chunks up to minutes for a whole answer.
+"""
 
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+FIRST_TOKEN_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 8, 15, 30, 60)
+ANSWER_BUCKETS = (0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)
+FIRST_BYTE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+GAP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 15)
+TOKEN_RATE_BUCKETS = (1, 2, 5, 10, 20, 30, 50, 75, 100, 150, 200, 300, 500)
+BREAKER_STATES = ("closed", "open", "half_open")
 
 
 class RouterMetrics:
     def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        self.requests = Counter(
-            "privllm_chat_requests", "Chat requests by outcome", ["outcome"], registry=self.registry
+        self.registry = r = CollectorRegistry()
+        self.requests = Counter("privllm_chat_requests", "Chat requests by final outcome", ["outcome"], registry=r)
+        self.refusals = Counter(
+            "privllm_refusals", "Requests refused by an abuse or capacity control", ["reason"], registry=r
         )
         # With workers (privllm.workers) every process writes its own files: streams add up over
-        # the live workers; node health stays per worker (a pid label), since each probes on its
-        # own, and a dead worker's view goes with it.
+        # the live workers; node health, breaker states and the status gauges stay per worker (a
+        # pid label), since each keeps its own, and a dead worker's view goes with it.
         self.active_streams = Gauge(
-            "privllm_active_streams", "Streams being answered now", registry=self.registry, multiprocess_mode="livesum"
+            "privllm_active_streams", "Streams being answered now", registry=r, multiprocess_mode="livesum"
         )
-        self.time_to_first_chunk = Histogram(
-            "privllm_time_to_first_chunk_seconds",
+        self.queued_streams = Gauge(
+            "privllm_queued_streams",
+            "Admitted streams waiting for a node slot",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.time_to_first_token = Histogram(
+            "privllm_time_to_first_token_seconds",
             "From an admitted request to its first sealed delta",
-            buckets=LATENCY_BUCKETS,
-            registry=self.registry,
+            buckets=FIRST_TOKEN_BUCKETS,
+            registry=r,
         )
-        self.chunks = Counter("privllm_sealed_chunks", "Sealed chunks sent", registry=self.registry)
-        self.upstream_latency = Histogram(
-            "privllm_upstream_response_seconds",
-            "From sending a request upstream to its response headers, per node",
+        self.answer_time = Histogram(
+            "privllm_answer_seconds",
+            "From an admitted request to the end of its answer, for answers that ended done",
+            buckets=ANSWER_BUCKETS,
+            registry=r,
+        )
+        self.upstream_first_byte = Histogram(
+            "privllm_upstream_first_byte_seconds",
+            "From sending a request to a node to its response headers, per node",
             ["node"],
-            buckets=LATENCY_BUCKETS,
-            registry=self.registry,
+            buckets=FIRST_BYTE_BUCKETS,
+            registry=r,
         )
+        self.chunk_gap = Histogram(
+            "privllm_inter_chunk_seconds",
+            "Gap between consecutive sealed deltas of one answer",
+            buckets=GAP_BUCKETS,
+            registry=r,
+        )
+        self.token_rate = Histogram(
+            "privllm_tokens_per_second",
+            "Completion tokens per second of generation, per answer that ended done",
+            buckets=TOKEN_RATE_BUCKETS,
+            registry=r,
+        )
+        self.chunks = Counter("privllm_sealed_chunks", "Sealed chunks sent", registry=r)
         self.tokens = Counter(
-            "privllm_tokens", "Tokens, all requests together (no per-device records)", ["kind"], registry=self.registry
+            "privllm_tokens", "Tokens, all requests together (no per-device records)", ["kind"], registry=r
         )
         self.tool_calls = Counter(
-            "privllm_harmony_tool_calls",
-            "Harmony answers ended by a commentary message or tool call",
-            registry=self.registry,
+            "privllm_harmony_tool_calls", "Harmony answers ended by a commentary message or tool call", registry=r
         )
         self.node_healthy = Gauge(
             "privllm_node_healthy",
             "1 while the node passes its health check",
             ["node"],
-            registry=self.registry,
+            registry=r,
             multiprocess_mode="liveall",
         )
-        self.node_failures = Counter(
-            "privllm_node_failures", "Failed upstream attempts per node", ["node"], registry=self.registry
+        self.node_failures = Counter("privllm_node_failures", "Failed upstream attempts per node", ["node"], registry=r)
+        self.breaker_state = Gauge(
+            "privllm_breaker_state",
+            "1 for the circuit breaker's current state per node, 0 for the others",
+            ["node", "state"],
+            registry=r,
+            multiprocess_mode="liveall",
         )
         self.breaker_transitions = Counter(
-            "privllm_breaker_transitions",
-            "Circuit breaker state changes per node",
-            ["node", "state"],
-            registry=self.registry,
+            "privllm_breaker_transitions", "Circuit breaker state changes per node", ["node", "state"], registry=r
         )
+        self.pow_difficulty = Gauge(
+            "privllm_pow_difficulty",
+            "Leading zero bits of proof of work asked of a new request now (0: none asked)",
+            registry=r,
+            multiprocess_mode="liveall",
+        )
+        self.replay_entries = Gauge(
+            "privllm_replay_entries", "Entries in the replay window now", registry=r, multiprocess_mode="liveall"
+        )
+        self.replay_capacity = Gauge(
+            "privllm_replay_capacity", "Entries the replay window may hold", registry=r, multiprocess_mode="liveall"
+        )
+        self.key_age = Gauge(
+            "privllm_key_age_seconds",
+            "Age of the current HPKE key, from its not_before",
+            registry=r,
+            multiprocess_mode="liveall",
+        )
+        self.rotation_due = Gauge(
+            "privllm_key_rotation_due_seconds",
+            "Seconds until the next key rotation is due; negative when it is overdue",
+            registry=r,
+            multiprocess_mode="liveall",
+        )
+
+    def breaker_changed(self, node: str, state: str) -> None:
+        self.breaker_transitions.labels(node, state).inc()
+        self.show_breaker(node, state)
+
+    def show_breaker(self, node: str, state: str) -> None:
+        for each in BREAKER_STATES:
+            self.breaker_state.labels(node, each).set(1 if each == state else 0)

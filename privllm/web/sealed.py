@@ -34,6 +34,7 @@ class SealedEvents:
         self._sealer: StreamSealer | None = None
         self._unreported = 0  # chunks not yet in the metric
         self._held: list[bytes] | None = None  # writes gathered between hold and release
+        self._last_delta: float | None = None  # when the previous delta chunk was sealed
         self.last_write = clock.seconds()
 
     def open(self, response_secret: bytes, encapsulated_key: bytes) -> None:
@@ -97,6 +98,10 @@ class SealedEvents:
 
     def _send_text(self, text: str) -> None:
         assert self._sealer is not None
+        now = self._clock.seconds()
+        if self._last_delta is not None:
+            self._metrics.chunk_gap.observe(now - self._last_delta)
+        self._last_delta = now
         self._send_sealed(self._sealer.seal_json(delta_json(text)))
 
     def _send_sealed(self, sealed: str) -> None:

@@ -1,0 +1,62 @@
+"""
+The gauges that change with time rather than with requests: proof of work asked now, the
+replay window's fill, the current HPKE key's age and the time to its rotation. A timer sets
+them every few seconds, so a scrape between chats still sees the truth.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred
+from twisted.internet.task import LoopingCall
+
+from ..protocol.admission import PowGate
+from ..protocol.keyring import KeyRing
+from ..state.interface import AdmissionState, StateUnavailable
+from .metrics import RouterMetrics
+
+
+class StatusGauges(Service):
+    EVERY = 5.0  # seconds; a scrape is usually every 15 s
+
+    def __init__(
+        self,
+        metrics: RouterMetrics,
+        clock: Any,
+        ring: KeyRing,
+        state: AdmissionState,
+        replay_capacity: int,
+        pow_gate: PowGate | None,
+    ) -> None:
+        self._metrics = metrics
+        self._clock = clock
+        self._ring = ring
+        self._state = state
+        self._pow_gate = pow_gate
+        metrics.replay_capacity.set(replay_capacity)
+        self._loop = LoopingCall(self.update)
+        self._loop.clock = clock
+
+    def update(self) -> Deferred[None]:
+        now = self._clock.seconds()
+        m = self._metrics
+        status = self._ring.rotation_status(int(now))
+        if status is not None:
+            m.key_age.set(status[0])
+            m.rotation_due.set(status[1])
+        m.pow_difficulty.set(self._pow_gate.difficulty(self._state.load(now)) if self._pow_gate else 0)
+        entries = self._state.replay_entries(now)
+        entries.addCallback(m.replay_entries.set)
+        # Redis out of reach: the gauge keeps its last value; the refusals say the rest.
+        return entries.addErrback(lambda f: f.trap(StateUnavailable))
+
+    def startService(self) -> None:
+        super().startService()
+        self._loop.start(self.EVERY, now=True)
+
+    def stopService(self) -> None:
+        super().stopService()
+        if self._loop.running:
+            self._loop.stop()
