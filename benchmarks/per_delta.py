@@ -1,7 +1,7 @@
 """
 CPU time of one streamed delta through the router, in one process:
 
-    python -m benchmarks.per_delta [--deltas 20000] [--per-read 1] [--rounds 7] [--tls] [--http]
+    python -m benchmarks.per_delta [--deltas 20000] [--per-read 1] [--rounds 7] [--tls] [--http] [--multiprocess]
     python -m benchmarks.per_delta --compare OLD_TREE NEW_TREE [--pairs 7] [--per-read 4] [--tls] [--http]
 
 A fake upstream response hands `ChatStream` llama-server's streaming events, `per-read` of
@@ -14,7 +14,9 @@ through Twisted's HTTP/1.1 client protocol, as on the Agent's connections; witho
 body's pieces are handed over directly. Sockets are not counted. The clock is fake and
 advanced once per read, as a reactor turn would end; coalescing and padding are off, so
 every delta is one sealed chunk. Each round is the `process_time` of feeding its deltas,
-divided by their number.
+divided by their number. With --multiprocess, the metrics are kept as the workers of
+privllm.workers keep them (prometheus_client's multiprocess mode: a memory-mapped file per
+process), so what the metrics cost per chunk there is counted too.
 
 The machine is shared, so two trees are compared in alternating runs (A B A B ...), each
 run a fresh process importing privllm from its tree: background load hits both alike.
@@ -23,11 +25,14 @@ run a fresh process importing privllm from its tree: background load hits both a
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from typing import Any
 
@@ -211,6 +216,7 @@ def run_tree(tree: str, args: argparse.Namespace) -> float:
         ["--per-read", str(args.per_read), "--rounds", "1", "--json"]
         + (["--tls"] if args.tls else [])
         + (["--http"] if args.http else [])
+        + (["--multiprocess"] if args.multiprocess else [])
     )
     out = subprocess.run(command, env=env, cwd=tree, check=True, capture_output=True, text=True, timeout=600)
     return float(json.loads(out.stdout)["rounds"][0])
@@ -223,7 +229,7 @@ def compare(old: str, new: str, args: argparse.Namespace) -> None:
         figures["new"].append(run_tree(new, args))
     diffs = [n - o for o, n in zip(figures["old"], figures["new"], strict=True)]
     print(
-        f"us per delta, {'TLS, ' if args.tls else ''}{'upstream HTTP, ' if args.http else ''}{args.per_read} per read, {args.deltas} deltas, {args.pairs} pairs (old new):"
+        f"us per delta, {'TLS, ' if args.tls else ''}{'upstream HTTP, ' if args.http else ''}{'multiprocess metrics, ' if args.multiprocess else ''}{args.per_read} per read, {args.deltas} deltas, {args.pairs} pairs (old new):"
     )
     print("  " + "  ".join(f"{o:.2f} {n:.2f}" for o, n in zip(figures["old"], figures["new"], strict=True)))
     print(f"old: {spread(figures['old'])}")
@@ -240,11 +246,16 @@ def main() -> None:
     p.add_argument("--compare", nargs=2, metavar=("OLD_TREE", "NEW_TREE"))
     p.add_argument("--tls", action="store_true", help="the client's side through Twisted's TLS layer")
     p.add_argument("--http", action="store_true", help="the upstream's body through Twisted's HTTP/1.1 client")
+    p.add_argument("--multiprocess", action="store_true", help="metrics in prometheus_client's multiprocess mode")
     p.add_argument("--json", action="store_true", help="print the rounds as JSON")
     args = p.parse_args()
     if args.compare:
         compare(args.compare[0], args.compare[1], args)
         return
+    if args.multiprocess:  # read when prometheus_client is first imported, in one_round
+        directory = tempfile.mkdtemp(prefix="privllm-bench-metrics-")
+        atexit.register(shutil.rmtree, directory, True)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
     one_round(500, args.per_read, args.tls, args.http)  # warm up: imports, first-call caches
     rounds = [one_round(args.deltas, args.per_read, args.tls, args.http) for _ in range(args.rounds)]
     if args.json:
