@@ -22,6 +22,7 @@ from .test_e2e import ROUTER, user
 
 MONITORING = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "monitoring")
 DASHBOARD = os.path.join(MONITORING, "dashboard.json")
+ALERTS = os.path.join(MONITORING, "alerts.yml")
 # What Grafana puts in place of its variables, so promtool sees plain PromQL.
 GRAFANA_VARIABLES = {
     "${node}": ".*",
@@ -78,6 +79,13 @@ def concrete(expr: str) -> str:
     return expr
 
 
+def faults(text: str) -> set[str]:
+    """The outcomes of the first `outcome=~"a|b"` matcher in `text`."""
+    match = re.search(r'outcome=~"([\w|]+)"', text)
+    assert match, text[:200]
+    return set(match.group(1).split("|"))
+
+
 def series_names(text: str) -> set[str]:
     return set(SERIES.findall(text)) - set(RECORDED.findall(text))
 
@@ -121,6 +129,15 @@ class Expressions(TestCase):
         used = series_names(json.dumps(dashboard()))
         self.assertEqual(REQUIRED - used, set())
         self.assertTrue(any('up{job="privllm"}' in t["expr"] for _, t in targets(dashboard())))
+
+    def test_server_faults_as_the_alerts_count_them(self) -> None:
+        """The error ratio panel and the SLO's alert count the same outcomes as faults."""
+        with open(ALERTS) as f:
+            alerts = f.read()
+        panel = [t["expr"] for p, t in targets(dashboard()) if p["title"] == "Server-fault error ratio"]
+        self.assertEqual(len(panel), 1)
+        self.assertEqual(faults(panel[0]), faults(alerts.split("record: privllm:chat_server_faults:rate5m")[1]))
+        self.assertIn("upstream_failed", faults(panel[0]))
 
     def test_series_names_ignore_recorded_rules(self) -> None:
         text = "groups:\n- rules:\n  - record: privllm_slo_errors\n    expr: sum(privllm_x_total) / privllm:y\n"
@@ -182,7 +199,7 @@ class ExportedByARealRouter(TestCase):
         self.assertEqual(status, 200)
         text = body.decode()
         names = exported(text)
-        self.assertGreaterEqual(sample(text, "privllm_chat_requests_total", {"outcome": "done"}), 1)
+        self.assertGreaterEqual(sample(text, "privllm_chat_requests_total", {"outcome": "ok"}), 1)
         self.assertGreaterEqual(sample(text, "privllm_time_to_first_token_seconds_count"), 1)
         # The dashboard, and whatever rule files sit next to it (the alert rules, when present).
         files = [

@@ -37,7 +37,7 @@ class Scraped(TestCase):
 
     def test_the_key_series_arrive(self) -> None:
         first_tokens = self.counted("privllm_time_to_first_token_seconds_count")
-        done = self.counted("privllm_chat_requests_total", {"outcome": "done"})
+        ok = self.counted("privllm_chat_requests_total", {"outcome": "ok"})
         client = DocClient(self.daemon.port, self.daemon.ssl_context(), self.daemon.pin())
         for _ in range(CHATS):
             self.assertEqual(client.chat(user("hi"))[-1]["type"], "done")
@@ -45,4 +45,4 @@ class Scraped(TestCase):
         self.assertEqual(up[0]["metric"]["instance"], f"127.0.0.1:{self.daemon.metrics_port}")
         self.seen(f'privllm_active_streams{{job="{JOB}"}}')
         self.seen(f'privllm_time_to_first_token_seconds_count{{job="{JOB}"}} >= {first_tokens + CHATS:g}')
-        self.seen(f'privllm_chat_requests_total{{job="{JOB}", outcome="done"}} >= {done + CHATS:g}')
+        self.seen(f'privllm_chat_requests_total{{job="{JOB}", outcome="ok"}} >= {ok + CHATS:g}')
