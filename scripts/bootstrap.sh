@@ -39,8 +39,9 @@ fi
 
 # The PROXY protocol and two-router tests start Debian's haproxy and redis-server themselves,
 # the benchmarks' plain-proxy comparison nginx (its smoke run is part of the tests); the alert
-# rules' tests need promtool, which comes with Debian's prometheus (docs/monitoring): the
-# packages' own services must neither run nor start at boot.
+# rules' and the dashboard's tests need promtool, and tests/test_prometheus_e2e.py prometheus,
+# both from Debian's prometheus (docs/monitoring): the packages' own services must neither run
+# nor start at boot.
 daemons=()
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || daemons+=(nginx-light:nginx)
 command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || daemons+=(haproxy)
