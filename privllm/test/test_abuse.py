@@ -24,6 +24,7 @@ from ..protocol.errors import (
     MALFORMED,
     POW_REQUIRED,
     RATE_LIMITED,
+    REFUSAL_REASONS,
     REPLAY,
     UNAVAILABLE,
     RequestRejected,
@@ -404,8 +405,10 @@ class SealedAfterDecryption(TestCase):
         self.assertEqual(self.counted("privllm_refusals_total", "reason", "replay"), 1)
         self.assertEqual(self.counted("privllm_chat_requests_total", "outcome", "replay"), 1)
         self.assertEqual(self.counted("privllm_chat_requests_total", "outcome", "stale"), 1)
-        refusals = [s for m in self.metrics.registry.collect() for s in m.samples if s.name == "privllm_refusals_total"]
-        self.assertEqual([s.labels for s in refusals], [{"reason": "replay"}])
+        samples = [s for m in self.metrics.registry.collect() for s in m.samples]
+        refusals = [s for s in samples if s.name == "privllm_refusals_total"]
+        self.assertEqual({s.labels["reason"] for s in refusals}, REFUSAL_REASONS, "every reason shown, from 0")
+        self.assertEqual([s.labels for s in refusals if s.value], [{"reason": "replay"}])
         device = os.urandom(32)
         self.post(sealed_request(self.key, device))
         self.post(sealed_request(self.key, device))

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from ..protocol.errors import REFUSAL_REASONS
+
 FIRST_TOKEN_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 8, 15, 30, 60)
 ANSWER_BUCKETS = (0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)
 FIRST_BYTE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
-GAP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 15)
+GAP_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1, 2.5, 5, 15)
 TOKEN_RATE_BUCKETS = (1, 2, 5, 10, 20, 30, 50, 75, 100, 150, 200, 300, 500)
 BREAKER_STATES = ("closed", "open", "half_open")
 
@@ -27,6 +29,9 @@ class RouterMetrics:
         self.refusals = Counter(
             "privllm_refusals", "Requests refused by an abuse or capacity control", ["reason"], registry=r
         )
+        for reason in sorted(REFUSAL_REASONS):  # each at 0 from the start: a panel shows 0, not "no data"
+            self.refusals.labels(reason)
+        self.requests.labels("ok")
         # With workers (privllm.workers) every process writes its own files: streams add up over
         # the live workers; node health, breaker states and the status gauges stay per worker (a
         # pid label), since each keeps its own, and a dead worker's view goes with it.
