@@ -51,6 +51,7 @@ from .upstream.supervisor import LlamaSupervisor, SupervisorError, default_binar
 from .web.app import RouterApp
 from .web.chat import StreamSettings
 from .web.limits import ClientAddress, ConnectionsPerAddress, ProxiedConnectionsPerAddress
+from .web.llama_metrics import LlamaMetrics
 from .web.metrics import RouterMetrics
 from .web.proxied import proxied
 from .web.request import PrivllmSite
@@ -204,12 +205,22 @@ def _local_llama(config: Config, root: MultiService, spawn: bool = True) -> tupl
     return [f"unix://{socket}"], supervisor
 
 
-def _metrics_listener(config: Config, reactor: Any, registry: Any, root: MultiService) -> None:
-    if config.metrics.enabled:
-        resource = Resource()
+def _metrics_listener(config: Config, reactor: Any, registry: Any, root: MultiService, llama: list[str]) -> None:
+    """/metrics: the router's own (none on a node); /llama/metrics: the local llama-server's,
+    passed through when `llama.metrics` is on (`llama`: its URL, if there is one here)."""
+    pass_llama = config.llama.metrics and bool(llama)
+    if not config.metrics.enabled or (registry is None and not pass_llama):
+        return
+    resource = Resource()
+    if registry is not None:
         resource.putChild(b"metrics", MetricsResource(registry=registry))  # type: ignore[arg-type]
-        endpoint = TCP4ServerEndpoint(reactor, config.metrics.port, interface=config.metrics.host)
-        StreamServerEndpointService(endpoint, Site(resource)).setServiceParent(root)
+    if pass_llama:
+        passed = Resource()
+        client = LlamaServer(reactor, llama[0], config.backend.connect_timeout, keep=1)
+        passed.putChild(b"metrics", LlamaMetrics(client, config.backend.health_timeout))  # type: ignore[arg-type]
+        resource.putChild(b"llama", passed)  # type: ignore[arg-type]
+    endpoint = TCP4ServerEndpoint(reactor, config.metrics.port, interface=config.metrics.host)
+    StreamServerEndpointService(endpoint, Site(resource)).setServiceParent(root)
 
 
 def _identity(config: Config, create: bool) -> Any:
@@ -229,13 +240,13 @@ def _workers(config: Config, reactor: Any, options: Options, count: int) -> Mult
     parent serves no chat: the HPKE keys that build read are dropped at once."""
     Router(config, reactor).keys.ring.wipe()
     root = MultiService()
-    _local_llama(config, root)
+    local, _ = _local_llama(config, root)
     try:
         sock = listening_socket(config.server.host, config.server.port)
     except OSError as e:
         raise StartError(f"server.port: cannot listen: {e.strerror}") from e
     directory = metrics_dir(config.keys.state_dir, sock.getsockname()[1])
-    _metrics_listener(config, reactor, metrics_registry(directory), root)
+    _metrics_listener(config, reactor, metrics_registry(directory), root, local)
     argv = child_argv(options["env"], options["config"])
     WorkerMonitor(reactor, sock, count, argv, child_env(directory), directory).setServiceParent(root)
     return root
@@ -279,7 +290,7 @@ class Router:
         )
         self._reactor, self._tls_options, self._worker_fd = reactor, tls_options, worker_fd
         if not worker:  # a parent of workers serves every worker's metrics
-            _metrics_listener(config, reactor, self.metrics.registry, self.service)
+            _metrics_listener(config, reactor, self.metrics.registry, self.service, local)
         self._limits = limits = _limits(config)
         if config.state.backend == "redis":
             # The listener opens once Redis has answered and passed its checks.
@@ -390,6 +401,7 @@ class InferenceNode:
         options = _server_tls(config, config.server.client_ca, alpn=[b"http/1.1"])
         listener = _https_listener(config, reactor, site, options, public=False)
         listener.setServiceParent(self.service)
+        _metrics_listener(config, reactor, None, self.service, urls)
 
 
 def build(config: Config, role: str, reactor: Any, options: Options | None = None) -> MultiService:

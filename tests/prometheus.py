@@ -28,15 +28,20 @@ PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
 PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
 START_TIMEOUT = 30.0
 JOB = "privllm"  # the job name docs/monitoring and the alert rules use
+LLAMA_JOB = "llama"  # llama-server's own metrics, passed through at /llama/metrics
 
 
 def scrape_config(targets: list[str], interval: str = "1s") -> str:
-    """A Prometheus config scraping `targets` (host:port of metrics listeners) as job privllm.
-    JSON is YAML, so no YAML writer is needed."""
+    """A Prometheus config scraping `targets` (host:port of metrics listeners) as job privllm,
+    and their /llama/metrics as job llama. JSON is YAML, so no YAML writer is needed."""
+    static = [{"targets": targets}]
     return json.dumps(
         {
             "global": {"scrape_interval": interval, "scrape_timeout": interval, "evaluation_interval": interval},
-            "scrape_configs": [{"job_name": JOB, "static_configs": [{"targets": targets}]}],
+            "scrape_configs": [
+                {"job_name": JOB, "static_configs": static},
+                {"job_name": LLAMA_JOB, "metrics_path": "/llama/metrics", "static_configs": static},
+            ],
         },
         indent=2,
     )

@@ -229,6 +229,10 @@ class RealStack(TestCase):
         self.assertIn("privllm_time_to_first_token_seconds_bucket", text)
         self.assertRegex(text, r"privllm_node_healthy\{node=\"unix://[^\"]+\"\} 1.0")
         self.assertNotIn("127.0.0.1", text)
+        status, headers, body = self.daemon.get("/llama/metrics", tls=False)  # llama-server's own, passed through
+        self.assertEqual(status, 200)
+        self.assertTrue(headers["Content-Type"].startswith("text/plain; version=0.0.4"))
+        self.assertRegex(body.decode(), r"(?m)^llamacpp:prompt_tokens_total [0-9.e+]+$")
 
     def test_tls_versions(self) -> None:
         old = ssl.create_default_context(cafile=os.path.join(self.daemon.state_dir, "tls.crt"))

@@ -8,7 +8,7 @@ from __future__ import annotations
 from twisted.trial.unittest import TestCase
 
 from .docclient import DocClient
-from .prometheus import JOB, Prometheus, sample
+from .prometheus import JOB, LLAMA_JOB, Prometheus, sample
 from .stack import shared
 from .test_e2e import ROUTER, user
 
@@ -46,3 +46,4 @@ class Scraped(TestCase):
         self.seen(f'privllm_active_streams{{job="{JOB}"}}')
         self.seen(f'privllm_time_to_first_token_seconds_count{{job="{JOB}"}} >= {first_tokens + CHATS:g}')
         self.seen(f'privllm_chat_requests_total{{job="{JOB}", outcome="ok"}} >= {ok + CHATS:g}')
+        self.seen(f'llamacpp:prompt_tokens_total{{job="{LLAMA_JOB}"}} > 0')  # llama-server's own, passed through

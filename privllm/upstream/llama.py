@@ -31,6 +31,7 @@ from ..protocol.encoding import EncodingError, dumps, loads_bounded
 UNIX_BASE = "http://llama-server"  # the authority is ignored: every connection goes to the socket
 JSON_HEADERS = Headers({b"Content-Type": [b"application/json"]})
 MAX_ANSWER_BYTES = 1 << 20  # /health and /props answers read at most
+MAX_METRICS_BYTES = 1 << 20  # llama-server's /metrics: a few kilobytes of counters
 MAX_CONTEXT = 1 << 24
 IDLE_CONNECTION_SECONDS = 10
 STREAM_HEADERS = Headers({b"Content-Type": [b"application/json"], b"Accept": [b"text/event-stream"]})
@@ -106,6 +107,15 @@ class LlamaServer:
             response = await self._http.get(self._base + path, timeout=timeout)  # to the headers
             body = await read_bounded(response, MAX_ANSWER_BYTES).addTimeout(timeout, self._reactor)
             return loads_bounded(body, MAX_ANSWER_BYTES) if response.code == 200 else None
+        except Exception:
+            return None
+
+    async def metrics_text(self, timeout: float) -> bytes | None:
+        """llama-server's own /metrics (with --metrics): its Prometheus text, or None."""
+        try:
+            response = await self._http.get(self._base + "/metrics", timeout=timeout)
+            body = await read_bounded(response, MAX_METRICS_BYTES).addTimeout(timeout, self._reactor)
+            return body if response.code == 200 else None
         except Exception:
             return None
 
