@@ -24,6 +24,7 @@ from twisted.trial.unittest import TestCase
 
 from privllm.client import PrivllmClient
 from privllm.client.api import TruncatedError
+from privllm.protocol.errors import REFUSAL_REASONS
 from privllm.test.redis_server import RedisServer
 
 from .stack import Daemon, shared
@@ -196,6 +197,13 @@ class Workers(TestCase):
         self.assertEqual(len(scraped(self.daemon, "privllm_active_streams")), 1)
         healthy = scraped(self.daemon, "privllm_node_healthy")
         self.assertEqual(sorted(pid_of(labels) for labels, _ in healthy), pids, "one series per live worker")
+        for name in ("privllm_key_age_seconds", "privllm_pow_difficulty", "privllm_replay_capacity"):
+            gauges = scraped(self.daemon, name)  # each worker's own view, set by its status timer
+            self.assertEqual(sorted(pid_of(labels) for labels, _ in gauges), pids, name)
+        open_breakers = [v for labels, v in scraped(self.daemon, "privllm_breaker_state") if 'state="open"' in labels]
+        self.assertEqual(open_breakers, [0.0, 0.0])
+        reasons = {labels for labels, _ in scraped(self.daemon, "privllm_refusals_total")}
+        self.assertEqual(reasons, {f'{{reason="{r}"}}' for r in REFUSAL_REASONS}, "every reason from 0, summed")
         # Workers' lines reach the parent's log; nothing of a conversation does.
         log = self.daemon.log()
         self.assertGreaterEqual(log.count("a router worker is accepting"), 2)
