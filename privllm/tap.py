@@ -340,6 +340,7 @@ class Router:
             state,
             self._limits.replay_max_entries,
             self._admission.pow_gate,
+            self.pool.nodes,
         )
         gauges.setServiceParent(self.service)
 

@@ -197,9 +197,11 @@ class Workers(TestCase):
         self.assertEqual(len(scraped(self.daemon, "privllm_active_streams")), 1)
         healthy = scraped(self.daemon, "privllm_node_healthy")
         self.assertEqual(sorted(pid_of(labels) for labels, _ in healthy), pids, "one series per live worker")
-        for name in ("privllm_key_age_seconds", "privllm_pow_difficulty", "privllm_replay_capacity"):
-            gauges = scraped(self.daemon, name)  # each worker's own view, set by its status timer
-            self.assertEqual(sorted(pid_of(labels) for labels, _ in gauges), pids, name)
+        for name in ("privllm_key_age_seconds", "privllm_key_rotation_due_seconds", "privllm_replay_capacity"):
+            gauges = scraped(self.daemon, name)  # the worst of the workers' own views, set by their timers
+            self.assertEqual(len(gauges), 1, name)
+            self.assertIsNone(gauges[0][0], name)
+        self.assertEqual(scraped(self.daemon, "privllm_replay_capacity")[0][1], 200_000)
         open_breakers = [v for labels, v in scraped(self.daemon, "privllm_breaker_state") if 'state="open"' in labels]
         self.assertEqual(open_breakers, [0.0, 0.0])
         reasons = {labels for labels, _ in scraped(self.daemon, "privllm_refusals_total")}

@@ -56,14 +56,15 @@ class KeyRing:
         return list(self._keys)
 
     def rotation_status(self, now: int) -> tuple[int, int] | None:
-        """(age of the newest key already started, seconds until its interval ends and the
-        next key should take over: negative when no rotation happened in time), or None
-        with no started key."""
+        """(age of the newest key already started, seconds until the newest key of all takes
+        over), or None with no started key. `refresh` makes each key one interval before it
+        takes over, so the second is normally in (0, interval]; at or below 0, no next key was
+        made (published as `next`) in time, and when the current key's interval ends clients
+        have no key to use. It reads 0 or less for up to a refresh period after each rotation."""
         started = [k for k in self._keys if k.not_before <= now]
         if not started:
             return None
-        newest = started[-1]
-        return now - newest.not_before, newest.not_before + self.interval - now
+        return now - started[-1].not_before, self._keys[-1].not_before - now
 
     def _current(self, now: int) -> RingKey | None:
         started = [k for k in self._keys if k.not_before <= now < k.not_before + self.interval]

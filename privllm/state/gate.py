@@ -69,9 +69,10 @@ class AdmissionGate:
             error = self.admission.pow_gate.required(self.state.load(ask.now), ask.now, ask.address)
         elif failure.check(RequestRejected):
             error = cast(RequestRejected, failure.value)
-        else:
-            if not failure.check(StateUnavailable):
-                log.failure("admission failed", failure)
+        elif failure.check(StateUnavailable):
             error = RequestRejected(UNAVAILABLE, reason="state_unavailable")
+        else:  # a bug: the outcome `unavailable` counts it, no control refused it
+            log.failure("admission failed", failure)
+            error = RequestRejected(UNAVAILABLE)
         if not result.called:
             result.errback(error)

@@ -507,6 +507,19 @@ class Metrics(TestCase):
         self.assertEqual(observed("privllm_tokens_per_second"), (1, 10.0))  # the 2nd token 0.1 s after the 1st
         self.assertEqual(observed("privllm_answer_seconds"), (1, 0.6))
 
+    def test_tokens_per_second_count_from_the_first_bytes_not_the_first_delta(self) -> None:
+        """Tokens before the first delta (a role event here; Harmony's reasoning) take time
+        too; and a delta arriving with the finish still gives the answer its rate."""
+        h = Harness()
+        h.start()
+        response = h.respond(0)
+        response.send(event({"choices": [{"delta": {"role": "assistant"}, "finish_reason": None}]}))
+        h.clock.advance(0.5)
+        response.send(delta("a") + delta("b") + FINISH)  # 2 completion tokens
+        h.assert_given_back(self)
+        self.assertEqual(h.sample("privllm_tokens_per_second_count"), 1)
+        self.assertEqual(h.sample("privllm_tokens_per_second_sum"), 2.0)
+
     def test_a_failed_answer_is_not_an_answer_time(self) -> None:
         h = Harness(retries=0)
         h.start()

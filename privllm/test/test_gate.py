@@ -82,12 +82,14 @@ class Gate(TestCase):
         admitted = self.admit()
         self.state.screens[1].callback(None)
         self.state.commits[0].errback(StateUnavailable("timeout"))
-        self.assertEqual(self.refused(admitted).rejection, UNAVAILABLE)
+        refused = self.refused(admitted)
+        self.assertEqual((refused.rejection, refused.reason), (UNAVAILABLE, "state_unavailable"))
 
     def test_an_unexpected_failure_is_503_and_logged(self) -> None:
         admitted = self.admit()
         self.state.screens[0].errback(KeyError("a bug"))
-        self.assertEqual(self.refused(admitted).rejection, UNAVAILABLE)
+        refused = self.refused(admitted)
+        self.assertEqual((refused.rejection, refused.reason), (UNAVAILABLE, None), "a bug is no state outage")
         self.assertEqual(len(self.flushLoggedErrors(KeyError)), 1)
 
     def test_spent_work_asks_for_new_work(self) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 
 from twisted.internet import reactor, task
 from twisted.internet.defer import Deferred, ensureDeferred
@@ -41,3 +42,55 @@ class Health(TestCase):
 
     def test_a_stalled_health_body_does_not_stop_polling(self) -> Deferred[None]:
         return ensureDeferred(self._stalled())
+
+
+class CannedAnswer(Protocol):
+    """Test equipment: answers any request with the factory's canned bytes, then waits."""
+
+    def dataReceived(self, data: bytes) -> None:
+        if b"\r\n\r\n" in data and self.transport is not None:
+            self.transport.write(self.factory.answer)  # type: ignore[attr-defined,call-arg]
+
+
+class LlamaMetricsText(TestCase):
+    """LlamaServer.metrics_text: llama-server's /metrics, or None, always within its timeout."""
+
+    timeout = 20
+
+    async def ask(self, answer: bytes) -> tuple[bytes | None, float]:
+        path = os.path.join(tempfile.mkdtemp(dir=os.path.abspath(".")), "m.sock")
+        factory = Factory.forProtocol(CannedAnswer)
+        factory.answer = answer  # type: ignore[attr-defined]
+        port = reactor.listenUNIX(path, factory)  # type: ignore[attr-defined]
+        self.addCleanup(port.stopListening)
+        llama = LlamaServer(reactor, "unix://" + path, 1.0)
+        self.addCleanup(llama.close)
+        started = time.monotonic()
+        text = await llama.metrics_text(0.3)
+        return text, time.monotonic() - started
+
+    def test_the_text(self) -> Deferred[None]:
+        async def go() -> None:
+            body = b"llamacpp:prompt_tokens_total 3\n"
+            head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body)
+            self.assertEqual((await self.ask(head + body))[0], body)
+
+        return ensureDeferred(go())
+
+    def test_not_200_is_none(self) -> Deferred[None]:
+        async def go() -> None:
+            answer = b"HTTP/1.1 501 Not Implemented\r\nContent-Length: 2\r\n\r\n{}"  # llama-server without --metrics
+            self.assertIsNone((await self.ask(answer))[0])
+
+        return ensureDeferred(go())
+
+    def test_a_stalled_or_endless_body_is_none_in_time(self) -> Deferred[None]:
+        async def go() -> None:
+            stalled = b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nx"
+            text, took = await self.ask(stalled)
+            self.assertIsNone(text)
+            self.assertLess(took, 2.0)
+            huge = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (2 << 20) + b"x" * (2 << 20)
+            self.assertIsNone((await self.ask(huge))[0], "over the bound")
+
+        return ensureDeferred(go())

@@ -130,6 +130,14 @@ class Behaviour:
         self.assertEqual(await b.replay_entries(time.time()), 6)
         self.assertEqual(await b.replay_entries(time.time() + 30 + 5 + 1), 0)  # all expired
 
+    async def test_a_share_filled_between_screen_and_commit_is_refused_at_commit(self) -> None:
+        a, b = await self.states(limits(replay_max_per_address=2))
+        first, second = ask(1), ask(2)
+        await a.screen(first)
+        await b.screen(second)
+        self.assertIsInstance(await a.commit(first, device(1)), Lease)
+        await self.rejected(b.commit(second, device(2)), 429, retry=30 + 5 + 1, reason="replay_room")
+
     async def test_address_rate_limit_across_routers(self) -> None:
         a, b = await self.states(limits(address_burst=2))
         now = time.time()

@@ -12,6 +12,8 @@ from ..protocol.admission import Ask, PowGate
 from ..protocol.pow import Challenges, DifficultyPolicy
 from ..state.interface import Limits, StateUnavailable
 from ..state.memory import MemoryState
+from ..upstream.breaker import CircuitBreaker
+from ..upstream.pool import Node
 from ..web.metrics import RouterMetrics
 from ..web.status import StatusGauges
 from .helpers import NOW, ring
@@ -35,7 +37,8 @@ class Gauges(TestCase):
     def value(self, name: str) -> float | None:
         return self.metrics.registry.get_sample_value(name)
 
-    def test_key_age_and_rotation_due_follow_the_clock(self) -> None:
+    def test_key_age_and_the_time_until_the_next_key(self) -> None:
+        # the ring made the next key one interval ahead
         self.assertEqual(
             (self.value("privllm_key_age_seconds"), self.value("privllm_key_rotation_due_seconds")), (0, DAY)
         )
@@ -43,16 +46,14 @@ class Gauges(TestCase):
         self.assertEqual(self.value("privllm_key_age_seconds"), 3600)
         self.assertEqual(self.value("privllm_key_rotation_due_seconds"), DAY - 3600)
 
-    def test_a_rotation_that_did_not_happen_shows_overdue(self) -> None:
-        self.clock.advance(DAY)
-        self.assertEqual(self.value("privllm_key_age_seconds"), 0, "the next key, made ahead, took over")
-        self.clock.advance(DAY + 600)  # nothing refreshed the ring since
+    def test_a_ring_left_unrefreshed_is_overdue_a_whole_interval_before_clients_lack_a_key(self) -> None:
+        self.clock.advance(DAY + 600)  # the next key took over; nothing made the one after it
+        self.assertEqual(self.value("privllm_key_age_seconds"), 600)
         self.assertEqual(self.value("privllm_key_rotation_due_seconds"), -600)
+        self.assertTrue(self.ring.published(int(self.clock.seconds())), "clients still have a current key")
         self.ring.refresh(int(self.clock.seconds()), lambda: ring().keys[0].secret)
         self.clock.advance(StatusGauges.EVERY)
-        due = self.value("privllm_key_rotation_due_seconds")
-        assert due is not None
-        self.assertGreater(due, 0)
+        self.assertEqual(self.value("privllm_key_rotation_due_seconds"), DAY - 600 - StatusGauges.EVERY)
 
     def test_replay_window_fill_and_capacity(self) -> None:
         self.assertEqual((self.value("privllm_replay_entries"), self.value("privllm_replay_capacity")), (0, 40))
@@ -76,11 +77,49 @@ class Gauges(TestCase):
         self.assertEqual(self.value("privllm_pow_difficulty"), 0)
 
     def test_state_out_of_reach_keeps_the_last_fill(self) -> None:
+        self.state.replay.remember("r", b"k" * 32, NOW, NOW, "192.0.2.1")
+        self.clock.advance(StatusGauges.EVERY)
+        self.assertEqual(self.value("privllm_replay_entries"), 2)
+
         def unreachable(now: float) -> Deferred[int]:
             return fail(StateUnavailable("down"))
 
         self.state.replay_entries = unreachable  # type: ignore[method-assign]
         self.clock.advance(StatusGauges.EVERY)
-        self.assertEqual(self.value("privllm_replay_entries"), 0)
+        self.assertEqual(self.value("privllm_replay_entries"), 2)
         self.assertEqual(self.flushLoggedErrors(), [])
-        self.assertTrue(self.gauges._loop.running, "the timer goes on")
+
+    def test_a_failing_update_is_logged_and_the_timer_goes_on(self) -> None:
+        def broken(now: int) -> None:
+            raise RuntimeError("a bug")
+
+        self.ring.rotation_status = broken  # type: ignore[method-assign,assignment]
+        self.clock.advance(StatusGauges.EVERY)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        del self.ring.rotation_status
+        self.clock.advance(3600)
+        self.assertEqual(self.value("privllm_key_age_seconds"), 3600 + StatusGauges.EVERY, "still updated")
+
+    def test_an_open_breaker_shows_half_open_once_cooled_without_a_request(self) -> None:
+        breaker = CircuitBreaker(1, 30)
+        node = Node("https://10.0.0.2:8443", None, breaker, healthy=True)
+        gauges = StatusGauges(self.metrics, self.clock, self.ring, self.state, 40, None, [node])
+        gauges.startService()
+        self.addCleanup(gauges.stopService)
+
+        def shown() -> list[str]:
+            labels = {"node": node.name}
+            states = ("closed", "open", "half_open")
+            return [
+                s
+                for s in states
+                if self.metrics.registry.get_sample_value("privllm_breaker_state", {**labels, "state": s})
+            ]
+
+        self.assertEqual(shown(), ["closed"])
+        breaker.failure(self.clock.seconds())
+        self.clock.advance(StatusGauges.EVERY)
+        self.assertEqual(shown(), ["open"])
+        self.clock.advance(30)
+        self.assertEqual(shown(), ["half_open"])
+        self.assertEqual(breaker.state, "open", "the gauge does not move the breaker")

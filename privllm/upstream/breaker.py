@@ -96,6 +96,13 @@ class CircuitBreaker:
             return True
         return False
 
+    def state_at(self, now: float) -> str:
+        """The state as it stands at `now`, for the operator's gauge: open turns half_open when
+        its cooldown has passed, though the machine moves only when a request asks."""
+        if self.state == "open" and now - self._opened_at >= self.cooldown:
+            return "half_open"
+        return self.state
+
     def available(self, now: float) -> bool:
         """Like allow(), without taking the probe slot (for readiness and balancing)."""
         if self.state == "open":

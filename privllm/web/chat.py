@@ -114,7 +114,8 @@ class ChatStream:
         self._ticker.clock = clock
         self._tried: list[Node] = []
         self._queued = False  # waiting in the node pool's queue: counted in the queued_streams gauge
-        self._first_delta_at: float | None = None
+        self._first_data_at: float | None = None  # the attempt's first upstream body bytes
+        self._token_rate: float | None = None  # the answer's, counted if it ends ok
         self.done: Deferred[None] = Deferred(lambda _: self._feed(self._life.client_gone))
 
     def start(
@@ -194,8 +195,7 @@ class ChatStream:
             self._feed(self._choose)
         elif isinstance(action, life.ForgetConversation):
             self._chat = None
-            self._first_delta_at = self._clock.seconds()
-            self._metrics.time_to_first_token.observe(self._first_delta_at - self._life.started)
+            self._metrics.time_to_first_token.observe(self._clock.seconds() - self._life.started)
         elif isinstance(action, life.ReleaseNode):
             self._release_node(action.verdict)
         elif isinstance(action, life.ScheduleRetry):
@@ -278,6 +278,7 @@ class ChatStream:
 
     def _send(self, node: Node, body: dict[str, Any]) -> list[life.Action]:
         actions = self._life.sent(self._clock.seconds())
+        self._first_data_at = None
         self._translator = node.dialect.translator(body)
         self._watch(node.client.post_stream(node.dialect.path, body), self._got_response, self._clock.seconds())
         return actions
@@ -333,6 +334,8 @@ class ChatStream:
         return self._life.node_failed(life.Fault.DOWN if status == 503 else life.Fault.SERVER)
 
     def _upstream_data(self, data: bytes) -> None:
+        if self._first_data_at is None:
+            self._first_data_at = self._clock.seconds()
         self._life.upstream_activity(self._clock.seconds())
         self._translate(lambda: self._translator.feed(data))
 
@@ -363,9 +366,12 @@ class ChatStream:
     def _finished(self, finished: Finished) -> list[life.Action]:
         self._metrics.tokens.labels("prompt").inc(finished.prompt_tokens)
         self._metrics.tokens.labels("completion").inc(finished.completion_tokens)
-        generating = self._clock.seconds() - (self._first_delta_at or self._clock.seconds())
-        if finished.completion_tokens >= 2 and generating > 0:  # the first token came with the first delta
-            self._metrics.token_rate.observe((finished.completion_tokens - 1) / generating)
+        # From the first bytes of the body (llama-server sends them with the first token, of
+        # whatever channel) to the last: every token, reasoning ones too, as the node made them.
+        # An answer that came whole in one read has no measurable rate.
+        if self._first_data_at is not None and finished.completion_tokens >= 2:
+            generating = self._clock.seconds() - self._first_data_at
+            self._token_rate = (finished.completion_tokens - 1) / generating if generating > 0 else None
         return self._life.finished(finished)
 
     def _upstream_failed(self, failure: Failure) -> None:
@@ -427,6 +433,8 @@ class ChatStream:
             self._metrics.requests.labels(outcome).inc()
             if outcome == "ok":
                 self._metrics.answer_time.observe(self._clock.seconds() - self._life.started)
+                if self._token_rate is not None:
+                    self._metrics.token_rate.observe(self._token_rate)
             log.info("chat {rid} ended: {outcome}", rid=self._tag, outcome=outcome)
         finally:
             # When the client left, Klein cancelled `done` itself: it fails with CancelledError.

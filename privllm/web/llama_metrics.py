@@ -1,5 +1,5 @@
 """
-llama-server's own metrics, passed through at /metrics/llama on the loopback metrics
+llama-server's own metrics, passed through at /llama/metrics on the loopback metrics
 listener. With `llama.metrics` on, llama-server counts its tokens, slots, queue and KV cache
 (counts and timings only, never content) at its /metrics; but it listens only on its private
 socket, which Prometheus cannot scrape. Each scrape here asks it once, bounded in time and size.

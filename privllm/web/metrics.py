@@ -33,8 +33,9 @@ class RouterMetrics:
             self.refusals.labels(reason)
         self.requests.labels("ok")
         # With workers (privllm.workers) every process writes its own files: streams add up over
-        # the live workers; node health, breaker states and the status gauges stay per worker (a
-        # pid label), since each keeps its own, and a dead worker's view goes with it.
+        # the live workers; node health and breaker states stay per worker (a pid label), since
+        # each keeps its own, and a dead worker's view goes with it; the status gauges show the
+        # worst of the live workers (they agree but for a moment).
         self.active_streams = Gauge(
             "privllm_active_streams", "Streams being answered now", registry=r, multiprocess_mode="livesum"
         )
@@ -104,25 +105,25 @@ class RouterMetrics:
             "privllm_pow_difficulty",
             "Leading zero bits of proof of work asked of a new request now (0: none asked)",
             registry=r,
-            multiprocess_mode="liveall",
+            multiprocess_mode="livemax",
         )
         self.replay_entries = Gauge(
-            "privllm_replay_entries", "Entries in the replay window now", registry=r, multiprocess_mode="liveall"
+            "privllm_replay_entries", "Entries in the replay window now", registry=r, multiprocess_mode="livemax"
         )
         self.replay_capacity = Gauge(
-            "privllm_replay_capacity", "Entries the replay window may hold", registry=r, multiprocess_mode="liveall"
+            "privllm_replay_capacity", "Entries the replay window may hold", registry=r, multiprocess_mode="livemax"
         )
         self.key_age = Gauge(
             "privllm_key_age_seconds",
             "Age of the current HPKE key, from its not_before",
             registry=r,
-            multiprocess_mode="liveall",
+            multiprocess_mode="livemax",
         )
         self.rotation_due = Gauge(
             "privllm_key_rotation_due_seconds",
             "Seconds until the next key rotation is due; negative when it is overdue",
             registry=r,
-            multiprocess_mode="liveall",
+            multiprocess_mode="livemin",
         )
 
     def breaker_changed(self, node: str, state: str) -> None:

@@ -1,21 +1,27 @@
 """
 The gauges that change with time rather than with requests: proof of work asked now, the
-replay window's fill, the current HPKE key's age and the time to its rotation. A timer sets
-them every few seconds, so a scrape between chats still sees the truth.
+replay window's fill, the current HPKE key's age and the time to the next one, and each
+node's breaker as it stands (an open breaker turns half open by the clock, not by a request).
+A timer sets them every few seconds, so a scrape between chats still sees the truth.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
 
 from ..protocol.admission import PowGate
 from ..protocol.keyring import KeyRing
 from ..state.interface import AdmissionState, StateUnavailable
+from ..upstream.pool import Node
 from .metrics import RouterMetrics
+
+log = Logger()
 
 
 class StatusGauges(Service):
@@ -29,15 +35,22 @@ class StatusGauges(Service):
         state: AdmissionState,
         replay_capacity: int,
         pow_gate: PowGate | None,
+        nodes: Sequence[Node] = (),
     ) -> None:
         self._metrics = metrics
         self._clock = clock
         self._ring = ring
         self._state = state
         self._pow_gate = pow_gate
+        self._nodes = nodes
         metrics.replay_capacity.set(replay_capacity)
-        self._loop = LoopingCall(self.update)
+        self._loop = LoopingCall(self._update)
         self._loop.clock = clock
+
+    def _update(self) -> Deferred[None]:
+        """Never fails: a gauge that stopped would look healthy for ever."""
+        d = maybeDeferred(self.update)
+        return d.addErrback(lambda f: log.failure("status gauges: update failed", f))
 
     def update(self) -> Deferred[None]:
         now = self._clock.seconds()
@@ -47,6 +60,8 @@ class StatusGauges(Service):
             m.key_age.set(status[0])
             m.rotation_due.set(status[1])
         m.pow_difficulty.set(self._pow_gate.difficulty(self._state.load(now)) if self._pow_gate else 0)
+        for node in self._nodes:
+            m.show_breaker(node.name, node.breaker.state_at(now))
         entries = self._state.replay_entries(now)
         entries.addCallback(m.replay_entries.set)
         # Redis out of reach: the gauge keeps its last value; the refusals say the rest.
