@@ -123,3 +123,29 @@ class Gauges(TestCase):
         self.clock.advance(30)
         self.assertEqual(shown(), ["half_open"])
         self.assertEqual(breaker.state, "open", "the gauge does not move the breaker")
+
+
+class GapTallies(TestCase):
+    """GapTally writes prometheus_client's private bucket values: it must give exactly what
+    observing each gap gives (this fails on an upgrade that changes them)."""
+
+    def test_bulk_equals_one_by_one(self) -> None:
+        gaps = [0.0, 0.001, 0.0011, 0.05, 0.074, 0.075, 0.3, 14.9, 15.0, 15.1, 3600.0] * 3
+        one_by_one, bulk = RouterMetrics(), RouterMetrics()
+        for gap in gaps:
+            one_by_one.chunk_gap.observe(gap)
+        tally = bulk.gap_tally()
+        for gap in gaps[:10]:
+            tally.add(gap)
+        tally.flush()
+        for gap in gaps[10:]:
+            tally.add(gap)
+        tally.flush()
+        tally.flush()  # nothing new: nothing added
+
+        def samples(m: RouterMetrics) -> list[tuple[str, dict[str, str], float]]:
+            family = next(f for f in m.registry.collect() if f.name == "privllm_inter_chunk_seconds")
+            return [(s.name, s.labels, round(s.value, 9)) for s in family.samples if not s.name.endswith("_created")]
+
+        self.assertEqual(samples(bulk), samples(one_by_one))
+        self.assertEqual(bulk.registry.get_sample_value("privllm_inter_chunk_seconds_count"), len(gaps))

@@ -10,6 +10,8 @@ between coalesced chunks up to minutes for a whole answer.
 
 from __future__ import annotations
 
+from bisect import bisect_left
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from ..protocol.errors import REFUSAL_REASONS
@@ -126,6 +128,9 @@ class RouterMetrics:
             multiprocess_mode="livemin",
         )
 
+    def gap_tally(self) -> GapTally:
+        return GapTally(self.chunk_gap)
+
     def breaker_changed(self, node: str, state: str) -> None:
         self.breaker_transitions.labels(node, state).inc()
         self.show_breaker(node, state)
@@ -133,3 +138,32 @@ class RouterMetrics:
     def show_breaker(self, node: str, state: str) -> None:
         for each in BREAKER_STATES:
             self.breaker_state.labels(node, each).set(1 if each == state else 0)
+
+
+class GapTally:
+    """One answer's gaps between chunks, added to the histogram in bulk once a second rather
+    than observed one by one: an observe per chunk (locks, or a memory-mapped file with
+    workers) cost 1.5 of 22 us per chunk (benchmarks.per_delta, TLS). It writes the
+    histogram's own bucket and sum values, which prometheus_client keeps private: the test
+    privllm.test.test_status.GapTallies checks the result equals observing each gap, so an
+    upgrade that changes them fails there."""
+
+    def __init__(self, histogram: Histogram) -> None:
+        self._histogram = histogram
+        self._bounds = list(histogram._upper_bounds)  # ends with +Inf: every gap has a bucket
+        self._counts = [0] * len(self._bounds)
+        self._sum = 0.0
+
+    def add(self, gap: float) -> None:
+        self._counts[bisect_left(self._bounds, gap)] += 1  # the first bound >= gap, as observe
+        self._sum += gap
+
+    def flush(self) -> None:
+        if not any(self._counts):
+            return
+        for value, count in zip(self._histogram._buckets, self._counts, strict=True):
+            if count:
+                value.inc(count)
+        self._histogram._sum.inc(self._sum)
+        self._counts = [0] * len(self._bounds)
+        self._sum = 0.0

@@ -35,6 +35,7 @@ class SealedEvents:
         self._unreported = 0  # chunks not yet in the metric
         self._held: list[bytes] | None = None  # writes gathered between hold and release
         self._last_delta: float | None = None  # when the previous delta chunk was sealed
+        self._gaps = metrics.gap_tally()
         self.last_write = clock.seconds()
 
     def open(self, response_secret: bytes, encapsulated_key: bytes) -> None:
@@ -100,7 +101,7 @@ class SealedEvents:
         assert self._sealer is not None
         now = self._clock.seconds()
         if self._last_delta is not None:
-            self._metrics.chunk_gap.observe(now - self._last_delta)
+            self._gaps.add(now - self._last_delta)
         self._last_delta = now
         self._send_sealed(self._sealer.seal_json(delta_json(text)))
 
@@ -112,6 +113,7 @@ class SealedEvents:
         if self._unreported:
             self._metrics.chunks.inc(self._unreported)
             self._unreported = 0
+        self._gaps.flush()
 
     def _write(self, data: bytes) -> None:
         if self._held is not None:
