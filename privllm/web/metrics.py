@@ -3,9 +3,10 @@ Prometheus metrics: counts and timings only, never payloads, keys, addresses or 
 Every label value comes from an allow-list or the configuration (outcome codes, refusal
 reasons, breaker states, node URLs). docs/operations.md says how to read each one.
 
-The buckets were chosen from timings measured on the dev stack (SmolLM2-135M on 2 CPU cores)
-and widened for gpt-oss on a GPU node (docs/operations.md, "Buckets"): sub-millisecond gaps
-between coalesced chunks up to minutes for a whole answer.
+The buckets were chosen from the raw timings benchmarks.timings measured on the dev stack
+(SmolLM2-135M on 2 CPU cores; docs/metrics-timings.json), finest where those fell (gaps of
+coalesced chunks at 55-65 ms, 100 tokens/s, first tokens at 25-30 ms idle and seconds when
+queued), and widened to minutes for gpt-oss on a GPU node (docs/operations.md, "Buckets").
 """
 
 from __future__ import annotations
@@ -16,11 +17,11 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from ..protocol.errors import REFUSAL_REASONS
 
-FIRST_TOKEN_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 8, 15, 30, 60)
-ANSWER_BUCKETS = (0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)
-FIRST_BYTE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
-GAP_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1, 2.5, 5, 15)
-TOKEN_RATE_BUCKETS = (1, 2, 5, 10, 20, 30, 50, 75, 100, 150, 200, 300, 500)
+FIRST_TOKEN_BUCKETS = (0.01, 0.02, 0.03, 0.04, 0.05, 0.1, 0.25, 0.5, 1, 2, 3, 4, 5, 8, 15, 30, 60)
+ANSWER_BUCKETS = (0.25, 0.5, 1, 1.5, 2, 3, 5, 10, 20, 30, 60, 120, 300, 600)
+FIRST_BYTE_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+GAP_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.06, 0.07, 0.08, 0.1, 0.25, 0.5, 1, 2.5, 5, 15)
+TOKEN_RATE_BUCKETS = (5, 10, 20, 30, 50, 75, 90, 100, 110, 125, 150, 200, 300, 500)
 BREAKER_STATES = ("closed", "open", "half_open")
 
 
