@@ -9,6 +9,12 @@ VENV="${PRIVLLM_VENV:-$ROOT/.venv}"
 PY="${PYTHON:-python3}"
 
 missing=()
+# A minimal Debian (debootstrap --variant=minbase, as scripts/check-fresh-install.sh builds) has
+# no Python, no venv module, no make (cmake only recommends it) and no CA bundle (curl's TLS).
+command -v "$PY" >/dev/null || missing+=(python3)
+"$PY" -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
+command -v make >/dev/null || missing+=(make)
+[ -s /etc/ssl/certs/ca-certificates.crt ] || missing+=(ca-certificates)
 command -v cmake >/dev/null || missing+=(cmake)
 command -v c++ >/dev/null || missing+=(g++)
 command -v curl >/dev/null || missing+=(curl)
