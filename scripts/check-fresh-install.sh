@@ -10,7 +10,8 @@
 #
 # --keep leaves the root (default /var/tmp/fresh-root) for a look; it is removed otherwise.
 # Nothing of the host is bind-mounted: the root gets its own proc, a read-only sysfs, a devpts
-# and a tmpfs for /dev/shm (debootstrap makes the /dev nodes), and a copy of resolv.conf.
+# and a tmpfs for /dev/shm (debootstrap makes the /dev nodes), and copies of resolv.conf and of
+# the host's local CA certificates.
 # Only what is committed is tested: the clone is of HEAD's branch.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -66,6 +67,12 @@ deb $MIRROR bookworm-updates main
 deb $SECURITY bookworm-security main
 EOF
 cp /etc/resolv.conf "$ROOTFS/etc/resolv.conf"
+# The network's own CAs (a TLS-intercepting proxy's, as on this workplace) as a machine on the
+# same network has them: ca-certificates, once bootstrap.sh installs it, adds them to the bundle.
+if compgen -G "/usr/local/share/ca-certificates/*.crt" >/dev/null; then
+    mkdir -p "$ROOTFS/usr/local/share/ca-certificates"
+    cp /usr/local/share/ca-certificates/*.crt "$ROOTFS/usr/local/share/ca-certificates/"
+fi
 mount -t proc proc "$ROOTFS/proc"
 mount -t sysfs -o ro sysfs "$ROOTFS/sys"
 mkdir -p "$ROOTFS/dev/pts" "$ROOTFS/dev/shm"
@@ -73,12 +80,19 @@ mount -t devpts -o newinstance,ptmxmode=0666 devpts "$ROOTFS/dev/pts"
 mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs "$ROOTFS/dev/shm"
 [ -c "$ROOTFS/dev/null" ] || { echo "check-fresh-install: debootstrap made no /dev/null" >&2; exit 1; }
 
+# Only the host's CA-bundle variables get in (pip and Node.js read no system store by themselves).
+passed=()
+for name in PIP_CERT NODE_EXTRA_CA_CERTS SSL_CERT_FILE REQUESTS_CA_BUNDLE CURL_CA_BUNDLE; do
+    [ -z "${!name:-}" ] || passed+=("$name=${!name}")
+done
 in_root() {
     env -i HOME=/root LANG=C.UTF-8 TERM=dumb PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
-        chroot "$ROOTFS" /bin/bash -c "$1"
+        "${passed[@]}" chroot "$ROOTFS" /bin/bash -c "$1"
 }
 packages() { in_root "dpkg-query -W -f='\${db:Status-Abbrev} \${Package}\n'" | awk '$1 == "ii" {print $2}' | sort; }
 packages >"$WORK/base"
+boot_links() { (cd "$ROOTFS/etc" && ls -d systemd/system/*.wants/* rc[0-6S].d/S* 2>/dev/null | sort); }
+boot_links >"$WORK/links-base"
 
 git clone -q --branch "$BRANCH" "$REPO" "$ROOTFS/root/privllm"
 echo "== bootstrap.sh, first run (branch $BRANCH, $(git -C "$ROOTFS/root/privllm" rev-parse --short HEAD))" >&2
@@ -114,6 +128,7 @@ echo "date: $(date -u '+%Y-%m-%d %H:%M UTC'); host: $(nproc) cores, $(free -g | 
 echo "base (debootstrap minbase): $(wc -l <"$WORK/base") packages"
 echo "installed by bootstrap.sh: $(wc -l <"$WORK/added") packages, $(du -smx "$ROOTFS" | cut -f1) MB in the root afterwards"
 echo "first run: ${first} s wall; second run: ${second} s wall"
+echo "boot links added (systemd wants, rc S*): $(comm -13 "$WORK/links-base" <(boot_links) | tr '\n' ' ')"
 echo "packages added:"
 tr '\n' ' ' <"$WORK/added" | fold -s -w 100
 echo
