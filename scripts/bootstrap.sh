@@ -79,6 +79,10 @@ fi
 
 PYTHON="$VENV/bin/python" scripts/build-llama-server.sh >/dev/null
 
+# Debian bookworm's Node.js is 18: npm ci works, the SDK's tests do not (node --test-timeout).
+node -e 'const [a, b] = process.versions.node.split(".").map(Number); process.exit(a > 20 || (a === 20 && b >= 19) ? 0 : 1)' \
+    || echo "bootstrap: Node.js $(node --version) is older than the TypeScript SDK's >= 20.19: its tests will fail" >&2
+
 # The SDK's packages, and tests/browser's driver (puppeteer-core, which drives the Chromium above
 # and downloads no browser), exactly as their lockfiles say: again only when a lockfile changes.
 for package in clients/typescript tests/browser; do

@@ -32,6 +32,7 @@ done
 command -v debootstrap >/dev/null || { echo "check-fresh-install: apt-get install --no-install-recommends debootstrap" >&2; exit 1; }
 [ ! -e "$ROOTFS" ] || { echo "check-fresh-install: $ROOTFS exists; remove it first" >&2; exit 1; }
 BRANCH="$(git rev-parse --abbrev-ref HEAD)"
+STARTED="$(date -u '+%Y-%m-%d %H:%M UTC')"
 WORK="$(mktemp -d)"
 
 mounted() { grep -F " $ROOTFS/" /proc/mounts | cut -d' ' -f2 | sort -r; }
@@ -49,7 +50,8 @@ cleanup() {
     if [ -n "$(mounted)" ]; then
         echo "check-fresh-install: still mounted under $ROOTFS, not removing it" >&2
     elif [ "$KEEP" = 1 ]; then
-        echo "check-fresh-install: kept $ROOTFS" >&2
+        cp -r "$WORK" "$ROOTFS/root/check-fresh-install" 2>/dev/null || true
+        echo "check-fresh-install: kept $ROOTFS (logs in $ROOTFS/root/check-fresh-install)" >&2
     else
         rm -rf --one-file-system "$ROOTFS"
     fi
@@ -98,11 +100,11 @@ git clone -q --branch "$BRANCH" "$REPO" "$ROOTFS/root/privllm"
 echo "== bootstrap.sh, first run (branch $BRANCH, $(git -C "$ROOTFS/root/privllm" rev-parse --short HEAD))" >&2
 timed() {
     local start end
-    start="$(date +%s)"
+    start="$(date +%s.%N)"
     in_root "cd /root/privllm && scripts/bootstrap.sh" >"$WORK/$1.log" 2>&1 \
         || { tail -30 "$WORK/$1.log" >&2; echo "check-fresh-install: bootstrap.sh failed ($1 run)" >&2; exit 1; }
-    end="$(date +%s)"
-    echo $((end - start))
+    end="$(date +%s.%N)"
+    awk -v s="$start" -v e="$end" 'BEGIN { printf "%.1f", e - s }'
 }
 first="$(timed first)"
 echo "== bootstrap.sh, second run" >&2
@@ -124,10 +126,11 @@ left="$(jailed)"
 [ -x "$ROOTFS/root/.cache/privllm/llama-server-0.3.36-noamx/llama-server" ] || fail "no llama-server was built"
 [ -x "$ROOTFS/root/privllm/.venv/bin/twistd" ] || fail "no virtualenv with twistd"
 
-echo "date: $(date -u '+%Y-%m-%d %H:%M UTC'); host: $(nproc) cores, $(free -g | awk '/^Mem:/ {print $2}') GiB"
+echo "started: $STARTED; host: $(nproc) cores, $(free -g | awk '/^Mem:/ {print $2}') GiB, load now $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "base (debootstrap minbase): $(wc -l <"$WORK/base") packages"
 echo "installed by bootstrap.sh: $(wc -l <"$WORK/added") packages, $(du -smx "$ROOTFS" | cut -f1) MB in the root afterwards"
 echo "first run: ${first} s wall; second run: ${second} s wall"
+echo "Node.js in the root: $(in_root 'node --version') (the TypeScript SDK asks for >= 20.19)"
 echo "boot links added (systemd wants, rc S*): $(comm -13 "$WORK/links-base" <(boot_links) | tr '\n' ' ')"
 echo "packages added:"
 tr '\n' ' ' <"$WORK/added" | fold -s -w 100
