@@ -12,7 +12,8 @@
 # Nothing of the host is bind-mounted: the root gets its own proc, a read-only sysfs, a devpts
 # and a tmpfs for /dev/shm (debootstrap makes the /dev nodes), and copies of resolv.conf and of
 # the host's local CA certificates.
-# Only what is committed is tested: the clone is of HEAD's branch.
+# Only what is committed is tested: the clone is of HEAD's branch. Stop it with Ctrl-C (or a TERM
+# to its process group): everything is unmounted, processes in the root ended, the root removed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO="$PWD"
