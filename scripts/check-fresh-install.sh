@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run by hand, not in CI (it needs root, debootstrap, the network and ~25 minutes): prove that
+# Run by hand, not in CI (it needs root, debootstrap, the network and about 15 minutes on 2 cores): prove that
 # scripts/bootstrap.sh sets up a truly fresh machine. It builds a minimal Debian bookworm root
 # (debootstrap --variant=minbase: no Python, no compiler, no CA bundle), clones this repository's
 # current branch into it, runs bootstrap.sh there as root twice with a timer, and then prints what
