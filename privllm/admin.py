@@ -6,8 +6,11 @@
   privllm-admin ca-init    create a deployment CA in --dir (for mutual TLS router <-> nodes)
   privllm-admin ca-issue   issue --name's certificate and key from the CA in --dir into --out
   privllm-admin pin        print the SPKI pin of --cert (for backend.pins)
+  privllm-admin backup     write the identity key and TLS certificate and key to --archive (0600)
+  privllm-admin restore    put them back from --archive where the configuration says
 
-show and rotate read the same configuration as the daemon (--env, --config, PRIVLLM_*).
+show, rotate, backup and restore read the same configuration as the daemon (--env, --config,
+PRIVLLM_*). What is backed up, and why nothing else is: docs/deployment.md.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import sys
 import time
 
 from .config import Config, ConfigError, load_config
+from .keys.backup import backup, restore
 from .keys.files import KeyFileError
 from .keys.material import IDENTITY_KEY, TLS_CERT, load_identity
 from .keys.pki import create_ca, issue
@@ -61,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="privllm-admin", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("command", choices=["show", "rotate", "ca-init", "ca-issue", "pin"])
+    p.add_argument("command", choices=["show", "rotate", "ca-init", "ca-issue", "pin", "backup", "restore"])
     p.add_argument("--cert", help="pin: a PEM certificate")
     p.add_argument("--env", default="dev", choices=["dev", "prod"])
     p.add_argument("--config", help="the daemon's TOML file")
@@ -72,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ip", action="append", default=[], help="ca-issue: an IP address SAN (repeatable)")
     p.add_argument("--dns", action="append", default=[], help="ca-issue: another DNS SAN (repeatable)")
     p.add_argument("--hours", type=float, default=168, help="ca-issue: validity (default a week)")
+    p.add_argument("--archive", help="backup, restore: the back-up file")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
     if args.command.startswith("ca-"):
         return _ca(args)
@@ -82,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"privllm-admin: {e}", file=sys.stderr)
             return 2
         return 0
+    if args.command in ("backup", "restore"):
+        return _backup(args)
     try:
         config = load_config(args.env, args.config)
         store = KeyRingStore(config.keys.state_dir, config.keys.rotation_interval, config.keys.overlap)
@@ -113,6 +120,21 @@ def _ca(args: argparse.Namespace) -> int:
                 raise ValueError("--name and --out are required")
             print("\n".join(issue(args.dir, args.name, args.out, args.dns, args.ip, args.hours)))
     except (KeyFileError, OSError, ValueError) as e:
+        print(f"privllm-admin: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _backup(args: argparse.Namespace) -> int:
+    try:
+        if not args.archive:
+            raise ValueError("--archive is required")
+        config = load_config(args.env, args.config)
+        if args.command == "backup":
+            print("\n".join(["backed up:", *backup(config, args.archive)]))
+        else:
+            print("\n".join(["restored (0600):", *restore(config, args.archive)]))
+    except (ConfigError, KeyFileError, OSError, ValueError) as e:
         print(f"privllm-admin: {e}", file=sys.stderr)
         return 2
     return 0

@@ -9,6 +9,12 @@ VENV="${PRIVLLM_VENV:-$ROOT/.venv}"
 PY="${PYTHON:-python3}"
 
 missing=()
+# A minimal Debian (debootstrap --variant=minbase, as scripts/check-fresh-install.sh builds) has
+# no Python, no venv module, no make (cmake only recommends it) and no CA bundle (curl's TLS).
+command -v "$PY" >/dev/null || missing+=(python3)
+"$PY" -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
+command -v make >/dev/null || missing+=(make)
+[ -s /etc/ssl/certs/ca-certificates.crt ] || missing+=(ca-certificates)
 command -v cmake >/dev/null || missing+=(cmake)
 command -v c++ >/dev/null || missing+=(g++)
 command -v curl >/dev/null || missing+=(curl)
@@ -75,6 +81,10 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
 fi
 
 PYTHON="$VENV/bin/python" scripts/build-llama-server.sh >/dev/null
+
+# Debian bookworm's Node.js is 18: npm ci works, the SDK's tests do not (node --test-timeout).
+node -e 'const [a, b] = process.versions.node.split(".").map(Number); process.exit(a > 20 || (a === 20 && b >= 19) ? 0 : 1)' \
+    || echo "bootstrap: Node.js $(node --version) is older than the TypeScript SDK's >= 20.19: its tests will fail" >&2
 
 # The SDK's packages, and tests/browser's driver (puppeteer-core, which drives the Chromium above
 # and downloads no browser), exactly as their lockfiles say: again only when a lockfile changes.
