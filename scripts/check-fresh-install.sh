@@ -131,7 +131,7 @@ echo "started: $STARTED; host: $(nproc) cores, $(free -g | awk '/^Mem:/ {print $
 echo "base (debootstrap minbase): $(wc -l <"$WORK/base") packages"
 echo "installed by bootstrap.sh: $(wc -l <"$WORK/added") packages, $(du -smx "$ROOTFS" | cut -f1) MB in the root afterwards"
 echo "first run: ${first} s wall; second run: ${second} s wall"
-echo "Node.js in the root: $(in_root 'node --version') (the TypeScript SDK asks for >= 20.19)"
+echo "Node.js in the root: $(in_root 'PATH=/root/privllm/.venv/bin:$PATH; node --version') (the TypeScript SDK asks for >= 20.19; from the venv when bootstrap installed PyPI's)"
 echo "boot links added (systemd wants, rc S*): $(comm -13 "$WORK/links-base" <(boot_links) | tr '\n' ' ')"
 echo "packages added:"
 tr '\n' ' ' <"$WORK/added" | fold -s -w 100

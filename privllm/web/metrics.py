@@ -5,8 +5,8 @@ reasons, breaker states, node URLs). docs/operations.md says how to read each on
 
 The buckets were chosen from the raw timings benchmarks.timings measured on the dev stack
 (SmolLM2-135M on 2 CPU cores; docs/metrics-timings.json), finest where those fell (gaps of
-coalesced chunks at 55-65 ms, 100 tokens/s, first tokens at 25-30 ms idle and seconds when
-queued), and widened to minutes for gpt-oss on a GPU node (docs/operations.md, "Buckets").
+coalesced chunks at 55-65 ms, about 100 tokens/s, first tokens at 20-30 ms idle and seconds
+when queued), and widened to minutes for gpt-oss on a GPU node (docs/operations.md, "Buckets").
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ class RouterMetrics:
         )
         self.answer_time = Histogram(
             "privllm_answer_seconds",
-            "From an admitted request to the end of its answer, for answers that ended done",
+            "From an admitted request to the end of its answer, for answers that ended ok",
             buckets=ANSWER_BUCKETS,
             registry=r,
         )
@@ -75,7 +75,7 @@ class RouterMetrics:
         )
         self.token_rate = Histogram(
             "privllm_tokens_per_second",
-            "Completion tokens per second of generation, per answer that ended done",
+            "Completion tokens per second of generation, per answer that ended ok",
             buckets=TOKEN_RATE_BUCKETS,
             registry=r,
         )
@@ -144,7 +144,7 @@ class RouterMetrics:
 class GapTally:
     """One answer's gaps between chunks, added to the histogram in bulk once a second rather
     than observed one by one: an observe per chunk (locks, or a memory-mapped file with
-    workers) cost 1.5 of 22 us per chunk (benchmarks.per_delta, TLS). It writes the
+    workers) added 2.2 us to 22 per chunk (benchmarks.per_delta, TLS, 9 pairs). It writes the
     histogram's own bucket and sum values, which prometheus_client keeps private: the test
     privllm.test.test_status.GapTallies checks the result equals observing each gap, so an
     upgrade that changes them fails there."""
