@@ -15,6 +15,10 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.trial.unittest import TestCase
 
+from privllm.protocol import errors
+from privllm.protocol.life import ERROR_CODES
+from privllm.web.metrics import BREAKER_STATES
+
 from .docclient import DocClient
 from .prometheus import check_rules, sample
 from .stack import shared
@@ -30,6 +34,17 @@ GRAFANA_VARIABLES = {
     "$__rate_interval": "1m",
     "$__range": "1h",
 }
+# The values the router can give each label an expression may match on.
+EMITTED = {
+    "outcome": {r.code for r in vars(errors).values() if isinstance(r, errors.Rejection)}
+    | ERROR_CODES
+    | {"ok", "client_gone"},
+    "reason": set(errors.REFUSAL_REASONS),
+    "state": set(BREAKER_STATES),
+    "kind": {"prompt", "completion"},
+}
+# A matcher on one of those labels: `label="v"`, `label!="v"`, `label=~"a|b"`, `label!~"a|b"`.
+MATCHER = re.compile(r'\b(outcome|reason|state|kind)\s*(=~|!~|!=|=)\s*"([^"]*)"')
 # A privllm series name, not part of a recording rule's name (those have colons).
 SERIES = re.compile(r"(?<![\w:])privllm_\w+(?![\w:])")
 RECORDED = re.compile(r"^\s*-?\s*record:\s*['\"]?([\w:]+)", re.M)
@@ -69,6 +84,11 @@ def panels(board: dict[str, Any]) -> list[dict[str, Any]]:
     return found
 
 
+def rule_files() -> list[str]:
+    """The alert rules, their tests, and whatever other rule file sits next to the dashboard."""
+    return sorted(glob.glob(os.path.join(MONITORING, "*.yml")) + glob.glob(os.path.join(MONITORING, "*.yaml")))
+
+
 def targets(board: dict[str, Any]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
     return [(panel, target) for panel in panels(board) for target in panel.get("targets", [])]
 
@@ -84,6 +104,17 @@ def faults(text: str) -> set[str]:
     match = re.search(r'outcome=~"([\w|]+)"', text)
     assert match, text[:200]
     return set(match.group(1).split("|"))
+
+
+def unknown_label_values(text: str) -> list[str]:
+    """Each matcher in `text` on an EMITTED label whose value the router never gives that label; a
+    regular expression must be a plain `a|b` list, anything else is reported too."""
+    unknown = []
+    for label, op, value in MATCHER.findall(text):
+        values = value.split("|") if "~" in op else [value]
+        if not all(re.fullmatch(r"\w+", v) and v in EMITTED[label] for v in values):
+            unknown.append(f'{label}{op}"{value}"')
+    return unknown
 
 
 def series_names(text: str) -> set[str]:
@@ -138,6 +169,29 @@ class Expressions(TestCase):
         self.assertEqual(len(panel), 1)
         self.assertEqual(faults(panel[0]), faults(alerts.split("record: privllm:chat_server_faults:rate5m")[1]))
         self.assertIn("upstream_failed", faults(panel[0]))
+
+    def test_label_values_the_router_emits(self) -> None:
+        """Every outcome, reason, breaker state and token kind an expression matches on is one the
+        router can emit: a misspelt value matches nothing, and the panel or alert says nothing."""
+        texts = {f"dashboard.json {p['title']} {t['refId']}": t["expr"] for p, t in targets(dashboard())}
+        for path in rule_files():
+            with open(path) as f:
+                texts[os.path.basename(path)] = f.read()
+        seen = {label for text in texts.values() for label, _, _ in MATCHER.findall(text)}
+        self.assertEqual(seen, set(EMITTED), "every label checked is used, so the pattern reads these files")
+        bad = {name: unknown for name, text in texts.items() if (unknown := unknown_label_values(text))}
+        self.assertFalse(bad, f"values the router never emits: {bad}")
+
+    def test_label_values_checked(self) -> None:
+        """The check fails on a value the router never emits, in any matcher form."""
+        self.assertEqual(unknown_label_values('x{outcome="ok", state="open", kind="prompt"}'), [])
+        self.assertEqual(unknown_label_values('x{outcome="done"}'), ['outcome="done"'])
+        self.assertEqual(unknown_label_values('x{outcome=~"ok|done"}'), ['outcome=~"ok|done"'])
+        self.assertEqual(unknown_label_values('x{reason!="stream_caps"}'), ['reason!="stream_caps"'])
+        self.assertEqual(unknown_label_values('x{state!~"open|.*"}'), ['state!~"open|.*"'])
+        self.assertEqual(unknown_label_values('x{kind = "tokens"}'), ['kind="tokens"'])
+        self.assertIn("overloaded", EMITTED["outcome"])
+        self.assertIn("unsupported_media_type", EMITTED["outcome"])
 
     def test_series_names_ignore_recorded_rules(self) -> None:
         text = "groups:\n- rules:\n  - record: privllm_slo_errors\n    expr: sum(privllm_x_total) / privllm:y\n"
@@ -202,12 +256,8 @@ class ExportedByARealRouter(TestCase):
         self.assertGreaterEqual(sample(text, "privllm_chat_requests_total", {"outcome": "ok"}), 1)
         self.assertGreaterEqual(sample(text, "privllm_time_to_first_token_seconds_count"), 1)
         # The dashboard, and whatever rule files sit next to it (the alert rules, when present).
-        files = [
-            DASHBOARD,
-            *sorted(glob.glob(os.path.join(MONITORING, "*.yml")) + glob.glob(os.path.join(MONITORING, "*.yaml"))),
-        ]
         missing = {}
-        for path in files:
+        for path in [DASHBOARD, *rule_files()]:
             with open(path) as f:
                 unknown = series_names(f.read()) - names
             if unknown:
