@@ -363,8 +363,7 @@ class Router:
         breaker = CircuitBreaker(
             backend.breaker_failures, backend.breaker_cooldown, lambda state: metrics.breaker_changed(url, state)
         )
-        metrics.show_breaker(url, breaker.state)
-        metrics.node_healthy.labels(url).set(0)  # until its first health check passes: a series from the start
+        metrics.add_node(url, breaker.state)
         client = LlamaServer(reactor, url, backend.connect_timeout, tls, keep=self.config.load.max_streams_per_node)
         node = Node(url, client, breaker, dialect=dialect)
 

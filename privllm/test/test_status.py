@@ -149,3 +149,17 @@ class GapTallies(TestCase):
 
         self.assertEqual(samples(bulk), samples(one_by_one))
         self.assertEqual(bulk.registry.get_sample_value("privllm_inter_chunk_seconds_count"), len(gaps))
+
+
+class NodeSeries(TestCase):
+    def test_a_node_has_its_series_from_the_start(self) -> None:
+        """A node down from the first check still shows (health 0), and increase() over the
+        transitions counts the first opening (the counter exists at 0 before it)."""
+        metrics = RouterMetrics()
+        metrics.add_node("https://10.0.0.2:8443", "closed")
+        value = metrics.registry.get_sample_value
+        node = {"node": "https://10.0.0.2:8443"}
+        self.assertEqual(value("privllm_node_healthy", node), 0)
+        for state in ("closed", "open", "half_open"):
+            self.assertEqual(value("privllm_breaker_transitions_total", {**node, "state": state}), 0)
+        self.assertEqual(value("privllm_breaker_state", {**node, "state": "closed"}), 1)

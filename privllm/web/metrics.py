@@ -136,6 +136,14 @@ class RouterMetrics:
         self.breaker_transitions.labels(node, state).inc()
         self.show_breaker(node, state)
 
+    def add_node(self, node: str, breaker_state: str) -> None:
+        """Every node's series from the start: health 0 until its first check passes, and each
+        breaker transition at 0, so increase() counts the first opening too."""
+        self.node_healthy.labels(node).set(0)
+        for state in BREAKER_STATES:
+            self.breaker_transitions.labels(node, state)
+        self.show_breaker(node, breaker_state)
+
     def show_breaker(self, node: str, state: str) -> None:
         for each in BREAKER_STATES:
             self.breaker_state.labels(node, each).set(1 if each == state else 0)
