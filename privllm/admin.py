@@ -6,8 +6,10 @@
   privllm-admin ca-init    create a deployment CA in --dir (for mutual TLS router <-> nodes)
   privllm-admin ca-issue   issue --name's certificate and key from the CA in --dir into --out
   privllm-admin pin        print the SPKI pin of --cert (for backend.pins)
-  privllm-admin backup     write the identity key and TLS certificate and key to --archive (0600)
-  privllm-admin restore    put them back from --archive where the configuration says
+  privllm-admin backup     write the identity key, TLS certificate and key, and where the HPKE key ids
+                           stand to --archive (0600)
+  privllm-admin restore    put them back from --archive where the configuration says; the new key
+                           ring starts past the old ids
 
 show, rotate, backup and restore read the same configuration as the daemon (--env, --config,
 PRIVLLM_*). What is backed up, and why nothing else is: docs/deployment.md.
@@ -130,10 +132,12 @@ def _backup(args: argparse.Namespace) -> int:
         if not args.archive:
             raise ValueError("--archive is required")
         config = load_config(args.env, args.config)
+        now = int(time.time())
         if args.command == "backup":
-            print("\n".join(["backed up:", *backup(config, args.archive)]))
+            print("\n".join(["backed up:", *backup(config, args.archive, now)]))
         else:
-            print("\n".join(["restored (0600):", *restore(config, args.archive)]))
+            written, ring = restore(config, args.archive, now)
+            print("\n".join(["restored (0600):", *written, ring]))
     except (ConfigError, KeyFileError, OSError, ValueError) as e:
         print(f"privllm-admin: {e}", file=sys.stderr)
         return 2

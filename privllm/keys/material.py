@@ -9,6 +9,7 @@ import os
 from typing import Any
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -37,8 +38,8 @@ def new_hpke_keypair() -> tuple[bytes, bytes]:
 def load_identity(path: str) -> Ed25519PrivateKey:
     try:
         key = serialization.load_pem_private_key(read_secret(path), password=None)
-    except ValueError as e:
-        raise KeyFileError(f"identity key {path} is not a PEM private key") from e
+    except (ValueError, TypeError, UnsupportedAlgorithm) as e:  # TypeError: an encrypted key
+        raise KeyFileError(f"identity key {path} is not an unencrypted PEM private key") from e
     if not isinstance(key, Ed25519PrivateKey):
         raise KeyFileError(f"identity key {path} is not an Ed25519 key")
     return key

@@ -11,11 +11,12 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
+import secrets
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from ..protocol import suite
-from ..protocol.keyring import KeyRing
+from ..protocol.keyring import KEY_ID_SPACE, KeyRing
 from .files import ensure_private_dir, read_secret_buffer, wipe
 from .material import keyring_path, parse_keyring, save_keyring
 
@@ -61,7 +62,10 @@ class KeyRingStore:
     def _read(self) -> KeyRing:
         path = keyring_path(self.state_dir)
         if not os.path.lexists(path):
-            loaded = KeyRing([], self.interval, self.overlap)
+            # A random start: two routers made from nothing (or restored from an archive that
+            # predates ring.json) rarely hand out the same key ids, which an app's cached key
+            # set could name (privllm.keys.backup carries the start across a restore).
+            loaded = KeyRing([], self.interval, self.overlap, secrets.randbelow(KEY_ID_SPACE))
             digest = b""
         else:
             raw = read_secret_buffer(path)

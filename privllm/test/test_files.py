@@ -3,11 +3,13 @@ from __future__ import annotations
 import os
 import stat
 
+from cryptography.hazmat.primitives import serialization
 from twisted.trial.unittest import TestCase
 
 from ..keys.files import KeyFileError, ensure_private_dir, read_secret, write_secret
 from ..keys.material import ensure_dev_certificate, ensure_identity, load_identity, save_keyring
 from ..keys.store import KeyRingStore
+from ..web.tls import load_key
 from .helpers import NOW, ring
 
 
@@ -57,6 +59,33 @@ class SecretFiles(TestCase):
         first = load_identity(path).public_key().public_bytes_raw()
         ensure_identity(self.dir)
         self.assertEqual(load_identity(path).public_key().public_bytes_raw(), first)
+
+    def test_an_encrypted_identity_key_is_a_key_file_error(self) -> None:
+        ensure_private_dir(self.dir)
+        path = ensure_identity(self.dir)
+        encrypted = load_identity(path).private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"a passphrase"),
+        )
+        write_secret(path, encrypted)
+        with self.assertRaises(KeyFileError) as caught:
+            load_identity(path)
+        self.assertIn("not an unencrypted PEM private key", str(caught.exception))
+
+    def test_an_encrypted_tls_key_is_a_key_file_error(self) -> None:
+        ensure_private_dir(self.dir)
+        _, key_path = ensure_dev_certificate(self.dir, ["127.0.0.1"])
+        key = serialization.load_pem_private_key(read_secret(key_path), password=None)
+        encrypted = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"a passphrase"),
+        )
+        write_secret(key_path, encrypted)
+        with self.assertRaises(KeyFileError) as caught:
+            load_key(key_path)
+        self.assertIn("not an unencrypted PEM private key", str(caught.exception))
 
     def test_keyring_persists_and_corruption_stops(self) -> None:
         ensure_private_dir(self.dir)

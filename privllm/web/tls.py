@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from OpenSSL import SSL, crypto
 from twisted.internet import ssl
@@ -46,8 +47,8 @@ def load_chain(path: str) -> list[x509.Certificate]:
 def load_key(path: str) -> crypto.PKey:
     try:
         key = serialization.load_pem_private_key(read_secret(path), password=None)
-    except ValueError as e:
-        raise KeyFileError(f"TLS key {path} is not a PEM private key") from e
+    except (ValueError, TypeError, UnsupportedAlgorithm) as e:  # TypeError: an encrypted key
+        raise KeyFileError(f"TLS key {path} is not an unencrypted PEM private key") from e
     return crypto.PKey.from_cryptography_key(key)  # type: ignore[arg-type]
 
 
