@@ -60,7 +60,7 @@ class HostileChats(TestCase):
             ],
             "max_tokens": 8,
         }
-        answers = "privllm_upstream_response_seconds_count"  # responses from the node, any status
+        answers = "privllm_upstream_first_byte_seconds_count"  # responses from the node, any status
         before = metric(self.metrics(), answers, f'{{node="unix://{self.daemon.llama_socket}"}}')
         for _ in range(6):
             chunks = self.doc().chat(conversation)
@@ -68,7 +68,11 @@ class HostileChats(TestCase):
         metrics = self.metrics()
         after = metric(metrics, answers, f'{{node="unix://{self.daemon.llama_socket}"}}')
         self.assertEqual(after, before, "never sent: only counted by the node's tokenizer")
-        self.assertNotIn(b'state="open"', metrics)
+        node = f'node="unix://{self.daemon.llama_socket}"'
+        opened = f'privllm_breaker_transitions_total{{{node},state="open"}} 0.0'.encode()
+        self.assertIn(opened, metrics.splitlines(), "the breaker never opened")
         self.assertNotIn(b"privllm_node_failures_total{", metrics)
         self.assertGreaterEqual(metric(metrics, "privllm_chat_requests_total", '{outcome="too_long"}'), 6)
         self.assert_still_serving()
+        served = metric(self.metrics(), answers, f"{{{node}}}")
+        self.assertEqual(served, before + 2, "the two chats that were sent are counted: the name is right")

@@ -24,7 +24,7 @@ class Nodes(TestCase):
     def node_answers(self) -> float:
         """Responses the router got from its nodes, whatever their status."""
         _, _, body = topology().router.get("/metrics", tls=False)
-        counts = re.findall(rb"^privllm_upstream_response_seconds_count\{[^}]*\} ([0-9.e+]+)$", body, re.M)
+        counts = re.findall(rb"^privllm_upstream_first_byte_seconds_count\{[^}]*\} ([0-9.e+]+)$", body, re.M)
         return sum(float(c) for c in counts)
 
     def test_a_chats_go_through_both_nodes(self) -> None:
