@@ -86,11 +86,12 @@ def _write_all(fd: int, data: bytes) -> None:
     os.fsync(fd)
 
 
-def create_secret(path: str, data: bytes) -> None:
-    """A new file, 0600, never over anything (not even a link or a file made a moment ago):
+def create_secret(path: str, data: bytes, mode: int = 0o600) -> None:
+    """A new file, never over anything (not even a link or a file made a moment ago):
     FileExistsError if the name is taken. The caller fsyncs the directory (fsync_dir)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
     try:
+        os.fchmod(fd, mode)  # exactly `mode`, whatever the umask
         _write_all(fd, data)
     except BaseException:
         os.close(fd)
@@ -111,14 +112,6 @@ def write_secret(path: str, data: bytes, mode: int = 0o600) -> None:
     """Atomic replace: write a new file beside it, fsync, rename over, fsync the directory."""
     directory = os.path.dirname(os.path.abspath(path))
     tmp = f"{path}.tmp.{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
-    try:
-        os.fchmod(fd, mode)
-        _write_all(fd, data)
-    except BaseException:
-        os.close(fd)
-        os.unlink(tmp)
-        raise
-    os.close(fd)
+    create_secret(tmp, data, mode)
     os.replace(tmp, path)
     fsync_dir(directory)

@@ -529,15 +529,19 @@ class Metrics(TestCase):
         self.assertEqual(h.sample("privllm_answer_seconds_count"), 0)
         self.assertEqual(h.sample("privllm_tokens_per_second_count"), 0)
 
-    def test_queued_streams_and_a_queue_timeout(self) -> None:
+    def one_busy_node_and_a_second_chat(self) -> Harness:
+        """One node with one slot, taken by the harness's chat; a second chat queues (10 s)."""
         h = Harness()
         h.nodes[1].healthy = False
         h.pool.max_per_node, h.pool.queue_size = 1, 4
         h.start()
-        request = DummyRequest([b"api", b"chat"])
         settings = StreamSettings(ChatLimits(), privacy=Privacy(0, 0), queue_timeout=10)
-        second = ChatStream(request, h.clock, h.pool, h.metrics, settings)  # type: ignore[arg-type]
+        second = ChatStream(DummyRequest([b"api", b"chat"]), h.clock, h.pool, h.metrics, settings)  # type: ignore[arg-type]
         second.start(OpenedRequest(json.dumps(HI).encode(), SECRET), ENC)
+        return h
+
+    def test_queued_streams_and_a_queue_timeout(self) -> None:
+        h = self.one_busy_node_and_a_second_chat()
         self.assertEqual(h.sample("privllm_queued_streams"), 1)
         self.assertEqual(h.sample("privllm_active_streams"), 2)
         h.clock.advance(10)
@@ -548,13 +552,7 @@ class Metrics(TestCase):
         h.assert_given_back(self)
 
     def test_a_queued_stream_that_gets_its_slot_leaves_the_gauge(self) -> None:
-        h = Harness()
-        h.nodes[1].healthy = False
-        h.pool.max_per_node, h.pool.queue_size = 1, 4
-        h.start()
-        request = DummyRequest([b"api", b"chat"])
-        second = ChatStream(request, h.clock, h.pool, h.metrics, StreamSettings(ChatLimits(), privacy=Privacy(0, 0)))  # type: ignore[arg-type]
-        second.start(OpenedRequest(json.dumps(HI).encode(), SECRET), ENC)
+        h = self.one_busy_node_and_a_second_chat()
         h.respond(0).send(delta("a") + FINISH)
         self.assertEqual(h.sample("privllm_queued_streams"), 0)
         self.assertEqual(h.sample("privllm_refusals_total", {"reason": "no_node"}), 0)

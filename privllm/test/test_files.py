@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 import stat
+from typing import Any, cast
 
 from cryptography.hazmat.primitives import serialization
 from twisted.trial.unittest import TestCase
@@ -11,6 +12,18 @@ from ..keys.material import ensure_dev_certificate, ensure_identity, load_identi
 from ..keys.store import KeyRingStore
 from ..web.tls import load_key
 from .helpers import NOW, ring
+
+
+def encrypted(key: Any) -> bytes:
+    """The key as PEM under a passphrase: what the daemon must refuse in one line."""
+    return cast(
+        bytes,
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"a passphrase"),
+        ),
+    )
 
 
 class SecretFiles(TestCase):
@@ -63,12 +76,7 @@ class SecretFiles(TestCase):
     def test_an_encrypted_identity_key_is_a_key_file_error(self) -> None:
         ensure_private_dir(self.dir)
         path = ensure_identity(self.dir)
-        encrypted = load_identity(path).private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.BestAvailableEncryption(b"a passphrase"),
-        )
-        write_secret(path, encrypted)
+        write_secret(path, encrypted(load_identity(path)))
         with self.assertRaises(KeyFileError) as caught:
             load_identity(path)
         self.assertIn("not an unencrypted PEM private key", str(caught.exception))
@@ -77,12 +85,7 @@ class SecretFiles(TestCase):
         ensure_private_dir(self.dir)
         _, key_path = ensure_dev_certificate(self.dir, ["127.0.0.1"])
         key = serialization.load_pem_private_key(read_secret(key_path), password=None)
-        encrypted = key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.BestAvailableEncryption(b"a passphrase"),
-        )
-        write_secret(key_path, encrypted)
+        write_secret(key_path, encrypted(key))
         with self.assertRaises(KeyFileError) as caught:
             load_key(key_path)
         self.assertIn("not an unencrypted PEM private key", str(caught.exception))

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+from typing import Any, cast
 
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.task import Clock
+from twisted.logger import ILogObserver, Logger
 from twisted.trial.unittest import TestCase
 
 from ..protocol.admission import Ask, PowGate
@@ -14,6 +16,7 @@ from ..state.interface import Limits, StateUnavailable
 from ..state.memory import MemoryState
 from ..upstream.breaker import CircuitBreaker
 from ..upstream.pool import Node
+from ..web import status
 from ..web.metrics import RouterMetrics
 from ..web.status import StatusGauges
 from .helpers import NOW, ring
@@ -93,9 +96,11 @@ class Gauges(TestCase):
         def broken(now: int) -> None:
             raise RuntimeError("a bug")
 
+        events: list[dict[str, Any]] = []  # this module's log only: other tests may change the global one
+        self.patch(status, "log", Logger(observer=cast(ILogObserver, events.append)))
         self.ring.rotation_status = broken  # type: ignore[method-assign,assignment]
         self.clock.advance(StatusGauges.EVERY)
-        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertEqual([e["log_failure"].type for e in events], [RuntimeError])
         del self.ring.rotation_status
         self.clock.advance(3600)
         self.assertEqual(self.value("privllm_key_age_seconds"), 3600 + StatusGauges.EVERY, "still updated")
