@@ -98,6 +98,7 @@ class NodeProxy(Resource):
         body = request.content.read() if request.content is not None else b""
         pending = self._llama.post_stream(path, body)
         stream: list[BodyStream] = []
+        gone: list[bool] = []  # notifyFinish failed: the client left before the answer ended
 
         def got(response: Any) -> Any:
             request.setResponseCode(response.code)
@@ -121,10 +122,11 @@ class NodeProxy(Resource):
                 if transport is not None:
                     transport.abortConnection()  # the router must see a cut, not a clean end
                 return
-            if not request.finished and not request._disconnected:
+            if not request.finished and not gone:
                 request.finish()
 
         def client_gone(_: object) -> None:
+            gone.append(True)
             pending.cancel()
             for relay in stream:
                 relay.stop()

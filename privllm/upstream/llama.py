@@ -19,7 +19,7 @@ import treq
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import UNIXClientEndpoint
 from twisted.internet.interfaces import IReactorUNIX
-from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
+from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
@@ -27,6 +27,7 @@ from zope.interface import implementer
 from ..body import BytesProducer, read_bounded
 from ..endpoints import AgentEndpoints
 from ..protocol.encoding import EncodingError, dumps, loads_bounded
+from ..twisted_private import quiet_pool
 
 UNIX_BASE = "http://llama-server"  # the authority is ignored: every connection goes to the socket
 JSON_HEADERS = Headers({b"Content-Type": [b"application/json"]})
@@ -69,10 +70,6 @@ class UNIXEndpointFactory:
         return UNIXClientEndpoint(self._reactor, self._path, timeout=self._timeout)
 
 
-class _QuietFactory(_HTTP11ClientFactory):
-    noisy = False
-
-
 class LlamaServer:
     def __init__(self, reactor: Any, url: str, connect_timeout: float, tls: Any = None, keep: int = 16) -> None:
         """`keep`: idle connections kept for reuse; as many as the backend serves streams at once."""
@@ -81,7 +78,7 @@ class LlamaServer:
         # Close idle connections before a node does (its read deadline, 15 s by default): a
         # chat sent on a connection the node is closing fails, and costs a retry.
         pool.cachedConnectionTimeout = IDLE_CONNECTION_SECONDS
-        pool._factory = _QuietFactory  # no "Starting factory" line for every upstream connection
+        quiet_pool(pool)  # no "Starting factory" line for every upstream connection
         agent: Any
         if url.startswith("unix://"):
             factory = UNIXEndpointFactory(reactor, socket_path(url), connect_timeout)

@@ -87,21 +87,39 @@ class LlamaSupervisor(ProcessMonitor):
         self.addProcess(NAME, prefix + args, env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"})
 
     def startProcess(self, name: str) -> None:
-        if name not in self.protocols:
+        starting = name not in self.protocols
+        if starting:
             self._remove_stale_socket()
         super().startProcess(name)
+        if not starting:
+            return
+        protocol = self.protocols.get(name)
+        if protocol is None:  # the spawn failed: procmon already scheduled the next try
+            self._exiting(None)
+            self._exited()
+            return
+        # procmon has no public exit hook (its connectionLost is deprecated and no longer
+        # called): wrap the public processEnded of this run's protocol around procmon's handling.
+        ended = protocol.processEnded
+
+        def process_ended(reason: Failure) -> None:
+            self._exiting(reason)
+            ended(reason)
+            self._exited()
+
+        protocol.processEnded = process_ended  # type: ignore[method-assign]
 
     def _remove_stale_socket(self) -> None:
         if os.path.lexists(self._socket):
             os.unlink(self._socket)
 
-    def _monitoredProcessExited(self, name: str, reason: Failure | None = None) -> None:
-        # procmon's only exit hook: LoggingProtocol.processEnded calls this private method, and the
-        # public connectionLost(name) is deprecated and no longer called.
+    def _exiting(self, reason: Failure | None) -> None:
         log.info("llama-server exited ({reason})", reason=reason.getErrorMessage() if reason else "unknown")
         if self.on_exit is not None:
             self.on_exit()
-        super()._monitoredProcessExited(name, reason)
+
+    def _exited(self) -> None:
+        """After procmon has forgotten the process (and scheduled its restart if running)."""
         if not self.running:
             self._remove_stale_socket()
             waiters, self._exit_waiters = self._exit_waiters, []
