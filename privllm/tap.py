@@ -217,6 +217,7 @@ def _metrics_listener(config: Config, reactor: Any, registry: Any, root: MultiSe
     if pass_llama:
         passed = Resource()
         client = LlamaServer(reactor, llama[0], config.backend.connect_timeout, keep=1)
+        client.closed_on_stop().setServiceParent(root)
         passed.putChild(b"metrics", LlamaMetrics(client, config.backend.health_timeout))  # type: ignore[arg-type]
         resource.putChild(b"llama", passed)  # type: ignore[arg-type]
     endpoint = TCP4ServerEndpoint(reactor, config.metrics.port, interface=config.metrics.host)
@@ -365,6 +366,7 @@ class Router:
         )
         metrics.add_node(url, breaker.state)
         client = LlamaServer(reactor, url, backend.connect_timeout, tls, keep=self.config.load.max_streams_per_node)
+        client.closed_on_stop().setServiceParent(self.service)
         node = Node(url, client, breaker, dialect=dialect)
 
         def changed(ready: bool) -> None:
@@ -397,6 +399,7 @@ class InferenceNode:
         if len(urls) != 1:
             raise StartError("config backend.urls: a node forwards to exactly one local llama-server (unix://)")
         llama = LlamaServer(reactor, urls[0], config.backend.connect_timeout, keep=config.llama.parallel)
+        llama.closed_on_stop().setServiceParent(self.service)
         proxy = NodeProxy(llama, config.server.allowed_clients, config.backend.health_timeout)
         site = _site(config, proxy, reactor)
         options = _server_tls(config, config.server.client_ca, alpn=[b"http/1.1"])

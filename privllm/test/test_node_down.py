@@ -7,11 +7,12 @@ import signal
 import tempfile
 import time
 from collections.abc import Iterator
-from typing import cast
+from typing import Any, cast
 
+from twisted.application.internet import StreamServerEndpointService
 from twisted.internet import reactor
 from twisted.internet.base import DelayedCall
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock, deferLater
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import TestCase
@@ -20,6 +21,7 @@ from ..config import load_config
 from ..tap import Router
 from ..upstream.breaker import CircuitBreaker
 from ..upstream.health import HealthMonitor
+from ..upstream.llama import LlamaServer
 from ..upstream.pool import Node, NodePool
 from ..upstream.supervisor import NAME, LlamaSupervisor
 from .test_chat_stream import SyntheticUpstream
@@ -178,3 +180,40 @@ class SupervisorExit(TestCase):
         self.assertFalse(monitor.ready)
         gauge = router.metrics.registry.get_sample_value("privllm_node_healthy", {"node": node.name})
         self.assertEqual(gauge, 0)
+
+
+class PoolsClosedOnStop(TestCase):
+    """Every upstream client the tap builds (one per node, one for /llama/metrics) closes its
+    kept connections when the router's service stops."""
+
+    def test_every_client_is_closed(self) -> None:
+        directory = tempfile.mkdtemp()
+        binary, model = _files(directory)
+        environ = {
+            "PRIVLLM_KEYS__STATE_DIR": os.path.join(directory, "state"),
+            "PRIVLLM_LLAMA__BINARY": binary,
+            "PRIVLLM_LLAMA__MODEL": model,
+            "PRIVLLM_LLAMA__METRICS": "true",
+        }
+        made: list[LlamaServer] = []
+        closed: list[LlamaServer] = []
+        build = LlamaServer.__init__
+
+        def init(client: LlamaServer, *args: Any, **kwargs: Any) -> None:
+            build(client, *args, **kwargs)
+            made.append(client)
+
+        def close(client: LlamaServer) -> Deferred[None]:
+            closed.append(client)
+            return succeed(None)
+
+        self.patch(LlamaServer, "__init__", init)
+        self.patch(LlamaServer, "close", close)
+        router = Router(load_config("dev", environ=environ), MemoryReactorClock())
+        self.assertEqual(len(made), 2, "the node's client and the /llama/metrics one")
+        for service in router.service:  # the listeners (on the memory reactor): they cannot stop unstarted
+            if isinstance(service, StreamServerEndpointService):
+                service.startService()
+        self.assertEqual(closed, [])
+        self.successResultOf(router.service.stopService())
+        self.assertCountEqual(closed, made)

@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 import treq
+from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import UNIXClientEndpoint
 from twisted.internet.interfaces import IReactorUNIX
@@ -70,6 +71,15 @@ class UNIXEndpointFactory:
         return UNIXClientEndpoint(self._reactor, self._path, timeout=self._timeout)
 
 
+class _ClosedOnStop(Service):
+    def __init__(self, client: LlamaServer) -> None:
+        self._client = client
+
+    def stopService(self) -> Deferred[None]:  # type: ignore[override]
+        super().stopService()
+        return self._client.close()
+
+
 class LlamaServer:
     def __init__(self, reactor: Any, url: str, connect_timeout: float, tls: Any = None, keep: int = 16) -> None:
         """`keep`: idle connections kept for reuse; as many as the backend serves streams at once."""
@@ -97,6 +107,11 @@ class LlamaServer:
 
     def close(self) -> Deferred[None]:
         return self._pool.closeCachedConnections()
+
+    def closed_on_stop(self) -> Service:
+        """A service that closes this client's kept connections when it stops: add it to the
+        parent before the services that use the client, so it stops after them."""
+        return _ClosedOnStop(self)
 
     async def _get_json(self, path: str, timeout: float) -> Any:
         """The JSON answer of a GET, or None when it fails, is not 200, or is not bounded JSON."""
