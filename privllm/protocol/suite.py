@@ -9,7 +9,6 @@ VERSION = 1
 KEM_ID = 0x0020  # DHKEM(X25519, HKDF-SHA256)
 KDF_ID = 0x0001  # HKDF-SHA256
 AEAD_ID = 0x0003  # ChaCha20-Poly1305
-MODE_AUTH = 0x02
 
 REQUEST_INFO = b"privllm/v1 request"
 RESPONSE_EXPORT_LABEL = b"privllm/v1 response"
