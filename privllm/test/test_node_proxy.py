@@ -6,7 +6,8 @@ import io
 from typing import Any
 
 from twisted.internet.defer import Deferred, fail
-from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.error import ConnectionDone, ConnectionRefusedError
+from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from twisted.web.test.requesthelper import DummyRequest
 
@@ -20,7 +21,30 @@ class GoneLlama:
         return fail(ConnectionRefusedError())
 
 
+class PendingLlama:
+    """Test equipment: a node-local llama-server that has not answered yet."""
+
+    def __init__(self) -> None:
+        self.pending: Deferred[Any] = Deferred()
+
+    def post_stream(self, path: str, body: bytes) -> Deferred[Any]:
+        return self.pending
+
+
 class Forward(TestCase):
+    def test_a_client_that_left_is_not_answered(self) -> None:
+        """The router left before llama-server answered: the forward is cancelled and the
+        request, already gone, is not finished."""
+        llama = PendingLlama()
+        proxy = NodeProxy(llama, ["router"], 1.0)  # type: ignore[arg-type]
+        request = DummyRequest([b"v1", b"chat", b"completions"])
+        request.content = io.BytesIO(b"{}")  # type: ignore[attr-defined]
+        proxy._forward(request, "/v1/chat/completions")  # type: ignore[arg-type]
+        request.processingFailed(Failure(ConnectionDone()))
+        self.assertTrue(llama.pending.called, "the forward was cancelled")
+        self.assertEqual(request.finished, 0)
+        self.assertEqual(request.written, [])
+
     def test_refused_connection_is_a_503(self) -> None:
         """A plain 503 (not a cut connection) lets the router mark this node down at once."""
         proxy = NodeProxy(GoneLlama(), ["router"], 1.0)  # type: ignore[arg-type]
