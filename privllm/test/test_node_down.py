@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from typing import Any, cast
 
 from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import MultiService
 from twisted.internet import reactor
 from twisted.internet.base import DelayedCall
 from twisted.internet.defer import Deferred, succeed
@@ -18,7 +19,8 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import TestCase
 
 from ..config import load_config
-from ..tap import Router
+from ..keys.pki import create_ca, issue
+from ..tap import InferenceNode, Router
 from ..upstream.breaker import CircuitBreaker
 from ..upstream.health import HealthMonitor
 from ..upstream.llama import LlamaServer
@@ -183,37 +185,53 @@ class SupervisorExit(TestCase):
 
 
 class PoolsClosedOnStop(TestCase):
-    """Every upstream client the tap builds (one per node, one for /llama/metrics) closes its
-    kept connections when the router's service stops."""
+    """Every upstream client the tap builds (one per node, or the node's forward, and one for
+    /llama/metrics) closes its kept connections when the role's service stops."""
 
-    def test_every_client_is_closed(self) -> None:
-        directory = tempfile.mkdtemp()
-        binary, model = _files(directory)
-        environ = {
-            "PRIVLLM_KEYS__STATE_DIR": os.path.join(directory, "state"),
+    def setUp(self) -> None:
+        self.dir = tempfile.mkdtemp()
+        binary, model = _files(self.dir)
+        self.environ = {
+            "PRIVLLM_KEYS__STATE_DIR": os.path.join(self.dir, "state"),
             "PRIVLLM_LLAMA__BINARY": binary,
             "PRIVLLM_LLAMA__MODEL": model,
             "PRIVLLM_LLAMA__METRICS": "true",
         }
-        made: list[LlamaServer] = []
-        closed: list[LlamaServer] = []
+        self.made: list[LlamaServer] = []
+        self.closed: list[LlamaServer] = []
         build = LlamaServer.__init__
 
         def init(client: LlamaServer, *args: Any, **kwargs: Any) -> None:
             build(client, *args, **kwargs)
-            made.append(client)
+            self.made.append(client)
 
         def close(client: LlamaServer) -> Deferred[None]:
-            closed.append(client)
+            self.closed.append(client)
             return succeed(None)
 
         self.patch(LlamaServer, "__init__", init)
         self.patch(LlamaServer, "close", close)
-        router = Router(load_config("dev", environ=environ), MemoryReactorClock())
-        self.assertEqual(len(made), 2, "the node's client and the /llama/metrics one")
-        for service in router.service:  # the listeners (on the memory reactor): they cannot stop unstarted
+
+    def _stop(self, root: MultiService) -> None:
+        self.assertEqual(len(self.made), 2, "the upstream client and the /llama/metrics one")
+        for service in root:  # the listeners (on the memory reactor): they cannot stop unstarted
             if isinstance(service, StreamServerEndpointService):
                 service.startService()
-        self.assertEqual(closed, [])
-        self.successResultOf(router.service.stopService())
-        self.assertCountEqual(closed, made)
+        self.assertEqual(self.closed, [])
+        self.successResultOf(root.stopService())
+        self.assertCountEqual(self.closed, self.made)
+
+    def test_the_router_closes_every_client(self) -> None:
+        self._stop(Router(load_config("dev", environ=self.environ), MemoryReactorClock()).service)
+
+    def test_a_node_closes_every_client(self) -> None:
+        ca = os.path.join(self.dir, "ca")
+        ca_cert = create_ca(ca)
+        cert, key = issue(ca, "node", os.path.join(self.dir, "node"))
+        self.environ |= {
+            "PRIVLLM_SERVER__CLIENT_CA": ca_cert,
+            "PRIVLLM_SERVER__CERTIFICATE": cert,
+            "PRIVLLM_SERVER__PRIVATE_KEY": key,
+            "PRIVLLM_SERVER__ALLOWED_CLIENTS": '["router"]',
+        }
+        self._stop(InferenceNode(load_config("dev", environ=self.environ), MemoryReactorClock()).service)
