@@ -4,21 +4,13 @@ A circuit breaker per inference node, as an explicit state machine (Automat), fe
 closed --N consecutive failures--> open --cooldown elapsed--> half_open
 half_open --probe succeeds--> closed;  half_open --probe fails--> open
 In half_open exactly one request (the probe) is let through.
-The state lives in the machine alone: `state` asks it (an input every state answers with
-its own name, without moving).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
 from automat import MethodicalMachine
-
-
-def _only(outputs: Iterable[str]) -> str:
-    """The one output of a state query (Automat's collector gets every output of a move)."""
-    (name,) = outputs
-    return name
 
 
 class CircuitBreaker:
@@ -30,6 +22,7 @@ class CircuitBreaker:
         self.failures_to_open = failures_to_open
         self.cooldown = cooldown
         self._on_change = on_change
+        self.state = "closed"
         self._failures = 0
         self._opened_at = 0.0
         self._probing = False
@@ -62,54 +55,31 @@ class CircuitBreaker:
     def _recovered(self) -> None:
         "The probe succeeded."
 
-    @_machine.input()
-    def _name(self) -> str:  # type: ignore[empty-body]
-        "Which state is this? (no move)"
-
     # outputs
 
     @_machine.output()
     def _enter_open(self, now: float) -> None:
         self._opened_at = now
         self._probing = False
-        self._changed("open")
+        self._set("open")
 
     @_machine.output()
     def _enter_half_open(self) -> None:
-        self._changed("half_open")
+        self._set("half_open")
 
     @_machine.output()
     def _enter_closed(self) -> None:
         self._failures = 0
         self._probing = False
-        self._changed("closed")
-
-    @_machine.output()
-    def _named_closed(self) -> str:
-        return "closed"
-
-    @_machine.output()
-    def _named_open(self) -> str:
-        return "open"
-
-    @_machine.output()
-    def _named_half_open(self) -> str:
-        return "half_open"
+        self._set("closed")
 
     _closed.upon(_trip, enter=_open, outputs=[_enter_open])
     _open.upon(_cooled, enter=_half_open, outputs=[_enter_half_open])
     _half_open.upon(_trip, enter=_open, outputs=[_enter_open])
     _half_open.upon(_recovered, enter=_closed, outputs=[_enter_closed])
-    _closed.upon(_name, enter=_closed, outputs=[_named_closed], collector=_only)
-    _open.upon(_name, enter=_open, outputs=[_named_open], collector=_only)
-    _half_open.upon(_name, enter=_half_open, outputs=[_named_half_open], collector=_only)
 
-    @property
-    def state(self) -> str:
-        """closed, open or half_open: the machine's own state, by name."""
-        return self._name()
-
-    def _changed(self, state: str) -> None:
+    def _set(self, state: str) -> None:
+        self.state = state
         if self._on_change is not None:
             self._on_change(state)
 
