@@ -31,11 +31,10 @@ from .keys.material import IDENTITY_KEY, TLS_CERT, load_identity
 from .keys.pki import create_ca, issue
 from .keys.service import KeyRingService
 from .keys.store import KeyRingStore
+from .keys.tls import load_chain, spki_pin
 from .protocol import suite
 from .protocol.keyring import KeyRing
 from .protocol.keyset import KEYSET_CLOCK_SKEW
-from .upstream.mtls import spki_pin
-from .web.tls import load_chain
 
 
 def _when(t: int) -> str:

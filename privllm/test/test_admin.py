@@ -43,7 +43,6 @@ class Admin(TestCase):
         when = datetime.datetime.strptime(shown, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.UTC).timestamp()
         bound = 60 + 3600 + 60  # adoption, the default key set lifetime, the clock skew
         self.assertTrue(started + bound <= when <= time.time() + bound, shown)
-        from ..upstream.mtls import spki_pin
-        from ..web.tls import load_chain
+        from ..keys.tls import load_chain, spki_pin
 
         self.assertEqual(text.strip().splitlines()[-1], spki_pin(load_chain(cert)[0]))

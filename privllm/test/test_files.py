@@ -10,7 +10,7 @@ from twisted.trial.unittest import TestCase
 from ..keys.files import KeyFileError, ensure_private_dir, read_secret, write_secret
 from ..keys.material import ensure_dev_certificate, ensure_identity, load_identity, save_keyring
 from ..keys.store import KeyRingStore
-from ..web.tls import load_key
+from ..keys.tls import load_key
 from .helpers import NOW, ring
 
 

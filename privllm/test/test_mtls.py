@@ -14,9 +14,10 @@ from twisted.web.server import Site
 
 from ..endpoints import AgentEndpoints
 from ..keys.pki import CA_CERT, create_ca, issue
+from ..keys.tls import load_chain, spki_pin
 from ..upstream.llama import LlamaServer
-from ..upstream.mtls import MutualTLSPolicy, spki_pin
-from ..web.tls import load_chain, server_tls_options
+from ..upstream.mtls import MutualTLSPolicy
+from ..web.tls import server_tls_options
 
 
 class Health(Resource):

@@ -8,7 +8,8 @@ from OpenSSL import SSL
 from twisted.trial.unittest import TestCase
 
 from ..keys.pki import create_ca, issue
-from ..web.tls import Reloading, ReloadingServerOptions, server_tls_options
+from ..keys.tls import Reloading
+from ..web.tls import ReloadingServerOptions, server_tls_options
 
 
 class Reload(TestCase):

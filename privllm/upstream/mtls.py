@@ -4,12 +4,9 @@ and, where configured, the SHA-256 of the node's public key (an SPKI pin)."""
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import hmac
 from typing import Any
 
-from cryptography.hazmat.primitives import serialization
 from OpenSSL import SSL, crypto
 from twisted.internet import ssl
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
@@ -17,14 +14,7 @@ from twisted.python.failure import Failure
 from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
-from ..web.tls import Reloading, load_chain, load_key
-
-
-def spki_pin(certificate: Any) -> str:
-    """base64(SHA-256(SubjectPublicKeyInfo)) of a pyOpenSSL or cryptography certificate."""
-    cert = certificate.to_cryptography() if hasattr(certificate, "to_cryptography") else certificate
-    spki = cert.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    return base64.b64encode(hashlib.sha256(spki).digest()).decode()
+from ..keys.tls import Reloading, load_chain, load_key, spki_pin
 
 
 class PinMismatch(Exception):

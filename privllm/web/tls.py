@@ -6,20 +6,16 @@ renewed without a restart: new connections get the new files, open streams are u
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from typing import Any
 
-from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
 from OpenSSL import SSL, crypto
 from twisted.internet import ssl
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from twisted.internet.ssl import TLSVersion
 from zope.interface import implementer
 
-from ..keys.files import KeyFileError, read_secret
+from ..keys.tls import Reloading, load_chain, load_key
 
 MIN_VERSIONS = {"1.2": TLSVersion.TLSv1_2, "1.3": TLSVersion.TLSv1_3}
 ALPN = [b"h2", b"http/1.1"]
@@ -31,25 +27,6 @@ TLS12_CIPHERS = (
     "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
     "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305"
 )
-
-
-def load_chain(path: str) -> list[x509.Certificate]:
-    try:
-        with open(path, "rb") as f:
-            chain = x509.load_pem_x509_certificates(f.read())
-    except OSError as e:
-        raise KeyFileError(f"cannot read certificate {path}: {e.strerror}") from e
-    except ValueError as e:
-        raise KeyFileError(f"certificate {path} is not PEM") from e
-    return chain
-
-
-def load_key(path: str) -> crypto.PKey:
-    try:
-        key = serialization.load_pem_private_key(read_secret(path), password=None)
-    except (ValueError, TypeError, UnsupportedAlgorithm) as e:  # TypeError: an encrypted key
-        raise KeyFileError(f"TLS key {path} is not an unencrypted PEM private key") from e
-    return crypto.PKey.from_cryptography_key(key)  # type: ignore[arg-type]
 
 
 def server_tls_options(
@@ -78,28 +55,6 @@ def server_tls_options(
         acceptableProtocols=ALPN if alpn is None else alpn,
         **extra,
     )
-
-
-class Reloading:
-    """Rebuild a value from files when any of their modification times changes."""
-
-    def __init__(self, paths: list[str], build: Callable[[], Any]) -> None:
-        self._paths = [p for p in paths if p]
-        self._build = build
-        self._stamp = self._stamps()
-        self.value = build()
-
-    def _stamps(self) -> tuple[int, ...]:
-        return tuple(os.stat(p).st_mtime_ns for p in self._paths)
-
-    def current(self) -> Any:
-        try:
-            stamp = self._stamps()
-            if stamp != self._stamp:
-                self.value, self._stamp = self._build(), stamp
-        except (OSError, KeyFileError):
-            pass  # a renewal half-written or broken: keep serving with what we have
-        return self.value
 
 
 @implementer(IOpenSSLServerConnectionCreator)
