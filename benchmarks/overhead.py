@@ -23,8 +23,10 @@ from twisted.internet.task import react
 from privllm.body import BodyStream
 from privllm.client import PrivllmClient
 from privllm.protocol.chat import ChatLimits, parse_chat_request
+from privllm.protocol.life import Finished
+from privllm.upstream.events import Delta
 from privllm.upstream.llama import LlamaServer
-from privllm.upstream.openai_stream import ChatCompletionStream, Delta, Finished, completion_body
+from privllm.upstream.openai_stream import ChatCompletionStream, completion_body
 
 from .report import machine, percentile, write_report
 

@@ -29,8 +29,8 @@ from openai_harmony import (
 from ..protocol.chat import ChatRequest
 from ..protocol.life import Finished
 from ..protocol.sse import SSEParser
+from ..upstream.events import Delta, UpstreamProtocolError, event_object, sse_events
 from ..upstream.instructions import INSTRUCTIONS
-from ..upstream.openai_stream import Delta, UpstreamProtocolError, event_object, sse_events
 
 MAX_TOKEN_ID = (1 << 32) - 1  # the tokenizer takes u32 ids: a larger one overflows in the binding
 EFFORT = {"low": ReasoningEffort.LOW, "medium": ReasoningEffort.MEDIUM, "high": ReasoningEffort.HIGH}

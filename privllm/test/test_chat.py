@@ -9,8 +9,9 @@ from twisted.trial.unittest import TestCase
 
 from ..protocol.chat import BadChatRequest, ChatLimits, parse_chat_request
 from ..protocol.life import Finished
+from ..upstream.events import Delta, UpstreamProtocolError
 from ..upstream.instructions import INSTRUCTIONS
-from ..upstream.openai_stream import ChatCompletionStream, Delta, UpstreamProtocolError, completion_body
+from ..upstream.openai_stream import ChatCompletionStream, completion_body
 
 LIMITS = ChatLimits(max_messages=4, max_message_chars=100, max_total_chars=150, max_tokens=500, brief_max_tokens=50)
 USER = {"role": "user", "content": "hello"}

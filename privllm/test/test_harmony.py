@@ -12,8 +12,8 @@ from ..harmony import vocabulary
 from ..harmony.dialect import HarmonyDialect, HarmonyStream, render
 from ..protocol.chat import ChatLimits, parse_chat_request
 from ..protocol.life import Finished
+from ..upstream.events import Delta
 from ..upstream.instructions import INSTRUCTIONS
-from ..upstream.openai_stream import Delta
 from .harmony_replay import FINAL, assistant_tokens, completion_events, encoding
 
 

@@ -20,13 +20,8 @@ from ..protocol.encoding import EncodingError, dumps, loads_bounded
 from ..protocol.envelope import parse_envelope
 from ..protocol.errors import RequestRejected
 from ..protocol.sse import SSEError, SSEParser
-from ..upstream.openai_stream import (
-    ChatCompletionStream,
-    ChatDialect,
-    UpstreamProtocolError,
-    UpstreamRequestError,
-    refusal_code,
-)
+from ..upstream.events import UpstreamProtocolError, UpstreamRequestError, refusal_code
+from ..upstream.openai_stream import ChatCompletionStream, ChatDialect
 from . import properties
 from .harmony_replay import encoding
 from .helpers import current_key, ring, sealed_request

@@ -7,81 +7,18 @@ ids, fingerprints and timings stay behind.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any
 
 from ..protocol.chat import ChatRequest
-from ..protocol.encoding import EncodingError, is_scalar_text, loads_bounded
+from ..protocol.encoding import is_scalar_text
 from ..protocol.life import Finished
-from ..protocol.sse import SSEError, SSEEvent, SSEParser
+from ..protocol.sse import SSEEvent, SSEParser
+from .events import Delta, UpstreamProtocolError, event_object, sse_events
 from .instructions import INSTRUCTIONS
 
 FINISH_REASONS = {"stop": "stop", "length": "length"}
-MAX_EVENT_CHARS = 1 << 20  # the SSE parser's own event bound
 MAX_COUNT = (1 << 31) - 1  # token counts above this are not believed
 TEMPLATE_TOKENS, TEMPLATE_TOKENS_PER_MESSAGE = 16, 8
-MAX_REFUSAL_BYTES = 1 << 16  # the body of a refusal read, at most, to learn its type
-# llama-server's error types that a request causes (tools/server/utils.hpp); any other
-# error is the server's own and counts against the node.
-REQUEST_ERRORS = {"exceed_context_size_error": "too_long", "invalid_request_error": "bad_request"}
-
-
-class Delta(NamedTuple):  # tuples: made once per streamed delta, cheaply
-    text: str
-
-
-class UpstreamProtocolError(Exception):
-    """The upstream stream was malformed, reported an error of its own, or ended early."""
-
-
-class UpstreamRequestError(Exception):
-    """The upstream refused the request itself (too long, invalid): not the node's failure."""
-
-    def __init__(self, code: str) -> None:
-        super().__init__(code)
-        self.code = code
-
-
-def sse_events(parser: SSEParser, data: bytes) -> list[SSEEvent]:
-    try:
-        return parser.feed(data)
-    except SSEError as e:
-        raise UpstreamProtocolError(str(e)) from e
-
-
-def request_error_code(error: object) -> str | None:
-    """`too_long` or `bad_request` when llama-server's error object blames the request."""
-    kind = error.get("type") if isinstance(error, dict) else None
-    return REQUEST_ERRORS.get(kind) if isinstance(kind, str) else None
-
-
-def refusal_code(status: int, body: bytes) -> str | None:
-    """For a non-200 answer: the sealed code when the request caused it (HTTP 400 with a
-    request error type, or 413), None when it counts against the node (5xx, 403, 404, ...)."""
-    if status == 413:
-        return "too_long"
-    if status != 400:
-        return None
-    try:
-        obj = loads_bounded(body, MAX_REFUSAL_BYTES)
-    except EncodingError:
-        return None
-    return request_error_code(obj.get("error")) if isinstance(obj, dict) else None
-
-
-def event_object(event: SSEEvent) -> dict[str, Any]:
-    """An upstream event's JSON object; an error event raises the request's or the node's error."""
-    try:
-        obj = loads_bounded(event.data, MAX_EVENT_CHARS)
-    except EncodingError as e:
-        raise UpstreamProtocolError("upstream event is not JSON") from e
-    if not isinstance(obj, dict):
-        raise UpstreamProtocolError("upstream event is not an object")
-    if "error" in obj or event.event == "error":
-        code = request_error_code(obj.get("error", obj))
-        if code is not None:
-            raise UpstreamRequestError(code)
-        raise UpstreamProtocolError("upstream reported an error")
-    return obj
 
 
 def text_of(value: object) -> str:

@@ -36,7 +36,7 @@ from ..protocol.admission import SealedRefusal
 from ..protocol.chat import BadChatRequest, ChatLimits, ChatRequest, parse_chat_request
 from ..protocol.life import ChatLife, Finished, Timeouts, Verdict
 from ..protocol.request import OpenedRequest
-from ..upstream.openai_stream import (
+from ..upstream.events import (
     MAX_REFUSAL_BYTES,
     Delta,
     UpstreamProtocolError,

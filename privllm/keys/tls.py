@@ -1,0 +1,69 @@
+"""
+TLS material shared by every side that speaks TLS (the web listener, the router's mutual TLS
+towards nodes, privllm-admin): certificate chains and keys read from PEM files, the SPKI pin of
+a certificate's key, and a value rebuilt when its files change so renewed certificates apply to
+new connections without a restart.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+from collections.abc import Callable
+from typing import Any
+
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from OpenSSL import crypto
+
+from .files import KeyFileError, read_secret
+
+
+def load_chain(path: str) -> list[x509.Certificate]:
+    try:
+        with open(path, "rb") as f:
+            chain = x509.load_pem_x509_certificates(f.read())
+    except OSError as e:
+        raise KeyFileError(f"cannot read certificate {path}: {e.strerror}") from e
+    except ValueError as e:
+        raise KeyFileError(f"certificate {path} is not PEM") from e
+    return chain
+
+
+def load_key(path: str) -> crypto.PKey:
+    try:
+        key = serialization.load_pem_private_key(read_secret(path), password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm) as e:  # TypeError: an encrypted key
+        raise KeyFileError(f"TLS key {path} is not an unencrypted PEM private key") from e
+    return crypto.PKey.from_cryptography_key(key)  # type: ignore[arg-type]
+
+
+def spki_pin(certificate: Any) -> str:
+    """base64(SHA-256(SubjectPublicKeyInfo)) of a pyOpenSSL or cryptography certificate."""
+    cert = certificate.to_cryptography() if hasattr(certificate, "to_cryptography") else certificate
+    spki = cert.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return base64.b64encode(hashlib.sha256(spki).digest()).decode()
+
+
+class Reloading:
+    """Rebuild a value from files when any of their modification times changes."""
+
+    def __init__(self, paths: list[str], build: Callable[[], Any]) -> None:
+        self._paths = [p for p in paths if p]
+        self._build = build
+        self._stamp = self._stamps()
+        self.value = build()
+
+    def _stamps(self) -> tuple[int, ...]:
+        return tuple(os.stat(p).st_mtime_ns for p in self._paths)
+
+    def current(self) -> Any:
+        try:
+            stamp = self._stamps()
+            if stamp != self._stamp:
+                self.value, self._stamp = self._build(), stamp
+        except (OSError, KeyFileError):
+            pass  # a renewal half-written or broken: keep serving with what we have
+        return self.value
