@@ -73,6 +73,9 @@ class _Upstream:
     def post_stream(self, path: str, body: Any) -> Any:
         return self.pending
 
+    def count_tokens(self, text: str) -> Any:
+        raise AssertionError("context is None: a chat is sent without counting")
+
 
 def _wire() -> Any:
     from twisted.internet.testing import StringTransport

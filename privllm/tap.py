@@ -374,9 +374,7 @@ class Router:
             self.metrics.node_healthy.labels(url).set(1 if ready else 0)
             log.info("node {node} is {outcome}", node=url, outcome="up" if ready else "down")
 
-        health = HealthMonitor(
-            lambda: node.client.ready(backend.health_timeout), backend.health_interval, reactor, changed
-        )
+        health = HealthMonitor(lambda: client.ready(backend.health_timeout), backend.health_interval, reactor, changed)
         health.setServiceParent(self.service)
         self._monitors.append(health)
         node.on_down = health.down

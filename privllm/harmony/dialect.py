@@ -146,5 +146,14 @@ class HarmonyDialect:
         """The prompt is rendered to token ids here: its length is exact, nothing to count."""
         return len(body["prompt"]), len(body["prompt"])
 
+    def count_text(self, body: dict[str, Any]) -> str:
+        """The rendered prompt as text. The bounds are exact, so a chat never asks to count it."""
+        return str(self._encoding.decode_utf8(body["prompt"]))
+
+    @staticmethod
+    def counted_lower(body: dict[str, Any], tokens: int) -> int:
+        """The exact length: what the node's tokenizer says adds nothing."""
+        return len(body["prompt"])
+
     def translator(self, body: dict[str, Any]) -> HarmonyStream:
         return HarmonyStream(self._encoding, len(body["prompt"]), self._on_tool_call)

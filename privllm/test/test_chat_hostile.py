@@ -254,7 +254,7 @@ class HostileUpstream(TestCase):
         h = Harness()
         h.start()
         response = h.respond()
-        h.stream._translator.feed = lambda data: 1 / 0
+        self.patch(h.stream._translator, "feed", lambda data: 1 / 0)
         response.send(delta("a"))
         self.assertEqual(h.finals()[0]["code"], "internal")
         self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)

@@ -53,6 +53,12 @@ def nodes(n: int) -> list[Node]:
     return [Node(f"n{i}", SyntheticUpstream(), CircuitBreaker(2, 5), healthy=True) for i in range(n)]
 
 
+def upstream_of(node: Node) -> SyntheticUpstream:
+    """The node's client, as the synthetic upstream these tests gave it."""
+    assert isinstance(node.client, SyntheticUpstream)
+    return node.client
+
+
 class Balancing(TestCase):
     def test_round_robin_over_healthy(self) -> None:
         a, b, c = nodes(3)
@@ -112,7 +118,7 @@ class Retries(TestCase):
         return ResponseReader(SealedRequest({}, ENC, SECRET)).feed(b"".join(self.request.written))
 
     def upstream(self, i: int) -> SyntheticUpstream:
-        return self.nodes[i].client
+        return upstream_of(self.nodes[i])
 
     def test_failure_before_first_delta_goes_to_another_node(self) -> None:
         done = self.start()
@@ -138,18 +144,18 @@ class Retries(TestCase):
         response.transport.stopProducing()  # the node dies mid-answer
         self.assertTrue(done.called)
         self.assertEqual(self.chunks()[-1]["code"], "upstream_failed")
-        self.assertEqual(sum(len(u.client.requests) for u in self.nodes), 1, "no retry after a delta")
+        self.assertEqual(sum(len(upstream_of(u).requests) for u in self.nodes), 1, "no retry after a delta")
 
     def test_all_nodes_fail(self) -> None:
         done = self.start()
         for _ in range(4):
             for n in self.nodes:
-                if n.client.requests and not n.client.pending.called:
-                    n.client.pending.errback(ConnectionRefusedError())
+                if upstream_of(n).requests and not upstream_of(n).pending.called:
+                    upstream_of(n).pending.errback(ConnectionRefusedError())
             self.clock.advance(1)
         self.assertTrue(done.called)
         self.assertEqual(self.chunks()[-1]["code"], "upstream_failed")
-        self.assertEqual(sum(len(n.client.requests) for n in self.nodes), 3, "the first try and two retries")
+        self.assertEqual(sum(len(upstream_of(n).requests) for n in self.nodes), 3, "the first try and two retries")
 
     def test_first_token_timeout_cancels_upstream(self) -> None:
         done = self.start()
@@ -206,7 +212,7 @@ class Retries(TestCase):
         for _ in range(2):
             self.request = DummyRequest([b"api", b"chat"])
             self.start(StreamSettings(ChatLimits(), 15, 30, Privacy(0, 0), retries=0))
-            node.client.pending.errback(ConnectionRefusedError())
+            upstream_of(node).pending.errback(ConnectionRefusedError())
         self.assertEqual(node.breaker.state, "open")
         self.assertFalse(self.pool.ready(self.clock.seconds()))
 
@@ -230,7 +236,7 @@ class Queueing(TestCase):
         return ResponseReader(SealedRequest({}, ENC, SECRET)).feed(b"".join(request.written))[-1]
 
     def test_wait_then_proceed_or_overload(self) -> None:
-        upstream = self.node.client
+        upstream = upstream_of(self.node)
         first, _ = self.start()
         response = FakeResponse()
         upstream.pending.callback(response)

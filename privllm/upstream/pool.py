@@ -13,20 +13,20 @@ import random
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
 
 from .breaker import CircuitBreaker
+from .contracts import Dialect, UpstreamClient
 from .openai_stream import ChatDialect
 
 
 @dataclass(eq=False)
 class Node:
     name: str  # the configured URL; also the metrics label
-    client: Any  # the adapter that talks to it (LlamaServer)
+    client: UpstreamClient  # the adapter that talks to it (LlamaServer)
     breaker: CircuitBreaker
     healthy: bool = False
     outstanding: int = 0
-    dialect: Any = field(default_factory=ChatDialect)  # how to talk to it: chat, or harmony
+    dialect: Dialect = field(default_factory=ChatDialect)  # how to talk to it: chat, or harmony
     on_down: Callable[[], None] | None = None  # tells its health monitor (HealthMonitor.down)
 
 

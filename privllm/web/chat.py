@@ -36,6 +36,7 @@ from ..protocol.admission import SealedRefusal
 from ..protocol.chat import BadChatRequest, ChatLimits, ChatRequest, parse_chat_request
 from ..protocol.life import ChatLife, Finished, Timeouts, Verdict
 from ..protocol.request import OpenedRequest
+from ..upstream.contracts import Translator
 from ..upstream.events import (
     MAX_REFUSAL_BYTES,
     Delta,
@@ -108,7 +109,7 @@ class ChatStream:
         self._attempt = 0  # numbers upstream callbacks, so a stale one is told apart
         self._pending: Deferred[Any] | None = None
         self._body: BodyStream | None = None
-        self._translator: Any = None
+        self._translator: Translator | None = None
         self._timer: DelayedCall | None = None  # the retry backoff or the queue timeout
         self._ticker = LoopingCall(self._tick)
         self._ticker.clock = clock
@@ -337,16 +338,17 @@ class ChatStream:
         if self._first_data_at is None:
             self._first_data_at = self._clock.seconds()
         self._life.upstream_activity(self._clock.seconds())
-        self._translate(lambda: self._translator.feed(data))
+        self._translate(lambda translator: translator.feed(data))
 
     def _upstream_ended(self, attempt: int) -> None:
         if attempt == self._attempt:
-            self._translate(self._translator.end)
+            self._translate(lambda translator: translator.end())
 
-    def _translate(self, step: Callable[[], list[Delta | Finished]]) -> None:
+    def _translate(self, step: Callable[[Translator], list[Delta | Finished]]) -> None:
         def event() -> list[life.Action]:
+            assert self._translator is not None  # made with the request whose body this is
             try:
-                pieces = step()
+                pieces = step(self._translator)
             except UpstreamRequestError as e:
                 return self._life.request_error(e.code)
             except UpstreamProtocolError:
