@@ -42,6 +42,7 @@ from .state.interface import AdmissionState, Limits
 from .state.memory import MemoryState
 from .state.service import SharedStateService
 from .upstream.breaker import CircuitBreaker
+from .upstream.contracts import Dialect
 from .upstream.health import HealthMonitor
 from .upstream.llama import LlamaServer
 from .upstream.mtls import MutualTLSPolicy
@@ -348,7 +349,7 @@ class Router:
     def _first_probes(self) -> Deferred[Any]:
         return DeferredList([monitor.check() for monitor in self._monitors], consumeErrors=True)
 
-    def _dialect(self, reactor: Any) -> Any:
+    def _dialect(self, reactor: Any) -> Dialect:
         if self.config.backend.mode == "chat":
             return ChatDialect()
         directory = self.config.harmony.vocabulary_dir or os.path.join(self.config.keys.state_dir, "tiktoken")
@@ -358,7 +359,7 @@ class Router:
             raise StartError(f"harmony: {e}") from e
         return HarmonyDialect(encoding, self.config.harmony.reasoning_effort, reactor, self.metrics.tool_calls.inc)
 
-    def _node(self, url: str, reactor: Any, tls: MutualTLSPolicy | None, dialect: Any) -> Node:
+    def _node(self, url: str, reactor: Any, tls: MutualTLSPolicy | None, dialect: Dialect) -> Node:
         backend = self.config.backend
         metrics = self.metrics
         breaker = CircuitBreaker(
