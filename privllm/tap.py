@@ -1,7 +1,10 @@
 """Build the privllm service tree from configuration; twistd's plugin hands straight to here.
 
 Two roles share the package: the router (the public HTTPS endpoint that decrypts and
-streams) and an inference node (mutual TLS in front of a node-local llama-server).
+streams) and an inference node (mutual TLS in front of a node-local llama-server). A router
+runs as one process, or (server.workers > 1) as a parent that holds the listening socket,
+supervises the local llama-server (if any) and the workers, and serves their metrics; each
+worker is a router of its own (`--worker-fd`, privllm.workers).
 """
 
 from __future__ import annotations

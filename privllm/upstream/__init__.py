@@ -1,1 +1,6 @@
-"""Inference backends: llama-server today. Sans-IO stream translation plus thin Twisted adapters."""
+"""
+Inference backends speaking llama-server's API: llama-server on a UNIX socket or an inference
+node over mutual TLS. Sans-IO parts (stream translation, the node pool, circuit breakers) and
+thin Twisted adapters (the HTTP client, health polling, the dev supervisor); contracts.py says
+what a chat needs of a node's client, dialect and translator.
+"""

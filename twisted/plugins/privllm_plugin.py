@@ -1,4 +1,5 @@
-"""twistd plugin: `twistd -n privllm --env dev|prod [--config FILE]`. Everything lives in privllm.tap."""
+"""twistd plugin: `twistd -n privllm --env dev|prod [--config FILE] [--role router|node]`.
+Everything lives in privllm.tap (`--worker-fd` is how a router's parent starts its workers)."""
 
 from twisted.application.service import ServiceMaker
 
