@@ -27,7 +27,7 @@ class _AskEachConnection:
 
     def clientConnectionForTLS(self, tls_protocol: Any) -> SSL.Connection:
         creator = self._policy.creatorForNetloc(self._host, self._port)
-        return creator.clientConnectionForTLS(tls_protocol)  # type: ignore[no-any-return]
+        return creator.clientConnectionForTLS(tls_protocol)
 
 
 @implementer(IAgentEndpointFactory)

@@ -40,7 +40,7 @@ def new_private_key() -> KEMKeyInterface:
 
 def public_bytes(private: KEMKeyInterface) -> bytes:
     """The raw public key of a private key object."""
-    return private.raw.public_key().public_bytes_raw()  # type: ignore[no-any-return]
+    return private.raw.public_key().public_bytes_raw()
 
 
 def public_of(private: bytes) -> bytes:

@@ -75,7 +75,7 @@ class _ClosedOnStop(Service):
     def __init__(self, client: LlamaServer) -> None:
         self._client = client
 
-    def stopService(self) -> Deferred[None]:  # type: ignore[override]
+    def stopService(self) -> Deferred[None]:
         super().stopService()
         return self._client.close()
 
@@ -156,4 +156,4 @@ class LlamaServer:
 
     def post_stream(self, path: str, body: dict[str, Any] | bytes) -> Deferred[Any]:
         data = body if isinstance(body, bytes) else dumps(body)
-        return self._agent.request(b"POST", (self._base + path).encode(), STREAM_HEADERS, BytesProducer(data))  # type: ignore[no-any-return]
+        return self._agent.request(b"POST", (self._base + path).encode(), STREAM_HEADERS, BytesProducer(data))

@@ -25,7 +25,7 @@ def _client_material(ca: str, cert: str, key: str) -> tuple[ssl.Certificate, ssl
     roots = load_chain(ca)
     chain = load_chain(cert)
     private = ssl.PrivateCertificate(crypto.X509.from_cryptography(chain[0]))
-    private.privateKey = ssl.KeyPair(load_key(key))  # type: ignore[attr-defined]
+    private.privateKey = ssl.KeyPair(load_key(key))
     return ssl.Certificate(crypto.X509.from_cryptography(roots[0])), private
 
 

@@ -111,7 +111,7 @@ class PrivllmRequest(server.Request):
         channel: Any = self.channel
         return int(channel.site.max_body)
 
-    def setHeader(self, name: bytes | str, value: bytes | str) -> None:  # type: ignore[override]
+    def setHeader(self, name: bytes | str, value: bytes | str) -> None:
         # twisted.web.server sets "Server: TwistedWeb/<version>"; we name no version.
         if (name.lower() if isinstance(name, bytes) else name.lower().encode()) == b"server":
             value = SERVER_NAME
@@ -133,7 +133,7 @@ class PrivllmRequest(server.Request):
         if self._budget is not None:
             if not self._budget.take(len(data)):
                 self._give_budget()
-                self.channel.abortConnection()  # type: ignore[union-attr,attr-defined]
+                self.channel.abortConnection()  # type: ignore[attr-defined]
                 return
             self._budgeted += len(data)
         content: Any = self.content
