@@ -25,9 +25,9 @@ from privllm.client import PrivllmClient, ServerError
 from privllm.config.schema import Keys
 from privllm.protocol.keyset import KEYSET_CLOCK_SKEW, StaleKeySet, choose_key, verify_keyset
 from privllm.protocol.response import ResponseReader
+from privllm.test.stack import shared
 
 from .docclient import DocClient, b64
-from .stack import shared
 
 QUESTION = "Who were the US presidents in the 1990s?"
 ROUTER = ("router", {"llama": {"metrics": True, "parallel": 4}})  # the one shared real stack

@@ -15,8 +15,8 @@ from twisted.trial.unittest import TestCase
 
 from privllm.client import PrivllmClient
 from privllm.test.harmony_replay import ANALYSIS, FINAL, assistant_tokens, completion_events, encoding
+from privllm.test.stack import Daemon
 
-from .stack import Daemon
 from .synthetic import replaying_upstream
 from .test_e2e import user
 

@@ -23,10 +23,10 @@ from twisted.trial.unittest import TestCase
 from privllm.keys.files import write_secret
 from privllm.protocol.pow import solve
 from privllm.test.redis_server import USER, RedisServer
+from privllm.test.stack import Daemon, shared
 
 from .docclient import DocClient, b64, open_stream, unb64
 from .haproxy import HAProxy
-from .stack import Daemon, shared
 from .test_e2e import QUESTION, ROUTER, user
 
 BALANCER = "127.0.0.5"  # haproxy's source towards the routers: the only peer they accept

@@ -22,9 +22,9 @@ from twisted.internet.defer import ensureDeferred
 from twisted.trial.unittest import TestCase
 
 from privllm.client import PrivllmClient, ServerError
+from privllm.test.stack import Daemon, shared
 
 from .docclient import DocClient, open_stream, sealed_chunks
-from .stack import Daemon, shared
 from .synthetic import broken_upstream
 from .test_e2e import ROUTER, user
 
