@@ -263,7 +263,7 @@ def start_upstream(socket: str, rate: float, deltas: int, core: str) -> subproce
         core,
         sys.executable,
         "-m",
-        "benchmarks.synthetic_upstream",
+        "privllm.test.synthetic_upstream",
         socket,
         "--rate",
         str(rate),
