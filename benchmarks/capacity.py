@@ -30,6 +30,7 @@ from twisted.internet.threads import deferToThread
 
 from privllm.client import PrivllmClient, ServerError
 from privllm.protocol.keyset import choose_key
+from privllm.test.stack import Daemon  # test equipment, shared with tests/
 
 from . import loadgen
 from .report import machine, percentile, write_report
@@ -262,7 +263,7 @@ def start_upstream(socket: str, rate: float, deltas: int, core: str) -> subproce
         core,
         sys.executable,
         "-m",
-        "benchmarks.synthetic_upstream",
+        "privllm.test.synthetic_upstream",
         socket,
         "--rate",
         str(rate),
@@ -312,8 +313,6 @@ def main() -> None:
     p.add_argument("--short-target", type=float, default=1200.0, help="short chats per second the bodies suffice for")
     p.add_argument("--out", default="capacity.json")
     args = p.parse_args()
-    from tests.stack import Daemon  # test equipment: the real router under twistd
-
     cores = "0", "1" if (os.cpu_count() or 1) > 1 else "0"
     os.sched_setaffinity(0, {int(cores[1])})
     # One router process has core 0; workers have every core, the test equipment's included.

@@ -24,6 +24,7 @@ from privllm.body import BodyStream
 from privllm.client import PrivllmClient
 from privllm.protocol.chat import ChatLimits, parse_chat_request
 from privllm.protocol.life import Finished
+from privllm.test.stack import Daemon  # test equipment, shared with tests/
 from privllm.upstream.events import Delta
 from privllm.upstream.llama import LlamaServer
 from privllm.upstream.openai_stream import ChatCompletionStream, completion_body
@@ -130,8 +131,6 @@ def main() -> None:
     p.add_argument("--max-tokens", type=int, default=128)
     p.add_argument("--out", default="overhead.json")
     args = p.parse_args()
-    from tests.stack import Daemon  # test equipment: a real router with its own llama-server
-
     daemon = Daemon({"llama": {"parallel": 1}}, name="bench").start()
     try:
 

@@ -36,7 +36,7 @@ import tempfile
 import time
 from typing import Any
 
-# llama-server's events, as benchmarks.synthetic_upstream sends them
+# llama-server's events, as privllm.test.synthetic_upstream sends them
 EVENT = b'data: {"choices":[{"delta":{"content":" word"},"finish_reason":null}]}\n\n'
 ENDING = (
     b'data: {"choices":[{"delta":{},"finish_reason":"stop"}]}\n\n'

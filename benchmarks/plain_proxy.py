@@ -23,6 +23,7 @@ from typing import Any
 
 from privllm.keys.files import ensure_private_dir
 from privllm.keys.material import ensure_dev_certificate
+from privllm.test.stack import free_port  # test equipment, shared with tests/
 
 from . import loadgen
 from .capacity import cpu_seconds, ramp_arguments, ramp_levels, start_upstream
@@ -93,8 +94,6 @@ def main() -> None:
     upstream = start_upstream(socket, args.rate, args.deltas, "1")
     ensure_private_dir(os.path.join(workdir, "tls"))
     cert, key = ensure_dev_certificate(os.path.join(workdir, "tls"), ["127.0.0.1"])
-    from tests.stack import free_port
-
     port = free_port()
     conf = os.path.join(workdir, "nginx.conf")
     with open(conf, "w") as f:

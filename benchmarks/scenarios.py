@@ -21,6 +21,7 @@ from twisted.internet.defer import ensureDeferred, gatherResults
 from twisted.internet.task import deferLater, react
 
 from privllm.client import PrivllmClient, ServerError
+from privllm.test.stack import Daemon  # test equipment, shared with tests/
 
 from .capacity import UNLIMITED, start_upstream
 from .report import machine, percentile, write_report
@@ -82,8 +83,6 @@ def main() -> None:
     p.add_argument("--only", default="", help="comma-separated scenario names (default: all)")
     p.add_argument("--scale", type=float, default=1.0, help="multiply the chats of every step")
     args = p.parse_args()
-    from tests.stack import Daemon  # test equipment: the real router under twistd
-
     os.sched_setaffinity(0, {1})
     workdir = tempfile.mkdtemp(prefix="privllm-scenarios-")
     socket = os.path.join(workdir, "upstream.sock")

@@ -30,6 +30,7 @@ from twisted.web.client import ResponseNeverReceived
 from privllm.body import BodyStream
 from privllm.client import PrivllmClient
 from privllm.protocol.chat import ChatLimits, parse_chat_request
+from privllm.test.stack import Daemon  # test equipment, shared with tests/
 from privllm.upstream.llama import LlamaServer
 from privllm.upstream.openai_stream import completion_body
 from privllm.web import metrics
@@ -126,8 +127,6 @@ def main() -> None:
     p.add_argument("--max-tokens", type=int, default=128)
     p.add_argument("--out", default="timings.json")
     args = p.parse_args()
-    from tests.stack import Daemon  # test equipment: a real router with its own llama-server
-
     daemon = Daemon({"llama": {"parallel": 1}}, name="timings").start()
     try:
         levels = [int(n) for n in args.concurrency.split(",")]

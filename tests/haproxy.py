@@ -17,7 +17,7 @@ import subprocess
 import tempfile
 import time
 
-from .stack import free_port
+from privllm.test.stack import free_port
 
 HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
 START_TIMEOUT = 10.0

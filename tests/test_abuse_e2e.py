@@ -21,9 +21,9 @@ from twisted.trial.unittest import TestCase
 
 from privllm.client import PrivllmClient
 from privllm.config.schema import Replay
+from privllm.test.stack import Daemon, shared
 
 from .docclient import DocClient, b64, open_stream
-from .stack import Daemon, shared
 from .test_e2e import ROUTER, user
 
 _guarded: dict[str, Daemon] = {}

@@ -27,8 +27,7 @@ from privllm.keys.backup import ID_MARGIN, MEMBERS
 from privllm.keys.files import ensure_private_dir, write_secret
 from privllm.keys.material import IDENTITY_KEY, KEYRING, keyring_json, keyring_path
 from privllm.protocol.keyring import KeyRing
-
-from .stack import Daemon
+from privllm.test.stack import Daemon
 
 ADMIN = os.path.join(os.path.dirname(sys.executable), "privllm-admin")
 

@@ -12,8 +12,7 @@ from twisted.trial.unittest import TestCase
 
 from privllm.keys.files import ensure_private_dir
 from privllm.keys.material import ensure_dev_certificate
-
-from .stack import TWISTD, free_port
+from privllm.test.stack import TWISTD, free_port
 
 
 class ProdStart(TestCase):

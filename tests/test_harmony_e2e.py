@@ -15,9 +15,9 @@ from twisted.trial.unittest import TestCase
 
 from privllm.client import PrivllmClient
 from privllm.test.harmony_replay import ANALYSIS, FINAL, assistant_tokens, completion_events, encoding
+from privllm.test.stack import Daemon
+from privllm.test.synthetic_upstream import Upstream, listen
 
-from .stack import Daemon
-from .synthetic import replaying_upstream
 from .test_e2e import user
 
 
@@ -27,9 +27,9 @@ class HarmonyRouter(TestCase):
     async def _final_only(self) -> None:
         enc = encoding(os.path.abspath(self.mktemp()))
         socket_path = os.path.abspath(self.mktemp() + ".sock")
-        listening, replay = replaying_upstream(reactor, socket_path, completion_events(assistant_tokens(enc), 50))
-        port = await listening
-        self.addCleanup(port.stopListening)
+        events = b"".join(completion_events(assistant_tokens(enc), 50))
+        replay = Upstream(listen(socket_path), rate=1, deltas=0, replay=events).start()
+        self.addCleanup(replay.stop)
         daemon = Daemon(
             {
                 "llama": {"spawn": False},

@@ -9,8 +9,9 @@ import re
 
 from twisted.trial.unittest import TestCase
 
+from privllm.test.stack import shared
+
 from .docclient import DocClient
-from .stack import shared
 from .test_e2e import ROUTER, user
 
 SURROGATE = b'{"messages":[{"role":"user","content":"a\\ud800b"}],"max_tokens":8}'

@@ -27,8 +27,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 
 from privllm.client import PrivllmClient
-
-from .stack import Daemon, shared
+from privllm.test.stack import Daemon, shared
 
 READ_TIMEOUT = 2.0
 MARGIN = 1.0  # the reactor's turn, TLS and a loaded machine; far below the 60 s idle timeout

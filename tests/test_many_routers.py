@@ -23,10 +23,10 @@ from twisted.trial.unittest import TestCase
 from privllm.keys.files import write_secret
 from privllm.protocol.pow import solve
 from privllm.test.redis_server import USER, RedisServer
+from privllm.test.stack import Daemon, shared
 
 from .docclient import DocClient, b64, open_stream, unb64
 from .haproxy import HAProxy
-from .stack import Daemon, shared
 from .test_e2e import QUESTION, ROUTER, user
 
 BALANCER = "127.0.0.5"  # haproxy's source towards the routers: the only peer they accept
@@ -203,10 +203,11 @@ class ManyRouters(TestCase):
                 self.assertEqual(stream.finish()[-1]["type"], "done")
         self.assertEqual(clients[MAX_STREAMS].chat_via(self.fleet.balancer.port)[-1]["type"], "done")
 
-    def test_zz_redis_down_refuses_then_recovers_without_replay(self) -> None:
-        """Runs last in this class (it restarts Redis): while Redis is down every chat is refused
-        before decryption; a restarted Redis has forgotten the replay window, so a request from
-        before is refused as stale, and fresh chats work again by themselves."""
+    def test_redis_down_refuses_then_recovers_without_replay(self) -> None:
+        """While Redis is down every chat is refused before decryption; a restarted Redis has
+        forgotten the replay window, so a request from before is refused as stale, and fresh chats
+        work again by themselves. It waits until both routers reach the new Redis (settle), so the
+        tests that run after it find the fleet as they would have before."""
         c = self.client(30)
         before, _, _ = c.sealed(port=self.a_port)
         self.assertEqual(c.send(before, self.a_port)[0], 200)

@@ -17,11 +17,11 @@ from twisted.trial.unittest import TestCase
 
 from privllm.protocol import errors
 from privllm.protocol.life import ERROR_CODES
+from privllm.test.stack import shared
 from privllm.web.metrics import BREAKER_STATES
 
 from .docclient import DocClient
 from .prometheus import check_rules, sample
-from .stack import shared
 from .test_e2e import ROUTER, user
 
 MONITORING = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "monitoring")

@@ -18,8 +18,9 @@ from dataclasses import dataclass
 
 from twisted.trial.unittest import TestCase
 
+from privllm.test.stack import Daemon
+
 from .docclient import DocClient, open_stream
-from .stack import Daemon
 from .test_e2e import user
 
 SLOW_POLL = 60.0  # backend.health_interval: far longer than the whole test

@@ -22,10 +22,10 @@ from twisted.internet.defer import ensureDeferred
 from twisted.trial.unittest import TestCase
 
 from privllm.client import PrivllmClient, ServerError
+from privllm.test.stack import Daemon, shared
+from privllm.test.synthetic_upstream import Upstream, listen
 
 from .docclient import DocClient, open_stream, sealed_chunks
-from .stack import Daemon, shared
-from .synthetic import broken_upstream
 from .test_e2e import ROUTER, user
 
 
@@ -83,9 +83,8 @@ class Canary(TestCase):
         socket_path = os.path.abspath(socket_path)
         broken = Daemon({"llama": {"spawn": False}, "backend": {"urls": [f"unix://{socket_path}"]}}, name="broken")
         self.addCleanup(broken.cleanup)
-        listening, chat = broken_upstream(reactor, socket_path)
-        port = await listening
-        self.addCleanup(port.stopListening)
+        chat = Upstream(listen(socket_path), rate=5, deltas=1, cut=True).start()  # one delta, then cut
+        self.addCleanup(chat.stop)
         broken.start(wait_ready=False)
         await broken.ready(reactor)
 

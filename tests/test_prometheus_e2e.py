@@ -7,9 +7,10 @@ from __future__ import annotations
 
 from twisted.trial.unittest import TestCase
 
+from privllm.test.stack import shared
+
 from .docclient import DocClient
 from .prometheus import JOB, LLAMA_JOB, Prometheus, sample
-from .stack import shared
 from .test_e2e import ROUTER, user
 
 CHATS = 2

@@ -18,10 +18,10 @@ from twisted.internet.defer import ensureDeferred
 from twisted.trial.unittest import TestCase
 
 from privllm.client import PrivllmClient
+from privllm.test.stack import Daemon, shared
 
 from .docclient import DocClient
 from .haproxy import HAProxy
-from .stack import Daemon, shared
 from .test_e2e import QUESTION, ROUTER, user
 
 BALANCER = "127.0.0.5"  # haproxy's source address towards the router: the only one allowed there

@@ -12,8 +12,7 @@ import time
 from twisted.trial.unittest import TestCase
 
 from privllm.test.redis_server import RedisServer
-
-from .stack import Daemon
+from privllm.test.stack import Daemon
 
 DEADLINE = 60.0
 

@@ -27,15 +27,17 @@ class Nodes(TestCase):
         counts = re.findall(rb"^privllm_upstream_first_byte_seconds_count\{[^}]*\} ([0-9.e+]+)$", body, re.M)
         return sum(float(c) for c in counts)
 
-    def test_a_chats_go_through_both_nodes(self) -> None:
+    def test_chats_go_through_both_nodes(self) -> None:
         t = topology()
+        t.wait_nodes_healthy([True, True])
         doc = self.doc()
+        before = [llama_metric(node.llama_socket, "prompt_tokens_total") for node in t.nodes]
         for _ in range(4):
             self.assertEqual(doc.chat(user("Say hi."))[-1]["type"], "done")
-        for node in t.nodes:
-            self.assertGreater(llama_metric(node.llama_socket, "prompt_tokens_total"), 0)
+        for node, tokens in zip(t.nodes, before, strict=True):
+            self.assertGreater(llama_metric(node.llama_socket, "prompt_tokens_total"), tokens)
 
-    def test_a_hostile_chats_through_nodes(self) -> None:
+    def test_refused_chats_never_reach_a_node(self) -> None:
         """Each node forwards its slot context (/props) and tokenizer (/tokenize): an over-long
         conversation is refused before it is sent, and no node is counted as failing."""
         doc = self.doc()
@@ -52,7 +54,7 @@ class Nodes(TestCase):
             self.assertEqual(doc.chat(user("Say hi."))[-1]["type"], "done")
         self.assertEqual(self.node_answers(), before + 4, "ordinary chats are counted")
 
-    def test_b_node_accepts_only_the_router(self) -> None:
+    def test_node_accepts_only_the_router(self) -> None:
         t = topology()
         node = t.nodes[0]
         self.assertEqual(t.node_get(node, t.router_cert), 200)
@@ -61,7 +63,7 @@ class Nodes(TestCase):
             with self.assertRaises((ssl.SSLError, ConnectionError, http.client.HTTPException, OSError)):
                 t.node_get(node, cert)
 
-    def test_c_a_node_dies_mid_answer(self) -> None:
+    def test_node_dying_mid_answer_ends_that_chat_and_rejoins(self) -> None:
         t = topology()
         doc = self.doc()
         body, enc, secret = doc.seal(

@@ -28,8 +28,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from twisted.trial.unittest import TestCase
 
 from privllm.protocol.encoding import b64encode
+from privllm.test.stack import Daemon, free_port, shared
 
-from .stack import Daemon, free_port, shared
 from .test_abuse_e2e import guarded
 from .test_e2e import ROUTER
 

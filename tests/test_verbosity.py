@@ -13,8 +13,8 @@ from twisted.trial.unittest import TestCase
 
 from benchmarks.verbosity import measure
 from privllm.client import PrivllmClient
+from privllm.test.stack import shared
 
-from .stack import shared
 from .test_e2e import ROUTER
 
 

@@ -18,8 +18,7 @@ import time
 from twisted.trial.unittest import SkipTest, TestCase
 
 from privllm.keys.pki import CA_CERT, create_ca, issue
-
-from .stack import Daemon, free_port
+from privllm.test.stack import Daemon, free_port
 
 VETH_ROUTER, VETH_NODE = "10.200.0.1", "10.200.0.2"
 WG_ROUTER, WG_NODE = "10.201.0.1", "10.201.0.2"

@@ -26,8 +26,7 @@ from privllm.client import PrivllmClient
 from privllm.client.api import TruncatedError
 from privllm.protocol.errors import REFUSAL_REASONS
 from privllm.test.redis_server import RedisServer
-
-from .stack import Daemon, shared
+from privllm.test.stack import Daemon, shared
 
 
 def sections() -> dict[str, dict[str, Any]]:

@@ -21,8 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from privllm.keys.files import ensure_private_dir, write_secret
 from privllm.keys.pki import CA_CERT, create_ca, issue
-
-from .stack import Daemon
+from privllm.test.stack import Daemon
 
 EXAMPLE = os.path.join(os.path.dirname(__file__), "..", "docs", "examples", "router.toml")
 

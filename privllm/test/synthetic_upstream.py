@@ -1,14 +1,18 @@
 """
-Test equipment: a synthetic upstream that speaks llama-server's streaming chat format on a
-UNIX socket and emits deltas at a chosen rate, so the model is not the bottleneck when the
-router's own capacity is measured.
+Test equipment: the one synthetic upstream, for the benchmarks and the end-to-end tests. It
+speaks llama-server's streaming chat format on a UNIX socket and emits deltas at a chosen rate,
+so the model is not the bottleneck when the router's own capacity is measured; it can also cut
+every answer after its deltas (a node failing mid-answer), and replay recorded events on
+`/completion` (a llama-server for gpt-oss), keeping the prompts it was sent.
 
 It is one selectors loop without Twisted, so that it and the load generator fit on one
 core at 20,000 deltas/s: every delta is one `send` of a prebuilt HTTP chunk, and all
 streams share one timer queue. HTTP/1.1 with keep-alive, as the router's client expects
 (answers are always chunked, as to an HTTP/1.1 client).
 
-    python -m benchmarks.synthetic_upstream SOCKET --rate 20 --deltas 40
+    python -m privllm.test.synthetic_upstream SOCKET --rate 20 --deltas 40
+
+Tests run it on a thread of their own process (`start`, then `stop`) to read what it saw.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import json
 import os
 import selectors
 import socket
+import threading
 import time
 from collections import deque
 from typing import Any
@@ -48,8 +53,9 @@ def ending(deltas: int) -> bytes:
     return chunk(stop + usage + b"data: [DONE]\n\n") + b"0\r\n\r\n"
 
 
-def chunked_end(buffer: bytes, pos: int) -> int | None:
-    """Where a chunked body starting at `pos` ends (after any trailers); None while incomplete."""
+def chunked_body(buffer: bytes, pos: int) -> tuple[bytes, int] | None:
+    """A chunked body starting at `pos` and where it ends (after any trailers); None while incomplete."""
+    body = b""
     while True:
         eol = buffer.find(b"\r\n", pos)
         if eol < 0:
@@ -58,17 +64,17 @@ def chunked_end(buffer: bytes, pos: int) -> int | None:
         pos = eol + 2
         if size == 0:
             end = buffer.find(b"\r\n\r\n", pos - 2)
-            return None if end < 0 else end + 4
+            return None if end < 0 else (body, end + 4)
+        body += buffer[pos : pos + size]
         pos += size + 2
         if pos > len(buffer):
             return None
 
 
-def parse_request(buffer: bytes) -> tuple[bytes, bytes, int, bool] | None:
-    """(method, path, bytes used, keep-alive) once a whole request, body included, is in `buffer`.
+def parse_request(buffer: bytes) -> tuple[bytes, bytes, bytes, int, bool] | None:
+    """(method, path, body, bytes used, keep-alive) once a whole request is in `buffer`.
 
-    The body is skipped, not parsed: the answer does not depend on it. Raises ValueError when
-    the request is malformed."""
+    Raises ValueError when the request is malformed."""
     end = buffer.find(b"\r\n\r\n")
     if end < 0:
         return None
@@ -79,15 +85,17 @@ def parse_request(buffer: bytes) -> tuple[bytes, bytes, int, bool] | None:
         name, _, value = line.partition(b":")
         headers[name.strip().lower()] = value.strip().lower()
     if b"chunked" in headers.get(b"transfer-encoding", b""):
-        used = chunked_end(buffer, end + 4)
-        if used is None:
+        whole = chunked_body(buffer, end + 4)
+        if whole is None:
             return None
+        body, used = whole
     else:
         used = end + 4 + int(headers.get(b"content-length", b"0"))
         if len(buffer) < used:
             return None
+        body = buffer[end + 4 : used]
     keep_alive = version == b"HTTP/1.1" and headers.get(b"connection") != b"close"
-    return method, path.split(b"?")[0], used, keep_alive
+    return method, path.split(b"?")[0], body, used, keep_alive
 
 
 class Connection:
@@ -130,12 +138,17 @@ class Connection:
                 return
             if request is None:
                 return
-            method, path, used, keep_alive = request
+            method, path, body, used, keep_alive = request
             self.inbox = self.inbox[used:]
             if method == b"POST" and path == b"/v1/chat/completions":
+                self.upstream.requests += 1
                 self.streaming, self.close_when_sent = True, not keep_alive
                 self.write(STREAM_HEAD)
                 self.upstream.step(time.perf_counter(), self, self.upstream.deltas)
+            elif method == b"POST" and path == b"/completion" and self.upstream.replay is not None:
+                self.upstream.prompts.append(json.loads(body)["prompt"])
+                self.write(replayed(self.upstream.replay))
+                self.end(keep_alive)
             else:
                 self.write(HEALTH if method == b"GET" and path == b"/health" else NOT_FOUND)
                 self.end(keep_alive)
@@ -189,17 +202,36 @@ class Connection:
             self.sock.close()
 
 
+def replayed(events: bytes) -> bytes:
+    """One whole `/completion` answer: the recorded events, with their length."""
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Length: %d\r\n\r\n" % len(events)
+    return head + events
+
+
 class Upstream:
     """The server loop. All streams share one period, so a FIFO of (due, connection, deltas left)
-    stays in time order: each delta is a popleft, a send and an append, whatever the count."""
+    stays in time order: each delta is a popleft, a send and an append, whatever the count.
 
-    def __init__(self, listener: socket.socket, rate: float, deltas: int) -> None:
+    `cut` ends every chat by closing the connection after its deltas instead of finishing it;
+    `replay` is what `POST /completion` answers. `requests` counts chats, `prompts` keeps the
+    prompts `/completion` was sent."""
+
+    def __init__(
+        self, listener: socket.socket, rate: float, deltas: int, cut: bool = False, replay: bytes | None = None
+    ) -> None:
         self.listener, self.period, self.deltas = listener, 1.0 / rate, deltas
+        self.cut, self.replay = cut, replay
+        self.requests = 0
+        self.prompts: list[list[int]] = []
         self.ending = ending(deltas)
         self.due: deque[tuple[float, Connection, int]] = deque()
         self.selector = selectors.DefaultSelector()
         listener.setblocking(False)
         self.selector.register(listener, READ, self.accept)
+        self.running = True
+        self.wake, self.waker = socket.socketpair()  # `stop` from another thread ends `select`
+        self.selector.register(self.wake, READ, self.on_stop)
+        self.thread: threading.Thread | None = None
 
     def accept(self, mask: int) -> None:
         while True:
@@ -215,13 +247,15 @@ class Upstream:
         if left:
             connection.write(DELTA)
             self.due.append((due + self.period, connection, left - 1))
+        elif self.cut:
+            connection.close()  # mid-answer: no finish events, no end of the chunked body
         else:
             connection.write(self.ending)
             connection.end(keep_alive=not connection.close_when_sent)
 
     def run(self) -> None:
         due, select, clock = self.due, self.selector.select, time.perf_counter
-        while True:
+        while self.running:
             timeout = max(0.0, due[0][0] - clock()) if due else None
             for key, mask in select(timeout):
                 key.data(mask)
@@ -230,6 +264,25 @@ class Upstream:
                 when, connection, left = due.popleft()
                 if not connection.closed:
                     self.step(when, connection, left)
+        for key in list(self.selector.get_map().values()):
+            key.fileobj.close()  # type: ignore[union-attr]
+        self.selector.close()
+
+    def on_stop(self, mask: int) -> None:
+        self.running = False
+
+    def start(self) -> Upstream:
+        """Serve on a thread of this process, for a test that reads `requests` or `prompts`."""
+        self.thread = threading.Thread(target=self.run, name="synthetic-upstream", daemon=True)
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        """End the loop and close every socket, the listener's included (bounded wait)."""
+        self.waker.send(b"x")
+        if self.thread is not None:
+            self.thread.join(10)
+        self.waker.close()
 
 
 def listen(path: str) -> socket.socket:

@@ -1,5 +1,6 @@
 """
 Test equipment: run `twistd -n privllm` as a user would, in a subprocess, with a test config.
+It lives here, not in tests/, so the end-to-end tests and the benchmarks share one copy.
 
 The daemon spawns the real llama-server with the real model. Ports are chosen free on
 loopback; the daemon's whole output is kept in a file so tests can check what it logged.
