@@ -2,47 +2,85 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from twisted.application.service import Service
+from twisted.internet.defer import Deferred
 from twisted.internet.task import LoopingCall
+from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from ..protocol.encoding import dumps
 from ..protocol.keyset import keyset_document
 from .files import KeyFileError
-from .store import KeyRingStore
+from .store import KeyRingStore, Update
 
 log = Logger()
+
+InThread = Callable[..., "Deferred[Any]"]  # deferToThread's shape: run f(*args) elsewhere, fire with its result
 
 
 class KeyRingService(Service):
     CHECK_EVERY = 60.0  # rotations by the timer or by `privllm-admin rotate` show within a minute
     RESIGN_EVERY = 60  # a set served is at most this old, so it is never near its expiry
 
-    def __init__(self, store: KeyRingStore, identity: Ed25519PrivateKey, clock: Any, keyset_lifetime: int) -> None:
+    def __init__(
+        self,
+        store: KeyRingStore,
+        identity: Ed25519PrivateKey,
+        clock: Any,
+        keyset_lifetime: int,
+        in_thread: InThread = deferToThread,
+    ) -> None:
         self._store = store
         self._identity = identity
         self._clock = clock
         self._lifetime = keyset_lifetime
+        self._in_thread = in_thread
         self._loop = LoopingCall(self.refresh)
         self._loop.clock = clock
         self._published: tuple[int, bytes] | None = None
+        self._refreshing = False
+        self._stopped: Deferred[None] | None = None
         # At start a corrupt or foreign key file stops everything (KeyFileError propagates).
+        # Synchronous: nothing serves yet, and the reactor is not running.
         self.ring = store.update(int(clock.seconds()))
 
-    def refresh(self) -> None:
-        before = self.ring.keys
-        try:
-            self._store.update(int(self._clock.seconds()))  # changes self.ring in place
-        except (KeyFileError, OSError) as e:
-            # Keep serving the keys in memory; never overwrite a file we cannot read.
-            log.error("cannot refresh the key ring: {reason}", reason=str(e))
+    def refresh(self) -> Deferred[None]:
+        """The file work (a lock shared with other processes, maybe an fsync) runs in a thread
+        on a copy; the ring that admission reads changes only here, on the reactor thread, in
+        one step. LoopingCall waits for the returned Deferred, so two never overlap."""
+        self._refreshing = True
+        d = self._in_thread(self._store.prepare, int(self._clock.seconds()))
+        d.addCallbacks(self._apply, self._failed)
+        d.addBoth(self._finished)
+        return d
+
+    def _apply(self, update: Update) -> None:
+        if not self.running:  # stopped meanwhile: the ring is about to be wiped, and so is this
+            update.discard()
             return
+        before = self.ring.keys
+        self._store.apply(update)
         if self.ring.keys != before:
             self._published = None
             log.info("HPKE key ring updated: live key ids {ids}", ids=[k.key_id for k in self.ring.keys])
+
+    def _failed(self, failure: Failure) -> None:
+        failure.trap(KeyFileError, OSError)
+        # Keep serving the keys in memory; never overwrite a file we cannot read.
+        log.error("cannot refresh the key ring: {reason}", reason=str(failure.value))
+
+    def _finished(self, result: object) -> object:
+        self._refreshing = False
+        if self._stopped is not None:
+            self.ring.wipe()
+            stopped, self._stopped = self._stopped, None
+            stopped.callback(None)
+        return result
 
     def keyset(self) -> bytes:
         """The signed key set, re-signed once a minute and at once when the ring changed, valid
@@ -57,8 +95,13 @@ class KeyRingService(Service):
         super().startService()
         self._loop.start(self.CHECK_EVERY, now=False)
 
-    def stopService(self) -> None:
+    def stopService(self) -> Deferred[None] | None:
+        """Wipe the ring, after a refresh under way has finished (its thread then holds no key)."""
         super().stopService()
         if self._loop.running:
             self._loop.stop()
+        if self._refreshing:
+            self._stopped = Deferred()
+            return self._stopped
         self.ring.wipe()
+        return None

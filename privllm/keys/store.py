@@ -14,6 +14,7 @@ import os
 import secrets
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 from ..protocol import suite
 from ..protocol.keyring import KEY_ID_SPACE, KeyRing
@@ -21,6 +22,17 @@ from .files import ensure_private_dir, read_secret_buffer, wipe
 from .material import keyring_path, parse_keyring, save_keyring
 
 LOCK = "hpke-keyring.lock"
+
+
+@dataclass
+class Update:
+    """A ring brought up to date with the file, waiting to be applied to the held one."""
+
+    ring: KeyRing
+    digest: bytes  # SHA-256 of the file as it holds `ring`
+
+    def discard(self) -> None:
+        self.ring.wipe()
 
 
 class KeyRingStore:
@@ -48,37 +60,49 @@ class KeyRingStore:
     def update(self, now: int, change: Callable[[KeyRing], None] | None = None) -> KeyRing:
         """Bring the ring up to date with the file and `now` (and apply `change`), save it if it
         moved. Every call returns the same ring object, changed in place."""
-        with self._locked():
-            ring = self._read()
-            before = (ring.keys, ring.last_key_id)
-            ring.refresh(now, suite.new_private_key)
-            if change is not None:
-                change(ring)
-            if (ring.keys, ring.last_key_id) != before:
-                self._digest = None  # until the file is known to hold this ring
-                self._digest = save_keyring(self.state_dir, ring)
-            return ring
+        return self.apply(self.prepare(now, change))
 
-    def _read(self) -> KeyRing:
+    def prepare(self, now: int, change: Callable[[KeyRing], None] | None = None) -> Update:
+        """The file work of `update`, under the lock: read, refresh, change, save if it moved.
+        It changes neither the held ring nor the store, so it may run in another thread while
+        the ring serves, provided one prepare-then-apply finishes before the next starts."""
+        with self._locked():
+            ring, digest = self._read()
+            try:
+                before = (ring.keys, ring.last_key_id)
+                ring.refresh(now, suite.new_private_key)
+                if change is not None:
+                    change(ring)
+                if (ring.keys, ring.last_key_id) != before:
+                    digest = save_keyring(self.state_dir, ring)
+            except BaseException:
+                ring.wipe()  # keys made or loaded here and never saved or adopted
+                raise
+            return Update(ring, digest)
+
+    def apply(self, update: Update) -> KeyRing:
+        """Make the held ring the prepared one (in the thread that reads the ring): keys both
+        hold stay ours, the copies and the keys that left are dropped."""
+        if self._ring is None:
+            self._ring = update.ring
+        else:
+            self._ring.adopt(update.ring)
+        self._digest = update.digest
+        return self._ring
+
+    def _read(self) -> tuple[KeyRing, bytes]:
+        """A ring to change, and the SHA-256 of the file it came from (b"" with no file)."""
         path = keyring_path(self.state_dir)
         if not os.path.lexists(path):
             # A random start: two routers made from nothing (or restored from an archive that
             # predates ring.json) rarely hand out the same key ids, which an app's cached key
             # set could name (privllm.keys.backup carries the start across a restore).
-            loaded = KeyRing([], self.interval, self.overlap, secrets.randbelow(KEY_ID_SPACE))
-            digest = b""
-        else:
-            raw = read_secret_buffer(path)
-            try:
-                digest = hashlib.sha256(raw).digest()
-                if self._ring is not None and digest == self._digest:
-                    return self._ring
-                loaded = parse_keyring(raw, self.interval, self.overlap, path)
-            finally:
-                wipe(raw)
-        if self._ring is None:
-            self._ring = loaded
-        else:
-            self._ring.adopt(loaded)
-        self._digest = digest
-        return self._ring
+            return KeyRing([], self.interval, self.overlap, secrets.randbelow(KEY_ID_SPACE)), b""
+        raw = read_secret_buffer(path)
+        try:
+            digest = hashlib.sha256(raw).digest()
+            if self._ring is not None and digest == self._digest:
+                return self._ring.copy(), digest
+            return parse_keyring(raw, self.interval, self.overlap, path), digest
+        finally:
+            wipe(raw)

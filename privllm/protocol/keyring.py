@@ -10,7 +10,7 @@ a client holding a key set fetched just before a rotation still succeeds.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from pyhpke import KEMKeyInterface
 
@@ -109,6 +109,12 @@ class KeyRing:
         self._drop(lambda k: revoke or k.not_before > now)
         self._add(now, new_key)
         self.refresh(now, new_key)
+
+    def copy(self) -> KeyRing:
+        """A working copy to change in another thread while this ring serves. Its keys are new
+        holders of the same private key objects, so dropping one of them (wipe) leaves ours
+        usable; `adopt` takes the result back."""
+        return KeyRing([replace(k) for k in self._keys], self.interval, self.overlap, self.last_key_id)
 
     def adopt(self, other: KeyRing) -> None:
         """Take the keys of a ring loaded from the shared file, which is used up: a key both

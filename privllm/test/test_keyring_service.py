@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import time
+from collections.abc import Callable
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from twisted.internet.task import Clock
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.task import Clock, deferLater
+from twisted.internet.threads import deferToThread
+from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
 from ..keys import store as store_module
 from ..keys.files import KeyFileError, write_secret
 from ..keys.material import KEYRING
 from ..keys.service import KeyRingService
-from ..keys.store import KeyRingStore
+from ..keys.store import LOCK, KeyRingStore, Update
 from ..protocol import suite
 from ..protocol.errors import UNKNOWN_KEY, RequestRejected
 from ..protocol.keyring import KeyRing
@@ -34,7 +42,9 @@ class Service(TestCase):
         self.pin = self.identity.public_key().public_bytes_raw()
 
     def service(self, clock: Clock | None = None) -> KeyRingService:
-        s = KeyRingService(KeyRingStore(self.dir, DAY, HOUR), self.identity, clock or self.clock, LIFETIME)
+        s = KeyRingService(
+            KeyRingStore(self.dir, DAY, HOUR), self.identity, clock or self.clock, LIFETIME, maybeDeferred
+        )
         s.startService()
         self.addCleanup(s.stopService)
         return s
@@ -186,7 +196,7 @@ class Hygiene(TestCase):
         self.patch(store_module, "parse_keyring", parsing)
 
     def test_checks_reuse_the_key_objects_and_wipe_what_they_read(self) -> None:
-        s = KeyRingService(self.store, Ed25519PrivateKey.generate(), self.clock, LIFETIME)
+        s = KeyRingService(self.store, Ed25519PrivateKey.generate(), self.clock, LIFETIME, maybeDeferred)
         s.startService()
         self.addCleanup(s.stopService)
         secrets = [k.secret for k in s.ring.keys]
@@ -234,3 +244,164 @@ class Hygiene(TestCase):
         self.store.update(NOW + 20)
         self.assertFalse(any(hasattr(k, "secret") for k in before))
         self.assertFalse(any(k in ring.keys for k in before))
+
+
+class Held:
+    """An `in_thread` stand-in: keeps each call for the test to do the thread's work and then
+    hand the result to the reactor, each when it chooses."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Callable[..., Any], tuple[Any, ...], Deferred[Any]]] = []
+
+    def __call__(self, f: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        d: Deferred[Any] = Deferred()
+        self.calls.append((f, args, d))
+        return d
+
+    def work(self) -> tuple[Update, Deferred[Any]]:
+        f, args, d = self.calls[-1]
+        return f(*args), d
+
+
+class OffTheReactor(TestCase):
+    """The file work of a check (a lock shared with other processes, maybe an fsync) runs in a
+    thread; the ring admission reads changes only on the reactor thread, in one step."""
+
+    def setUp(self) -> None:
+        self.dir = os.path.abspath(self.mktemp())
+        self.clock = Clock()
+        self.clock.advance(NOW)
+        self.held = Held()
+        self.s = KeyRingService(
+            KeyRingStore(self.dir, DAY, HOUR), Ed25519PrivateKey.generate(), self.clock, LIFETIME, self.held
+        )
+        self.s.startService()
+        self.before = self.s.ring.keys
+
+    def stop(self) -> None:
+        """Stop, and let a check still under way fail so the stop completes."""
+        self.s.stopService()
+        for _, _, d in self.held.calls:
+            if not d.called:
+                d.errback(Failure(OSError("stopped")))
+
+    def served(self) -> list[int]:
+        return [k.key_id for k in self.s.ring.published(int(self.clock.seconds()))]
+
+    def revoke_elsewhere(self) -> None:
+        """`privllm-admin rotate --revoke` from another process: every key held now leaves."""
+        KeyRingStore(self.dir, DAY, HOUR).update(
+            NOW + 10, lambda r: r.rotate_now(NOW + 10, suite.new_private_key, revoke=True)
+        )
+
+    def test_the_ring_changes_only_when_the_result_reaches_the_reactor(self) -> None:
+        self.addCleanup(self.stop)
+        served = self.served()
+        self.revoke_elsewhere()
+        self.clock.advance(60)
+        update, d = self.held.work()  # the thread read, refreshed and saved: nothing served changed
+        self.assertEqual(self.s.ring.keys, self.before)
+        self.assertTrue(all(hasattr(k, "secret") for k in self.before))
+        self.assertEqual(self.served(), served)
+        self.clock.advance(10 * 60)
+        self.assertEqual(len(self.held.calls), 1, "no check starts while one runs")
+        d.callback(update)
+        self.assertTrue(self.s.ring.keys)
+        self.assertFalse(set(self.s.ring.keys) & set(self.before), "the revocation is adopted")
+        self.assertFalse(any(hasattr(k, "secret") for k in self.before), "and the revoked keys dropped")
+        self.assertEqual(update.ring.keys, [], "the copy is used up")
+        self.assertNotEqual(self.served(), served)
+        self.clock.advance(60)
+        self.assertEqual(len(self.held.calls), 2, "the checks go on")
+
+    def test_a_failed_check_keeps_serving_and_checking(self) -> None:
+        self.addCleanup(self.stop)
+        self.clock.advance(60)
+        self.held.calls[-1][2].errback(Failure(KeyFileError("unreadable")))
+        self.assertEqual(self.s.ring.keys, self.before)
+        self.assertTrue(all(hasattr(k, "secret") for k in self.before))
+        self.clock.advance(60)
+        self.assertEqual(len(self.held.calls), 2)
+
+    def test_an_unexpected_error_stops_the_checks_and_keeps_serving(self) -> None:
+        self.addCleanup(self.stop)
+        self.clock.advance(60)
+        self.held.calls[-1][2].errback(Failure(RuntimeError("a bug")))
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertEqual(self.s.ring.keys, self.before)
+        self.clock.advance(10 * 60)
+        self.assertEqual(len(self.held.calls), 1)
+
+    def test_stop_waits_for_a_check_then_wipes_both_rings(self) -> None:
+        self.revoke_elsewhere()
+        self.clock.advance(60)
+        update, d = self.held.work()
+        made = update.ring.keys
+        stopped: list[None] = []
+        stopping = self.s.stopService()
+        assert stopping is not None
+        stopping.addCallback(stopped.append)
+        self.assertEqual(stopped, [])
+        self.assertTrue(all(hasattr(k, "secret") for k in self.before), "still serving what is under way")
+        d.callback(update)
+        self.assertEqual(stopped, [None])
+        self.assertEqual(self.s.ring.keys, [])
+        self.assertEqual(update.ring.keys, [])
+        self.assertFalse(any(hasattr(k, "secret") for k in self.before + made), "no key left in memory")
+        self.clock.advance(10 * 60)
+        self.assertEqual(len(self.held.calls), 1)
+
+    def test_stop_after_a_failed_check_still_wipes(self) -> None:
+        self.clock.advance(60)
+        stopping = self.s.stopService()
+        assert stopping is not None
+        self.held.calls[-1][2].errback(Failure(OSError("disk gone")))
+        self.assertIsNone(self.successResultOf(stopping))
+        self.assertFalse(any(hasattr(k, "secret") for k in self.before))
+
+
+class LockHeldElsewhere(TestCase):
+    """With the real thread pool: while another process holds the ring's lock, the reactor
+    thread goes on at once, and the ring follows the file once the lock is released."""
+
+    async def test_a_held_lock_does_not_block_the_reactor(self) -> None:
+        state = os.path.abspath(self.mktemp())
+        clock = Clock()
+        clock.advance(NOW)
+        running: list[Deferred[Any]] = []
+
+        def in_thread(f: Callable[..., Any], *args: Any) -> Deferred[Any]:
+            running.append(deferToThread(f, *args))
+            return running[-1]
+
+        s = KeyRingService(KeyRingStore(state, DAY, HOUR), Ed25519PrivateKey.generate(), clock, LIFETIME, in_thread)
+        s.startService()
+        before = s.ring.keys
+        KeyRingStore(state, DAY, HOUR).update(NOW + 10, lambda r: r.rotate_now(NOW + 10, suite.new_private_key))
+        lock = os.open(os.path.join(state, LOCK), os.O_RDWR)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # a separate open file: blocks this process's store too
+            started = time.monotonic()
+            clock.advance(60)
+            self.assertLess(time.monotonic() - started, 0.5, "the check returned at once")
+            await deferLater(reactor, 0.5, lambda: None)  # the reactor runs meanwhile
+            self.assertEqual(len(running), 1)
+            self.assertFalse(running[0].called, "the thread waits for the lock")
+            self.assertEqual(s.ring.keys, before)
+        finally:
+            os.close(lock)
+        done: Deferred[None] = Deferred()
+
+        def finished(result: object) -> object:
+            done.callback(None)
+            return result
+
+        running[0].addBoth(finished)
+        await done
+        self.assertNotEqual(s.ring.keys, before, "the rotation is adopted once the lock is free")
+        current, following = before  # the rotation keeps the current key and drops the unstarted one
+        self.assertIn(current, s.ring.keys)
+        self.assertTrue(hasattr(current, "secret"))
+        self.assertFalse(hasattr(following, "secret"))
+        await maybeDeferred(s.stopService)
+        self.assertFalse(any(hasattr(k, "secret") for k in before))
