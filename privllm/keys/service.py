@@ -101,7 +101,10 @@ class KeyRingService(Service):
         if self._loop.running:
             self._loop.stop()
         if self._refreshing:
-            self._stopped = Deferred()
-            return self._stopped
+            if self._stopped is None:
+                self._stopped = Deferred()
+            waiter: Deferred[None] = Deferred()
+            self._stopped.addCallback(lambda _: waiter.callback(None))
+            return waiter
         self.ring.wipe()
         return None

@@ -12,13 +12,14 @@ import fcntl
 import hashlib
 import os
 import secrets
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 from ..protocol import suite
 from ..protocol.keyring import KEY_ID_SPACE, KeyRing
-from .files import ensure_private_dir, read_secret_buffer, wipe
+from .files import KeyFileError, ensure_private_dir, read_secret_buffer, wipe
 from .material import keyring_path, parse_keyring, save_keyring
 
 LOCK = "hpke-keyring.lock"
@@ -35,6 +36,10 @@ class Update:
         self.ring.wipe()
 
 
+LOCK_WAIT = 30.0  # seconds a check waits for another process's hold on the ring's lock
+LOCK_POLL = 0.05
+
+
 class KeyRingStore:
     """Holds one ring for the life of the process: the file is parsed only when its contents
     changed (by another process or an admin command), so a check every minute makes no copy
@@ -47,15 +52,32 @@ class KeyRingStore:
         self.overlap = overlap
         self._ring: KeyRing | None = None
         self._digest: bytes | None = None  # SHA-256 of the file as this ring last read or wrote it
+        self.lock_wait = LOCK_WAIT
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
         fd = os.open(os.path.join(self.state_dir, LOCK), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            self._lock(fd)
             yield
         finally:
             os.close(fd)
+
+    def _lock(self, fd: int) -> None:
+        """The shared lock, waited for at most `lock_wait` seconds: a process that holds it for
+        ever (hung, or stopped) makes a check fail with one logged line, retried a minute later,
+        rather than wait silently while the current key runs out, and keeps a stop bounded."""
+        deadline = time.monotonic() + self.lock_wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise KeyFileError(
+                        f"the key ring lock in {self.state_dir} was held by another process for {self.lock_wait:g} s"
+                    ) from None
+                time.sleep(LOCK_POLL)
 
     def update(self, now: int, change: Callable[[KeyRing], None] | None = None) -> KeyRing:
         """Bring the ring up to date with the file and `now` (and apply `change`), save it if it

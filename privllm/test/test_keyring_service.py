@@ -405,3 +405,38 @@ class LockHeldElsewhere(TestCase):
         self.assertFalse(hasattr(following, "secret"))
         await maybeDeferred(s.stopService)
         self.assertFalse(any(hasattr(k, "secret") for k in before))
+
+    def test_a_lock_held_for_ever_fails_the_check_in_bounded_time(self) -> None:
+        """A hung or stopped process holding the lock: the check fails with one line (logged
+        and retried a minute later by the service) instead of waiting silently."""
+        state = os.path.abspath(self.mktemp())
+        store = KeyRingStore(state, DAY, HOUR)
+        store.update(NOW)
+        store.lock_wait = 0.3
+        lock = os.open(os.path.join(state, LOCK), os.O_RDWR)
+        self.addCleanup(os.close, lock)
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        started = time.monotonic()
+        with self.assertRaises(KeyFileError) as caught:
+            store.prepare(NOW + 60)
+        self.assertLess(time.monotonic() - started, 2.0)
+        self.assertIn("held by another process", str(caught.exception))
+
+    def test_stopping_twice_during_a_check_answers_both(self) -> None:
+        clock = Clock()
+        clock.advance(NOW)
+        held: list[Deferred[Any]] = []
+
+        def in_thread(f: Callable[..., Any], *args: Any) -> Deferred[Any]:
+            held.append(Deferred())
+            return held[-1]
+
+        state = os.path.abspath(self.mktemp())
+        s = KeyRingService(KeyRingStore(state, DAY, HOUR), Ed25519PrivateKey.generate(), clock, LIFETIME, in_thread)
+        s.startService()
+        clock.advance(60)
+        first, second = s.stopService(), s.stopService()
+        assert first is not None and second is not None
+        held[0].errback(Failure(OSError("slow disk")))
+        self.assertIsNone(self.successResultOf(first))
+        self.assertIsNone(self.successResultOf(second))

@@ -103,9 +103,11 @@ class LlamaSupervisor(ProcessMonitor):
         ended = protocol.processEnded
 
         def process_ended(reason: Failure) -> None:
-            self._exiting(reason)
-            ended(reason)
-            self._exited()
+            try:
+                self._exiting(reason)
+            finally:  # a failing on_exit must not keep procmon from restarting it, or a stop waiting
+                ended(reason)
+                self._exited()
 
         protocol.processEnded = process_ended  # type: ignore[method-assign]
 
