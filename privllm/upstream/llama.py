@@ -113,23 +113,27 @@ class LlamaServer:
         parent before the services that use the client, so it stops after them."""
         return _ClosedOnStop(self)
 
-    async def _get_json(self, path: str, timeout: float) -> Any:
-        """The JSON answer of a GET, or None when it fails, is not 200, or is not bounded JSON."""
+    async def _get(self, path: str, timeout: float, max_bytes: int) -> bytes | None:
+        """The body of a GET answered 200 within `timeout` (headers, then body) and `max_bytes`,
+        or None."""
         try:
             response = await self._http.get(self._base + path, timeout=timeout)  # to the headers
-            body = await read_bounded(response, MAX_ANSWER_BYTES).addTimeout(timeout, self._reactor)
-            return loads_bounded(body, MAX_ANSWER_BYTES) if response.code == 200 else None
+            body = await read_bounded(response, max_bytes).addTimeout(timeout, self._reactor)
+            return body if response.code == 200 else None
+        except Exception:
+            return None
+
+    async def _get_json(self, path: str, timeout: float) -> Any:
+        """The JSON answer of a GET, or None when it fails, is not 200, or is not bounded JSON."""
+        body = await self._get(path, timeout, MAX_ANSWER_BYTES)
+        try:
+            return None if body is None else loads_bounded(body, MAX_ANSWER_BYTES)
         except Exception:
             return None
 
     async def metrics_text(self, timeout: float) -> bytes | None:
         """llama-server's own /metrics (with --metrics): its Prometheus text, or None."""
-        try:
-            response = await self._http.get(self._base + "/metrics", timeout=timeout)
-            body = await read_bounded(response, MAX_METRICS_BYTES).addTimeout(timeout, self._reactor)
-            return body if response.code == 200 else None
-        except Exception:
-            return None
+        return await self._get("/metrics", timeout, MAX_METRICS_BYTES)
 
     async def ready(self, timeout: float) -> bool:
         """True when /health answers 200 with status ok: llama-server does once its model is loaded.
