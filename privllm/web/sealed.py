@@ -99,11 +99,11 @@ class SealedEvents:
 
     def _send_text(self, text: str) -> None:
         assert self._sealer is not None
-        now = self._clock.seconds()
-        if self._last_delta is not None:
-            self._gaps.add(now - self._last_delta)
-        self._last_delta = now
         self._send_sealed(self._sealer.seal_json(delta_json(text)))
+        sent = self.last_write  # the write's own time: no second clock read per chunk
+        if self._last_delta is not None:
+            self._gaps.add(sent - self._last_delta)
+        self._last_delta = sent
 
     def _send_sealed(self, sealed: str) -> None:
         self._write(encode_event("chunk", sealed))
