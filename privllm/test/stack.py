@@ -40,6 +40,17 @@ def _toml(value: Any) -> str:
     return json.dumps(value) if not isinstance(value, bool) else ("true" if value else "false")
 
 
+def stop_process(process: subprocess.Popen[bytes], grace: float) -> None:
+    """SIGTERM, `grace` seconds to end, then SIGKILL: test equipment never outlives its test."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+
+
 class Daemon:
     def __init__(
         self,
@@ -165,13 +176,8 @@ class Daemon:
             return f.read()
 
     def stop(self) -> int | None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
+        if self.process is not None:
+            stop_process(self.process, 30)
         return None if self.process is None else self.process.returncode
 
     def cleanup(self) -> None:
