@@ -44,6 +44,25 @@ class Breaker(TestCase):
         self.assertEqual(seen, ["open", "half_open", "open", "half_open", "closed"])
         self.assertTrue(b.allow(22))
 
+    def test_available_follows_the_state_without_moving_it(self) -> None:
+        b = CircuitBreaker(1, 10)
+        self.assertTrue(b.available(0))
+        b.failure(0)
+        self.assertFalse(b.available(9.9))
+        self.assertTrue(b.available(10), "cooled: a probe may go")
+        self.assertEqual(b.state, "open", "asking does not move the machine")
+        self.assertTrue(b.allow(10))
+        self.assertFalse(b.available(10), "the probe is out")
+        b.abandon()
+        self.assertTrue(b.available(10), "its client left: another probe may go")
+
+    def test_the_state_is_read_only_and_moves_only_along_the_table(self) -> None:
+        b = CircuitBreaker(1, 10)
+        with self.assertRaises(AttributeError):
+            b.state = "open"  # type: ignore[misc]
+        with self.assertRaises(KeyError):
+            b._move("recovered")  # closed has no way out on a recovery
+
     def test_bad_settings(self) -> None:
         self.assertRaises(ValueError, CircuitBreaker, 0, 1)
         self.assertRaises(ValueError, CircuitBreaker, 1, 0)
