@@ -32,19 +32,31 @@ def load_chain(path: str) -> list[x509.Certificate]:
     return chain
 
 
-def load_key(path: str) -> crypto.PKey:
+def _private_key(path: str) -> Any:
     try:
-        key = serialization.load_pem_private_key(read_secret(path), password=None)
+        return serialization.load_pem_private_key(read_secret(path), password=None)
     except (ValueError, TypeError, UnsupportedAlgorithm) as e:  # TypeError: an encrypted key
         raise KeyFileError(f"TLS key {path} is not an unencrypted PEM private key") from e
-    return crypto.PKey.from_cryptography_key(key)  # type: ignore[arg-type]
+
+
+def load_pair(cert_path: str, key_path: str) -> tuple[list[x509.Certificate], crypto.PKey]:
+    """A certificate chain and the leaf's key. Each half parses alone; a key that is not the
+    leaf's (a renewal half done) would show only when a TLS context is made, failing every
+    connection, so it is refused here, where a reload keeps the last good pair."""
+    chain, key = load_chain(cert_path), _private_key(key_path)
+    if _spki(chain[0].public_key()) != _spki(key.public_key()):
+        raise KeyFileError(f"TLS key {key_path} is not the key of certificate {cert_path}")
+    return chain, crypto.PKey.from_cryptography_key(key)
+
+
+def _spki(public_key: Any) -> bytes:
+    return bytes(public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo))
 
 
 def spki_pin(certificate: Any) -> str:
     """base64(SHA-256(SubjectPublicKeyInfo)) of a pyOpenSSL or cryptography certificate."""
     cert = certificate.to_cryptography() if hasattr(certificate, "to_cryptography") else certificate
-    spki = cert.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    return base64.b64encode(hashlib.sha256(spki).digest()).decode()
+    return base64.b64encode(hashlib.sha256(_spki(cert.public_key())).digest()).decode()
 
 
 class Reloading:

@@ -10,7 +10,7 @@ from twisted.trial.unittest import TestCase
 from ..keys.files import KeyFileError, ensure_private_dir, read_secret, write_secret
 from ..keys.material import ensure_dev_certificate, ensure_identity, load_identity, save_keyring
 from ..keys.store import KeyRingStore
-from ..keys.tls import load_key
+from ..keys.tls import load_pair
 from .helpers import NOW, ring
 
 
@@ -83,11 +83,11 @@ class SecretFiles(TestCase):
 
     def test_an_encrypted_tls_key_is_a_key_file_error(self) -> None:
         ensure_private_dir(self.dir)
-        _, key_path = ensure_dev_certificate(self.dir, ["127.0.0.1"])
+        cert_path, key_path = ensure_dev_certificate(self.dir, ["127.0.0.1"])
         key = serialization.load_pem_private_key(read_secret(key_path), password=None)
         write_secret(key_path, encrypted(key))
         with self.assertRaises(KeyFileError) as caught:
-            load_key(key_path)
+            load_pair(cert_path, key_path)
         self.assertIn("not an unencrypted PEM private key", str(caught.exception))
 
     def test_keyring_persists_and_corruption_stops(self) -> None:

@@ -14,7 +14,7 @@ from twisted.python.failure import Failure
 from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
-from ..keys.tls import Reloading, load_chain, load_key, spki_pin
+from ..keys.tls import Reloading, load_chain, load_pair, spki_pin
 
 
 class PinMismatch(Exception):
@@ -23,9 +23,9 @@ class PinMismatch(Exception):
 
 def _client_material(ca: str, cert: str, key: str) -> tuple[ssl.Certificate, ssl.PrivateCertificate]:
     roots = load_chain(ca)
-    chain = load_chain(cert)
+    chain, private_key = load_pair(cert, key)
     private = ssl.PrivateCertificate(crypto.X509.from_cryptography(chain[0]))
-    private.privateKey = ssl.KeyPair(load_key(key))
+    private.privateKey = ssl.KeyPair(private_key)
     return ssl.Certificate(crypto.X509.from_cryptography(roots[0])), private
 
 
