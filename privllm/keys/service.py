@@ -54,7 +54,7 @@ class KeyRingService(Service):
         on a copy; the ring that admission reads changes only here, on the reactor thread, in
         one step. LoopingCall waits for the returned Deferred, so two never overlap."""
         self._refreshing = True
-        d = self._in_thread(self._store.prepare, int(self._clock.seconds()))
+        d = self._in_thread(self._store.prepare, lambda: int(self._clock.seconds()))
         d.addCallbacks(self._apply, self._failed)
         d.addBoth(self._finished)
         return d
