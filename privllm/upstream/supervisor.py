@@ -133,7 +133,8 @@ class LlamaSupervisor(ProcessMonitor):
         ended: Deferred[None] = Deferred()
         if self.protocols:
             self._exit_waiters.append(ended)
-        else:
+        else:  # between runs: the last one's socket file is still there
+            self._remove_stale_socket()
             ended.callback(None)
         super().stopService()
         return ended
