@@ -101,18 +101,19 @@ def encapsulate_request(
     return prefix + context.hpke.seal(plaintext, b""), context
 
 
-def read_header(reader: Reader, keys: Mapping[int, GatewayKey]) -> tuple[Header, GatewayKey, bytes]:
-    """Gateway: the header, the key it names and `enc`; UnknownKey when the key id or the
+def parse_header(header: bytes, keys: Mapping[int, GatewayKey]) -> tuple[Header, GatewayKey]:
+    """Gateway: the 7-byte header and the key it names; UnknownKey when the key id or the
     algorithms do not match a published configuration (section 4.3, steps 1a and 1b)."""
+    reader = Reader(header)
     key_id, kem_id, kdf_id, aead_id = reader.uint(1), reader.uint(2), reader.uint(2), reader.uint(2)
+    reader.end()
     key = keys.get(key_id)
     if key is None or kem_id != key.config.kem_id:
         raise UnknownKey("key id")
     suite = next((s for s in key.config.suites if (s.kdf_id, s.aead_id) == (kdf_id, aead_id)), None)
     if suite is None:
         raise UnknownKey("suite")
-    enc = reader.take(KEM_PUBLIC_KEY_SIZE[kem_id])
-    return Header(key_id, kem_id, suite), key, enc
+    return Header(key_id, kem_id, suite), key
 
 
 def receiver_context(header: Header, key: GatewayKey, enc: bytes, label: bytes) -> Context:
@@ -137,10 +138,10 @@ def decapsulate_request(
     """Gateway: the plaintext request and the context that protects its response."""
     if len(enc_request) > max_size:
         raise TooLarge("request")
-    reader = Reader(enc_request)
-    header, key, enc = read_header(reader, keys)
-    ciphertext = reader.rest()
-    if len(ciphertext) < AEAD_TAG_SIZE:
+    header, key = parse_header(enc_request[:HEADER_SIZE], keys)
+    enc_end = HEADER_SIZE + KEM_PUBLIC_KEY_SIZE[header.kem_id]
+    enc, ciphertext = enc_request[HEADER_SIZE:enc_end], enc_request[enc_end:]
+    if len(ciphertext) < AEAD_TAG_SIZE:  # and so is enc complete
         raise Malformed("request ciphertext")
     context = receiver_context(header, key, enc, REQUEST_LABEL)
     return open_hpke(context, ciphertext, b""), context
