@@ -1,7 +1,8 @@
 """
 Test equipment: an independent HPKE (RFC 9180) for our one suite, written from the RFC
 with only `cryptography` primitives. It checks pyhpke and the protocol example, and lets
-a test client speak protocol v1 without the library the router uses.
+a test client speak protocol v1 without the library the router uses. Base mode and
+AES-128-GCM too, for Oblivious HTTP (RFC 9458's example uses both).
 """
 
 from __future__ import annotations
@@ -10,12 +11,21 @@ import hmac
 from hashlib import sha256
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
-from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
 KEM, KDF, AEAD = 0x0020, 0x0001, 0x0003
+AEAD_AES_128_GCM = 0x0001
+AEAD_CIPHERS: dict[int, tuple[type[AESGCM | ChaCha20Poly1305], int]] = {
+    AEAD_AES_128_GCM: (AESGCM, 16),
+    AEAD: (ChaCha20Poly1305, 32),
+}  # id: (cipher, Nk)
 KEM_SUITE_ID = b"KEM" + KEM.to_bytes(2, "big")
-HPKE_SUITE_ID = b"HPKE" + KEM.to_bytes(2, "big") + KDF.to_bytes(2, "big") + AEAD.to_bytes(2, "big")
+MODE_BASE = 0x00
 MODE_AUTH = 0x02
+
+
+def hpke_suite_id(aead: int) -> bytes:
+    return b"HPKE" + KEM.to_bytes(2, "big") + KDF.to_bytes(2, "big") + aead.to_bytes(2, "big")
 
 
 def _extract(salt: bytes, ikm: bytes) -> bytes:
@@ -53,14 +63,16 @@ def _shared_secret(dh: bytes, kem_context: bytes) -> bytes:
 
 
 class Context:
-    def __init__(self, shared_secret: bytes, info: bytes) -> None:
-        psk_id_hash = labeled_extract(b"", b"psk_id_hash", b"", HPKE_SUITE_ID)
-        info_hash = labeled_extract(b"", b"info_hash", info, HPKE_SUITE_ID)
-        context = bytes([MODE_AUTH]) + psk_id_hash + info_hash
-        secret = labeled_extract(shared_secret, b"secret", b"", HPKE_SUITE_ID)
-        self.key = labeled_expand(secret, b"key", context, 32, HPKE_SUITE_ID)
-        self.base_nonce = labeled_expand(secret, b"base_nonce", context, 12, HPKE_SUITE_ID)
-        self.exporter_secret = labeled_expand(secret, b"exp", context, 32, HPKE_SUITE_ID)
+    def __init__(self, shared_secret: bytes, info: bytes, mode: int = MODE_AUTH, aead: int = AEAD) -> None:
+        self.suite_id = hpke_suite_id(aead)
+        self.cipher, key_size = AEAD_CIPHERS[aead]
+        psk_id_hash = labeled_extract(b"", b"psk_id_hash", b"", self.suite_id)
+        info_hash = labeled_extract(b"", b"info_hash", info, self.suite_id)
+        context = bytes([mode]) + psk_id_hash + info_hash
+        secret = labeled_extract(shared_secret, b"secret", b"", self.suite_id)
+        self.key = labeled_expand(secret, b"key", context, key_size, self.suite_id)
+        self.base_nonce = labeled_expand(secret, b"base_nonce", context, 12, self.suite_id)
+        self.exporter_secret = labeled_expand(secret, b"exp", context, 32, self.suite_id)
         self.seq = 0
 
     def _nonce(self) -> bytes:
@@ -69,13 +81,13 @@ class Context:
         return bytes(a ^ b for a, b in zip(self.base_nonce, seq, strict=True))
 
     def seal(self, aad: bytes, plaintext: bytes) -> bytes:
-        return ChaCha20Poly1305(self.key).encrypt(self._nonce(), plaintext, aad)
+        return self.cipher(self.key).encrypt(self._nonce(), plaintext, aad)
 
     def open(self, aad: bytes, ciphertext: bytes) -> bytes:
-        return ChaCha20Poly1305(self.key).decrypt(self._nonce(), ciphertext, aad)
+        return self.cipher(self.key).decrypt(self._nonce(), ciphertext, aad)
 
     def export(self, exporter_context: bytes, length: int) -> bytes:
-        return labeled_expand(self.exporter_secret, b"sec", exporter_context, length, HPKE_SUITE_ID)
+        return labeled_expand(self.exporter_secret, b"sec", exporter_context, length, self.suite_id)
 
 
 def setup_auth_sender(pk_r: bytes, info: bytes, sk_s: bytes, sk_e: bytes) -> tuple[bytes, Context]:
@@ -87,3 +99,12 @@ def setup_auth_sender(pk_r: bytes, info: bytes, sk_s: bytes, sk_e: bytes) -> tup
 def setup_auth_receiver(enc: bytes, sk_r: bytes, info: bytes, pk_s: bytes) -> Context:
     dh = _dh(sk_r, enc) + _dh(sk_r, pk_s)
     return Context(_shared_secret(dh, enc + public_key(sk_r) + pk_s), info)
+
+
+def setup_base_sender(pk_r: bytes, info: bytes, sk_e: bytes, aead: int) -> tuple[bytes, Context]:
+    enc = public_key(sk_e)
+    return enc, Context(_shared_secret(_dh(sk_e, pk_r), enc + pk_r), info, MODE_BASE, aead)
+
+
+def setup_base_receiver(enc: bytes, sk_r: bytes, info: bytes, aead: int) -> Context:
+    return Context(_shared_secret(_dh(sk_r, enc), enc + public_key(sk_r)), info, MODE_BASE, aead)
