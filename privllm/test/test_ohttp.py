@@ -19,6 +19,7 @@ import hashlib
 import hmac
 import os
 import random
+from collections.abc import Callable
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from pyhpke import KEMKeyPair
@@ -120,7 +121,7 @@ C_RESPONSE_CHUNKS = [
     h("00ed9d8a796617a5b27265f4d73247f639"),
 ]
 
-# RFC 9292 section 5: the known-length request (Figure 8) and response (Figure 13)
+# RFC 9292 section 5: "Known-Length Binary Encoding of Request" and "Known-Length Encoding of Response"
 B_REQUEST = h(
     "0003474554056874747073000a2f68656c6c6f2e747874406c0a757365722d61"
     "67656e74346375726c2f372e31362e33206c69626375726c2f372e31362e3320"
@@ -128,7 +129,9 @@ B_REQUEST = h(
     "77772e6578616d706c652e636f6d0f6163636570742d6c616e67756167650665"
     "6e2c206d690000"
 )
-B_INDETERMINATE_REQUEST_HEAD = h("0203474554056874747073000a2f68656c6c6f2e747874")
+B_INDETERMINATE_REQUEST_HEAD = h(  # the first 23 bytes of "Indeterminate-Length Binary Encoding of Request"
+    "0203474554056874747073000a2f68656c6c6f2e747874"
+)
 B_RESPONSE = h("0140c8001d5468697320636f6e74656e7420636f6e7461696e732043524c462e0d0a0d07747261696c65720474657874")
 
 
@@ -151,7 +154,9 @@ def fresh_gateway(key_id: int = 7, suites: tuple[SymmetricSuite, ...] = (CHACHA,
 
 
 class ErrorAssertions(TestCase):
-    def assertFails(self, error: type[OhttpError], code: str, f, *args, **kwargs):  # type: ignore[no-untyped-def]
+    def assertFails(
+        self, error: type[OhttpError], code: str, f: Callable[..., object], *args: object, **kwargs: object
+    ) -> OhttpError:
         with self.assertRaises(error) as cm:
             f(*args, **kwargs)
         self.assertIsInstance(cm.exception, OhttpError)
@@ -632,8 +637,10 @@ class BinaryHttp(ErrorAssertions):
                 self.assertEqual(bhttp.decode_request(B_REQUEST[:n]).path, b"/hello.txt")
             else:
                 self.assertFails(Malformed, "malformed", bhttp.decode_request, B_REQUEST[:n])
-        for n in range(len(B_RESPONSE)):
-            if n not in (3, 4, len(B_RESPONSE) - 14):
+        for n in range(len(B_RESPONSE) + 1):
+            if n in (3, 4, len(B_RESPONSE) - 14, len(B_RESPONSE)):
+                self.assertEqual(bhttp.decode_response(B_RESPONSE[:n]).status, 200)
+            else:
                 self.assertFails(Malformed, "malformed", bhttp.decode_response, B_RESPONSE[:n])
 
     def test_padding(self) -> None:
@@ -722,6 +729,14 @@ class IndependentHpke(TestCase):
         receiver = rfc9180.setup_base_receiver(A_PKE, A_SKR, A_INFO, rfc9180.AEAD_AES_128_GCM)
         self.assertEqual(receiver.open(b"", A_ENC_REQUEST[39:]), A_REQUEST)
         self.assertEqual(receiver.export(b"message/bhttp response", 16), A_SECRET)
+
+    def test_chunked_request_with_the_equipment(self) -> None:
+        """The draft's chunks open in sequence under the equipment's HPKE context, the last with "final"."""
+        receiver = rfc9180.setup_base_receiver(C_PKE, C_SKR, C_INFO, rfc9180.AEAD_AES_128_GCM)
+        self.assertEqual(receiver.open(b"", C_REQUEST_CHUNKS[0][1:]), A_REQUEST[:12])
+        self.assertEqual(receiver.open(b"", C_REQUEST_CHUNKS[1][1:]), A_REQUEST[12:])
+        self.assertEqual(receiver.open(b"final", C_REQUEST_CHUNKS[2][1:]), b"")
+        self.assertEqual(receiver.export(chunked.RESPONSE_LABEL, 16), C_SECRET)
 
     def test_equipment_request_opens_at_the_gateway(self) -> None:
         for suite, aead in ((CHACHA, rfc9180.AEAD), (AES128, rfc9180.AEAD_AES_128_GCM)):
