@@ -1,0 +1,158 @@
+"""Property tests of the Oblivious HTTP core: each parser, fed any bytes in any split, raises
+only OhttpError; what the encoders and sealers write, the parsers and openers read back.
+
+Bounded for CI; PRIVLLM_PROPERTY_EXAMPLES=10000 runs them longer (privllm/test/properties.py)."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+from twisted.trial.unittest import TestCase
+
+from ..protocol.ohttp import bhttp
+from ..protocol.ohttp.chunked import ChunkedRequestOpener, ChunkedRequestSealer
+from ..protocol.ohttp.errors import OhttpError
+from ..protocol.ohttp.keyconfig import parse_key_config, parse_key_configs
+from ..protocol.ohttp.message import decapsulate_request, decapsulate_response, encapsulate_request
+from . import properties
+from .test_ohttp import (
+    A_CONFIG,
+    A_ENC_REQUEST,
+    A_ENC_RESPONSE,
+    A_REQUEST,
+    A_SKE,
+    A_SKR,
+    AES128,
+    B_REQUEST,
+    B_RESPONSE,
+    C_CONFIG,
+    C_HEADER,
+    C_REQUEST_CHUNKS,
+    C_SKR,
+    Pair,
+    gateway,
+    key_pair,
+)
+
+properties.load()
+
+
+@st.composite
+def mutated(draw: st.DrawFn, seed: bytes) -> bytes:
+    """A published vector with a few bytes changed, cut short or extended: near-valid input."""
+    data = bytearray(seed)
+    for _ in range(draw(st.integers(0, 3))):
+        if data:
+            data[draw(st.integers(0, len(data) - 1))] = draw(st.integers(0, 255))
+    data = data[: draw(st.integers(0, len(data)))] if draw(st.booleans()) else data
+    return bytes(data) + draw(st.binary(max_size=8))
+
+
+def inputs(seed: bytes) -> st.SearchStrategy[bytes]:
+    return st.binary(max_size=200) | mutated(seed)
+
+
+def splits(data: bytes) -> st.SearchStrategy[list[bytes]]:
+    return st.lists(st.integers(0, len(data)), max_size=8).map(
+        lambda cuts: [data[a:b] for a, b in zip([0, *sorted(cuts)], [*sorted(cuts), len(data)], strict=True)]
+    )
+
+
+names = st.binary(min_size=1, max_size=8).map(lambda b: bytes(97 + x % 26 for x in b))
+values = st.binary(max_size=12).map(lambda b: bytes(33 + x % 94 for x in b))
+fields = st.lists(st.tuples(names, values), max_size=4).map(tuple)
+requests = st.builds(
+    bhttp.Request,
+    method=st.sampled_from([b"GET", b"POST"]),
+    scheme=st.just(b"https"),
+    authority=st.sampled_from([b"", b"example.com"]),
+    path=st.sampled_from([b"/", b"/api/chat"]),
+    headers=fields,
+    content=st.binary(max_size=40),
+    trailers=fields,
+)
+responses = st.builds(
+    bhttp.Response,
+    status=st.integers(200, 599),
+    headers=fields,
+    content=st.binary(max_size=40),
+    trailers=fields,
+    informational=st.lists(st.builds(bhttp.Informational, st.integers(100, 199), fields), max_size=2).map(tuple),
+)
+
+
+class Parsers(TestCase):
+    @given(inputs(A_CONFIG))
+    def test_key_config(self, data: bytes) -> None:
+        for parse in (parse_key_config, parse_key_configs):
+            try:
+                parse(data)
+            except OhttpError:
+                pass
+
+    @given(inputs(B_REQUEST), inputs(B_RESPONSE))
+    def test_bhttp(self, request: bytes, response: bytes) -> None:
+        for decode, data in ((bhttp.decode_request, request), (bhttp.decode_response, response)):
+            try:
+                decode(data)
+            except OhttpError:
+                pass
+
+    @given(inputs(A_ENC_REQUEST), inputs(A_ENC_RESPONSE))
+    def test_whole_messages(self, request: bytes, response: bytes) -> None:
+        try:
+            self.assertEqual(decapsulate_request(gateway(A_CONFIG, A_SKR), request)[0], A_REQUEST)
+        except OhttpError:
+            pass
+        _, context = encapsulate_request(parse_key_config(A_CONFIG), AES128, A_REQUEST, key_pair(A_SKE))
+        try:
+            decapsulate_response(context, response)
+        except OhttpError:
+            pass
+
+    @given(st.data())
+    def test_chunked_request_reader(self, data: st.DataObject) -> None:
+        wire = data.draw(inputs(C_HEADER + b"".join(C_REQUEST_CHUNKS)))
+        opener = ChunkedRequestOpener(gateway(C_CONFIG, C_SKR))
+        try:
+            for part in data.draw(splits(wire)):
+                opener.feed(part)
+            opener.end()
+        except OhttpError:
+            pass
+
+    @given(st.data())
+    def test_chunked_response_reader(self, data: st.DataObject) -> None:
+        pair = Pair()
+        wire = data.draw(inputs(pair.stream([b"one", b"two"])))
+        try:
+            for part in data.draw(splits(wire)):
+                pair.opener.feed(part)
+            pair.opener.end()
+        except OhttpError:
+            pass
+
+
+class RoundTrips(TestCase):
+    @given(requests, responses, st.booleans())
+    def test_bhttp(self, request: bhttp.Request, response: bhttp.Response, truncate: bool) -> None:
+        self.assertEqual(bhttp.decode_request(bhttp.encode_request(request, truncate)), request)
+        self.assertEqual(bhttp.decode_response(bhttp.encode_response(response, truncate)), response)
+
+    @given(st.data())
+    def test_chunked_response_any_split(self, data: st.DataObject) -> None:
+        chunks = data.draw(st.lists(st.binary(min_size=1, max_size=50), max_size=5))
+        final = data.draw(st.binary(max_size=50))
+        pair = Pair()
+        wire = pair.stream([*chunks, final])
+        opened = [c for part in data.draw(splits(wire)) for c in pair.opener.feed(part)]
+        self.assertEqual([*opened, pair.opener.end()], [*chunks, final])
+
+    @given(st.data())
+    def test_chunked_request_any_split(self, data: st.DataObject) -> None:
+        chunks = data.draw(st.lists(st.binary(min_size=1, max_size=50), max_size=5))
+        sealer = ChunkedRequestSealer(parse_key_config(C_CONFIG), AES128)
+        wire = b"".join(sealer.seal(c) for c in chunks) + sealer.seal(b"end", final=True)
+        opener = ChunkedRequestOpener(gateway(C_CONFIG, C_SKR))
+        opened = [c for part in data.draw(splits(wire)) for c in opener.feed(part)]
+        self.assertEqual([*opened, opener.end()], [*chunks, b"end"])
