@@ -293,6 +293,9 @@ class Rfc9458Exchange(TestCase):
         _, server = decapsulate_request(gateway(A_CONFIG, A_SKR), first)
         self.assertNotEqual(encapsulate_response(server, b"x")[:16], encapsulate_response(server, b"x")[:16])
 
+    def test_gateway_key_must_match_its_config(self) -> None:
+        self.assertRaises(ValueError, GatewayKey, parse_key_config(A_CONFIG), key_pair(C_SKR).private_key)
+
     def test_suite_not_offered_by_the_config(self) -> None:
         self.assertRaises(ValueError, encapsulate_request, parse_key_config(A_CONFIG), AES256, b"x")
 

@@ -8,6 +8,7 @@ the response key from its context, the request's `enc` and the response nonce.
 
 from __future__ import annotations
 
+import hmac
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -61,6 +62,12 @@ class GatewayKey:
 
     config: KeyConfig
     private_key: KEMKeyInterface
+
+    def __post_init__(self) -> None:
+        """A private key that is not the published one's would fail every request: refuse it at load."""
+        public = self.private_key.raw.public_key().public_bytes_raw()  # X25519, the one KEM allowed
+        if not hmac.compare_digest(public, self.config.public_key):
+            raise ValueError("the private key does not match the key configuration")
 
 
 @dataclass(frozen=True)
