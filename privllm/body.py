@@ -4,9 +4,10 @@ response body received piece by piece."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
@@ -45,8 +46,9 @@ class BodyStream(Protocol):
             self.done.errback(reason)
 
     def stop(self) -> None:
+        # IResponse.deliverBody connects its protocol to an IPushProducer, typed as Protocol's ITransport.
         if self.transport is not None:
-            self.transport.stopProducing()
+            cast(IPushProducer, self.transport).stopProducing()
 
 
 class BodyTooLarge(Exception):

@@ -19,6 +19,7 @@ from OpenSSL import crypto
 from twisted.internet import defer, ssl
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectError, ConnectionLost, DNSLookupError, TimeoutError
+from twisted.internet.interfaces import IReactorThreads, IReactorTime
 from twisted.internet.threads import deferToThreadPool
 from twisted.web.client import Agent, HTTPConnectionPool, ResponseFailed
 from twisted.web.http import PotentialDataLoss
@@ -156,7 +157,7 @@ def error_code(value: object) -> str:
 class PrivllmClient:
     def __init__(
         self,
-        reactor: Any,
+        reactor: IReactorTime,
         base_url: str,
         pinned_identity: bytes,
         device_private_key: bytes,
@@ -359,17 +360,18 @@ class PrivllmClient:
         if difficulty > self._max_pow:
             raise ProofOfWorkRefused(difficulty, self._max_pow)
         report = self._on_pow
+        threads = IReactorThreads(self._reactor)
 
         def progress(tries: int) -> None:
             if report is not None:
-                self._reactor.callFromThread(report, difficulty, tries)
+                threads.callFromThread(report, difficulty, tries)
 
         # A nonce is found within 2**difficulty tries on average; 64 times that fails with
         # probability e**-64, so the bound only stops a loop that could not end otherwise.
         limit = 1 << (difficulty + 6)
         try:
             nonce = await deferToThreadPool(
-                self._reactor, self._reactor.getThreadPool(), solve, raw, request_id, difficulty, progress, limit
+                threads, threads.getThreadPool(), solve, raw, request_id, difficulty, progress, limit
             )
         except PowError as e:
             raise ProtocolFailure("no proof-of-work solution found") from e
@@ -385,7 +387,7 @@ def _retry_after(value: bytes) -> int | None:
 
 
 async def read_stream(
-    response: Any, reader: ResponseReader, clock: Any, on_chunk: Callable[[dict[str, Any]], None] | None = None
+    response: Any, reader: ResponseReader, clock: IReactorTime, on_chunk: Callable[[dict[str, Any]], None] | None = None
 ) -> ChatResult:
     """Open the stream as it arrives; a stream silent for STREAM_IDLE_TIMEOUT is cut (truncated)."""
     result = ChatResult()

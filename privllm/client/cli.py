@@ -8,7 +8,8 @@ import os
 import sys
 from typing import Any
 
-from twisted.internet.defer import ensureDeferred
+from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import react
 
 from ..config.profiles import default_state_dir
@@ -104,7 +105,7 @@ def plaintext_from(args: argparse.Namespace) -> dict[str, Any]:
     return body
 
 
-async def run(reactor: Any, args: argparse.Namespace) -> int:
+async def run(reactor: IReactorTime, args: argparse.Namespace) -> int:
     def pow_progress(difficulty: int, tries: int) -> None:
         if sys.stderr.isatty():
             sys.stderr.write(f"\rthe router is busy: proof of work ({difficulty} bits), {tries:,} tries")
@@ -142,7 +143,7 @@ async def run(reactor: Any, args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(sys.argv[1:] if argv is None else argv)
 
-    def _main(reactor: Any) -> Any:
+    def _main(reactor: IReactorTime) -> Deferred[None]:
         d = ensureDeferred(run(reactor, args))
 
         def finish(code: int) -> None:

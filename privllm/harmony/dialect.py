@@ -25,6 +25,7 @@ from openai_harmony import (
     StreamableParser,
     SystemContent,
 )
+from twisted.internet.interfaces import IReactorTime
 
 from ..protocol.chat import ChatRequest
 from ..protocol.life import Finished
@@ -119,7 +120,9 @@ class HarmonyStream:
 class HarmonyDialect:
     path = "/completion"
 
-    def __init__(self, encoding: Any, default_effort: str, clock: Any, on_tool_call: Callable[[], None]) -> None:
+    def __init__(
+        self, encoding: Any, default_effort: str, clock: IReactorTime, on_tool_call: Callable[[], None]
+    ) -> None:
         self._encoding = encoding
         self._default_effort = default_effort
         self._clock = clock

@@ -26,6 +26,7 @@ import txredisapi
 from twisted.internet import defer, error
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint, wrapClientTLS
+from twisted.internet.interfaces import IReactorTime, IReactorUNIX, IStreamClientEndpoint
 from twisted.internet.ssl import Certificate, optionsForClientTLS, platformTrust
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -98,11 +99,12 @@ def password(config: State) -> str | None:
     return secret[:-1] if secret.endswith("\n") else secret
 
 
-def endpoint(config: State, reactor: Any) -> Any:
-    """unix:///path, or rediss://host:port over TLS (the state.ca, else the system's CAs)."""
+def endpoint(config: State, reactor: IReactorTime) -> IStreamClientEndpoint:
+    """unix:///path, or rediss://host:port over TLS (the state.ca, else the system's CAs).
+    `reactor`: also an IReactorUNIX or an IReactorTCP, as the url asks."""
     url = urlsplit(config.url)
     if url.scheme == "unix" and not url.netloc and url.path:
-        return UNIXClientEndpoint(reactor, url.path, timeout=CONNECT_TIMEOUT)
+        return UNIXClientEndpoint(IReactorUNIX(reactor), url.path, timeout=CONNECT_TIMEOUT)
     if url.scheme == "rediss" and url.hostname and url.port and not url.path.strip("/"):
         if config.ca:
             with open(config.ca, "rb") as f:
@@ -110,12 +112,12 @@ def endpoint(config: State, reactor: Any) -> Any:
         else:
             trust = platformTrust()
         tls = optionsForClientTLS(url.hostname, trustRoot=trust)
-        tcp: Any = HostnameEndpoint(reactor, url.hostname, url.port, timeout=CONNECT_TIMEOUT)
+        tcp = HostnameEndpoint(reactor, url.hostname, url.port, timeout=CONNECT_TIMEOUT)
         return wrapClientTLS(tls, tcp)
     raise RedisStateError("config state.url: unix:///path/redis.sock or rediss://host:port (plain redis:// is refused)")
 
 
-def pool(config: State, reactor: Any) -> txredisapi.RedisFactory:
+def pool(config: State, reactor: IReactorTime) -> txredisapi.RedisFactory:
     factory = txredisapi.RedisFactory(
         config.url,
         None,
@@ -146,7 +148,7 @@ class Held:
 class RedisState:
     """privllm.state.interface.AdmissionState in Redis. Call `start` before serving."""
 
-    def __init__(self, factory: Any, namer: Namer, limits: Limits, config: State, reactor: Any) -> None:
+    def __init__(self, factory: Any, namer: Namer, limits: Limits, config: State, reactor: IReactorTime) -> None:
         self.factory = factory
         self.client = factory.handler
         self.namer = namer
@@ -420,7 +422,7 @@ class RedisState:
         raise StateUnavailable(f"a script answered code {code}")
 
 
-async def start(config: State, limits: Limits, state_dir: str, reactor: Any, dev: bool = False) -> RedisState:
+async def start(config: State, limits: Limits, state_dir: str, reactor: IReactorTime, dev: bool = False) -> RedisState:
     """Connect, check and start the shared state; fails with RedisStateError or KeyFileError."""
     namer = Namer(state_key(config, state_dir, dev), config.key_rotation)
     factory = pool(config, reactor)
@@ -433,5 +435,7 @@ async def start(config: State, limits: Limits, state_dir: str, reactor: Any, dev
     return state
 
 
-def connect(config: State, limits: Limits, state_dir: str, reactor: Any, dev: bool = False) -> Deferred[RedisState]:
+def connect(
+    config: State, limits: Limits, state_dir: str, reactor: IReactorTime, dev: bool = False
+) -> Deferred[RedisState]:
     return Deferred.fromCoroutine(start(config, limits, state_dir, reactor, dev))

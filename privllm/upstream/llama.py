@@ -19,10 +19,10 @@ import treq
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import UNIXClientEndpoint
-from twisted.internet.interfaces import IReactorUNIX
+from twisted.internet.interfaces import IReactorTime, IReactorUNIX
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IAgentEndpointFactory
+from twisted.web.iweb import IAgentEndpointFactory, IPolicyForHTTPS
 from zope.interface import implementer
 
 from ..body import BytesProducer, read_bounded
@@ -81,8 +81,16 @@ class _ClosedOnStop(Service):
 
 
 class LlamaServer:
-    def __init__(self, reactor: Any, url: str, connect_timeout: float, tls: Any = None, keep: int = 16) -> None:
-        """`keep`: idle connections kept for reuse; as many as the backend serves streams at once."""
+    def __init__(
+        self,
+        reactor: IReactorTime,
+        url: str,
+        connect_timeout: float,
+        tls: IPolicyForHTTPS | None = None,
+        keep: int = 16,
+    ) -> None:
+        """`reactor`: also an IReactorTCP, or an IReactorUNIX for a unix:// url. `keep`: idle
+        connections kept for reuse; as many as the backend serves streams at once."""
         pool = HTTPConnectionPool(reactor, persistent=True)
         pool.maxPersistentPerHost = keep
         # Close idle connections before a node does (its read deadline, 15 s by default): a
@@ -91,7 +99,7 @@ class LlamaServer:
         quiet_pool(pool)  # no "Starting factory" line for every upstream connection
         agent: Any
         if url.startswith("unix://"):
-            factory = UNIXEndpointFactory(reactor, socket_path(url), connect_timeout)
+            factory = UNIXEndpointFactory(IReactorUNIX(reactor), socket_path(url), connect_timeout)
             agent = Agent.usingEndpointFactory(reactor, factory, pool=pool)
             self._base = UNIX_BASE
         else:
