@@ -54,6 +54,8 @@ class BodyStream(Protocol):
 class BodyTooLarge(Exception):
     """A response body passed the bound its reader set."""
 
+    code = "body_too_large"
+
 
 def read_bounded(response: Any, limit: int) -> Deferred[bytes]:
     """The whole body of `response`, or BodyTooLarge (and the connection dropped) past `limit`."""

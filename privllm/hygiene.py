@@ -26,6 +26,8 @@ PR_GET_DUMPABLE = 3
 class HygieneError(Exception):
     """A required protection could not be applied; the start stops."""
 
+    code = "hygiene"
+
 
 def _libc() -> ctypes.CDLL:
     return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)

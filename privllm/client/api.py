@@ -47,30 +47,38 @@ from ..protocol.suite import POW_MAX_DIFFICULTY
 
 
 class ClientError(Exception):
+    """The base of the client's errors. `code`: a short stable name; a ServerError carries the
+    router's own. `exit_code`: privllm-chat's exit status for it."""
+
+    code = "client"
     exit_code = 1
 
 
 class NetworkError(ClientError):
     """The router could not be reached, or the connection broke."""
 
+    code = "network"
     exit_code = 3
 
 
 class ProtocolFailure(ClientError):
     """The router's answer broke the protocol: bad signature, tampered or malformed chunk."""
 
+    code = "protocol_failure"
     exit_code = 4
 
 
 class TruncatedError(ClientError):
     """The stream ended without a verified final chunk."""
 
+    code = "truncated"
     exit_code = 5
 
 
 class ServerError(ClientError):
     """The router refused the request (plaintext error) or ended the stream with a sealed error."""
 
+    code = "server_error"
     exit_code = 6
 
     def __init__(
@@ -96,6 +104,8 @@ class ServerError(ClientError):
 class ProofOfWorkRefused(ServerError):
     """The router (or whoever answers in its name: the demand is not signed) asks for more
     proof of work than this client will do."""
+
+    code = "pow_refused"
 
     def __init__(self, difficulty: int, maximum: int) -> None:
         super().__init__("pow_required", 429)

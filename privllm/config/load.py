@@ -26,6 +26,8 @@ SHOWN_KEY = re.compile(r"[a-z0-9_.-]{1,80}")
 class ConfigError(Exception):
     """One line naming the key and the reason; the daemon prints it and starts nothing."""
 
+    code = "config"
+
     def __init__(self, key: str, reason: str) -> None:
         shown = key if SHOWN_KEY.fullmatch(key) else ascii(key[:80])  # a key from the file may hold anything
         super().__init__(f"config {shown}: {reason}")

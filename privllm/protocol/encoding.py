@@ -11,9 +11,13 @@ from typing import Any
 
 import orjson
 
+from .errors import ProtocolError
 
-class EncodingError(ValueError):
+
+class EncodingError(ProtocolError, ValueError):
     """A value is not in the exact form the protocol requires."""
+
+    code = "malformed"
 
 
 def b64encode(data: bytes) -> str:

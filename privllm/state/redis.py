@@ -36,6 +36,7 @@ from ..keys.files import KeyFileError, read_secret, write_secret
 from ..protocol.admission import Ask, Lease, Load, SealedRefusal
 from ..protocol.errors import RATE_LIMITED, REPLAY, STALE, UNAVAILABLE, RequestRejected
 from . import lua
+from .errors import StateError
 from .hashing import ROOT_SIZE, Namer
 from .interface import DEVICE_LIMITED, OVERLOADED, Limits, PowSpent, StateUnavailable
 
@@ -62,12 +63,16 @@ UNAVAILABLE_ERRORS = (
 )
 
 
-class RedisStateError(Exception):
+class RedisStateError(StateError):
     """Redis is unsafe or misconfigured at start: the router must not serve."""
+
+    code = "redis_state"
 
 
 class RedisUnreachable(RedisStateError):
     """Redis did not answer properly at start (down, slow, or refusing the password): try again."""
+
+    code = "redis_unreachable"
 
 
 class AuthWithoutTimeout(txredisapi.RedisProtocol):

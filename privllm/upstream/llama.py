@@ -29,6 +29,7 @@ from ..body import BytesProducer, read_bounded
 from ..endpoints import AgentEndpoints
 from ..protocol.encoding import EncodingError, dumps, loads_bounded
 from ..twisted_private import quiet_pool
+from .errors import UpstreamError
 
 UNIX_BASE = "http://llama-server"  # the authority is ignored: every connection goes to the socket
 JSON_HEADERS = Headers({b"Content-Type": [b"application/json"]})
@@ -39,8 +40,10 @@ IDLE_CONNECTION_SECONDS = 10
 STREAM_HEADERS = Headers({b"Content-Type": [b"application/json"], b"Accept": [b"text/event-stream"]})
 
 
-class CountError(Exception):
+class CountError(UpstreamError):
     """The node's tokenizer did not answer with a count."""
+
+    code = "token_count"
 
 
 def _token_count(body: bytes) -> int:

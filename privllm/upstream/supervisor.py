@@ -19,6 +19,8 @@ from twisted.logger import LogEvent, Logger, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.runner.procmon import ProcessMonitor
 
+from .errors import UpstreamError
+
 LLAMA_SERVER_VERSION = "0.3.36"  # the llama-cpp-python release whose vendored llama.cpp we build
 LLAMA_SERVER_FLAVOUR = "noamx"  # scripts/build-llama-server.sh's build flags
 NAME = "llama-server"
@@ -26,8 +28,10 @@ SETPRIV = "/usr/bin/setpriv"
 log = Logger()
 
 
-class SupervisorError(Exception):
+class SupervisorError(UpstreamError):
     """llama-server or its model cannot be found; the start stops with this message."""
+
+    code = "supervisor"
 
 
 def _drop_child_output(event: LogEvent) -> None:

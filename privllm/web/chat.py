@@ -141,7 +141,7 @@ class ChatStream:
         try:
             self._chat = parse_chat_request(plaintext, self._settings.limits)
         except BadChatRequest as e:
-            return self._life.refused("bad_request", str(e))
+            return self._life.refused(e.code, str(e))
         return self._life.begin()
 
     # the machine: events in, actions out

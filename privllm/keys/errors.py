@@ -1,0 +1,9 @@
+"""The keys layer's base error."""
+
+from __future__ import annotations
+
+
+class KeysError(Exception):
+    """The base of the keys layer's errors. `code`: a short stable name for logs and metrics."""
+
+    code = "keys"
