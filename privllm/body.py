@@ -14,6 +14,8 @@ from twisted.web.client import ResponseDone
 from twisted.web.iweb import IBodyProducer
 from zope.interface import implementer
 
+__all__ = ["BodyStream", "BodyTooLarge", "BytesProducer", "read_bounded"]
+
 
 class BodyStream(Protocol):
     """Hands each piece to `on_data` as it comes; `stop()` drops the connection at once.

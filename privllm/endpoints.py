@@ -19,6 +19,8 @@ from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IReacto
 from twisted.web.iweb import IAgentEndpointFactory, IPolicyForHTTPS
 from zope.interface import implementer
 
+__all__ = ["AgentEndpoints"]
+
 
 @implementer(IOpenSSLClientConnectionCreator)
 class _AskEachConnection:

@@ -17,6 +17,18 @@ import ctypes
 import ctypes.util
 import resource
 
+__all__ = [
+    "MCL_CURRENT",
+    "MCL_FUTURE",
+    "PR_GET_DUMPABLE",
+    "PR_SET_DUMPABLE",
+    "HygieneError",
+    "disable_core_dumps",
+    "harden",
+    "is_dumpable",
+    "lock_memory",
+]
+
 MCL_CURRENT = 1
 MCL_FUTURE = 2
 PR_SET_DUMPABLE = 4

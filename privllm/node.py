@@ -23,6 +23,8 @@ from .body import BodyStream
 from .protocol.encoding import dumps
 from .upstream.llama import LlamaServer
 
+__all__ = ["CHAT", "FORWARDED", "NodeProxy", "peer_names"]
+
 log = Logger()
 CHAT = b"/v1/chat/completions"
 FORWARDED = (CHAT, b"/tokenize")

@@ -41,6 +41,29 @@ from twisted.python.failure import Failure
 from twisted.runner.procmon import ProcessMonitor
 from zope.interface import implementer
 
+__all__ = [
+    "LISTEN_BACKLOG",
+    "MAX_WORKERS",
+    "METRICS_ENV",
+    "RESTART_MAX_DELAY",
+    "RESTART_THRESHOLD",
+    "SETPRIV",
+    "TWISTD",
+    "WORKER_FD",
+    "AdoptedEndpoint",
+    "InheritingReactor",
+    "WorkerMonitor",
+    "child_argv",
+    "child_env",
+    "cores",
+    "forward_child_output",
+    "listening_socket",
+    "metrics_dir",
+    "metrics_registry",
+    "worker_count",
+    "worker_log",
+]
+
 WORKER_FD = 3  # the listening socket's number in every child
 METRICS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 SETPRIV = "/usr/bin/setpriv"

@@ -45,6 +45,27 @@ from ..protocol.response import ResponseReader
 from ..protocol.stream import StreamError
 from ..protocol.suite import POW_MAX_DIFFICULTY
 
+__all__ = [
+    "BODY_TIMEOUT",
+    "ERROR_CODE",
+    "MAX_ERROR_BYTES",
+    "MAX_RETRY_AFTER",
+    "NETWORK_ERRORS",
+    "STREAM_IDLE_TIMEOUT",
+    "ChatResult",
+    "ClientError",
+    "NetworkError",
+    "PinnedRootPolicy",
+    "PrivllmClient",
+    "ProofOfWorkRefused",
+    "ProtocolFailure",
+    "ServerError",
+    "TruncatedError",
+    "error_code",
+    "read_stream",
+    "router_url",
+]
+
 
 class ClientError(Exception):
     """The base of the client's errors. `code`: a short stable name; a ServerError carries the

@@ -19,6 +19,16 @@ from ..protocol.encoding import b64decode
 from ..protocol.suite import POW_MAX_DIFFICULTY
 from .api import ClientError, PrivllmClient, router_url
 
+__all__ = [
+    "EXIT_USAGE",
+    "default_device_key",
+    "load_or_create_device_key",
+    "main",
+    "parse_args",
+    "plaintext_from",
+    "run",
+]
+
 EXIT_USAGE = 2
 
 

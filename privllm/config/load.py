@@ -14,6 +14,8 @@ from ..protocol.cors import check_origin
 from .profiles import profile
 from .schema import Config
 
+__all__ = ["ENV_PREFIX", "MAX_DOTS", "MAX_ENV_VALUE", "MAX_FILE_BYTES", "SHOWN_KEY", "ConfigError", "load_config"]
+
 ENV_PREFIX = "PRIVLLM_"
 MAX_FILE_BYTES = 1 << 16  # a full configuration is about 3 KiB
 MAX_ENV_VALUE = 4096

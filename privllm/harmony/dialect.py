@@ -33,6 +33,8 @@ from ..protocol.sse import SSEParser
 from ..upstream.events import Delta, UpstreamProtocolError, event_object, sse_events
 from ..upstream.instructions import INSTRUCTIONS
 
+__all__ = ["EFFORT", "MAX_TOKEN_ID", "ROLES", "HarmonyDialect", "HarmonyStream", "render"]
+
 MAX_TOKEN_ID = (1 << 32) - 1  # the tokenizer takes u32 ids: a larger one overflows in the binding
 EFFORT = {"low": ReasoningEffort.LOW, "medium": ReasoningEffort.MEDIUM, "high": ReasoningEffort.HIGH}
 ROLES = {"user": Role.USER, "assistant": Role.ASSISTANT}

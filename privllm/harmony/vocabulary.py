@@ -16,6 +16,8 @@ from typing import Any
 
 from .errors import HarmonyError
 
+__all__ = ["FILE", "SHA256", "VocabularyError", "encoding", "install"]
+
 FILE = "o200k_base.tiktoken"
 SHA256 = "446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d"
 

@@ -7,6 +7,17 @@ import stat
 
 from .errors import KeysError
 
+__all__ = [
+    "KeyFileError",
+    "create_secret",
+    "ensure_private_dir",
+    "fsync_dir",
+    "read_secret",
+    "read_secret_buffer",
+    "wipe",
+    "write_secret",
+]
+
 
 class KeyFileError(KeysError):
     """A key file or directory is missing, unsafe or corrupt; the start stops and nothing is overwritten."""

@@ -19,6 +19,8 @@ from ..protocol.keyset import keyset_document
 from .files import KeyFileError
 from .store import KeyRingStore, Update
 
+__all__ = ["InThread", "KeyRingService"]
+
 log = Logger()
 
 InThread = Callable[..., "Deferred[Any]"]  # deferToThread's shape: run f(*args) elsewhere, fire with its result

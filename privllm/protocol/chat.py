@@ -12,6 +12,21 @@ from dataclasses import dataclass
 from .encoding import EncodingError, is_scalar_text, loads_bounded
 from .errors import ProtocolError
 
+__all__ = [
+    "FIELDS",
+    "MAX_DEPTH",
+    "MAX_PLAINTEXT",
+    "MAX_TOKENS",
+    "REASONING_EFFORT",
+    "ROLES",
+    "VERBOSITY",
+    "BadChatRequest",
+    "ChatLimits",
+    "ChatRequest",
+    "Message",
+    "parse_chat_request",
+]
+
 ROLES = frozenset({"system", "user", "assistant"})
 VERBOSITY = frozenset({"brief", "normal", "detailed"})
 REASONING_EFFORT = frozenset({"low", "medium", "high"})

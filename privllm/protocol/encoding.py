@@ -13,6 +13,17 @@ import orjson
 
 from .errors import ProtocolError
 
+__all__ = [
+    "MAX_JSON_DEPTH",
+    "EncodingError",
+    "b64decode",
+    "b64encode",
+    "canonical_json",
+    "dumps",
+    "is_scalar_text",
+    "loads_bounded",
+]
+
 
 class EncodingError(ProtocolError, ValueError):
     """A value is not in the exact form the protocol requires."""

@@ -4,6 +4,26 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+__all__ = [
+    "DECRYPT_FAILED",
+    "MALFORMED",
+    "METHOD_NOT_ALLOWED",
+    "NOT_FOUND",
+    "POW_REQUIRED",
+    "RATE_LIMITED",
+    "REFUSAL_REASONS",
+    "REPLAY",
+    "STALE",
+    "TOO_LARGE",
+    "UNAVAILABLE",
+    "UNKNOWN_KEY",
+    "UNSUPPORTED_MEDIA_TYPE",
+    "ProtocolError",
+    "Rejection",
+    "RequestRejected",
+    "refusal_reason",
+]
+
 
 @dataclass(frozen=True)
 class Rejection:

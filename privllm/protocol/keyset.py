@@ -18,6 +18,23 @@ from . import suite
 from .encoding import EncodingError, b64decode, b64encode, canonical_json, loads_bounded
 from .errors import ProtocolError
 
+__all__ = [
+    "KEYSET_CLOCK_SKEW",
+    "KEY_MEMBERS",
+    "MAX_KEYS",
+    "MAX_KEYSET_BYTES",
+    "MAX_KEYSET_LIFETIME",
+    "MAX_TIME",
+    "MEMBERS",
+    "KeySet",
+    "KeySetError",
+    "PublishedKey",
+    "StaleKeySet",
+    "choose_key",
+    "keyset_document",
+    "verify_keyset",
+]
+
 KEYSET_CLOCK_SKEW = 60  # seconds either way; the request timestamp window needs as good a clock
 MAX_KEYSET_LIFETIME = 86400  # a client refuses a set that claims to stay valid longer
 MAX_KEYSET_BYTES = 16384  # a set holds two or three keys: about 600 bytes

@@ -29,6 +29,30 @@ from typing import Any, NamedTuple
 
 from .errors import ProtocolError
 
+__all__ = [
+    "ACCEPTS",
+    "BEFORE_FIRST_DELTA",
+    "ERROR_CODES",
+    "HOLDING_NODE",
+    "LIVE",
+    "MESSAGES",
+    "Action",
+    "Attempt",
+    "ChatLife",
+    "End",
+    "Fault",
+    "Final",
+    "Finished",
+    "ForgetConversation",
+    "LifeError",
+    "ReleaseNode",
+    "ScheduleRetry",
+    "SendDelta",
+    "State",
+    "Timeouts",
+    "Verdict",
+]
+
 
 class State(enum.Enum):
     STARTING = "starting"  # admitted; no node holds it

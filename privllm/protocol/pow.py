@@ -24,6 +24,20 @@ from collections.abc import Callable
 from .encoding import EncodingError, b64decode, b64encode
 from .errors import ProtocolError
 
+__all__ = [
+    "CHALLENGE_SIZE",
+    "MAC_SIZE",
+    "MAX_NONCE",
+    "VERSION",
+    "Challenges",
+    "DifficultyPolicy",
+    "PowError",
+    "RateMeter",
+    "leading_zero_bits",
+    "solve",
+    "work_hash",
+]
+
 VERSION = 2  # 2: the MAC covers the client's address key
 _HEAD = struct.Struct(">BBQ16s")  # version, difficulty, expires, random
 MAC_SIZE = 16

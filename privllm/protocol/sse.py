@@ -6,6 +6,8 @@ from typing import NamedTuple
 
 from .errors import ProtocolError
 
+__all__ = ["KEEPALIVE", "SSEError", "SSEEvent", "SSEParser", "encode_event"]
+
 KEEPALIVE = b": keepalive\n\n"
 
 

@@ -21,6 +21,18 @@ from . import suite
 from .encoding import EncodingError, b64decode, b64encode, dumps, loads_bounded
 from .errors import ProtocolError
 
+__all__ = [
+    "MAX_CHUNKS",
+    "MAX_CHUNK_DEPTH",
+    "StreamError",
+    "StreamKeys",
+    "StreamOpener",
+    "StreamSealer",
+    "StreamStateError",
+    "chunk_nonce",
+    "derive_stream_keys",
+]
+
 MAX_CHUNKS = 2**32  # far below the 2**96 nonce space; a stream never comes close
 MAX_CHUNK_DEPTH = 4  # a chunk object nests two deep (done's usage)
 

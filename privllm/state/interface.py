@@ -28,6 +28,16 @@ from twisted.internet.defer import Deferred
 from ..protocol.admission import Ask, Lease, Load, SealedRefusal
 from .errors import StateError
 
+__all__ = [
+    "ADDRESS_STREAMS_RETRY",
+    "DEVICE_LIMITED",
+    "OVERLOADED",
+    "AdmissionState",
+    "Limits",
+    "PowSpent",
+    "StateUnavailable",
+]
+
 OVERLOADED = SealedRefusal("overloaded", "too many answers at once; try again shortly", reason="stream_cap")
 DEVICE_LIMITED = "too many requests from this device"
 ADDRESS_STREAMS_RETRY = 1  # seconds: streams end at any time

@@ -40,6 +40,29 @@ from .errors import StateError
 from .hashing import ROOT_SIZE, Namer
 from .interface import DEVICE_LIMITED, OVERLOADED, Limits, PowSpent, StateUnavailable
 
+__all__ = [
+    "CONNECT_TIMEOUT",
+    "LEASE_TOKEN_SIZE",
+    "PREFIX",
+    "RECONNECT_FIRST",
+    "RECONNECT_MAX",
+    "SAFE_CONFIG",
+    "START_TIMEOUT",
+    "STATE_KEY",
+    "UNAVAILABLE_ERRORS",
+    "AuthWithoutTimeout",
+    "Held",
+    "RedisState",
+    "RedisStateError",
+    "RedisUnreachable",
+    "connect",
+    "endpoint",
+    "password",
+    "pool",
+    "start",
+    "state_key",
+]
+
 log = Logger()
 
 PREFIX = "privllm:"

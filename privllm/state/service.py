@@ -23,6 +23,8 @@ from ..keys.files import KeyFileError
 from .interface import Limits
 from .redis import RedisState, RedisStateError, RedisUnreachable, connect, password, state_key
 
+__all__ = ["RETRY_FIRST", "RETRY_MAX", "SharedStateService"]
+
 RETRY_FIRST = 0.5  # seconds before trying an unreachable Redis again, doubling each time
 RETRY_MAX = 10.0
 log = Logger()

@@ -12,6 +12,8 @@ from collections.abc import Callable
 
 from automat import MethodicalMachine
 
+__all__ = ["CircuitBreaker"]
+
 
 class CircuitBreaker:
     _machine = MethodicalMachine()

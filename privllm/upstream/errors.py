@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+__all__ = ["UpstreamError"]
+
 
 class UpstreamError(Exception):
     """The base of the inference backends' errors. `code`: a short stable name for logs and

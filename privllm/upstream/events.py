@@ -13,6 +13,19 @@ from ..protocol.encoding import EncodingError, loads_bounded
 from ..protocol.sse import SSEError, SSEEvent, SSEParser
 from .errors import UpstreamError
 
+__all__ = [
+    "MAX_EVENT_CHARS",
+    "MAX_REFUSAL_BYTES",
+    "REQUEST_ERRORS",
+    "Delta",
+    "UpstreamProtocolError",
+    "UpstreamRequestError",
+    "event_object",
+    "refusal_code",
+    "request_error_code",
+    "sse_events",
+]
+
 MAX_EVENT_CHARS = 1 << 20  # the SSE parser's own event bound
 MAX_REFUSAL_BYTES = 1 << 16  # the body of a refusal read, at most, to learn its type
 # llama-server's error types that a request causes (tools/server/utils.hpp); any other

@@ -14,6 +14,8 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
+__all__ = ["HealthMonitor"]
+
 
 class HealthMonitor(Service):
     def __init__(

@@ -31,6 +31,20 @@ from ..protocol.encoding import EncodingError, dumps, loads_bounded
 from ..twisted_private import quiet_pool
 from .errors import UpstreamError
 
+__all__ = [
+    "IDLE_CONNECTION_SECONDS",
+    "JSON_HEADERS",
+    "MAX_ANSWER_BYTES",
+    "MAX_CONTEXT",
+    "MAX_METRICS_BYTES",
+    "STREAM_HEADERS",
+    "UNIX_BASE",
+    "CountError",
+    "LlamaServer",
+    "UNIXEndpointFactory",
+    "socket_path",
+]
+
 UNIX_BASE = "http://llama-server"  # the authority is ignored: every connection goes to the socket
 JSON_HEADERS = Headers({b"Content-Type": [b"application/json"]})
 MAX_ANSWER_BYTES = 1 << 20  # /health and /props answers read at most

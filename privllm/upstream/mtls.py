@@ -17,6 +17,8 @@ from zope.interface import implementer
 from ..keys.tls import Reloading, load_chain, load_key, spki_pin
 from .errors import UpstreamError
 
+__all__ = ["MutualTLSPolicy", "PinMismatch"]
+
 
 class PinMismatch(UpstreamError):
     """The node's certificate is valid but its key is not the pinned one."""

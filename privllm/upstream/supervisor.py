@@ -21,6 +21,18 @@ from twisted.runner.procmon import ProcessMonitor
 
 from .errors import UpstreamError
 
+__all__ = [
+    "LLAMA_SERVER_FLAVOUR",
+    "LLAMA_SERVER_VERSION",
+    "NAME",
+    "SETPRIV",
+    "LlamaSupervisor",
+    "SupervisorError",
+    "default_binary",
+    "default_model",
+    "llama_arguments",
+]
+
 LLAMA_SERVER_VERSION = "0.3.36"  # the llama-cpp-python release whose vendored llama.cpp we build
 LLAMA_SERVER_FLAVOUR = "noamx"  # scripts/build-llama-server.sh's build flags
 NAME = "llama-server"

@@ -28,6 +28,8 @@ from .limits import ClientAddress
 from .metrics import RouterMetrics
 from .request import error_body
 
+__all__ = ["RouterApp"]
+
 
 class RouterApp:
     app = Klein()

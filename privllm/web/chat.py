@@ -48,6 +48,8 @@ from ..upstream.pool import Node, NodePool, backoff
 from .metrics import RouterMetrics
 from .sealed import SealedEvents
 
+__all__ = ["UPSTREAM_LINGER", "ChatStream", "StreamSettings", "node_fault"]
+
 log = Logger()
 
 UPSTREAM_LINGER = 5.0  # seconds to wait for the end of an upstream response already complete

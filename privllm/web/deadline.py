@@ -14,6 +14,8 @@ from collections.abc import Callable
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
+__all__ = ["ReadDeadline"]
+
 
 class ReadDeadline:
     def __init__(self, clock: IReactorTime, seconds: float) -> None:

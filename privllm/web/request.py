@@ -31,6 +31,8 @@ from ..protocol.encoding import dumps
 from ..protocol.errors import MALFORMED, TOO_LARGE, Rejection
 from .deadline import ReadDeadline
 
+__all__ = ["BODY_BUDGET_BODIES", "SERVER_NAME", "BodyBudget", "PrivllmRequest", "PrivllmSite", "error_body"]
+
 SERVER_NAME = b"privllm"
 
 

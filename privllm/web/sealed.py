@@ -22,6 +22,8 @@ from ..protocol.sse import KEEPALIVE, encode_event
 from ..protocol.stream import StreamSealer, derive_stream_keys
 from .metrics import RouterMetrics
 
+__all__ = ["SealedEvents"]
+
 
 class SealedEvents:
     def __init__(self, request: Request, clock: IReactorTime, privacy: Privacy, metrics: RouterMetrics) -> None:

@@ -21,6 +21,8 @@ from ..state.interface import AdmissionState, StateUnavailable
 from ..upstream.pool import Node
 from .metrics import RouterMetrics
 
+__all__ = ["StatusGauges"]
+
 log = Logger()
 
 
