@@ -15,14 +15,16 @@ from typing import Any
 
 from OpenSSL import SSL
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
-from twisted.web.iweb import IAgentEndpointFactory
+from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IReactorTime
+from twisted.web.iweb import IAgentEndpointFactory, IPolicyForHTTPS
 from zope.interface import implementer
+
+__all__ = ["AgentEndpoints"]
 
 
 @implementer(IOpenSSLClientConnectionCreator)
 class _AskEachConnection:
-    def __init__(self, policy: Any, host: bytes, port: int) -> None:
+    def __init__(self, policy: IPolicyForHTTPS, host: bytes, port: int) -> None:
         self._policy, self._host, self._port = policy, host, port
 
     def clientConnectionForTLS(self, tls_protocol: Any) -> SSL.Connection:
@@ -32,8 +34,9 @@ class _AskEachConnection:
 
 @implementer(IAgentEndpointFactory)
 class AgentEndpoints:
-    def __init__(self, reactor: Any, policy: Any, timeout: float = 30) -> None:
-        """`policy`: an IPolicyForHTTPS, asked for TLS options when a connection is made."""
+    def __init__(self, reactor: IReactorTime, policy: IPolicyForHTTPS, timeout: float = 30) -> None:
+        """`reactor`: also an IReactorTCP (HostnameEndpoint's). `policy`: asked for TLS options
+        when a connection is made."""
         self._reactor, self._policy, self._timeout = reactor, policy, timeout
         self._endpoints: dict[tuple[bytes, bytes, int], Any] = {}
 

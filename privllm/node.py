@@ -24,6 +24,8 @@ from .body import BodyStream
 from .protocol.encoding import dumps
 from .upstream.llama import LlamaServer
 
+__all__ = ["FORWARDED", "NodeProxy", "peer_names"]
+
 log = Logger()
 # The router's two dialects post to these; the node does not know which one the router speaks.
 FORWARDED = (b"/v1/chat/completions", b"/completion", b"/tokenize")

@@ -14,6 +14,8 @@ from ..protocol.cors import check_origin
 from .profiles import profile
 from .schema import Config
 
+__all__ = ["ENV_PREFIX", "MAX_DOTS", "MAX_ENV_VALUE", "MAX_FILE_BYTES", "SHOWN_KEY", "ConfigError", "load_config"]
+
 ENV_PREFIX = "PRIVLLM_"
 MAX_FILE_BYTES = 1 << 16  # a full configuration is about 3 KiB
 MAX_ENV_VALUE = 4096
@@ -25,6 +27,8 @@ SHOWN_KEY = re.compile(r"[a-z0-9_.-]{1,80}")
 
 class ConfigError(Exception):
     """One line naming the key and the reason; the daemon prints it and starts nothing."""
+
+    code = "config"
 
     def __init__(self, key: str, reason: str) -> None:
         shown = key if SHOWN_KEY.fullmatch(key) else ascii(key[:80])  # a key from the file may hold anything

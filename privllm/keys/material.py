@@ -20,6 +20,24 @@ from ..protocol.keyring import KEY_ID_SPACE, KeyRing, RingKey
 from .files import KeyFileError, read_secret, write_secret
 from .pki import self_signed
 
+__all__ = [
+    "IDENTITY_KEY",
+    "IDENTITY_PUB",
+    "KEYRING",
+    "MAX_KEYRING_BYTES",
+    "MAX_TIME",
+    "TLS_CERT",
+    "TLS_KEY",
+    "ensure_dev_certificate",
+    "ensure_identity",
+    "keyring_json",
+    "keyring_path",
+    "load_identity",
+    "new_hpke_keypair",
+    "parse_keyring",
+    "save_keyring",
+]
+
 IDENTITY_KEY = "identity.key"
 IDENTITY_PUB = "identity.pub"  # what a dev client pins
 KEYRING = "hpke-keyring.json"

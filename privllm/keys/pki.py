@@ -19,6 +19,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from .files import ensure_private_dir, read_secret, write_secret
 
+__all__ = ["CA_CERT", "CA_KEY", "create_ca", "issue", "self_signed"]
+
 CA_CERT = "ca.crt"
 CA_KEY = "ca.key"
 

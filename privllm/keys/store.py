@@ -22,6 +22,8 @@ from ..protocol.keyring import KEY_ID_SPACE, KeyRing
 from .files import KeyFileError, ensure_private_dir, read_secret_buffer, wipe
 from .material import keyring_path, parse_keyring, save_keyring
 
+__all__ = ["LOCK", "LOCK_POLL", "LOCK_WAIT", "KeyRingStore", "Update"]
+
 LOCK = "hpke-keyring.lock"
 
 

@@ -20,6 +20,8 @@ from OpenSSL import crypto
 
 from .files import KeyFileError, read_secret
 
+__all__ = ["Reloading", "load_chain", "load_pair", "spki_pin"]
+
 
 def load_chain(path: str) -> list[x509.Certificate]:
     try:

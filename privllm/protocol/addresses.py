@@ -10,6 +10,8 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable
 
+__all__ = ["MAX_TEXT", "AddressPolicy", "IPAddress", "IPNetwork", "parse_address", "parse_network"]
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 

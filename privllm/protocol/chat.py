@@ -10,6 +10,22 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .encoding import EncodingError, is_scalar_text, loads_bounded
+from .errors import ProtocolError
+
+__all__ = [
+    "FIELDS",
+    "MAX_DEPTH",
+    "MAX_PLAINTEXT",
+    "MAX_TOKENS",
+    "REASONING_EFFORT",
+    "ROLES",
+    "VERBOSITY",
+    "BadChatRequest",
+    "ChatLimits",
+    "ChatRequest",
+    "Message",
+    "parse_chat_request",
+]
 
 ROLES = frozenset({"system", "user", "assistant"})
 VERBOSITY = frozenset({"brief", "normal", "detailed"})
@@ -48,8 +64,10 @@ class ChatRequest:
     reasoning_effort: str | None
 
 
-class BadChatRequest(Exception):
+class BadChatRequest(ProtocolError):
     """Sent back sealed as `bad_request`; the message names the field, never its value."""
+
+    code = "bad_request"
 
     def __init__(self, field: str) -> None:
         super().__init__(f"invalid field: {field}")

@@ -18,6 +18,8 @@ from __future__ import annotations
 from .errors import RATE_LIMITED, REPLAY, STALE, UNAVAILABLE, RequestRejected
 from .expiring import ExpiringSet
 
+__all__ = ["ENTRIES_PER_REQUEST", "ReplayWindow", "check_fresh"]
+
 ENTRIES_PER_REQUEST = 2  # its request id and its encapsulated key
 
 

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import ensureDeferred
 from twisted.internet.endpoints import SSL4ServerEndpoint
 from twisted.trial.unittest import TestCase
 from twisted.web.client import URI
+from twisted.web.iweb import IPolicyForHTTPS
 from twisted.web.resource import Resource
 from twisted.web.server import Site
+from zope.interface import implementer
 
 from ..endpoints import AgentEndpoints
 from ..keys.pki import CA_CERT, create_ca, issue
@@ -59,13 +62,14 @@ class Pins(TestCase):
         return ensureDeferred(self._pins())
 
 
+@implementer(IPolicyForHTTPS)
 class RecordingPolicy:
     """Test equipment: notes when TLS options are asked for."""
 
     def __init__(self) -> None:
         self.asked: list[tuple[bytes, int]] = []
 
-    def creatorForNetloc(self, hostname: bytes, port: int) -> None:
+    def creatorForNetloc(self, hostname: bytes, port: int) -> Any:
         self.asked.append((hostname, port))
 
 

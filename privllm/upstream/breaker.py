@@ -5,7 +5,7 @@ closed --N consecutive failures--> open --cooldown elapsed--> half_open
 half_open --probe succeeds--> closed;  half_open --probe fails--> open
 In half_open exactly one request (the probe) is let through.
 
-The state lives in one field, moved only through MOVES (as privllm.protocol.life's chat
+The state lives in one field, moved only through _MOVES (as privllm.protocol.life's chat
 machine). Automat has no guards, and open's way out depends on the time a request asks at, so
 an Automat machine needed a second copy of its state to decide which input to feed.
 """
@@ -17,12 +17,14 @@ from collections.abc import Callable
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
 STATES = (CLOSED, OPEN, HALF_OPEN)
 # (state, event) -> next state; anything else is a bug in this class.
-MOVES = {
+_MOVES = {
     (CLOSED, "trip"): OPEN,
     (OPEN, "cooled"): HALF_OPEN,
     (HALF_OPEN, "trip"): OPEN,
     (HALF_OPEN, "recovered"): CLOSED,
 }
+
+__all__ = ["CLOSED", "HALF_OPEN", "OPEN", "STATES", "CircuitBreaker"]
 
 
 class CircuitBreaker:
@@ -42,7 +44,7 @@ class CircuitBreaker:
         return self._state
 
     def _move(self, event: str) -> None:
-        self._state = MOVES[(self._state, event)]
+        self._state = _MOVES[(self._state, event)]
         self._failures = 0
         self._probing = False
         if self._on_change is not None:

@@ -15,10 +15,15 @@ from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
 from ..keys.tls import Reloading, load_chain, load_pair, spki_pin
+from .errors import UpstreamError
+
+__all__ = ["MutualTLSPolicy", "PinMismatch"]
 
 
-class PinMismatch(Exception):
+class PinMismatch(UpstreamError):
     """The node's certificate is valid but its key is not the pinned one."""
+
+    code = "pin_mismatch"
 
 
 def _client_material(ca: str, cert: str, key: str) -> tuple[ssl.Certificate, ssl.PrivateCertificate]:

@@ -18,6 +18,8 @@ from .breaker import CircuitBreaker
 from .contracts import Dialect, UpstreamClient
 from .openai_stream import ChatDialect
 
+__all__ = ["Node", "NodePool", "backoff"]
+
 
 @dataclass(eq=False)
 class Node:

@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from twisted.internet import error as neterror
-from twisted.internet.base import DelayedCall
 from twisted.internet.defer import CancelledError, Deferred, fail
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -47,6 +47,8 @@ from ..upstream.events import (
 from ..upstream.pool import Node, NodePool, backoff
 from .metrics import RouterMetrics
 from .sealed import SealedEvents
+
+__all__ = ["UPSTREAM_LINGER", "ChatStream", "StreamSettings", "node_fault"]
 
 log = Logger()
 
@@ -80,7 +82,7 @@ class ChatStream:
     def __init__(
         self,
         request: Request,
-        clock: Any,
+        clock: IReactorTime,
         pool: NodePool,
         metrics: RouterMetrics,
         settings: StreamSettings,
@@ -110,7 +112,7 @@ class ChatStream:
         self._pending: Deferred[Any] | None = None
         self._body: BodyStream | None = None
         self._translator: Translator | None = None
-        self._timer: DelayedCall | None = None  # the retry backoff or the queue timeout
+        self._timer: IDelayedCall | None = None  # the retry backoff or the queue timeout
         self._ticker = LoopingCall(self._tick)
         self._ticker.clock = clock
         self._tried: list[Node] = []
@@ -141,7 +143,7 @@ class ChatStream:
         try:
             self._chat = parse_chat_request(plaintext, self._settings.limits)
         except BadChatRequest as e:
-            return self._life.refused("bad_request", str(e))
+            return self._life.refused(e.code, str(e))
         return self._life.begin()
 
     # the machine: events in, actions out

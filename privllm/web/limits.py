@@ -22,6 +22,8 @@ from twisted.web.server import Request
 from ..protocol.addresses import AddressPolicy, IPAddress, parse_address
 from ..protocol.errors import MALFORMED, RequestRejected
 
+__all__ = ["UNPARSED_PEER", "ClientAddress", "ConnectionsPerAddress", "ProxiedConnectionsPerAddress", "peer_address"]
+
 UNPARSED_PEER = "unparsed-peer"  # one shared key for a peer that is not an IP address (none on TCP)
 
 

@@ -21,7 +21,7 @@ import io
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
-from twisted.internet.interfaces import IProtocol
+from twisted.internet.interfaces import IProtocol, IReactorTime
 from twisted.python.components import proxyForInterface
 from twisted.web import http, server
 from twisted.web.iweb import INonQueuedRequestFactory
@@ -30,6 +30,8 @@ from zope.interface import implementer
 from ..protocol.encoding import dumps
 from ..protocol.errors import MALFORMED, TOO_LARGE, Rejection
 from .deadline import ReadDeadline
+
+__all__ = ["BODY_BUDGET_BODIES", "SERVER_NAME", "BodyBudget", "PrivllmRequest", "PrivllmSite", "error_body"]
 
 SERVER_NAME = b"privllm"
 
@@ -234,7 +236,7 @@ class PrivllmSite(server.Site):
         self,
         resource: object,
         max_body: int,
-        reactor: Any = None,
+        reactor: IReactorTime | None = None,
         idle_timeout: float = 60,
         request_read_timeout: float = 15,
     ) -> None:

@@ -17,6 +17,8 @@ from zope.interface import implementer
 
 from ..keys.tls import Reloading, load_chain, load_pair
 
+__all__ = ["ALPN", "MIN_VERSIONS", "TLS12_CIPHERS", "ReloadingServerOptions", "server_tls_options"]
+
 MIN_VERSIONS = {"1.2": TLSVersion.TLSv1_2, "1.3": TLSVersion.TLSv1_3}
 ALPN = [b"h2", b"http/1.1"]
 # TLS 1.2 as Mozilla's intermediate profile has it: ECDHE key exchange, AEAD ciphers only.
