@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from pyhpke import KEMKeyPair
 from twisted.trial.unittest import TestCase
 
+from ..protocol.errors import ProtocolError
 from ..protocol.ohttp import bhttp, chunked, message
 from ..protocol.ohttp.bhttp import Informational, Limits, Request, Response
 from ..protocol.ohttp.chunked import (
@@ -559,6 +560,23 @@ class ChunkedResponses(ErrorAssertions):
         self.assertRaises(ChunkStateError, pair.sealer.seal, b"")
         self.assertEqual(len(pair.sealer.seal(b"", final=True)), 32 + 1 + 16)  # the nonce, a zero length, a tag
         self.assertRaises(ValueError, ChunkedResponseSealer, pair.server, bytes(16))  # ChaCha20's nonce is 32 bytes
+
+    def test_a_sealer_misuse_is_no_peer_error(self) -> None:
+        """A reader of peer bytes catches OhttpError; a bug on this side must not pass as one."""
+        pair = Pair()
+        with self.assertRaises(ChunkStateError) as cm:
+            pair.sealer.seal(b"")
+        self.assertNotIsInstance(cm.exception, OhttpError)
+        self.assertIsInstance(cm.exception, ProtocolError)
+
+
+class ErrorCodes(TestCase):
+    def test_an_instance_answers_with_its_wire_code(self) -> None:
+        """The class code is unique among privllm's errors; the instance carries the wire one."""
+        self.assertEqual((Malformed.code, Malformed("x").code), ("ohttp_malformed", "malformed"))
+        self.assertEqual((UnknownKey.code, UnknownKey("x").code), ("ohttp_unknown_key", "unknown_key"))
+        self.assertEqual((DecryptFailed.code, DecryptFailed("x").code), ("ohttp_decrypt_failed", "decrypt_failed"))
+        self.assertIsInstance(TooLarge("x"), ProtocolError)
 
 
 class ChunkedRequests(ErrorAssertions):

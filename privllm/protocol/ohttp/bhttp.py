@@ -15,6 +15,23 @@ from dataclasses import dataclass
 from .errors import Malformed, TooLarge, Unsupported
 from .wire import Reader, encode_varint
 
+__all__ = [
+    "INDETERMINATE_REQUEST",
+    "INDETERMINATE_RESPONSE",
+    "KNOWN_REQUEST",
+    "KNOWN_RESPONSE",
+    "MAX_CONTROL",
+    "Field",
+    "Informational",
+    "Limits",
+    "Request",
+    "Response",
+    "decode_request",
+    "decode_response",
+    "encode_request",
+    "encode_response",
+]
+
 Field = tuple[bytes, bytes]
 
 KNOWN_REQUEST, KNOWN_RESPONSE, INDETERMINATE_REQUEST, INDETERMINATE_RESPONSE = 0, 1, 2, 3

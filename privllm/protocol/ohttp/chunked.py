@@ -21,11 +21,25 @@ from collections.abc import Mapping
 from cryptography.exceptions import InvalidTag
 from pyhpke import KEMKeyPair
 
+from ..errors import ProtocolError
 from .errors import AfterFinal, DecryptFailed, OhttpError, TooLarge, TooManyChunks, Truncated
 from .keyconfig import KeyConfig
 from .message import HEADER_SIZE, Context, GatewayKey, Header, open_hpke, parse_header, receiver_context, sender_context
 from .suites import AEAD_NONCE_SIZE, AEAD_TAG_SIZE, KEM_PUBLIC_KEY_SIZE, SymmetricSuite
 from .wire import decode_varint, encode_varint, varint_size
+
+__all__ = [
+    "FINAL_AAD",
+    "MAX_CHUNK",
+    "MAX_CHUNKS",
+    "REQUEST_LABEL",
+    "RESPONSE_LABEL",
+    "ChunkStateError",
+    "ChunkedRequestOpener",
+    "ChunkedRequestSealer",
+    "ChunkedResponseOpener",
+    "ChunkedResponseSealer",
+]
 
 REQUEST_LABEL = b"message/bhttp chunked request"
 RESPONSE_LABEL = b"message/bhttp chunked response"
@@ -34,8 +48,11 @@ MAX_CHUNK = 1 << 14  # plaintext bytes: what the draft requires every receiver t
 MAX_CHUNKS = 2**32  # far below the 256**Nn nonce space; a chat stream never comes close
 
 
-class ChunkStateError(Exception):
-    """The caller broke the sealer's rules (sealed after the final chunk, an empty or oversize chunk)."""
+class ChunkStateError(ProtocolError):
+    """The caller broke the sealer's rules (sealed after the final chunk, an empty or oversize
+    chunk): a bug here, not a peer's doing, so no OhttpError, which a reader of peer bytes catches."""
+
+    code = "chunk_state"
 
 
 class _Sealer:

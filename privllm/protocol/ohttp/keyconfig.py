@@ -16,6 +16,17 @@ from .errors import Malformed, TooLarge
 from .suites import KEM_PUBLIC_KEY_SIZE, SymmetricSuite, check_kem
 from .wire import Reader
 
+__all__ = [
+    "MAX_CONFIGS",
+    "MAX_SUITES",
+    "SUITE_SIZE",
+    "KeyConfig",
+    "encode_key_config",
+    "encode_key_configs",
+    "parse_key_config",
+    "parse_key_configs",
+]
+
 MAX_SUITES = 16  # three AEADs and one KDF make 3 pairs; room to spare, none for abuse
 MAX_CONFIGS = 16
 SUITE_SIZE = 4

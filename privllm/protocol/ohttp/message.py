@@ -29,6 +29,24 @@ from .suites import (
 )
 from .wire import Reader
 
+__all__ = [
+    "HEADER_SIZE",
+    "MAX_MESSAGE",
+    "REQUEST_LABEL",
+    "RESPONSE_LABEL",
+    "Context",
+    "GatewayKey",
+    "Header",
+    "decapsulate_request",
+    "decapsulate_response",
+    "encapsulate_request",
+    "encapsulate_response",
+    "open_hpke",
+    "parse_header",
+    "receiver_context",
+    "sender_context",
+]
+
 REQUEST_LABEL = b"message/bhttp request"
 RESPONSE_LABEL = b"message/bhttp response"
 HEADER_SIZE = 7  # key id (1), KEM id (2), KDF id (2), AEAD id (2)

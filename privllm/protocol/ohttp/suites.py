@@ -20,6 +20,23 @@ from pyhpke import AEADId, CipherSuite, KDFId, KEMId
 
 from .errors import Unsupported
 
+__all__ = [
+    "AEAD_AES_128_GCM",
+    "AEAD_AES_256_GCM",
+    "AEAD_CHACHA20_POLY1305",
+    "AEAD_KEY_SIZE",
+    "AEAD_NONCE_SIZE",
+    "AEAD_TAG_SIZE",
+    "KDF_HKDF_SHA256",
+    "KEM_PUBLIC_KEY_SIZE",
+    "KEM_X25519",
+    "SymmetricSuite",
+    "check_kem",
+    "hkdf_expand",
+    "hkdf_extract",
+    "hpke_suite",
+]
+
 KEM_X25519 = 0x0020  # DHKEM(X25519, HKDF-SHA256): Npk = Nenc = 32
 KDF_HKDF_SHA256 = 0x0001
 AEAD_AES_128_GCM = 0x0001

@@ -5,6 +5,14 @@ from __future__ import annotations
 
 from .errors import Malformed
 
+__all__ = [
+    "VARINT_MAX",
+    "Reader",
+    "decode_varint",
+    "encode_varint",
+    "varint_size",
+]
+
 VARINT_MAX = 2**62 - 1
 
 
