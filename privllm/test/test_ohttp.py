@@ -28,6 +28,15 @@ from twisted.trial.unittest import TestCase
 from ..protocol.errors import ProtocolError
 from ..protocol.ohttp import bhttp, chunked, message
 from ..protocol.ohttp.bhttp import Informational, Limits, Request, Response
+from ..protocol.ohttp.bhttp_stream import (
+    BinaryHttpStateError,
+    End,
+    Head,
+    Part,
+    ResponseDecoder,
+    ResponseEncoder,
+    StreamLimits,
+)
 from ..protocol.ohttp.chunked import (
     ChunkedRequestOpener,
     ChunkedRequestSealer,
@@ -738,6 +747,126 @@ class BinaryHttp(ErrorAssertions):
         self.assertFails(
             TooLarge, "too_large", bhttp.decode_response, b"\x01\x40\xc8\x00\xbf\xff\xff\xff\xff\xff\xff\xff"
         )
+
+
+def decode_all(wire: bytes, splits: list[int], limits: StreamLimits = StreamLimits()) -> list[Part]:
+    """Every part of `wire` fed at the given cut points, content bytes joined per run."""
+    decoder = ResponseDecoder(limits)
+    parts: list[Part] = []
+    for start, end in zip([0, *splits], [*splits, len(wire)], strict=True):
+        parts += decoder.feed(wire[start:end])
+    parts += decoder.end()
+    joined: list[Part] = []
+    for part in parts:
+        if isinstance(part, bytes) and joined and isinstance(joined[-1], bytes):
+            joined[-1] += part
+        else:
+            joined.append(part)
+    return joined
+
+
+def streamed(status: int = 200, headers: tuple[bhttp.Field, ...] = (), chunks: tuple[bytes, ...] = ()) -> bytes:
+    encoder = ResponseEncoder()
+    return encoder.head(status, headers) + b"".join(map(encoder.content, chunks)) + encoder.end()
+
+
+class IndeterminateBinaryHttp(ErrorAssertions):
+    """RFC 9292 section 3.2, framing indicator 3, streamed."""
+
+    def test_the_encoding_spelled_out(self) -> None:
+        wire = streamed(200, ((b"content-type", b"x"),), (b"hello", b" world"))
+        self.assertEqual(
+            wire,
+            h("0340c80c") + b"content-type" + h("01") + b"x" + h("0005") + b"hello" + h("06") + b" world" + h("0000"),
+        )
+
+    def test_any_split(self) -> None:
+        headers = ((b"content-type", b"application/privllm-events"), (b"date", b"Mon, 30 Nov 2026 08:30:01 GMT"))
+        chunks = (b"a", b"x" * 300, "wörld".encode(), b"\x00" * 70)
+        wire = streamed(201, headers, chunks)
+        expected = [Head(201, headers), b"".join(chunks), End()]
+        rng = random.Random(9292)
+        for _ in range(200):
+            cuts = sorted(rng.sample(range(1, len(wire)), rng.randrange(0, 12)))
+            self.assertEqual(decode_all(wire, cuts), expected)
+        self.assertEqual(decode_all(wire, list(range(1, len(wire)))), expected)
+
+    def test_content_arrives_before_its_chunk_completes(self) -> None:
+        wire = streamed(chunks=(b"abcdef",))
+        decoder = ResponseDecoder()
+        self.assertEqual(decoder.feed(wire[:7]), [Head(200), b"ab"])
+        self.assertEqual(decoder.feed(wire[7:9]), [b"cd"])
+
+    def test_informational_and_trailers(self) -> None:
+        wire = h("03406704") + b"link" + h("01") + b"x" + h("0040c80001") + b"z" + h("0001") + b"t"
+        wire += h("01") + b"v" + h("00")
+        self.assertEqual(
+            decode_all(wire, [3, 9]),
+            [Head(200, (), (Informational(103, ((b"link", b"x"),)),)), b"z", End(((b"t", b"v"),))],
+        )
+
+    def test_truncation_only_where_empty_sections_are_left_out(self) -> None:
+        wire = streamed(chunks=(b"abc",))
+        head = len(ResponseEncoder().head(200))
+        allowed = {
+            head: [Head(200), End()],  # content and trailers never begun
+            len(wire) - 1: [Head(200), b"abc", End()],  # the trailer section left out
+            len(wire): [Head(200), b"abc", End()],
+        }
+        for n in range(len(wire) + 1):
+            decoder = ResponseDecoder()
+            parts = decoder.feed(wire[:n])
+            if n in allowed:
+                self.assertEqual(parts + decoder.end(), allowed[n])
+            else:
+                self.assertFails(Truncated, "truncated", decoder.end)
+            self.assertFails(AfterFinal, "after_final", decoder.feed, b"")
+
+    def test_padding(self) -> None:
+        wire = streamed(chunks=(b"abc",))
+        self.assertEqual(decode_all(wire + bytes(9), [len(wire) + 2]), [Head(200), b"abc", End()])
+        decoder = ResponseDecoder()
+        decoder.feed(wire + bytes(2))
+        self.assertFails(Malformed, "malformed", decoder.feed, b"\x00\x01")
+        self.assertFails(AfterFinal, "after_final", decoder.feed, b"")
+
+    def test_framing_and_status(self) -> None:
+        self.assertFails(Unsupported, "unsupported", ResponseDecoder().feed, A_RESPONSE)  # known-length
+        for framing in (b"\x00", b"\x02", b"\x04"):
+            self.assertFails(Malformed, "malformed", ResponseDecoder().feed, framing)
+        for status in (0, 99, 600, 1000):
+            self.assertFails(Malformed, "malformed", ResponseDecoder().feed, b"\x03" + encode_varint(status))
+        self.assertEqual(ResponseDecoder().feed(b"\x40\x03\x40\xc8\x00"), [Head(200)])  # any varint size
+
+    def test_fields_are_checked(self) -> None:
+        for name, value in ((b"Host", b"x"), (b":status", b"200"), (b"x", b"a\r\nb"), (b"x", b" a")):
+            line = encode_varint(len(name)) + name + encode_varint(len(value)) + value
+            self.assertFails(Malformed, "malformed", ResponseDecoder().feed, b"\x03\x40\xc8" + line + b"\x00")
+            trailer = streamed()[:-1] + line + b"\x00"
+            self.assertFails(Malformed, "malformed", ResponseDecoder().feed, trailer)
+            self.assertRaises(Malformed, ResponseEncoder().head, 200, ((name, value),))
+
+    def test_limits_refuse_before_the_bytes_arrive(self) -> None:
+        limits = StreamLimits(max_fields=2, max_section=32, max_chunk=8, max_informational=1)
+        self.assertFails(TooLarge, "too_large", ResponseDecoder(limits).feed, streamed(headers=((b"a", b"1"),) * 3))
+        self.assertFails(TooLarge, "too_large", ResponseDecoder(limits).feed, b"\x03\x40\xc8\x01a\x40\x40")
+        self.assertFails(TooLarge, "too_large", ResponseDecoder(limits).feed, b"\x03\x40\xc8\x40\x40")
+        self.assertFails(TooLarge, "too_large", ResponseDecoder(limits).feed, b"\x03\x40\xc8\x00\x09")
+        self.assertEqual(decode_all(streamed(chunks=(b"x" * 8,)), [], limits)[1], b"x" * 8)
+        self.assertFails(TooLarge, "too_large", ResponseDecoder(limits).feed, b"\x03\x40\x64\x00\x40\x64\x00")
+
+    def test_encoder_order(self) -> None:
+        encoder = ResponseEncoder()
+        self.assertRaises(BinaryHttpStateError, encoder.content, b"x")
+        self.assertRaises(BinaryHttpStateError, encoder.end)
+        encoder.head(200)
+        self.assertRaises(BinaryHttpStateError, encoder.head, 200)
+        self.assertRaises(BinaryHttpStateError, encoder.content, b"")
+        encoder.end()
+        self.assertRaises(BinaryHttpStateError, encoder.content, b"x")
+        self.assertRaises(BinaryHttpStateError, encoder.end)
+        self.assertRaises(Malformed, ResponseEncoder().head, 101)
+        self.assertNotIsInstance(BinaryHttpStateError("x"), OhttpError)
 
 
 class IndependentHpke(TestCase):

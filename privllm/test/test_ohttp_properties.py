@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import TestCase
 
 from ..protocol.ohttp import bhttp
+from ..protocol.ohttp.bhttp_stream import End, Head, ResponseDecoder, ResponseEncoder, StreamLimits
 from ..protocol.ohttp.chunked import ChunkedRequestOpener, ChunkedRequestSealer
 from ..protocol.ohttp.errors import OhttpError
 from ..protocol.ohttp.keyconfig import parse_key_config, parse_key_configs
@@ -132,6 +133,19 @@ class Parsers(TestCase):
         except OhttpError:
             pass
 
+    @given(st.data())
+    def test_streamed_bhttp_reader(self, data: st.DataObject) -> None:
+        encoder = ResponseEncoder()
+        seed = encoder.head(200, ((b"content-type", b"x"),)) + encoder.content(b"abc") + encoder.end(((b"t", b"v"),))
+        wire = data.draw(inputs(seed))
+        decoder = ResponseDecoder(StreamLimits(max_fields=3, max_section=64, max_chunk=16))
+        try:
+            for part in data.draw(splits(wire)):
+                decoder.feed(part)
+            decoder.end()
+        except OhttpError:
+            pass
+
 
 class RoundTrips(TestCase):
     @given(requests, responses, st.booleans())
@@ -156,3 +170,21 @@ class RoundTrips(TestCase):
         opener = ChunkedRequestOpener(gateway(C_CONFIG, C_SKR))
         opened = [c for part in data.draw(splits(wire)) for c in opener.feed(part)]
         self.assertEqual([*opened, opener.end()], [*chunks, b"end"])
+
+    @given(st.data(), st.integers(200, 599), fields, st.lists(st.binary(min_size=1, max_size=40), max_size=4), fields)
+    def test_streamed_bhttp(
+        self,
+        data: st.DataObject,
+        status: int,
+        headers: tuple[bhttp.Field, ...],
+        chunks: list[bytes],
+        trailers: tuple[bhttp.Field, ...],
+    ) -> None:
+        encoder = ResponseEncoder()
+        wire = encoder.head(status, headers) + b"".join(map(encoder.content, chunks)) + encoder.end(trailers)
+        decoder = ResponseDecoder()
+        parts = [p for piece in data.draw(splits(wire)) for p in decoder.feed(piece)] + decoder.end()
+        self.assertEqual(parts[0], Head(status, headers))
+        self.assertEqual(parts[-1], End(trailers))
+        self.assertEqual(b"".join(p for p in parts[1:-1] if isinstance(p, bytes)), b"".join(chunks))
+        self.assertEqual(len(parts), 2 + sum(isinstance(p, bytes) for p in parts))

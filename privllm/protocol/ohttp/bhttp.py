@@ -1,9 +1,9 @@
 """
-Binary HTTP (RFC 9292), known-length form only: the plaintext inside Oblivious HTTP.
+Binary HTTP (RFC 9292), known-length form: the plaintext inside Oblivious HTTP.
 
-Indeterminate-length messages (framing indicators 2 and 3) are left out and refused as
-Unsupported: a whole-message encapsulation knows every length, and a chunked one may still
-carry a known-length message. Decoding is strict (RFC 9292 section 3 and the HTTP/2 field
+Indeterminate-length messages (framing indicators 2 and 3) are refused here as Unsupported:
+a whole-message encapsulation knows every length. A streamed response, which does not, is
+bhttp_stream's. Decoding is strict (RFC 9292 section 3 and the HTTP/2 field
 rules it points to) and bounded by explicit limits; names, values and control data stay
 bytes, checked against allow-lists. Pseudo-fields are refused outright.
 """
@@ -26,6 +26,7 @@ __all__ = [
     "Limits",
     "Request",
     "Response",
+    "check_fields",
     "decode_request",
     "decode_response",
     "encode_request",
@@ -55,7 +56,8 @@ class Limits:
     max_informational: int = 4
 
 
-def _check_fields(fields: tuple[Field, ...]) -> None:
+def check_fields(fields: tuple[Field, ...]) -> None:
+    """Names are lowercase tokens, values carry no NUL, CR or LF and no outer whitespace."""
     for name, value in fields:
         if not name or not set(name) <= _NAME:
             raise Malformed("field name")
@@ -80,8 +82,8 @@ class Request:
             raise Malformed("scheme")
         if not set(self.authority) <= _VISIBLE or not self.path or not set(self.path) <= _VISIBLE:
             raise Malformed("authority or path")
-        _check_fields(self.headers)
-        _check_fields(self.trailers)
+        check_fields(self.headers)
+        check_fields(self.trailers)
 
 
 @dataclass(frozen=True)
@@ -92,7 +94,7 @@ class Informational:
     def __post_init__(self) -> None:
         if not 100 <= self.status <= 199:
             raise Malformed("informational status")
-        _check_fields(self.headers)
+        check_fields(self.headers)
 
 
 @dataclass(frozen=True)
@@ -106,8 +108,8 @@ class Response:
     def __post_init__(self) -> None:
         if not 200 <= self.status <= 599:
             raise Malformed("status")
-        _check_fields(self.headers)
-        _check_fields(self.trailers)
+        check_fields(self.headers)
+        check_fields(self.trailers)
 
 
 def _bytes(value: bytes) -> bytes:
