@@ -154,11 +154,12 @@ class ResponseDecoder:
         if self.finished:
             return []
         empty = not self._buffer
-        if empty and self._state == "content" and not self._chunks:
-            return [End()]
-        if empty and self._state == "fields" and self._section == "trailers" and not self._section_used:
-            return [End()]
-        raise Truncated("the response ended early")
+        no_content = self._state == "content" and not self._chunks
+        no_trailers = self._state == "fields" and self._section == "trailers" and not self._section_used
+        if not (empty and (no_content or no_trailers)):
+            raise Truncated("the response ended early")
+        self.finished = True
+        return [End()]
 
     def _advance(self) -> list[Part]:
         parts: list[Part] = []
