@@ -15,7 +15,11 @@ from ..protocol.ohttp.chunked import ChunkedRequestOpener, ChunkedRequestSealer
 from ..protocol.ohttp.errors import OhttpError
 from ..protocol.ohttp.keyconfig import parse_key_config, parse_key_configs
 from ..protocol.ohttp.message import decapsulate_request, decapsulate_response, encapsulate_request
+from ..protocol.stream import StreamError
+from ..protocol.v2.request import open_chat_request, seal_chat_request
+from ..protocol.v2.response import ResponseReader, ResponseStream
 from . import properties
+from .test_device_proof import DEVICE
 from .test_ohttp import (
     A_CONFIG,
     A_ENC_REQUEST,
@@ -34,8 +38,17 @@ from .test_ohttp import (
     gateway,
     key_pair,
 )
+from .test_v2 import CHAT, DELTA, DONE, DONE_LINE, END, HEAD, T, chunk, exchange, raw_answer
+from .test_v2 import CONFIG as V2_CONFIG
+from .test_v2 import KEYS as V2_KEYS
 
 properties.load()
+
+V2_SEALED = seal_chat_request(V2_CONFIG, DEVICE, CHAT, T)
+V2_STREAM = ResponseStream(open_chat_request(V2_KEYS, V2_SEALED.body).context, 16)
+DELTA_CHUNK = chunk(DELTA)
+DONE_CHUNK = chunk(DONE_LINE) + END
+V2_ANSWER = V2_STREAM.start() + V2_STREAM.event({"type": "delta", "text": "a"}) + V2_STREAM.final(DONE)
 
 
 @st.composite
@@ -144,6 +157,37 @@ class Parsers(TestCase):
                 decoder.feed(part)
             decoder.end()
         except OhttpError:
+            pass
+
+    @given(st.data())
+    def test_v2_request(self, data: st.DataObject) -> None:
+        """Any refusal is an OhttpError with one of the four wire codes."""
+        body = data.draw(inputs(V2_SEALED.body))
+        try:
+            open_chat_request(V2_KEYS, body)
+        except OhttpError as e:
+            self.assertIn(e.code, ("malformed", "too_large", "unknown_key", "decrypt_failed"))
+
+    @given(st.data())
+    def test_v2_answer_reader(self, data: st.DataObject) -> None:
+        wire = data.draw(inputs(V2_ANSWER))
+        reader = ResponseReader(V2_SEALED.context)
+        try:
+            for part in data.draw(splits(wire)):
+                reader.feed(part)
+            reader.end()
+        except StreamError:
+            pass
+
+    @given(st.lists(inputs(DELTA_CHUNK).filter(bool), max_size=3), inputs(DONE_CHUNK))
+    def test_v2_answer_plaintexts(self, chunks: list[bytes], final: bytes) -> None:
+        """Sealed properly, near-valid plaintexts still raise only StreamError."""
+        sealed, opened = exchange()
+        reader = ResponseReader(sealed.context)
+        try:
+            reader.feed(raw_answer(opened.context, [HEAD, *chunks], final))
+            reader.end()
+        except StreamError:
             pass
 
 
