@@ -146,14 +146,13 @@ def open_chat_request(keys: Mapping[int, GatewayKey], body: bytes, max_size: int
     peeked = peek(body, max_size)
     plaintext, context = decapsulate_request(keys, body, max_size)
     members = _members(_content(plaintext, max_size), max_size)
-    timestamp, device_pubkey = members["timestamp"], members["device_pubkey"]
     try:
         verify_device_proof(
-            keys[peeked.key_id].private_key.raw, device_pubkey, context.enc, timestamp, members["proof"]
+            keys[peeked.key_id].private_key.raw, members.device_pubkey, context.enc, members.timestamp, members.proof
         )
     except DeviceProofError as e:
         raise DecryptFailed("device proof") from e
-    return OpenedV2(context.enc, peeked.key_id, timestamp, device_pubkey, members["chat"], context)
+    return OpenedV2(context.enc, peeked.key_id, members.timestamp, members.device_pubkey, members.chat, context)
 
 
 def _content(plaintext: bytes, max_size: int) -> bytes:
@@ -173,9 +172,17 @@ def _limits(max_size: int) -> bhttp.Limits:
     return dataclasses.replace(_BHTTP_LIMITS, max_content=max_size)
 
 
-def _members(content: bytes, max_size: int) -> dict[str, Any]:
-    """The JSON's exact members, checked: timestamp, device key, proof, and the chat object
-    written back as JSON for v1's parser (ASCII escapes keep a lone surrogate for it to refuse)."""
+class _Members(NamedTuple):
+    timestamp: int
+    device_pubkey: bytes
+    proof: bytes
+    chat: bytes
+
+
+def _members(content: bytes, max_size: int) -> _Members:
+    """The JSON's exact members, checked, and the chat object written back as JSON for v1's
+    parser. ASCII escapes keep a lone surrogate (which the standard library's decoder, used
+    for text with long numbers, lets through) for that parser to refuse."""
     try:
         obj = loads_bounded(content, max_size, _MAX_DEPTH)
         if not isinstance(obj, dict) or set(obj) != MEMBERS:
@@ -185,12 +192,12 @@ def _members(content: bytes, max_size: int) -> dict[str, Any]:
             raise Malformed("version or timestamp")
         if not isinstance(chat, dict):
             raise Malformed("chat")
-        return {
-            "timestamp": timestamp,
-            "device_pubkey": b64decode(obj["device_pubkey"], X25519_KEY_SIZE),
-            "proof": b64decode(obj["proof"], PROOF_SIZE),
-            "chat": json.dumps(chat, separators=(",", ":")).encode("ascii"),
-        }
+        return _Members(
+            timestamp,
+            b64decode(obj["device_pubkey"], X25519_KEY_SIZE),
+            b64decode(obj["proof"], PROOF_SIZE),
+            json.dumps(chat, separators=(",", ":")).encode("ascii"),
+        )
     except EncodingError as e:
         raise Malformed("json") from e
 
