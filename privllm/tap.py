@@ -37,7 +37,6 @@ from .keys.store import KeyRingStore
 from .node import NodeProxy
 from .protocol.addresses import AddressPolicy
 from .protocol.admission import Admission, PowGate
-from .protocol.chat import ChatLimits
 from .protocol.cors import CorsPolicy
 from .protocol.pow import Challenges, DifficultyPolicy
 from .state.gate import AdmissionGate
@@ -309,20 +308,9 @@ class Router:
 
     def _listen(self, state: AdmissionState) -> None:
         """Serve chats with this admission state: build the routes and open the listener."""
-        config, backend = self.config, self.config.backend
+        config = self.config
         self.state = state
-        settings = StreamSettings(
-            ChatLimits(**vars(config.chat), default_verbosity=config.defaults.verbosity),
-            keepalive=config.server.keepalive_seconds,
-            idle_timeout=backend.idle_timeout,
-            privacy=config.privacy,
-            first_token_timeout=backend.first_token_timeout,
-            request_timeout=backend.request_timeout,
-            retries=backend.retries,
-            retry_base=backend.retry_base,
-            retry_cap=backend.retry_cap,
-            queue_timeout=config.load.queue_timeout,
-        )
+        settings = StreamSettings.from_config(config)
         self.app = RouterApp(
             clock=self._reactor,
             gate=AdmissionGate(self._admission, state),

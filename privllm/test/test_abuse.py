@@ -18,7 +18,6 @@ from twisted.web.test.requesthelper import DummyRequest
 
 from ..protocol.addresses import AddressPolicy
 from ..protocol.admission import Admission, Admitted, Ask, PowGate
-from ..protocol.chat import ChatLimits
 from ..protocol.encoding import b64encode
 from ..protocol.errors import (
     MALFORMED,
@@ -39,11 +38,10 @@ from ..state.interface import ADDRESS_STREAMS_RETRY, PowSpent
 from ..state.memory import MemoryState
 from ..web import app as app_module
 from ..web.app import RouterApp
-from ..web.chat import StreamSettings
 from ..web.limits import ClientAddress, ConnectionsPerAddress
 from ..web.metrics import RouterMetrics
 from ..web.request import PrivllmSite
-from .helpers import NOW, current_key, limits, memory_gate, ring, sealed_request, settled
+from .helpers import NOW, current_key, limits, memory_gate, ring, sealed_request, settled, stream_settings
 from .test_chat_stream import FINISH, FakeResponse, SyntheticUpstream, delta, pool_of
 
 SECRET = b"s" * 32
@@ -343,7 +341,7 @@ class SealedAfterDecryption(TestCase):
             pool=pool_of(self.upstream),
             metrics=self.metrics,
             hsts_max_age=100,
-            settings=StreamSettings(ChatLimits(), 15, 60),
+            settings=stream_settings(keepalive=15, idle_timeout=60),
         )
         self.site = PrivllmSite(app.resource(), 65536, reactor=self.clock)
 
