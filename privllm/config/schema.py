@@ -9,6 +9,8 @@ from ..protocol.chat import REASONING_EFFORT, VERBOSITY, ChatLimits
 from ..protocol.keyset import MAX_KEYSET_LIFETIME
 from ..protocol.suite import POW_MAX_DIFFICULTY
 
+BALANCE = ("round_robin", "least_streams")  # how the router picks a node (privllm.upstream.pool)
+
 
 def _range(low: float, high: float) -> dict[str, Any]:
     return {"range": (low, high)}
@@ -142,7 +144,7 @@ class Backend:
     urls: list[str] = field(default_factory=list)
     # chat: OpenAI-compatible /v1/chat/completions; harmony: gpt-oss, rendered here, /completion
     mode: str = field(default="chat", metadata=_choice("chat", "harmony"))
-    balance: str = field(default="round_robin", metadata=_choice("round_robin", "least_streams"))
+    balance: str = field(default="round_robin", metadata=_choice(*BALANCE))
     # mutual TLS towards https nodes: trust only the deployment CA, present the router's certificate
     ca: str = ""
     client_certificate: str = ""

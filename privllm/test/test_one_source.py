@@ -7,10 +7,11 @@ import dataclasses
 from twisted.trial.unittest import TestCase
 
 from ..config import ConfigError, load_config
-from ..config.schema import Backend, Chat, Config, Defaults, Harmony, Load
+from ..config.schema import BALANCE, Backend, Chat, Config, Defaults, Harmony, Load
 from ..harmony.dialect import EFFORT
 from ..protocol.chat import REASONING_EFFORT, VERBOSITY, ChatLimits
 from ..upstream.instructions import INSTRUCTIONS
+from ..upstream.pool import NodePool
 from ..web.chat import StreamSettings
 
 
@@ -35,6 +36,12 @@ class AllowedValues(TestCase):
 
     def test_every_reasoning_effort_reaches_harmony(self) -> None:
         self.assertEqual(tuple(EFFORT), REASONING_EFFORT)
+
+    def test_the_pool_balances_as_configured(self) -> None:
+        self.assertEqual(_choices(Backend, "balance"), BALANCE)
+        self.assertEqual([NodePool([], balance).balance for balance in BALANCE], list(BALANCE))
+        self.assertRaises(ValueError, NodePool, [], "random")
+        self.assertEqual(NodePool([]).balance, Backend().balance)
 
     def test_the_token_defaults_are_checked_for_every_level(self) -> None:
         for level in VERBOSITY:
