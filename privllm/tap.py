@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlparse
 
 from prometheus_client.twisted import MetricsResource
 from twisted.application.internet import StreamServerEndpointService
@@ -271,8 +270,7 @@ class Router:
         backend = config.backend
         tls = None
         if backend.ca:
-            pins = {urlparse(url).netloc: value for url, _, value in (p.partition("=") for p in backend.pins)}
-            tls = MutualTLSPolicy(backend.ca, backend.client_certificate, backend.client_key, pins)
+            tls = MutualTLSPolicy(backend.ca, backend.client_certificate, backend.client_key, backend.pins_by_host())
         store = KeyRingStore(config.keys.state_dir, config.keys.rotation_interval, config.keys.overlap)
         self.keys = KeyRingService(store, identity, reactor, config.keys.keyset_lifetime)
         self.keys.setServiceParent(self.service)

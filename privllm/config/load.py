@@ -219,10 +219,10 @@ def _check_backends(config: Config) -> None:
             raise ConfigError(
                 "backend.ca", "https backends need backend.ca, backend.client_certificate and backend.client_key"
             )
-    for pin in backend.pins:
-        url, sep, value = pin.partition("=")  # base64 ends in "=": split at the first one
-        if not sep or not value or not url.startswith("https://") or url not in backend.urls:
-            raise ConfigError("backend.pins", "each pin is https-url=base64 for a url in backend.urls")
+    try:
+        backend.pins_by_host()
+    except ValueError as e:
+        raise ConfigError("backend.pins", str(e)) from None
     if len(set(backend.urls)) != len(backend.urls):
         raise ConfigError("backend.urls", "a backend is named twice")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from ..protocol.chat import REASONING_EFFORT, VERBOSITY, ChatLimits
 from ..protocol.keyset import MAX_KEYSET_LIFETIME
@@ -162,6 +163,24 @@ class Backend:
     retries: int = field(default=2, metadata=_range(0, 10))
     retry_base: float = field(default=0.1, metadata=_range(0.001, 60))
     retry_cap: float = field(default=2.0, metadata=_range(0.001, 600))
+
+    def pins_by_host(self) -> dict[str, str]:
+        """`pins` as the mutual TLS policy looks them up, {"host:port": pin}: the host in lower
+        case and without brackets, the port 443 when the URL names none. The one parser of
+        pins; ValueError for one that is not https-url=value for a url in `urls`."""
+        out = {}
+        for pin in self.pins:
+            url, sep, value = pin.partition("=")  # base64 ends in "=": split at the first one
+            if not sep or not value or not url.startswith("https://") or url not in self.urls:
+                raise ValueError("each pin is https-url=base64 for a url in backend.urls")
+            parts = urlsplit(url)
+            if not parts.hostname:
+                raise ValueError("a pinned url names no host")
+            host = f"{parts.hostname}:{parts.port or 443}"  # .port: ValueError when out of range
+            if host in out:
+                raise ValueError("a node is pinned twice")
+            out[host] = value
+        return out
 
 
 @dataclass(frozen=True)

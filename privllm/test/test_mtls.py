@@ -12,11 +12,12 @@ from twisted.web.client import URI
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
+from ..config.schema import Backend
 from ..endpoints import AgentEndpoints
 from ..keys.pki import CA_CERT, create_ca, issue
 from ..keys.tls import load_chain, spki_pin
 from ..upstream.llama import LlamaServer
-from ..upstream.mtls import MutualTLSPolicy
+from ..upstream.mtls import MutualTLSPolicy, _Pinned
 from ..web.tls import server_tls_options
 
 
@@ -41,7 +42,8 @@ class Pins(TestCase):
         self.url = f"https://127.0.0.1:{self.port.getHost().port}"
 
     async def ready_with(self, pin: str | None) -> bool:
-        pins = {f"127.0.0.1:{self.port.getHost().port}": pin} if pin else {}
+        """A pin as the configuration gives it: a wrong key refused proves the policy finds it."""
+        pins = Backend(urls=[self.url], pins=[f"{self.url}={pin}"] if pin else []).pins_by_host()
         client = LlamaServer(reactor, self.url, 5, MutualTLSPolicy(self.ca, *self.router, pins))
         try:
             return await client.ready(5)
@@ -57,6 +59,18 @@ class Pins(TestCase):
 
     def test_pins(self):
         return ensureDeferred(self._pins())
+
+    def test_a_pin_is_found_as_the_agent_names_the_node(self) -> None:
+        """The Agent asks with the URL's host as written and the port filled in."""
+        d = os.path.abspath(self.mktemp())
+        create_ca(os.path.join(d, "ca"))
+        router = issue(os.path.join(d, "ca"), "router", os.path.join(d, "certs"))
+        for url in ("https://Node.Example", "https://[::1]:8443"):
+            pins = Backend(urls=[url], pins=[f"{url}=P"]).pins_by_host()
+            policy = MutualTLSPolicy(os.path.join(d, "ca", CA_CERT), *router, pins)
+            uri = URI.fromBytes(url.encode() + b"/completion")
+            self.assertIsInstance(policy.creatorForNetloc(uri.host, uri.port), _Pinned)
+            self.assertNotIsInstance(policy.creatorForNetloc(uri.host, uri.port + 1), _Pinned)
 
 
 class RecordingPolicy:
