@@ -8,14 +8,16 @@ from twisted.internet import reactor
 from twisted.internet.defer import ensureDeferred
 from twisted.internet.endpoints import SSL4ServerEndpoint
 from twisted.trial.unittest import TestCase
-from twisted.web.client import URI
+from twisted.web.client import URI, Agent
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
+from ..client import PrivllmClient
 from ..config.schema import Backend
-from ..endpoints import AgentEndpoints
+from ..endpoints import AgentEndpoints, pooled_agent
 from ..keys.pki import CA_CERT, create_ca, issue
 from ..keys.tls import load_chain, spki_pin
+from ..twisted_private import _QuietFactory
 from ..upstream.llama import LlamaServer
 from ..upstream.mtls import MutualTLSPolicy, _Pinned
 from ..web.tls import server_tls_options
@@ -94,3 +96,23 @@ class Endpoints(TestCase):
         self.assertIs(endpoints.endpointForURI(URI.fromBytes(b"https://127.0.0.1:8443/health")), first)
         self.assertIsNot(endpoints.endpointForURI(URI.fromBytes(b"https://127.0.0.2:8443/health")), first)
         self.assertEqual(policy.asked, [], "no TLS options before a connection is made")
+
+
+class PooledAgent(TestCase):
+    """The router's node clients and the app client get their Agent and pool from one helper."""
+
+    def test_the_pool_keeps_what_it_is_told_quietly(self) -> None:
+        agent, pool = pooled_agent(reactor, AgentEndpoints(reactor, RecordingPolicy()), keep=3, idle_seconds=7)
+        self.assertEqual((pool.maxPersistentPerHost, pool.cachedConnectionTimeout), (3, 7))
+        self.assertIs(pool._factory, _QuietFactory)  # type: ignore[attr-defined]
+        self.assertIsInstance(agent, Agent)
+
+    def test_both_sides_use_it(self) -> None:
+        pools = [
+            LlamaServer(reactor, "unix:///nonexistent.sock", 5, keep=5)._pool,
+            LlamaServer(reactor, "https://127.0.0.1:1", 5, RecordingPolicy())._pool,
+            PrivllmClient(reactor, "https://127.0.0.1:1", b"\x01" * 32, b"\x02" * 32)._pool,
+        ]
+        for pool in pools:
+            self.assertIs(pool._factory, _QuietFactory)  # type: ignore[attr-defined]
+        self.assertEqual([p.maxPersistentPerHost for p in pools], [5, 16, 2])
