@@ -80,6 +80,8 @@ def limits(**overrides: Any) -> Limits:
         replay_max_entries=1000,
         replay_max_per_address=1000,
         pow_max_spent=1000,
+        max_addresses=100_000,
+        max_devices=100_000,
     )
     values.update(overrides)
     return Limits(**values)

@@ -10,6 +10,8 @@ from ..config import ConfigError, load_config
 from ..config.schema import BALANCE, Backend, Chat, Config, Defaults, Harmony, Load
 from ..harmony.dialect import EFFORT
 from ..protocol.chat import REASONING_EFFORT, VERBOSITY, ChatLimits
+from ..protocol.life import Timeouts
+from ..state.interface import Limits
 from ..upstream.instructions import INSTRUCTIONS
 from ..upstream.pool import NodePool
 from ..web.chat import StreamSettings
@@ -53,8 +55,8 @@ class AllowedValues(TestCase):
 
 class NoRestatedDefaults(TestCase):
     def test_the_sans_io_and_adapter_settings_restate_no_default(self) -> None:
-        self.assertEqual(_defaults(ChatLimits), [])
-        self.assertEqual(_defaults(StreamSettings), [])
+        for cls in (ChatLimits, StreamSettings, Timeouts, Limits):
+            self.assertEqual(_defaults(cls), [], cls.__name__)
 
     def test_a_changed_schema_value_reaches_the_chat(self) -> None:
         config = Config(
