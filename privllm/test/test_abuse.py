@@ -473,7 +473,7 @@ class SlowClients(TestCase):
 
     def test_trusted_proxy_not_counted_by_connections(self) -> None:
         factory = ConnectionsPerAddress(
-            self.site(Clock()), limit=1, policy=AddressPolicy(trusted_proxies=["10.0.0.0/8"])
+            self.site(Clock()), limit=1, policy=AddressPolicy(64, trusted_proxies=["10.0.0.0/8"])
         )
         protocols = [factory.buildProtocol(IPv4Address("TCP", "10.1.2.3", p)) for p in range(5)]
         self.assertNotIn(None, protocols)
@@ -491,7 +491,9 @@ class SlowClients(TestCase):
         return request
 
     def test_client_address_from_trusted_proxy_only(self) -> None:
-        address = ClientAddress(AddressPolicy(trusted_proxies=["127.0.0.1", "::ffff:10.0.0.0/104"]), "X-Forwarded-For")
+        address = ClientAddress(
+            AddressPolicy(64, trusted_proxies=["127.0.0.1", "::ffff:10.0.0.0/104"]), "X-Forwarded-For"
+        )
         proxy = IPv4Address("TCP", "127.0.0.1", 1)
         self.assertEqual(address(self.request(proxy, [b"6.6.6.6, 203.0.113.7"])), "203.0.113.7")
         self.assertEqual(address(self.request(proxy, [b"x", b"::ffff:203.0.113.7"])), "203.0.113.7")
@@ -503,7 +505,7 @@ class SlowClients(TestCase):
         self.assertEqual(address(self.request(IPv6Address("TCP", "2001:db8::1", 1), [b"1.2.3.4"])), "2001:db8::/64")
 
     def test_forwarded_value_must_be_an_address(self) -> None:
-        address = ClientAddress(AddressPolicy(trusted_proxies=["127.0.0.1"]), "X-Forwarded-For")
+        address = ClientAddress(AddressPolicy(64, trusted_proxies=["127.0.0.1"]), "X-Forwarded-For")
         proxy = IPv4Address("TCP", "127.0.0.1", 1)
         for value in (
             b"",

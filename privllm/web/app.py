@@ -13,6 +13,7 @@ from twisted.python.failure import Failure
 from twisted.web.server import Request
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
+from ..config.schema import Server
 from ..logs import request_tag
 from ..protocol.addresses import AddressPolicy
 from ..protocol.admission import Admitted
@@ -43,7 +44,7 @@ class RouterApp:
         client_address: Callable[[Request], str] | None = None,
         cors: CorsPolicy | None = None,
     ) -> None:
-        self._client_address = client_address or ClientAddress(AddressPolicy(), "")
+        self._client_address = client_address or ClientAddress(AddressPolicy(Server.ipv6_prefix), "")
         self._clock = clock
         self._gate = gate
         self._keyset = keyset
