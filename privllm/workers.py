@@ -33,12 +33,13 @@ from twisted.python.failure import Failure
 from twisted.runner.procmon import ProcessMonitor
 from zope.interface import implementer
 
+from .config.schema import MAX_WORKERS
+
 WORKER_FD = 3  # the listening socket's number in every child
 METRICS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 SETPRIV = "/usr/bin/setpriv"
 TWISTD = "from twisted.scripts.twistd import run; run()"
 LISTEN_BACKLOG = socket.SOMAXCONN
-MAX_WORKERS = 256
 log = Logger()
 
 

@@ -11,6 +11,7 @@ from ..protocol.keyset import MAX_KEYSET_LIFETIME
 from ..protocol.suite import POW_MAX_DIFFICULTY
 
 BALANCE = ("round_robin", "least_streams")  # how the router picks a node (privllm.upstream.pool)
+MAX_WORKERS = 256  # also the cap of "one per core" (privllm.workers)
 
 
 def _range(low: float, high: float) -> dict[str, Any]:
@@ -49,7 +50,7 @@ class Server:
     proxy_protocol: bool = False
     proxy_protocol_from: list[str] = field(default_factory=list)
     # router processes sharing the listener (privllm.workers); 0: one per core; 1: one process, no parent
-    workers: int = field(default=1, metadata=_range(0, 256))
+    workers: int = field(default=1, metadata=_range(0, MAX_WORKERS))
     # browsers: the exact origins (https://host[:port]) whose pages may read the answers; empty: no CORS
     cors_origins: list[str] = field(default_factory=list)
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 
 from twisted.trial.unittest import TestCase
 
+from .. import workers
 from ..config import ConfigError, load_config
-from ..config.schema import BALANCE, Backend, Chat, Config, Defaults, Harmony, Load
+from ..config.schema import BALANCE, Backend, Chat, Config, Defaults, Harmony, Load, Server
 from ..harmony.dialect import EFFORT
 from ..protocol.chat import REASONING_EFFORT, VERBOSITY, ChatLimits
 from ..protocol.life import Timeouts
@@ -15,6 +17,7 @@ from ..state.interface import Limits
 from ..upstream.instructions import INSTRUCTIONS
 from ..upstream.pool import NodePool
 from ..web.chat import StreamSettings
+from ..web.request import PrivllmSite
 
 
 def _choices(cls: type, name: str) -> tuple[str, ...]:
@@ -57,6 +60,16 @@ class NoRestatedDefaults(TestCase):
     def test_the_sans_io_and_adapter_settings_restate_no_default(self) -> None:
         for cls in (ChatLimits, StreamSettings, Timeouts, Limits):
             self.assertEqual(_defaults(cls), [], cls.__name__)
+
+    def test_the_listener_and_workers_take_the_schema_values(self) -> None:
+        defaults = {k: v.default for k, v in inspect.signature(PrivllmSite).parameters.items()}
+        server = Server()
+        self.assertEqual(
+            (defaults["idle_timeout"], defaults["request_read_timeout"]),
+            (server.idle_timeout, server.request_read_timeout),
+        )
+        workers_range = next(f.metadata["range"] for f in dataclasses.fields(Server) if f.name == "workers")
+        self.assertEqual(workers_range[1], workers.MAX_WORKERS)
 
     def test_a_changed_schema_value_reaches_the_chat(self) -> None:
         config = Config(
