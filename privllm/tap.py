@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlparse
 
 from prometheus_client.twisted import MetricsResource
 from twisted.application.internet import StreamServerEndpointService
@@ -37,7 +36,6 @@ from .keys.store import KeyRingStore
 from .node import NodeProxy
 from .protocol.addresses import AddressPolicy
 from .protocol.admission import Admission, PowGate
-from .protocol.chat import ChatLimits
 from .protocol.cors import CorsPolicy
 from .protocol.pow import Challenges, DifficultyPolicy
 from .state.gate import AdmissionGate
@@ -272,8 +270,7 @@ class Router:
         backend = config.backend
         tls = None
         if backend.ca:
-            pins = {urlparse(url).netloc: value for url, _, value in (p.partition("=") for p in backend.pins)}
-            tls = MutualTLSPolicy(backend.ca, backend.client_certificate, backend.client_key, pins)
+            tls = MutualTLSPolicy(backend.ca, backend.client_certificate, backend.client_key, backend.pins_by_host())
         store = KeyRingStore(config.keys.state_dir, config.keys.rotation_interval, config.keys.overlap)
         self.keys = KeyRingService(store, identity, reactor, config.keys.keyset_lifetime)
         self.keys.setServiceParent(self.service)
@@ -309,20 +306,9 @@ class Router:
 
     def _listen(self, state: AdmissionState) -> None:
         """Serve chats with this admission state: build the routes and open the listener."""
-        config, backend = self.config, self.config.backend
+        config = self.config
         self.state = state
-        settings = StreamSettings(
-            ChatLimits(**vars(config.chat), default_verbosity=config.defaults.verbosity),
-            keepalive=config.server.keepalive_seconds,
-            idle_timeout=backend.idle_timeout,
-            privacy=config.privacy,
-            first_token_timeout=backend.first_token_timeout,
-            request_timeout=backend.request_timeout,
-            retries=backend.retries,
-            retry_base=backend.retry_base,
-            retry_cap=backend.retry_cap,
-            queue_timeout=config.load.queue_timeout,
-        )
+        settings = StreamSettings.from_config(config)
         self.app = RouterApp(
             clock=self._reactor,
             gate=AdmissionGate(self._admission, state),

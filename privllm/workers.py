@@ -41,9 +41,10 @@ from twisted.python.failure import Failure
 from twisted.runner.procmon import ProcessMonitor
 from zope.interface import implementer
 
+from .config.schema import MAX_WORKERS
+
 __all__ = [
     "LISTEN_BACKLOG",
-    "MAX_WORKERS",
     "METRICS_ENV",
     "RESTART_MAX_DELAY",
     "RESTART_THRESHOLD",
@@ -69,7 +70,6 @@ METRICS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 SETPRIV = "/usr/bin/setpriv"
 TWISTD = "from twisted.scripts.twistd import run; run()"
 LISTEN_BACKLOG = socket.SOMAXCONN
-MAX_WORKERS = 256
 log = Logger()
 
 

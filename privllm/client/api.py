@@ -21,14 +21,14 @@ from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectError, ConnectionLost, DNSLookupError, TimeoutError
 from twisted.internet.interfaces import IReactorThreads, IReactorTime
 from twisted.internet.threads import deferToThreadPool
-from twisted.web.client import Agent, HTTPConnectionPool, ResponseFailed
+from twisted.web.client import ResponseFailed
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
 from ..body import BodyStream, BytesProducer
-from ..endpoints import AgentEndpoints
+from ..endpoints import AgentEndpoints, pooled_agent
 from ..protocol.encoding import EncodingError, b64decode, b64encode, dumps, loads_bounded
 from ..protocol.keyset import (
     MAX_KEYSET_BYTES,
@@ -210,9 +210,10 @@ class PrivllmClient:
         self._pin = pinned_identity
         self._device = device_private_key
         # Keep connections open between chats, as an app would: no TLS handshake per message.
-        self._pool = HTTPConnectionPool(reactor, persistent=True)
+        # Two per address for four minutes: what Twisted's pool keeps when not told otherwise.
         endpoints = AgentEndpoints(reactor, PinnedRootPolicy(trust_root_pem))
-        agent: Any = Agent.usingEndpointFactory(reactor, endpoints, pool=self._pool)
+        agent: Any
+        agent, self._pool = pooled_agent(reactor, endpoints, keep=2, idle_seconds=240)
         self._agent = agent
         self._keyset: KeySet | None = None
         self._prepared: Encapsulation | None = None

@@ -27,7 +27,7 @@ from openai_harmony import (
 )
 from twisted.internet.interfaces import IReactorTime
 
-from ..protocol.chat import ChatRequest
+from ..protocol.chat import REASONING_EFFORT, ChatRequest
 from ..protocol.life import Finished
 from ..protocol.sse import SSEParser
 from ..upstream.events import Delta, UpstreamProtocolError, event_object, sse_events
@@ -36,7 +36,7 @@ from ..upstream.instructions import INSTRUCTIONS
 __all__ = ["EFFORT", "MAX_TOKEN_ID", "ROLES", "HarmonyDialect", "HarmonyStream", "render"]
 
 MAX_TOKEN_ID = (1 << 32) - 1  # the tokenizer takes u32 ids: a larger one overflows in the binding
-EFFORT = {"low": ReasoningEffort.LOW, "medium": ReasoningEffort.MEDIUM, "high": ReasoningEffort.HIGH}
+EFFORT = {name: ReasoningEffort[name.upper()] for name in REASONING_EFFORT}  # a new wire value fails at import
 ROLES = {"user": Role.USER, "assistant": Role.ASSISTANT}
 
 

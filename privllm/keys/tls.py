@@ -1,6 +1,6 @@
 """
 TLS material shared by every side that speaks TLS (the web listener, the router's mutual TLS
-towards nodes, privllm-admin): certificate chains and keys read from PEM files, the SPKI pin of
+towards nodes, privllm-admin): certificate chains and keys written to and read from PEM files, the SPKI pin of
 a certificate's key, and a value rebuilt when its files change so renewed certificates apply to
 new connections without a restart.
 """
@@ -16,11 +16,26 @@ from typing import Any
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from OpenSSL import crypto
 
-from .files import KeyFileError, read_secret
+from .files import KeyFileError, read_secret, write_secret
 
-__all__ = ["Reloading", "load_chain", "load_pair", "spki_pin"]
+
+def private_pem(key: PrivateKeyTypes) -> bytes:
+    """A private key as unencrypted PKCS#8 PEM: the one form privllm writes (and load_key reads)."""
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def write_key_and_certificate(key_path: str, key: PrivateKeyTypes, cert_path: str, cert: x509.Certificate) -> None:
+    """The key first, as a secret (0600); then its certificate, public (0644)."""
+    write_secret(key_path, private_pem(key))
+    write_secret(cert_path, cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
+
+
+__all__ = ["Reloading", "load_chain", "load_pair", "private_pem", "spki_pin", "write_key_and_certificate"]
 
 
 def load_chain(path: str) -> list[x509.Certificate]:

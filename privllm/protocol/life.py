@@ -158,9 +158,11 @@ class Finished(NamedTuple):
 
 @dataclass(frozen=True)
 class Timeouts:
-    first_token: float = 60.0  # silence from a node before its first delta (Harmony reasons first)
-    idle: float = 120.0  # between upstream pieces once streaming
-    request: float = 600.0  # the whole chat
+    """The configuration's backend timeouts (privllm.web.chat.StreamSettings); no defaults here."""
+
+    first_token: float  # silence from a node before its first delta (Harmony reasons first)
+    idle: float  # between upstream pieces once streaming
+    request: float  # the whole chat
 
 
 # Which events each live state accepts. Anything else in a live state is a LifeError.

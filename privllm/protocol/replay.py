@@ -32,7 +32,7 @@ def check_fresh(timestamp: int, now: int, window: int, future_skew: int) -> None
 class ReplayWindow:
     MIN_WINDOW = 2
 
-    def __init__(self, window: int, max_entries: int, future_skew: int = 5, max_per_address: int | None = None) -> None:
+    def __init__(self, window: int, max_entries: int, future_skew: int, max_per_address: int | None = None) -> None:
         if window < self.MIN_WINDOW or not 0 <= future_skew <= window:
             raise ValueError("window must be at least 2 s, future_skew within 0..window")
         per_address = max_entries if max_per_address is None else max_per_address

@@ -71,8 +71,8 @@ class Limits:
     replay_max_entries: int
     replay_max_per_address: int
     pow_max_spent: int
-    max_addresses: int = 100_000  # memory only: rate-limit tables' size (Redis is bounded by maxmemory)
-    max_devices: int = 100_000
+    max_addresses: int  # memory only: rate-limit tables' size (Redis is bounded by maxmemory)
+    max_devices: int
 
 
 class AdmissionState(Protocol):

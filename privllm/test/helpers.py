@@ -3,20 +3,34 @@
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from typing import Any, TypeVar
 
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
+from ..config.schema import Config
 from ..protocol import suite
 from ..protocol.admission import Admission, PowGate
+from ..protocol.chat import ChatLimits
 from ..protocol.keyring import KeyRing, RingKey
 from ..protocol.request import Encapsulation, SealedRequest, new_request_id, seal_request
 from ..state.gate import AdmissionGate
 from ..state.interface import Limits
 from ..state.memory import MemoryState
+from ..web.chat import StreamSettings
 
 NOW = 1_800_000_000
+
+
+def chat_limits(**changes: Any) -> ChatLimits:
+    """The configuration's defaults, with `changes`."""
+    return replace(Config().chat_limits(), **changes)
+
+
+def stream_settings(**changes: Any) -> StreamSettings:
+    """The configuration's defaults, with `changes`."""
+    return replace(StreamSettings.from_config(Config()), **changes)
 
 
 def ring(now: int = NOW, interval: int = 86400, overlap: int = 3600) -> KeyRing:
@@ -66,6 +80,8 @@ def limits(**overrides: Any) -> Limits:
         replay_max_entries=1000,
         replay_max_per_address=1000,
         pow_max_spent=1000,
+        max_addresses=100_000,
+        max_devices=100_000,
     )
     values.update(overrides)
     return Limits(**values)

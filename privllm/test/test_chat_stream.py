@@ -15,15 +15,15 @@ from twisted.web.client import ResponseDone
 from twisted.web.test.requesthelper import DummyRequest
 
 from ..config.schema import Privacy
-from ..protocol.chat import ChatLimits
 from ..protocol.request import OpenedRequest, SealedRequest
 from ..protocol.response import ResponseReader
 from ..protocol.sse import SSEParser
 from ..protocol.stream import StreamError
 from ..upstream.breaker import CircuitBreaker
 from ..upstream.pool import Node, NodePool
-from ..web.chat import ChatStream, StreamSettings
+from ..web.chat import ChatStream
 from ..web.metrics import RouterMetrics
+from .helpers import stream_settings
 
 ENC = os.urandom(32)
 SECRET = os.urandom(32)
@@ -99,7 +99,7 @@ class Streaming(TestCase):
         self.upstream = SyntheticUpstream()
         self.metrics = RouterMetrics()
         self.request = DummyRequest([b"api", b"chat"])
-        settings = StreamSettings(ChatLimits(), 15, 60, Privacy(pad_to=0, coalesce_ms=0), retries=0)
+        settings = stream_settings(keepalive=15, idle_timeout=60, privacy=Privacy(pad_to=0, coalesce_ms=0), retries=0)
         self.stream = ChatStream(self.request, self.clock, pool_of(self.upstream), self.metrics, settings)  # type: ignore[arg-type]
 
     def start(self, plaintext: dict[str, Any] | None = None) -> Deferred[None]:
@@ -283,7 +283,7 @@ class Coalescing(TestCase):
         self.clock = Clock()
         self.upstream = SyntheticUpstream()
         self.request = DummyRequest([b"api", b"chat"])
-        settings = StreamSettings(ChatLimits(), 15, 60, Privacy(pad_to=256, coalesce_ms=50))
+        settings = stream_settings(keepalive=15, idle_timeout=60, privacy=Privacy(pad_to=256, coalesce_ms=50))
         self.stream = ChatStream(self.request, self.clock, pool_of(self.upstream), RouterMetrics(), settings)  # type: ignore[arg-type]
         self.done = self.stream.start(OpenedRequest(b'{"messages":[{"role":"user","content":"hi"}]}', SECRET), ENC)
         self.response = FakeResponse()

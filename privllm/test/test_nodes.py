@@ -10,13 +10,13 @@ from twisted.trial.unittest import TestCase
 from twisted.web.test.requesthelper import DummyRequest
 
 from ..config.schema import Privacy
-from ..protocol.chat import ChatLimits
 from ..protocol.request import OpenedRequest, SealedRequest
 from ..protocol.response import ResponseReader
 from ..upstream.breaker import CircuitBreaker
 from ..upstream.pool import Node, NodePool, backoff
 from ..web.chat import ChatStream, StreamSettings
 from ..web.metrics import RouterMetrics
+from .helpers import stream_settings
 from .test_chat_stream import ENC, FINISH, SECRET, FakeResponse, SyntheticUpstream, delta
 
 
@@ -119,7 +119,9 @@ class Retries(TestCase):
         self.nodes = nodes(2)
         self.pool = NodePool(self.nodes)
         self.request = DummyRequest([b"api", b"chat"])
-        self.settings = StreamSettings(ChatLimits(), 15, 30, Privacy(0, 0), first_token_timeout=20, request_timeout=100)
+        self.settings = stream_settings(
+            keepalive=15, idle_timeout=30, privacy=Privacy(0, 0), first_token_timeout=20, request_timeout=100
+        )
 
     def start(self, settings: StreamSettings | None = None) -> Any:
         stream = ChatStream(
@@ -187,7 +189,9 @@ class Retries(TestCase):
 
     def test_request_budget(self) -> None:
         done = self.start(
-            StreamSettings(ChatLimits(), 15, 30, Privacy(0, 0), first_token_timeout=20, request_timeout=50)
+            stream_settings(
+                keepalive=15, idle_timeout=30, privacy=Privacy(0, 0), first_token_timeout=20, request_timeout=50
+            )
         )
         upstream = self.upstream(0) if self.upstream(0).requests else self.upstream(1)
         response = FakeResponse()
@@ -219,7 +223,7 @@ class Retries(TestCase):
     def test_connect_timeout_ends_sealed_as_timeout(self) -> None:
         from twisted.internet.error import TimeoutError as ConnectTimeout
 
-        done = self.start(StreamSettings(ChatLimits(), 15, 30, Privacy(0, 0), retries=0))
+        done = self.start(stream_settings(keepalive=15, idle_timeout=30, privacy=Privacy(0, 0), retries=0))
         upstream = self.upstream(0) if self.upstream(0).requests else self.upstream(1)
         upstream.pending.errback(ConnectTimeout())
         self.assertTrue(done.called)
@@ -230,7 +234,7 @@ class Retries(TestCase):
         self.pool = NodePool([node])
         for _ in range(2):
             self.request = DummyRequest([b"api", b"chat"])
-            self.start(StreamSettings(ChatLimits(), 15, 30, Privacy(0, 0), retries=0))
+            self.start(stream_settings(keepalive=15, idle_timeout=30, privacy=Privacy(0, 0), retries=0))
             upstream_of(node).pending.errback(ConnectionRefusedError())
         self.assertEqual(node.breaker.state, "open")
         self.assertFalse(self.pool.ready(self.clock.seconds()))
@@ -243,7 +247,7 @@ class Queueing(TestCase):
         self.clock = Clock()
         self.node = nodes(1)[0]
         self.pool = NodePool([self.node], max_per_node=1, queue_size=1)
-        self.settings = StreamSettings(ChatLimits(), 15, 30, Privacy(0, 0), queue_timeout=5)
+        self.settings = stream_settings(keepalive=15, idle_timeout=30, privacy=Privacy(0, 0), queue_timeout=5)
 
     def start(self) -> tuple[Any, DummyRequest]:
         request = DummyRequest([b"api", b"chat"])

@@ -9,12 +9,10 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import TestCase
 
-from ..protocol.chat import ChatLimits
 from ..web.app import RouterApp
-from ..web.chat import StreamSettings
 from ..web.metrics import RouterMetrics
 from ..web.request import PrivllmSite
-from .helpers import NOW, memory_gate, ring
+from .helpers import NOW, memory_gate, ring, stream_settings
 from .test_chat_stream import SyntheticUpstream, pool_of
 
 LIMIT = 4096
@@ -31,7 +29,7 @@ class HTTP(TestCase):
             pool=pool_of(SyntheticUpstream()),
             metrics=RouterMetrics(),
             hsts_max_age=100,
-            settings=StreamSettings(ChatLimits(), 15, 60),
+            settings=stream_settings(keepalive=15, idle_timeout=60),
         )
         self.site = PrivllmSite(app.resource(), LIMIT, reactor=clock)
 

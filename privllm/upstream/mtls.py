@@ -69,5 +69,5 @@ class MutualTLSPolicy:
         root, mine = self._material.current()
         # HTTP/1.1 only towards nodes: Twisted's Agent does not speak h2.
         creator = ssl.optionsForClientTLS(hostname.decode("ascii"), trustRoot=root, clientCertificate=mine)
-        pin = self._pins.get(f"{hostname.decode('ascii')}:{port}")
+        pin = self._pins.get(f"{hostname.decode('ascii').lower()}:{port}")  # as Backend.pins_by_host keys them
         return _Pinned(creator, pin) if pin else creator

@@ -15,6 +15,7 @@ from twisted.web.iweb import IRequest
 from twisted.web.server import Request
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
+from ..config.schema import Server
 from ..logs import request_tag
 from ..protocol.addresses import AddressPolicy
 from ..protocol.admission import Admitted
@@ -47,7 +48,7 @@ class RouterApp:
         client_address: Callable[[Request], str] | None = None,
         cors: CorsPolicy | None = None,
     ) -> None:
-        self._client_address = client_address or ClientAddress(AddressPolicy(), "")
+        self._client_address = client_address or ClientAddress(AddressPolicy(Server.ipv6_prefix), "")
         self._clock = clock
         self._gate = gate
         self._keyset = keyset

@@ -18,7 +18,7 @@ from __future__ import annotations
 import random
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet import error as neterror
@@ -30,7 +30,7 @@ from twisted.python.failure import Failure
 from twisted.web.server import Request
 
 from ..body import BodyStream, read_bounded
-from ..config.schema import Privacy
+from ..config.schema import Config, Privacy
 from ..protocol import life
 from ..protocol.admission import SealedRefusal
 from ..protocol.chat import BadChatRequest, ChatLimits, ChatRequest, parse_chat_request
@@ -57,16 +57,34 @@ UPSTREAM_LINGER = 5.0  # seconds to wait for the end of an upstream response alr
 
 @dataclass(frozen=True)
 class StreamSettings:
+    """What one chat is held to. No defaults here: they are the configuration's (from_config)."""
+
     limits: ChatLimits
-    keepalive: float = 15.0
-    idle_timeout: float = 120.0
-    privacy: Privacy = field(default_factory=Privacy)
-    first_token_timeout: float = 60.0
-    request_timeout: float = 600.0
-    retries: int = 2
-    retry_base: float = 0.1
-    retry_cap: float = 2.0
-    queue_timeout: float = 10.0
+    keepalive: float
+    idle_timeout: float
+    privacy: Privacy
+    first_token_timeout: float
+    request_timeout: float
+    retries: int
+    retry_base: float
+    retry_cap: float
+    queue_timeout: float
+
+    @classmethod
+    def from_config(cls, config: Config) -> StreamSettings:
+        backend = config.backend
+        return cls(
+            config.chat_limits(),
+            keepalive=config.server.keepalive_seconds,
+            idle_timeout=backend.idle_timeout,
+            privacy=config.privacy,
+            first_token_timeout=backend.first_token_timeout,
+            request_timeout=backend.request_timeout,
+            retries=backend.retries,
+            retry_base=backend.retry_base,
+            retry_cap=backend.retry_cap,
+            queue_timeout=config.load.queue_timeout,
+        )
 
 
 def node_fault(failure: Failure) -> life.Fault:

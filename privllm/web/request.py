@@ -27,6 +27,7 @@ from twisted.web import http, server
 from twisted.web.iweb import INonQueuedRequestFactory
 from zope.interface import implementer
 
+from ..config.schema import Server
 from ..protocol.encoding import dumps
 from ..protocol.errors import MALFORMED, TOO_LARGE, Rejection
 from .deadline import ReadDeadline
@@ -237,8 +238,8 @@ class PrivllmSite(server.Site):
         resource: object,
         max_body: int,
         reactor: IReactorTime | None = None,
-        idle_timeout: float = 60,
-        request_read_timeout: float = 15,
+        idle_timeout: float = Server.idle_timeout,
+        request_read_timeout: float = Server.request_read_timeout,
     ) -> None:
         # Bodies are sealed JSON: never parse them as forms (Twisted would, with the email
         # package's header parser, for every POST).
