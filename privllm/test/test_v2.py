@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from twisted.trial.unittest import TestCase
 
-from ..protocol.chat import BadChatRequest, ChatLimits, parse_chat_request
+from ..protocol.chat import BadChatRequest, parse_chat_request
 from ..protocol.device import device_proof
 from ..protocol.encoding import b64encode
 from ..protocol.ohttp import bhttp
@@ -32,6 +32,7 @@ from ..protocol.stream import StreamError
 from ..protocol.v2.request import OpenedV2, SealedV2, open_chat_request, peek, seal_chat_request
 from ..protocol.v2.response import EVENTS_TYPE, ResponseReader, ResponseStream, http_date, parse_http_date
 from . import rfc9180
+from .helpers import chat_limits
 from .test_device_proof import DEVICE, DEVICE_PUBLIC, SMALL_ORDER, independent_proof
 from .test_ohttp import AES128, CHACHA, key_pair
 
@@ -229,7 +230,7 @@ class HostileRequests(ErrorAssertions):
         self.assertRefused("malformed", crafted(plaintext({"chat": chat})))
         chat = {"messages": [{"role": "user", "content": "\ud800 1234567890123456789"}]}
         opened = open_chat_request(KEYS, crafted(plaintext({"chat": chat})))
-        self.assertRaises(BadChatRequest, parse_chat_request, opened.chat_plaintext, ChatLimits())
+        self.assertRaises(BadChatRequest, parse_chat_request, opened.chat_plaintext, chat_limits())
 
 
 def exchange(suite: SymmetricSuite = CHACHA) -> tuple[SealedV2, OpenedV2]:
@@ -404,7 +405,7 @@ class RoundTrips(TestCase):
             self.assertEqual(peek(sealed.body), (7, suite, sealed.enc))
             self.assertEqual((opened.enc, opened.key_id, opened.timestamp), (sealed.enc, 7, T))
             self.assertEqual(opened.device_pubkey, DEVICE_PUBLIC)
-            request = parse_chat_request(opened.chat_plaintext, ChatLimits())
+            request = parse_chat_request(opened.chat_plaintext, chat_limits())
             self.assertEqual(request.messages[0].content, "Hi, wörld")
             self.assertEqual(request.max_tokens, 20)
 
