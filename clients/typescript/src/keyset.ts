@@ -53,7 +53,7 @@ function publishedKey(item: Json): PublishedKey {
 }
 
 /** The client rule of docs/protocol.md: valid from issued_at to expires, each end widened by the skew. */
-export function checkFresh(set: KeySet, now: number): void {
+export function checkFresh(set: Pick<KeySet, "issuedAt" | "expires">, now: number): void {
   if (now + KEYSET_CLOCK_SKEW < set.issuedAt) throw new StaleKeySetError("the key set is not valid yet (is this device's clock right?)");
   if (now >= set.expires + KEYSET_CLOCK_SKEW) throw new StaleKeySetError("the key set has expired");
 }
