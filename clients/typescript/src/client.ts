@@ -9,6 +9,9 @@ import { chatPlaintext, encapsulate, newRequestId, sealRequest } from "./request
 import type { ChatParameters, Encapsulation, Message, RequestBody, SealedRequest } from "./request.js";
 import { x25519Public } from "./hpke.js";
 import { ResponseReader } from "./stream.js";
+import { prepareV2, ResponseReaderV2, sealChatRequest, verifyKeyConfigs } from "./v2.js";
+import type { KeyConfigSet, SealedV2 } from "./v2.js";
+import type { KeyConfig, OhttpSender } from "./ohttp.js";
 import type { Chunk } from "./stream.js";
 import { chooseTransport } from "./transport.js";
 import type { HttpResponse, Transport, TransportName, XhrConstructor } from "./transport.js";
@@ -42,6 +45,8 @@ export interface ClientOptions {
   powCeiling?: number;
   /** Longest wait for the next sealed chunk while an answer streams (keepalives do not count), ms. */
   idleTimeoutMs?: number;
+  /** 1 (default): POST /api/chat. 2: Oblivious HTTP (RFC 9458) to POST /api/ohttp, which a relay can carry. */
+  protocol?: 1 | 2;
 }
 
 export interface ChatOptions extends ChatParameters {
@@ -88,6 +93,11 @@ function defaultRandom(): (n: number) => Uint8Array {
 
 /** A small body, at most `limit` bytes: a longer one is cut and refused. */
 async function readSmall(response: HttpResponse, limit: number): Promise<string> {
+  return fromUtf8(await readBytes(response, limit));
+}
+
+/** A binary body, at most `limit` bytes: a longer one is cut and refused. */
+async function readBytes(response: HttpResponse, limit: number): Promise<Uint8Array> {
   const parts: Uint8Array[] = [];
   let size = 0;
   for await (const part of response.body) {
@@ -95,7 +105,7 @@ async function readSmall(response: HttpResponse, limit: number): Promise<string>
     if (size > limit) throw new ProtocolError("the router's answer is too large");
     parts.push(part);
   }
-  return fromUtf8(concat(...parts));
+  return concat(...parts);
 }
 
 export class PrivllmClient {
@@ -111,6 +121,11 @@ export class PrivllmClient {
   private keySet: KeySet | null = null;
   private prepared: Encapsulation | null = null;
   private deviceKey: { privateKey: Uint8Array; publicKey: Uint8Array } | null = null;
+  private readonly protocol: 1 | 2;
+  private configs: KeyConfigSet | null = null;
+  private preparedV2: OhttpSender | null = null;
+  /** Seconds to add to this device's clock: set from the router's `date` when it refused a request as stale (v2). */
+  private clockOffset = 0;
 
   constructor(options: ClientOptions) {
     this.base = routerUrl(options.url);
@@ -121,6 +136,8 @@ export class PrivllmClient {
     this.idleTimeoutMs = options.idleTimeoutMs ?? IDLE_TIMEOUT_MS;
     if (!(this.idleTimeoutMs > 0)) throw new TypeError("idleTimeoutMs must be positive");
     this.storage = options.storage ?? new MemoryKeyStore();
+    this.protocol = options.protocol ?? 1;
+    if (this.protocol !== 1 && this.protocol !== 2) throw new TypeError("protocol must be 1 or 2");
     this.powCeiling = options.powCeiling ?? POW_MAX_DIFFICULTY;
     if (!Number.isInteger(this.powCeiling) || this.powCeiling < 1 || this.powCeiling > POW_MAX_DIFFICULTY) {
       throw new TypeError(`powCeiling must be between 1 and ${POW_MAX_DIFFICULTY}`);
@@ -131,7 +148,7 @@ export class PrivllmClient {
   }
 
   private seconds(): number {
-    return Math.floor(this.now() / 1000);
+    return Math.floor(this.now() / 1000) + this.clockOffset;
   }
 
   /** The device's X25519 key: made on first use and kept in the KeyStore; it authenticates every request. */
@@ -198,6 +215,10 @@ export class PrivllmClient {
 
   /** Make the next chat's HPKE encapsulation now, while the user writes (it does not depend on the message). */
   async prepare(): Promise<void> {
+    if (this.protocol === 2) {
+      this.preparedV2 = prepareV2(chooseConfig(await this.currentConfigs()), this.random(32));
+      return;
+    }
     const key = chooseKey((await this.currentKeys()).keys, this.seconds());
     if (key !== null) this.prepared = await this.encapsulate(key.publicKey);
   }
@@ -221,6 +242,10 @@ export class PrivllmClient {
     const plaintext = chatPlaintext(messages, options);
     const signal = options.signal;
     if (signal?.aborted) throw new AbortedError();
+    if (this.protocol === 2) {
+      yield* this.chatV2(plaintext, signal);
+      return;
+    }
     for (let attempt = 0; ; attempt++) {
       const key = chooseKey((await this.currentKeys(signal)).keys, this.seconds());
       if (key !== null) {
@@ -300,7 +325,7 @@ export class PrivllmClient {
     return details;
   }
 
-  private async solve(challenge: JsonObject, requestId: string, signal?: AbortSignal): Promise<{ challenge: string; nonce: string }> {
+  private async solve(challenge: JsonObject, requestId: string | Uint8Array, signal?: AbortSignal): Promise<{ challenge: string; nonce: string }> {
     const difficulty = challenge.difficulty;
     const raw = b64decode(challenge.challenge, CHALLENGE_SIZE);
     if (typeof difficulty !== "number" || !Number.isSafeInteger(difficulty) || difficulty < 1) {
@@ -353,6 +378,163 @@ export class PrivllmClient {
       throw new ServerError(errorCode(final.code), null, retryAfter(final.retry_after as number | undefined));
     }
   }
+
+  // Protocol v2: the same flow over Oblivious HTTP. Key configurations signed in headers, the request sealed in
+  // HPKE base mode with the device proof inside, the answer a chunked OHTTP response.
+
+  /** GET /api/ohttp-keys and verify it; a stale copy is fetched once more past caches, as in v1. */
+  private async fetchConfigs(signal?: AbortSignal): Promise<KeyConfigSet> {
+    for (let attempt = 0; ; attempt++) {
+      const response = await this.transport({ method: "GET", url: `${this.base}/api/ohttp-keys`, headers: {}, reload: attempt > 0, binary: true, signal });
+      if (response.status !== 200) {
+        await readSmall(response, MAX_ERROR_BYTES).catch((e: unknown) => {
+          if (e instanceof AbortedError) throw e;
+        });
+        throw new ServerError("pubkey_unavailable", response.status);
+      }
+      const body = await readBytes(response, MAX_KEYSET_BYTES);
+      const headers = {
+        signingKey: response.header("privllm-keys-signing-key"),
+        issued: response.header("privllm-keys-issued"),
+        expires: response.header("privllm-keys-expires"),
+        signature: response.header("privllm-keys-signature"),
+      };
+      try {
+        this.configs = verifyKeyConfigs(body, headers, this.pin, this.seconds());
+        return this.configs;
+      } catch (e) {
+        if (!(e instanceof StaleKeySetError) || attempt > 0) throw e;
+      }
+    }
+  }
+
+  private async currentConfigs(signal?: AbortSignal): Promise<KeyConfigSet> {
+    if (this.configs !== null) {
+      try {
+        checkFresh(this.configs, this.seconds());
+        return this.configs;
+      } catch {
+        this.configs = null;
+      }
+    }
+    return this.fetchConfigs(signal);
+  }
+
+  /** Seal with the prepared context if it is for this configuration, else a fresh one. */
+  private async sealV2(plaintext: string, config: KeyConfig): Promise<SealedV2> {
+    const device = await this.device();
+    let sender = this.preparedV2;
+    this.preparedV2 = null; // an encapsulation seals once
+    if (sender === null || sender.keyId !== config.keyId || !equalBytes(sender.publicKey, config.publicKey)) {
+      sender = prepareV2(config, this.random(32));
+    }
+    return sealChatRequest(sender, device.privateKey, device.publicKey, plaintext, this.seconds());
+  }
+
+  /** Retries once on a plaintext unknown_key (new configurations), once on the sealed stale refusal (the clock
+   * corrected from the router's date); each retry is a new encapsulation. */
+  private async *chatV2(plaintext: string, signal?: AbortSignal): AsyncGenerator<ChatEvent, void, undefined> {
+    let refetched = false;
+    let corrected = false;
+    for (;;) {
+      const config = chooseConfig(await this.currentConfigs(signal));
+      let answered = false;
+      try {
+        for await (const event of this.postV2(await this.sealV2(plaintext, config), signal)) {
+          answered = true;
+          yield event;
+        }
+        return;
+      } catch (e) {
+        if (e instanceof StaleRequest && !corrected) {
+          corrected = true;
+          this.clockOffset += e.date - this.seconds();
+          continue;
+        }
+        if (e instanceof StaleRequest) throw new ServerError("stale", null, null, "the router refused the request as stale twice (is this device's clock right?)");
+        const refused = e instanceof ServerError && e.code === "unknown_key" && e.status !== null && !answered;
+        if (!refused || refetched) throw e;
+        refetched = true;
+        this.configs = null;
+      }
+    }
+  }
+
+  private async *postV2(sealed: SealedV2, signal: AbortSignal | undefined): AsyncGenerator<ChatEvent, void, undefined> {
+    const transportAbort = new AbortController();
+    const forward = (): void => transportAbort.abort();
+    signal?.addEventListener("abort", forward);
+    try {
+      const headers: Record<string, string> = { "Content-Type": "message/ohttp-req", Accept: "message/ohttp-chunked-res" };
+      for (let attempt = 0; ; attempt++) {
+        if (signal?.aborted) throw new AbortedError();
+        const response = await this.transport({ method: "POST", url: `${this.base}/api/ohttp`, headers, body: sealed.body, binary: true, signal: transportAbort.signal });
+        if (response.status === 200) {
+          if ((response.header("content-type") ?? "").split(";")[0]!.trim().toLowerCase() !== "message/ohttp-chunked-res") {
+            throw new ProtocolError("the answer is not message/ohttp-chunked-res");
+          }
+          yield* this.readStreamV2(response, sealed, () => transportAbort.abort());
+          void this.prepare().catch(() => undefined); // idle now, until the next message
+          return;
+        }
+        const details = await this.plaintextError(response);
+        if (details.error !== "pow_required" || attempt >= 2) throw refusal(response, details);
+        // The work is bound to enc, so the same bytes go again (a new seal would be a new enc); should the work
+        // outlast the timestamp window, the router's stale refusal brings a new encapsulation.
+        const pow = await this.solve(details, sealed.enc, signal);
+        headers["Privllm-Pow"] = `${pow.challenge}.${pow.nonce}`;
+      }
+    } finally {
+      signal?.removeEventListener("abort", forward);
+    }
+  }
+
+  /** As readStream (v1): deltas as they open, the final verdict once the body has ended. */
+  private async *readStreamV2(response: HttpResponse, sealed: SealedV2, stop: () => void): AsyncGenerator<ChatEvent, void, undefined> {
+    const reader = new ResponseReaderV2(sealed.context);
+    const idle = new IdleTimer(this.idleTimeoutMs, stop);
+    const body = response.body[Symbol.asyncIterator]();
+    let done = false;
+    try {
+      for (;;) {
+        const next = await idle.race(body.next());
+        if (next.done) break;
+        const before = reader.progress;
+        for (const chunk of reader.feed(next.value)) {
+          if (chunk.type === "delta") yield { type: "delta", text: chunk.text };
+        }
+        if (reader.progress !== before) idle.restart();
+      }
+      done = true;
+    } catch (e) {
+      done = true;
+      throw e instanceof NetworkError ? new TruncatedError("the connection broke before the final chunk") : e;
+    } finally {
+      idle.clear();
+      if (!done) void body.return?.()?.catch(() => undefined); // the consumer stopped early: cancel the body
+    }
+    const final = reader.end()[0];
+    if (final === undefined || final.type === "delta") throw new ProtocolError("no final event"); // unreachable: end() checked it
+    if (final.type === "done") {
+      yield { type: "done", finishReason: final.finish_reason, usage: final.usage };
+      return;
+    }
+    if (reader.status === 401 && final.code === "stale" && reader.date !== null) throw new StaleRequest(reader.date);
+    if (final.code === "rate_limited") throw new RateLimitedError(retryAfter(final.retry_after as number | undefined), null);
+    throw new ServerError(errorCode(final.code), null, retryAfter(final.retry_after as number | undefined));
+  }
+}
+
+/** The router's sealed stale refusal: its clock (`date`, Unix seconds) for this device's to follow. */
+class StaleRequest extends Error {
+  constructor(readonly date: number) {
+    super("stale");
+  }
+}
+
+/** The first configuration the router lists (each is a live key of its ring). */
+function chooseConfig(set: KeyConfigSet): KeyConfig {
+  return set.configs[0]!;
 }
 
 function refusal(response: HttpResponse, details: JsonObject): PrivllmError {

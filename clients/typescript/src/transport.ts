@@ -19,7 +19,9 @@ export interface HttpRequest {
   method: "GET" | "POST";
   url: string;
   headers: Record<string, string>;
-  body?: string;
+  body?: string | Uint8Array;
+  /** The answer is bytes, not UTF-8 text (protocol v2): XHR reads it as x-user-defined characters. */
+  binary?: boolean;
   signal?: AbortSignal | undefined;
   /** Past every cache. fetch: cache mode "reload" (the browser adds Cache-Control itself, so a CORS request
    * needs no preflight); XHR: a Cache-Control header. */
@@ -45,7 +47,9 @@ export interface XhrLike {
   open(method: string, url: string): void;
   setRequestHeader(name: string, value: string): void;
   getResponseHeader(name: string): string | null;
-  send(body?: string | null): void;
+  /** Present in browsers; protocol v2 over XHR needs it to read bytes as they arrive. */
+  overrideMimeType?(mime: string): void;
+  send(body?: string | Uint8Array<ArrayBuffer> | null): void;
   abort(): void;
 }
 export type XhrConstructor = new () => XhrLike;
@@ -131,7 +135,7 @@ export function fetchTransport(fetchFn: typeof fetch): Transport {
       response = await fetchFn(request.url, {
         method: request.method,
         headers: request.headers,
-        body: request.body ?? null,
+        body: sendable(request.body),
         signal: request.signal ?? null,
         redirect: "error", // everything is signed or sealed: a redirect is never expected
         ...(request.reload ? { cache: "reload" as const } : {}),
@@ -155,6 +159,22 @@ export function fetchTransport(fetchFn: typeof fetch): Transport {
     }
     return { status: response.status, header: (name) => response.headers.get(name), body };
   };
+}
+
+/** A body both transports take (the DOM types want bytes backed by an ArrayBuffer: a copy is one). */
+function sendable(body: string | Uint8Array | undefined): string | Uint8Array<ArrayBuffer> | null {
+  return body === undefined ? null : typeof body === "string" ? body : new Uint8Array(body);
+}
+
+/** Bytes from x-user-defined text: each byte one character, 0x80-0xFF as U+F780-U+F7FF. */
+function userDefinedBytes(text: string): Uint8Array {
+  const out = new Uint8Array(text.length);
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    if (c > 0x7f && (c < 0xf780 || c > 0xf7ff)) throw new ProtocolError("not x-user-defined text");
+    out[i] = c & 0xff;
+  }
+  return out;
 }
 
 const HEADERS_RECEIVED = 2;
@@ -191,11 +211,11 @@ export function xhrTransport(Xhr: XhrConstructor, maxResponse = MAX_XHR_RESPONSE
         }
         // responseText is decoded by the platform, so a character split across packets is whole here;
         // only a surrogate pair could straddle two reads: keep a trailing high surrogate for the next one.
-        const held = !last && text.length > seen && (text.charCodeAt(text.length - 1) & 0xfc00) === 0xd800;
+        const held = !request.binary && !last && text.length > seen && (text.charCodeAt(text.length - 1) & 0xfc00) === 0xd800;
         const end = held ? text.length - 1 : text.length;
         if (end > seen) {
           try {
-            queue.push(utf8(text.slice(seen, end)));
+            queue.push(request.binary ? userDefinedBytes(text.slice(seen, end)) : utf8(text.slice(seen, end)));
           } catch (e) {
             queue.end(e as Error); // first: the abort that follows must not replace this error
             xhr.abort();
@@ -204,6 +224,10 @@ export function xhrTransport(Xhr: XhrConstructor, maxResponse = MAX_XHR_RESPONSE
         }
       };
       xhr.open(request.method, request.url);
+      if (request.binary) {
+        if (typeof xhr.overrideMimeType !== "function") return reject(new TypeError("this XMLHttpRequest cannot read bytes as they arrive: use fetch with a streamed body"));
+        xhr.overrideMimeType("text/plain; charset=x-user-defined");
+      }
       for (const [name, value] of Object.entries(request.headers)) xhr.setRequestHeader(name, value);
       if (request.reload) xhr.setRequestHeader("Cache-Control", "no-cache");
       xhr.onreadystatechange = start;
@@ -217,7 +241,7 @@ export function xhrTransport(Xhr: XhrConstructor, maxResponse = MAX_XHR_RESPONSE
       xhr.ontimeout = () => fail(new NetworkError("the connection timed out"));
       xhr.onabort = () => fail(new AbortedError());
       signal?.addEventListener("abort", onAbort);
-      xhr.send(request.body ?? null);
+      xhr.send(sendable(request.body));
     });
 }
 

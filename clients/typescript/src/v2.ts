@@ -130,7 +130,7 @@ export class ResponseReaderV2 {
   date: number | null = null;
   /** The last event was read. */
   finished = false;
-  /** Sealed chunks opened: keep-alives count too (they are sealed), as the idle timer of v1 counts sealed events. */
+  /** The head and events opened: what the idle timer counts; keep-alives (sealed padding) do not, as in v1. */
   progress = 0;
 
   constructor(context: ResponseContext) {
@@ -159,11 +159,13 @@ export class ResponseReaderV2 {
   }
 
   private chunk(plaintext: Uint8Array, final: boolean): Chunk[] {
-    this.progress++;
     const parts: Part[] = [...this.bhttp.feed(plaintext), ...(final ? this.bhttp.end() : [])];
     const events: Chunk[] = [];
     for (const part of parts) {
-      if (part.kind === "head") this.head(part.status, part.headers);
+      if (part.kind === "head") {
+        this.head(part.status, part.headers);
+        this.progress++;
+      }
       else if (part.kind === "end") {
         if (part.trailers.length > 0) throw new ProtocolError("malformed answer: trailers");
       } else events.push(...this.content(part.data));
@@ -172,6 +174,7 @@ export class ResponseReaderV2 {
       throw new ProtocolError("malformed answer: the final chunk holds exactly the last event");
     }
     if (!final && this.finished) throw new ProtocolError("malformed answer: the last event before the final chunk");
+    this.progress += events.length;
     return events;
   }
 

@@ -167,6 +167,10 @@ export function fakeXhr(handler: Handler): { Xhr: new () => XhrLike; aborted: ()
     private headers: Record<string, string> = {};
     private replyHeaders: Record<string, string> = {};
     private stopped = false;
+    private userDefined = false;
+    overrideMimeType(mime: string): void {
+      this.userDefined = mime === "text/plain; charset=x-user-defined";
+    }
     open(method: string, url: string): void {
       this.method = method;
       this.url = url;
@@ -178,9 +182,11 @@ export function fakeXhr(handler: Handler): { Xhr: new () => XhrLike; aborted: ()
     getResponseHeader(name: string): string | null {
       return this.replyHeaders[name.toLowerCase()] ?? null;
     }
-    send(body?: string | null): void {
-      const reply = handler({ method: this.method, url: this.url, headers: this.headers, body: body ?? null });
-      const text = typeof reply.body === "string" ? reply.body : fromUtf8(reply.body ?? new Uint8Array(0));
+    send(body?: string | Uint8Array | null): void {
+      const reply = handler({ method: this.method, url: this.url, headers: this.headers, body: (body as string | null) ?? null });
+      const bytes = typeof reply.body === "string" ? utf8(reply.body) : (reply.body ?? new Uint8Array(0));
+      // x-user-defined: each byte one character, 0x80-0xFF as U+F780-U+F7FF (what browsers do)
+      const text = this.userDefined ? Array.from(bytes, (b) => String.fromCharCode(b < 0x80 ? b : 0xf700 + b)).join("") : fromUtf8(bytes);
       const parts: string[] = [];
       const big = text.length > 65536 ? 65536 : 0;
       for (let i = 0, n = 1; i < text.length; i += n, n = big || (n * 3) % 41 || 1) parts.push(text.slice(i, i + n));
