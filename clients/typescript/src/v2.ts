@@ -92,7 +92,11 @@ export interface SealedV2 {
 
 /** A sender context to the configuration's key with the first suite it offers (made before the message). */
 export function prepareV2(config: KeyConfig, ephemeral: Uint8Array): OhttpSender {
-  return senderContext(config, config.suites[0]!, REQUEST_LABEL, ephemeral);
+  try {
+    return senderContext(config, config.suites[0]!, REQUEST_LABEL, ephemeral);
+  } catch {
+    throw new ProtocolError("the router's key cannot be used"); // a small-order key: no shared secret
+  }
 }
 
 /** Seal `chatText` (v1's plaintext JSON, from chatPlaintext) with a sender context, used up here. */

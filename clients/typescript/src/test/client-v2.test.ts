@@ -223,3 +223,19 @@ for (const transport of ["fetch", "xhr"] as const) {
     });
   });
 }
+
+test("protocol 2 over an XMLHttpRequest without overrideMimeType: a TypeError, nothing sent", async () => {
+  const { handler, seen } = router([keysReply()], []);
+  const { Xhr } = fakeXhr(handler);
+  class Plain extends Xhr {}
+  Object.defineProperty(Plain.prototype, "overrideMimeType", { value: undefined });
+  const storage = new MemoryKeyStore();
+  const c = new PrivllmClient({ url: "https://router.test", pin: IDENTITY, now: () => NOW * 1000, storage, transport: "xhr", XMLHttpRequest: Plain, protocol: 2 });
+  const { error } = await refusal(c.chat(ASK));
+  assert.ok(error instanceof TypeError && /overrideMimeType|bytes/.test(error.message), String(error));
+  assert.equal(seen.length, 0);
+});
+
+test("protocol must be 1 or 2", () => {
+  assert.throws(() => new PrivllmClient({ url: "https://router.test", pin: IDENTITY, fetch: fakeFetch(() => ({ status: 500 })).fetch, protocol: 3 as 2 }), TypeError);
+});

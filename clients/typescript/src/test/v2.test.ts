@@ -15,7 +15,7 @@ import type { KeyConfig, OhttpSender } from "../ohttp.js";
 import { leadingZeroBits, solve, workHash } from "../pow.js";
 import { chatPlaintext } from "../request.js";
 import type { Chunk } from "../stream.js";
-import { deviceProof, parseHttpDate, ResponseReaderV2, sealChatRequest, verifyKeyConfigs } from "../v2.js";
+import { deviceProof, parseHttpDate, prepareV2, ResponseReaderV2, sealChatRequest, verifyKeyConfigs } from "../v2.js";
 import type { KeyConfigHeaders } from "../v2.js";
 import { AnswerSealer, CONFIG, openRequest } from "./v2helpers.js";
 
@@ -177,6 +177,23 @@ test("v2 answers: keep-alives and padding are invisible; a line split across chu
   const { events, error } = read(reader, body, 40);
   assert.equal(error, null);
   assert.deepEqual(events, [{ type: "delta", text: "split ✓" }, DONE]);
+});
+
+test("v2 answers: keep-alives do not count as progress (the idle timer's measure), the head and events do", () => {
+  const { sender, sealer } = fresh();
+  const reader = new ResponseReaderV2(sender);
+  reader.feed(sealer.start());
+  assert.equal(reader.progress, 1);
+  reader.feed(concat(sealer.keepalive(), sealer.keepalive()));
+  assert.equal(reader.progress, 1);
+  reader.feed(sealer.event({ type: "delta", text: "x" }));
+  assert.equal(reader.progress, 2);
+});
+
+test("v2 request: a router key of small order is refused before anything is sent", () => {
+  const order8 = unhex("e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800");
+  assert.throws(() => prepareV2({ ...CONFIG, publicKey: order8 }, new Uint8Array(32).fill(1)), ProtocolError);
+  assert.throws(() => deviceProof(new Uint8Array(32).fill(1), order8, new Uint8Array(32), 1), ProtocolError);
 });
 
 test("v2 answers, hostile: wrong content type, extra fields, trailers, non-zero padding, 200 with an error-only rule broken", () => {
