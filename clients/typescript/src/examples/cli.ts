@@ -14,7 +14,7 @@ import type { KeyStore, ReasoningEffort, Verbosity } from "../index.js";
 
 const USAGE = `usage: cli.js [--url URL] [--pin BASE64 | --state-dir DIR] [--device-key FILE] [--system TEXT]
               [--max-tokens N] [--temperature T] [--verbosity brief|normal|detailed]
-              [--reasoning-effort low|medium|high] [--max-pow-bits N] [--json] "question"`;
+              [--reasoning-effort low|medium|high] [--max-pow-bits N] [--protocol 1|2] [--json] "question"`;
 
 /** The device key in a 0600 file (the same raw 32 bytes privllm-chat keeps), written atomically. */
 class FileKeyStore implements KeyStore {
@@ -78,6 +78,7 @@ async function main(): Promise<number> {
         verbosity: { type: "string" },
         "reasoning-effort": { type: "string" },
         "max-pow-bits": { type: "string" },
+        protocol: { type: "string", default: "1" },
         json: { type: "boolean", default: false },
       },
     });
@@ -86,10 +87,12 @@ async function main(): Promise<number> {
   }
   const { values: args, positionals } = parsed;
   if (positionals.length !== 1) fail("one question, please");
+  if (args.protocol !== "1" && args.protocol !== "2") fail("--protocol must be 1 or 2");
+  const protocol = args.protocol === "2" ? 2 : 1;
   let client: PrivllmClient;
   try {
     const pin = args.pin ?? readFileSync(join(args["state-dir"], "identity.pub"), "utf8").trim();
-    client = new PrivllmClient({ url: args.url, pin, storage: new FileKeyStore(args["device-key"]), powCeiling: integer(args["max-pow-bits"], "max-pow-bits") });
+    client = new PrivllmClient({ url: args.url, pin, storage: new FileKeyStore(args["device-key"]), powCeiling: integer(args["max-pow-bits"], "max-pow-bits"), protocol });
   } catch (e) {
     fail((e as Error).message);
   }
