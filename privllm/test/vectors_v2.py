@@ -276,6 +276,7 @@ def response_vector(
             {
                 "what": kind,
                 "event": obj,
+                "line_text": None if obj is None else (dumps(obj) + b"\n").decode("utf-8"),
                 "plaintext_hex": plaintext.hex(),
                 "nonce_hex": (int.from_bytes(base, "big") ^ i).to_bytes(12, "big").hex(),
                 "aad_text": "final" if final else "",
@@ -483,7 +484,7 @@ def response_negatives(answer: dict[str, Any], sealed: SealedV2) -> list[dict[st
     server = open_chat_request(gateway_keys(), sealed.body).context
     nonce = bytes.fromhex(answer["response_nonce_hex"])
     wires = [bytes.fromhex(c["wire_hex"]) for c in answer["chunks"]]
-    deltas = sum(1 for c in answer["chunks"] if c["what"] == "event")
+    deltas = [c["event"] for c in answer["chunks"] if c["what"] == "event"]
     head = ResponseEncoder().head(200, ((b"content-type", EVENTS_TYPE),))
     end = b"\x00\x00"  # content terminator, empty trailers
     tampered = bytearray(wires[1])
@@ -498,14 +499,14 @@ def response_negatives(answer: dict[str, Any], sealed: SealedV2) -> list[dict[st
             "one bit of chunk 1's tag flipped",
             nonce + wires[0] + bytes(tampered) + b"".join(wires[2:]),
             "tampered",
-            0,
+            [],
         ),
         (
             "response_other_nonce",
             "another response nonce",
             seed("response nonce other") + b"".join(wires),
             "tampered",
-            0,
+            [],
         ),
         (
             "response_truncated",
@@ -514,7 +515,7 @@ def response_negatives(answer: dict[str, Any], sealed: SealedV2) -> list[dict[st
             "truncated",
             deltas,
         ),
-        ("response_empty", "an empty body", b"", "truncated", 0),
+        ("response_empty", "an empty body", b"", "truncated", []),
         (
             "response_chunk_after_final",
             "a well sealed chunk (next index, empty AAD) after the final one: the final chunk runs to the end of the body",
@@ -527,21 +528,21 @@ def response_negatives(answer: dict[str, Any], sealed: SealedV2) -> list[dict[st
             "the final chunk holds done, then a delta",
             raw_answer(server, "after last", [head], events_content(DONE, DELTA) + end),
             "after_final",
-            0,
+            [],
         ),
         (
             "response_delta_in_final_chunk",
             "the final chunk holds a delta and the end, no done",
             raw_answer(server, "final delta", [head, events_content(DELTA)], events_content(DELTA) + end),
             "malformed",
-            1,
+            [DELTA],
         ),
         (
             "response_last_event_early",
             "done in a chunk that is not the final one",
             raw_answer(server, "early done", [head, events_content(DONE)], events_content(DELTA) + end),
             "malformed",
-            0,
+            [],
         ),
     ]
     return [
@@ -551,7 +552,7 @@ def response_negatives(answer: dict[str, Any], sealed: SealedV2) -> list[dict[st
             "check": "response",
             "body_hex": body.hex(),
             "refused": refused,
-            "opened_before": before,
+            "opened": before,
         }
         for name, about, body, refused, before in cases
     ]
