@@ -318,7 +318,7 @@ class Regenerated(TestCase):
         """docs/protocol.md names the file, each check and each refusal the file expects."""
         doc = os.path.join(os.path.dirname(PATH), "..", "protocol.md")
         with open(doc, encoding="utf-8") as f:
-            section = f.read().split("### Conformance vectors (v2)", 1)[1].split("\n## ", 1)[0]
+            section = f.read().split("\n## Conformance vectors (v2)\n", 1)[1].split("\n# ", 1)[0]
         self.assertIn("vectors/protocol-v2.json", section)
         for case in load()["negative"]:
             self.assertIn(f"`{case['check']}`", section)
