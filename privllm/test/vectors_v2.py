@@ -25,6 +25,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pyhpke import KEMKeyPair
 
+from ..config.schema import Replay
 from ..protocol import suite as v1_suite
 from ..protocol.device import device_proof
 from ..protocol.encoding import b64decode, b64encode, dumps
@@ -57,7 +58,7 @@ KEYS_LABEL = b"privllm/v2 ohttp-keys\x00"
 ISSUED = 1767229200
 EXPIRES = ISSUED + 3600
 TIMESTAMP = ISSUED + 30
-WINDOW, FUTURE_SKEW = 60, 5  # the router's defaults (replay.window, replay.future_skew)
+WINDOW, FUTURE_SKEW = Replay().window, Replay().future_skew  # the router's defaults
 STALE_NOW = TIMESTAMP + WINDOW + 1
 AUTHORITY = "privllm"
 CHAT: dict[str, Any] = {
