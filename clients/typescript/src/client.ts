@@ -383,9 +383,10 @@ export class PrivllmClient {
   // HPKE base mode with the device proof inside, the answer a chunked OHTTP response.
 
   /** GET /api/ohttp-keys and verify it; a stale copy is fetched once more past caches, as in v1. */
-  private async fetchConfigs(signal?: AbortSignal): Promise<KeyConfigSet> {
+  private async fetchConfigs(signal?: AbortSignal, pastCaches = false): Promise<KeyConfigSet> {
     for (let attempt = 0; ; attempt++) {
-      const response = await this.transport({ method: "GET", url: `${this.base}/api/ohttp-keys`, headers: {}, reload: attempt > 0, binary: true, signal });
+      const reload = pastCaches || attempt > 0;
+      const response = await this.transport({ method: "GET", url: `${this.base}/api/ohttp-keys`, headers: {}, reload, binary: true, signal });
       if (response.status !== 200) {
         await readSmall(response, MAX_ERROR_BYTES).catch((e: unknown) => {
           if (e instanceof AbortedError) throw e;
@@ -431,13 +432,16 @@ export class PrivllmClient {
     return sealChatRequest(sender, device.privateKey, device.publicKey, plaintext, this.seconds());
   }
 
-  /** Retries once on a plaintext unknown_key (new configurations), once on the sealed stale refusal (the clock
-   * corrected from the router's date); each retry is a new encapsulation. */
+  /** Retries once on a plaintext unknown_key (configurations fetched again past caches), once on the sealed stale
+   * refusal (the clock corrected from the router's date); each retry is a new encapsulation. */
   private async *chatV2(plaintext: string, signal?: AbortSignal): AsyncGenerator<ChatEvent, void, undefined> {
     let refetched = false;
     let corrected = false;
+    let refetch = false;
     for (;;) {
-      const config = chooseConfig(await this.currentConfigs(signal));
+      // after unknown_key, past caches: the configurations are public for 5 minutes (Cache-Control)
+      const config = chooseConfig(refetch ? await this.fetchConfigs(signal, true) : await this.currentConfigs(signal));
+      refetch = false;
       let answered = false;
       try {
         for await (const event of this.postV2(await this.sealV2(plaintext, config), signal)) {
@@ -454,8 +458,7 @@ export class PrivllmClient {
         if (e instanceof StaleRequest) throw new ServerError("stale", null, null, "the router refused the request as stale twice (is this device's clock right?)");
         const refused = e instanceof ServerError && e.code === "unknown_key" && e.status !== null && !answered;
         if (!refused || refetched) throw e;
-        refetched = true;
-        this.configs = null;
+        refetched = refetch = true;
       }
     }
   }

@@ -131,7 +131,8 @@ for (const transport of ["fetch", "xhr"] as const) {
       const unknown = (): Reply => ({ status: 422, body: '{"error":"unknown_key"}' });
       const { handler, seen } = router([keysReply()], [unknown, answers(["ok"])]);
       assert.equal(text(await collect(client(handler).chat(ASK))), "ok");
-      assert.equal(seen.filter((s) => s.url.endsWith("/api/ohttp-keys")).length, 2);
+      const fetches = seen.filter((s) => s.url.endsWith("/api/ohttp-keys"));
+      assert.deepEqual(fetches.map((s) => s.cache ?? s.headers["cache-control"]), transport === "fetch" ? ["default", "reload"] : [undefined, "no-cache"]);
       const twice = router([keysReply()], [unknown, unknown]);
       const { error } = await refusal(client(twice.handler).chat(ASK));
       assert.ok(error instanceof ServerError && error.code === "unknown_key" && error.status === 422);
