@@ -45,8 +45,18 @@ export function encodeVarint(value: number): Uint8Array {
   if (value < 64) return Uint8Array.of(value);
   if (value < 1 << 14) return Uint8Array.of(0x40 | (value >> 8), value & 255);
   if (value < 2 ** 30) return Uint8Array.of(0x80 | (value >>> 24), (value >>> 16) & 255, (value >>> 8) & 255, value & 255);
+  const out = u64(value);
+  out[0]! |= 0xc0; // a safe integer is below 2^53, so the top two bits are free
+  return out;
+}
+
+/** 8-byte big-endian of a safe integer, without BigInt (older Hermes lacks it). */
+export function u64(value: number): Uint8Array {
+  if (!Number.isSafeInteger(value) || value < 0) throw new RangeError("out of u64 range");
   const out = new Uint8Array(8);
-  new DataView(out.buffer).setBigUint64(0, BigInt(value) | (3n << 62n));
+  const view = new DataView(out.buffer);
+  view.setUint32(0, Math.floor(value / 2 ** 32));
+  view.setUint32(4, value >>> 0);
   return out;
 }
 

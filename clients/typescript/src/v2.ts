@@ -12,7 +12,7 @@ import { b64decode, b64encode, concat, equalBytes, fromUtf8, isObject, parseBoun
 import { ProtocolError } from "./errors.js";
 import { x25519Public } from "./hpke.js";
 import { checkFresh, MAX_KEYSET_LIFETIME } from "./keyset.js";
-import { ChunkedResponseOpener, encapsulateRequest, MAX_CHUNK, parseKeyConfigs, REQUEST_LABEL, senderContext } from "./ohttp.js";
+import { ChunkedResponseOpener, encapsulateRequest, MAX_CHUNK, parseKeyConfigs, REQUEST_LABEL, senderContext, u64 } from "./ohttp.js";
 import type { KeyConfig, OhttpSender, ResponseContext } from "./ohttp.js";
 import { encodeRequest, ResponseDecoder } from "./bhttp.js";
 import type { Part } from "./bhttp.js";
@@ -27,12 +27,6 @@ const MAX_EVENT = 1 << 20;
 const MAX_EVENT_DEPTH = 4;
 const HEAD_LIMITS = { maxFields: 2, maxSection: 256, maxChunk: MAX_CHUNK };
 const UNIX_SECONDS = /^(?:0|[1-9][0-9]{0,14})$/;
-
-function u64(value: number): Uint8Array {
-  const out = new Uint8Array(8);
-  new DataView(out.buffer).setBigUint64(0, BigInt(value));
-  return out;
-}
 
 export interface KeyConfigSet {
   configs: KeyConfig[];

@@ -109,6 +109,7 @@ test("varints: boundaries, shortest form, safe-integer ceiling", () => {
     [16384, "80004000"],
     [2 ** 30 - 1, "bfffffff"],
     [2 ** 30, "c000000040000000"],
+    [2 ** 53 - 1, "c01fffffffffffff"],
   ] as const) {
     assert.equal(hex(encodeVarint(value)), spelled);
     assert.deepEqual(peekVarint(unhex(spelled), 0), [value, spelled.length / 2]);

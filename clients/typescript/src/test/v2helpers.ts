@@ -3,7 +3,7 @@
 import { ed25519 } from "@noble/curves/ed25519.js";
 import { b64decode, b64encode, concat, fromUtf8, unhex, utf8 } from "../encoding.js";
 import { aeadFor, setupBaseR, x25519Public } from "../hpke.js";
-import { CHUNKED_RESPONSE_LABEL, chunkNonce, encodeVarint, KEM_X25519, REQUEST_LABEL, Reader, responseKey } from "../ohttp.js";
+import { CHUNKED_RESPONSE_LABEL, chunkNonce, encodeVarint, KEM_X25519, REQUEST_LABEL, Reader, responseKey, u64 } from "../ohttp.js";
 import type { KeyConfig, ResponseContext } from "../ohttp.js";
 import { KEYS_LABEL } from "../v2.js";
 
@@ -22,12 +22,6 @@ export function encodeKeyConfig(c: KeyConfig): Uint8Array {
 
 export const CONFIG: KeyConfig = { keyId: 5, kemId: KEM_X25519, publicKey: ROUTER_PK, suites: [CHACHA, AES128] };
 export const CONFIGS_BODY = encodeKeyConfig(CONFIG);
-
-function u64(n: number): Uint8Array {
-  const out = new Uint8Array(8);
-  new DataView(out.buffer).setBigUint64(0, BigInt(n));
-  return out;
-}
 
 /** The headers GET /api/ohttp-keys sends, signed by `seed` (the pinned identity unless a test says otherwise). */
 export function keyHeaders(issued: number, expires: number, body = CONFIGS_BODY, seed = IDENTITY_SEED): Record<string, string> {
