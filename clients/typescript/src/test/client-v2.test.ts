@@ -4,7 +4,7 @@
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 import { b64decode, b64encode, concat, hex } from "../encoding.js";
-import { ProtocolError, RateLimitedError, ServerError, TruncatedError } from "../errors.js";
+import { AbortedError, ProtocolError, RateLimitedError, ServerError, TruncatedError } from "../errors.js";
 import { StaleKeySetError } from "../keyset.js";
 import { leadingZeroBits, workHash } from "../pow.js";
 import { x25519Public } from "../hpke.js";
@@ -73,15 +73,43 @@ const text = (events: ChatEvent[]): string => events.map((e) => (e.type === "del
 
 for (const transport of ["fetch", "xhr"] as const) {
   describe(`protocol 2 over ${transport}`, () => {
+    let cancelled = (): number => 0;
     function client(handler: Handler, extra: Partial<ClientOptions> = {}): PrivllmClient {
       const storage = new MemoryKeyStore();
       void storage.set(DEVICE);
       let n = 0;
       const random = (size: number): Uint8Array => new Uint8Array(size).fill(0x30 + (n++ % 64));
       const base: ClientOptions = { url: "https://router.test", pin: IDENTITY, now: () => NOW * 1000, random, storage, transport, protocol: 2 };
-      if (transport === "fetch") return new PrivllmClient({ ...base, fetch: fakeFetch(handler).fetch, ...extra });
-      return new PrivllmClient({ ...base, XMLHttpRequest: fakeXhr(handler).Xhr, ...extra });
+      if (transport === "fetch") {
+        const f = fakeFetch(handler);
+        cancelled = f.cancelled;
+        return new PrivllmClient({ ...base, fetch: f.fetch, ...extra });
+      }
+      const x = fakeXhr(handler);
+      cancelled = x.aborted;
+      return new PrivllmClient({ ...base, XMLHttpRequest: x.Xhr, ...extra });
     }
+
+    test("stopping after the first delta cancels the request; an abort is an AbortedError", async () => {
+      const { handler } = router([keysReply()], [answers(["one", "two", "three"]), answers(["one", "two"])]);
+      const c = client(handler);
+      for await (const event of c.chat(ASK)) {
+        assert.deepEqual(event, { type: "delta", text: "one" });
+        break;
+      }
+      assert.equal(cancelled(), 1);
+      const controller = new AbortController();
+      const { error, events } = await refusal(
+        (async function* () {
+          for await (const event of c.chat(ASK, { signal: controller.signal })) {
+            controller.abort();
+            yield event;
+          }
+        })(),
+      );
+      assert.ok(error instanceof AbortedError, String(error));
+      assert.equal(events.length, 1);
+    });
 
     test("a chat: signed configurations, an OHTTP request with the device proof, the chunked answer", async () => {
       const { handler, seen, opened } = router([keysReply()], [answers(["Jupi", "ter ✓"])]);
