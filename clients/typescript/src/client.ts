@@ -325,7 +325,7 @@ export class PrivllmClient {
     return details;
   }
 
-  private async solve(challenge: JsonObject, requestId: string | Uint8Array, signal?: AbortSignal): Promise<{ challenge: string; nonce: string }> {
+  private async solve(challenge: JsonObject, bound: string | Uint8Array, signal?: AbortSignal): Promise<{ challenge: string; nonce: string }> {
     const difficulty = challenge.difficulty;
     const raw = b64decode(challenge.challenge, CHALLENGE_SIZE);
     if (typeof difficulty !== "number" || !Number.isSafeInteger(difficulty) || difficulty < 1) {
@@ -334,7 +334,7 @@ export class PrivllmClient {
     if (difficulty > this.powCeiling) {
       throw new ServerError("pow_required", 429, null, `the router asks for ${difficulty} bits of proof of work, above this client's ceiling of ${this.powCeiling}`);
     }
-    const nonce = await solve(raw, requestId, difficulty, signal);
+    const nonce = await solve(raw, bound, difficulty, signal);
     return { challenge: challenge.challenge as string, nonce: b64encode(nonce) };
   }
 
