@@ -11,6 +11,7 @@ from typing import Any
 
 from ..protocol.addresses import parse_network
 from ..protocol.cors import check_origin
+from .listen import listener
 from .profiles import profile
 from .schema import Config
 
@@ -147,6 +148,7 @@ def _check_consistency(config: Config) -> None:
     _check_addresses(config)
     _check_state(config)
     _check_origins(config)
+    _check_listeners(config)
     if not config.keys.state_dir:
         raise ConfigError("keys.state_dir", "must be set")
     if config.is_dev:
@@ -234,3 +236,11 @@ def _check_origins(config: Config) -> None:
             raise ConfigError("server.cors_origins", reason)
     if len(set(origins)) != len(origins):
         raise ConfigError("server.cors_origins", "an origin is named twice")
+
+
+def _check_listeners(config: Config) -> None:
+    for name, section in (("server", config.server), ("metrics", config.metrics)):
+        try:
+            listener(section)
+        except ValueError as e:
+            raise ConfigError(f"{name}.listen" if section.listen else f"{name}.host", str(e)) from None

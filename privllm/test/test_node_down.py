@@ -20,7 +20,8 @@ from twisted.trial.unittest import TestCase
 
 from ..config import load_config
 from ..keys.pki import create_ca, issue
-from ..tap import InferenceNode, Router
+from ..services.node import InferenceNode
+from ..services.router import Router
 from ..upstream.breaker import CircuitBreaker
 from ..upstream.health import HealthMonitor
 from ..upstream.llama import LlamaServer

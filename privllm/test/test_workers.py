@@ -19,7 +19,7 @@ from twisted.trial.unittest import TestCase
 from .. import tap, workers
 from ..config import ConfigError, load_config
 from ..config.profiles import profile
-from ..keys.material import IDENTITY_KEY, KEYRING, TLS_CERT
+from ..keys.material import IDENTITY_KEY, KEYRING, POW_KEY, TLS_CERT
 from ..protocol.keyring import KeyRing
 from ..state.redis import STATE_KEY
 
@@ -337,7 +337,7 @@ class Build(TestCase):
         self.assertEqual(len(monitors), 1)
         monitor = monitors[0]
         self.addCleanup(monitor.stopService)  # never started: closes the socket
-        for name in (IDENTITY_KEY, TLS_CERT, tap.POW_KEY, KEYRING, STATE_KEY):
+        for name in (IDENTITY_KEY, TLS_CERT, POW_KEY, KEYRING, STATE_KEY):
             self.assertTrue(os.path.exists(os.path.join(self.state, name)), name)
         self.assertEqual(monitor.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN), 1)
         self.assertEqual(os.stat(monitor.directory).st_mode & 0o777, 0o700)
