@@ -15,6 +15,7 @@ from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IStreamServerEndpoint
+from twisted.protocols.policies import WrappingFactory
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.web.resource import Resource
 from twisted.web.server import Site
@@ -44,6 +45,23 @@ def endpoint(reactor: Any, listen: Listen, key: str) -> IStreamServerEndpoint:
             " start the service through its .socket unit"
         ) from None
     return found
+
+
+class ClosingListener(StreamServerEndpointService):
+    """A listener that, stopped, also aborts the connections it accepted (`factory` keeps them),
+    so a stopped service holds no socket: a chat in flight ends as when its client leaves, and
+    gives back what it held. The stop does not wait for them: the reactor closes each in its
+    next turn (or the process's exit does)."""
+
+    def __init__(self, endpoint: IStreamServerEndpoint, factory: WrappingFactory) -> None:
+        super().__init__(endpoint, factory)
+        self._connections = factory
+
+    def stopService(self) -> Deferred[None]:
+        stopped: Deferred[None] = super().stopService()
+        for protocol in list(self._connections.protocols):
+            protocol.transport.abortConnection()
+        return stopped
 
 
 def dev_hosts(config: Config) -> list[str]:
@@ -84,7 +102,7 @@ def https_listener(
     options: ReloadingServerOptions,
     public: bool = True,
     worker: tuple[int, Callable[[], Deferred[Any]]] | None = None,
-) -> StreamServerEndpointService:
+) -> ClosingListener:
     """`server.listen`, or (`worker`) the parent's socket, adopted once the nodes' first probes are done."""
     # The per-address cap sits outside TLS, so a refused connection costs no handshake.
     tls = TLSMemoryBIOFactory(options, False, site)  # type: ignore[arg-type]
@@ -109,7 +127,7 @@ def https_listener(
         factory = ConnectionsPerAddress(
             tls, server.max_connections_per_address if public else 1 << 30, addresses(config)
         )
-    return StreamServerEndpointService(where, factory)
+    return ClosingListener(where, factory)
 
 
 def metrics_listener(config: Config, reactor: Any, registry: Any, root: MultiService, llama: list[str]) -> None:
@@ -128,4 +146,4 @@ def metrics_listener(config: Config, reactor: Any, registry: Any, root: MultiSer
         passed.putChild(b"metrics", LlamaMetrics(client, config.backend.health_timeout))  # type: ignore[arg-type]
         resource.putChild(b"llama", passed)  # type: ignore[arg-type]
     where = endpoint(reactor, listener(config.metrics), "metrics.listen")
-    StreamServerEndpointService(where, Site(resource)).setServiceParent(root)
+    ClosingListener(where, WrappingFactory(Site(resource))).setServiceParent(root)

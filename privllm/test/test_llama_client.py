@@ -14,6 +14,7 @@ from twisted.trial.unittest import TestCase
 
 from ..upstream.health import HealthMonitor
 from ..upstream.llama import LlamaServer
+from .helpers import open_sockets
 
 
 class StalledBody(Protocol):
@@ -97,19 +98,6 @@ class LlamaMetricsText(TestCase):
         return ensureDeferred(go())
 
 
-def _sockets() -> set[str]:
-    """This process's open sockets (Python and the reactor open other files once, lazily)."""
-    found = set()
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            target = os.readlink(f"/proc/self/fd/{fd}")
-        except OSError:  # the listing's own descriptor, closed by now
-            continue
-        if target.startswith("socket:"):
-            found.add(target)
-    return found
-
-
 class ClosedOnStop(TestCase):
     """The service closed_on_stop gives: no connection the client kept outlives it."""
 
@@ -121,16 +109,18 @@ class ClosedOnStop(TestCase):
         factory.answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"  # type: ignore[attr-defined]
         port = reactor.listenUNIX(path, factory)  # type: ignore[attr-defined]
         self.addCleanup(port.stopListening)
-        before = _sockets()
+        before = open_sockets()
         llama = LlamaServer(reactor, "unix://" + path, 1.0)
         root = MultiService()
         llama.closed_on_stop().setServiceParent(root)
         root.startService()
         self.assertEqual(await llama.metrics_text(1.0), b"ok")
-        self.assertEqual(len(_sockets() - before), 2, "the pool keeps the connection while running (both ends here)")
+        self.assertEqual(
+            len(open_sockets() - before), 2, "the pool keeps the connection while running (both ends here)"
+        )
         await root.stopService()
         for _ in range(50):  # the server's end closes a turn or two later
-            if _sockets() == before:
+            if open_sockets() == before:
                 break
             await task.deferLater(reactor, 0.02, lambda: None)  # type: ignore[arg-type]
-        self.assertEqual(_sockets(), before)
+        self.assertEqual(open_sockets(), before)
