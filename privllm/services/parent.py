@@ -13,7 +13,7 @@ import socket
 from typing import Any
 
 from twisted.application.service import MultiService
-from twisted.python.systemd import ListenFDs
+from twisted.internet.endpoints import AdoptedStreamServerEndpoint
 
 from ..config import Config
 from ..config.listen import Listen, listener
@@ -27,13 +27,13 @@ from ..workers import (
     metrics_registry,
 )
 from .errors import StartError
-from .listeners import metrics_listener
+from .listeners import endpoint, metrics_listener
 from .local_llama import local_llama
 from .router import Router
 
 
-def parent_socket(listen: Listen, environ: dict[str, str] | None = None) -> socket.socket:
-    """The socket every worker accepts on. `environ`: where systemd's LISTEN_* are read (tests)."""
+def parent_socket(listen: Listen, reactor: Any) -> socket.socket:
+    """The socket every worker accepts on."""
     if listen.kind in ("tcp", "tcp6"):
         family, any_address = (socket.AF_INET6, "::") if listen.kind == "tcp6" else (socket.AF_INET, "0.0.0.0")
         try:
@@ -41,18 +41,12 @@ def parent_socket(listen: Listen, environ: dict[str, str] | None = None) -> sock
         except OSError as e:
             raise StartError(f"config server.listen: cannot listen: {e.strerror}") from e
     if listen.kind == "systemd" and listen.domain in ("INET", "INET6"):
-        passed = ListenFDs.fromEnvironment(environ)
+        # Twisted reads (and clears) systemd's LISTEN_* variables once, at import: its parser
+        # finds the descriptor, which the parent then holds instead of adopting.
+        passed = endpoint(reactor, listen, "server.listen")
+        assert isinstance(passed, AdoptedStreamServerEndpoint)
         try:
-            if listen.index is not None:
-                fd = passed.inheritedDescriptors()[listen.index]
-            else:
-                fd = passed.inheritedNamedDescriptors()[listen.name]
-        except (IndexError, KeyError):
-            raise StartError(
-                "config server.listen: systemd passed no such socket: start the service through its .socket unit"
-            ) from None
-        try:
-            return inherited_socket(fd)
+            return inherited_socket(passed.fileno)
         except ValueError as e:
             raise StartError(f"config server.listen: {e}") from e
     raise StartError("config server.listen: more than one worker needs tcp:, tcp6:, or systemd: with INET or INET6")
@@ -66,7 +60,7 @@ def parent(config: Config, reactor: Any, env: str, config_path: str | None, coun
     Router(config, reactor).keys.ring.wipe()
     root = MultiService()
     local, _ = local_llama(config, root)
-    sock = parent_socket(listener(config.server))
+    sock = parent_socket(listener(config.server), reactor)
     directory = metrics_dir(config.keys.state_dir, sock.getsockname()[1])
     metrics_listener(config, reactor, metrics_registry(directory), root, local)
     argv = child_argv(env, config_path)

@@ -136,7 +136,7 @@ class ParentSocket(TestCase):
     """The socket a parent of workers holds: opened, or passed by systemd and checked."""
 
     def test_tcp6(self) -> None:
-        sock = parent_socket(parse_listen("tcp6:0:interface=\\:\\:1"))
+        sock = parent_socket(parse_listen("tcp6:0:interface=\\:\\:1"), Clock())
         self.addCleanup(sock.close)
         self.assertEqual((sock.family, sock.getsockname()[0]), (socket.AF_INET6, "::1"))
         self.assertEqual(sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN), 1)
@@ -144,11 +144,11 @@ class ParentSocket(TestCase):
     def test_unix_and_a_missing_systemd_socket_are_refused(self) -> None:
         for text in ("unix:/tmp/privllm-test.sock", "systemd:domain=UNIX:index=0"):
             with self.assertRaises(StartError) as cm:
-                parent_socket(parse_listen(text))
+                parent_socket(parse_listen(text), Clock())
             self.assertIn("more than one worker needs", str(cm.exception))
         with self.assertRaises(StartError) as cm:
-            parent_socket(parse_listen("systemd:domain=INET:index=0"), environ={})
-        self.assertIn("systemd passed no such socket", str(cm.exception))
+            parent_socket(parse_listen("systemd:domain=INET:index=0"), Clock())  # none passed to the tests
+        self.assertIn("systemd passed no socket with index 0", str(cm.exception))
 
     def test_only_a_listening_tcp_socket_is_adopted(self) -> None:
         for family, kind, listening in (
