@@ -18,6 +18,7 @@ from ..keys.tls import load_chain, spki_pin
 from ..upstream.llama import LlamaServer
 from ..upstream.mtls import MutualTLSPolicy
 from ..web.tls import server_tls_options
+from .fakes import RecordingPolicy
 
 
 class Health(Resource):
@@ -57,16 +58,6 @@ class Pins(TestCase):
 
     def test_pins(self):
         return ensureDeferred(self._pins())
-
-
-class RecordingPolicy:
-    """Test equipment: notes when TLS options are asked for."""
-
-    def __init__(self) -> None:
-        self.asked: list[tuple[bytes, int]] = []
-
-    def creatorForNetloc(self, hostname: bytes, port: int) -> None:
-        self.asked.append((hostname, port))
 
 
 class Endpoints(TestCase):

@@ -26,7 +26,7 @@ from ..upstream.health import HealthMonitor
 from ..upstream.llama import LlamaServer
 from ..upstream.pool import Node, NodePool
 from ..upstream.supervisor import NAME, LlamaSupervisor
-from .test_chat_stream import SyntheticUpstream
+from .fakes import FakeUpstream
 
 INTERVAL, RETRY = 5.0, 0.5
 
@@ -50,7 +50,7 @@ class MarkDown(TestCase):
         self.clock = Clock()
         self.probe = Probe()
         self.changes: list[bool] = []
-        self.nodes = [Node(f"n{i}", SyntheticUpstream(), CircuitBreaker(2, 5)) for i in range(2)]
+        self.nodes = [Node(f"n{i}", FakeUpstream(), CircuitBreaker(2, 5)) for i in range(2)]
         self.node = self.nodes[0]
 
         def changed(ready: bool) -> None:  # what the tap wires: readiness, metric, log line
@@ -117,7 +117,7 @@ class MarkDown(TestCase):
         self.assertEqual(self.changes, [True, False, True])
 
     def test_without_a_monitor_the_pool_still_marks(self) -> None:
-        node = Node("bare", SyntheticUpstream(), CircuitBreaker(2, 5), healthy=True)
+        node = Node("bare", FakeUpstream(), CircuitBreaker(2, 5), healthy=True)
         pool = NodePool([node])
         pool.mark_down(node)
         self.assertFalse(pool.ready(0))

@@ -14,8 +14,8 @@ from ..web.app import RouterApp
 from ..web.chat import StreamSettings
 from ..web.metrics import RouterMetrics
 from ..web.request import PrivllmSite
-from .helpers import NOW, memory_gate, ring
-from .test_chat_stream import SyntheticUpstream, pool_of
+from .fakes import FakeUpstream
+from .helpers import NOW, memory_gate, pool_of, ring
 
 LIMIT = 4096
 
@@ -28,7 +28,7 @@ class HTTP(TestCase):
             clock=clock,
             gate=memory_gate(ring(), LIMIT, replay_max_entries=100, replay_max_per_address=100),
             keyset=lambda: b'{"v":1}',
-            pool=pool_of(SyntheticUpstream()),
+            pool=pool_of(FakeUpstream()),
             metrics=RouterMetrics(),
             hsts_max_age=100,
             settings=StreamSettings(ChatLimits(), 15, 60),

@@ -22,31 +22,7 @@ from ..config.profiles import profile
 from ..keys.material import IDENTITY_KEY, KEYRING, TLS_CERT
 from ..protocol.keyring import KeyRing
 from ..state.redis import STATE_KEY
-
-
-class FakeProcess:
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-        self.signals: list[str] = []
-
-    def signalProcess(self, name: str) -> None:
-        self.signals.append(name)
-
-
-class FakeReactor(Clock):
-    """A Clock that records spawned processes and connects their protocols, as a reactor does."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.spawned: list[tuple[Any, list[str], dict[str, str] | None, dict[int, Any]]] = []
-        self.next_pid = 100
-
-    def spawnProcess(self, protocol: Any, executable: str, args: list[str], **kw: Any) -> FakeProcess:
-        self.next_pid += 1
-        process = FakeProcess(self.next_pid)
-        protocol.makeConnection(process)
-        self.spawned.append((protocol, args, kw.get("env"), kw["childFDs"]))
-        return process
+from .fakes import FakeReactor
 
 
 def end(protocol: Any, reason: Exception | None = None) -> None:
