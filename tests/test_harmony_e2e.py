@@ -10,7 +10,6 @@ import os
 import time
 
 from twisted.internet import reactor
-from twisted.internet.defer import ensureDeferred
 from twisted.trial.unittest import TestCase
 
 from privllm.client import PrivllmClient
@@ -24,7 +23,7 @@ from .test_e2e import user
 class HarmonyRouter(TestCase):
     timeout = 120
 
-    async def _final_only(self) -> None:
+    async def test_final_channel_only(self) -> None:
         enc = encoding(os.path.abspath(self.mktemp()))
         socket_path = os.path.abspath(self.mktemp() + ".sock")
         events = b"".join(completion_events(assistant_tokens(enc), 50))
@@ -58,6 +57,3 @@ class HarmonyRouter(TestCase):
         for secret in (ANALYSIS, "SECRET-ANALYSIS", FINAL, "café au lait"):
             self.assertNotIn(secret, log)
         self.assertNotIn("SECRET-ANALYSIS", repr(chunks))
-
-    def test_final_channel_only(self):
-        return ensureDeferred(self._final_only())

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 
 from twisted.internet import reactor
-from twisted.internet.defer import ensureDeferred
 from twisted.internet.endpoints import SSL4ServerEndpoint
 from twisted.trial.unittest import TestCase
 from twisted.web.client import URI
@@ -49,15 +48,12 @@ class Pins(TestCase):
         finally:
             await client.close()
 
-    async def _pins(self) -> None:
+    async def test_pins(self) -> None:
         await self._setup()
         self.assertTrue(await self.ready_with(None), "CA and name suffice without a pin")
         right = spki_pin(load_chain(self.node[0])[0])
         self.assertTrue(await self.ready_with(right))
         self.assertFalse(await self.ready_with(spki_pin(load_chain(self.router[0])[0])), "another key is refused")
-
-    def test_pins(self):
-        return ensureDeferred(self._pins())
 
 
 class Endpoints(TestCase):

@@ -147,7 +147,7 @@ class SupervisorExit(TestCase):
 
     timeout = 10
 
-    def test_a_killed_process_is_reported_at_once(self) -> Deferred[None]:
+    async def test_a_killed_process_is_reported_at_once(self) -> None:
         supervisor = LlamaSupervisor([self.binary, "--model", self.model], os.path.join(self.dir, "s.sock"))
         exited: Deferred[float] = Deferred()
         supervisor.on_exit = lambda: exited.callback(time.monotonic())
@@ -161,7 +161,7 @@ class SupervisorExit(TestCase):
             os.kill(pid, signal.SIGKILL)
 
         deferLater(reactor, 0.2, kill)
-        return exited.addCallback(lambda at: self.assertLess(at - killed[0], 1.0))
+        self.assertLess(await exited - killed[0], 1.0)
 
     def test_the_tap_wires_exit_to_the_node_and_the_node_to_its_monitor(self) -> None:
         environ = {
