@@ -171,8 +171,9 @@ class RecordingPolicy:
     def __init__(self) -> None:
         self.asked: list[tuple[bytes, int]] = []
 
-    def creatorForNetloc(self, hostname: bytes, port: int) -> None:
+    def creatorForNetloc(self, hostname: bytes, port: int) -> Any:
         self.asked.append((hostname, port))
+        return None
 
 
 @implementer(IProcessTransport)

@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import json
 import os
+import pkgutil
+from dataclasses import replace
+from types import ModuleType
 from typing import Any, TypeVar
 
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
+import privllm
+
+from ..config.schema import Config
 from ..protocol import suite
 from ..protocol.admission import Admission, PowGate
+from ..protocol.chat import ChatLimits
 from ..protocol.keyring import KeyRing, RingKey
 from ..protocol.request import Encapsulation, SealedRequest, new_request_id, seal_request
 from ..state.gate import AdmissionGate
@@ -20,8 +28,19 @@ from ..state.memory import MemoryState
 from ..upstream.breaker import CircuitBreaker
 from ..upstream.contracts import UpstreamClient
 from ..upstream.pool import Node, NodePool
+from ..web.chat import StreamSettings
 
 NOW = 1_800_000_000
+
+
+def chat_limits(**changes: Any) -> ChatLimits:
+    """The configuration's defaults, with `changes`."""
+    return replace(Config().chat_limits(), **changes)
+
+
+def stream_settings(**changes: Any) -> StreamSettings:
+    """The configuration's defaults, with `changes`."""
+    return replace(StreamSettings.from_config(Config()), **changes)
 
 
 def ring(now: int = NOW, interval: int = 86400, overlap: int = 3600) -> KeyRing:
@@ -71,6 +90,8 @@ def limits(**overrides: Any) -> Limits:
         replay_max_entries=1000,
         replay_max_per_address=1000,
         pow_max_spent=1000,
+        max_addresses=100_000,
+        max_devices=100_000,
     )
     values.update(overrides)
     return Limits(**values)
@@ -178,3 +199,13 @@ def call_gaps(want: Any, have: Any) -> list[str]:
         except TypeError as e:
             gaps.append(f"called with {how}: {e}")
     return gaps
+
+
+def privllm_modules() -> list[ModuleType]:
+    """Every module of privllm but its tests and the `python -m` entry points (which run)."""
+    names = [m.name for m in pkgutil.walk_packages(privllm.__path__, "privllm.")]
+    return [
+        importlib.import_module(name)
+        for name in names
+        if not name.startswith("privllm.test") and not name.endswith(".__main__")
+    ]

@@ -11,15 +11,14 @@ from twisted.trial.unittest import TestCase
 from twisted.web.test.requesthelper import DummyRequest
 
 from ..config.schema import Privacy
-from ..protocol.chat import ChatLimits
 from ..protocol.request import OpenedRequest, SealedRequest
 from ..protocol.response import ResponseReader
 from ..protocol.sse import SSEParser
 from ..protocol.stream import StreamError
-from ..web.chat import ChatStream, StreamSettings
+from ..web.chat import ChatStream
 from ..web.metrics import RouterMetrics
 from .fakes import FakeResponse, FakeUpstream
-from .helpers import ENC, FINISH, SECRET, delta, pool_of
+from .helpers import ENC, FINISH, SECRET, delta, pool_of, stream_settings
 
 
 class Streaming(TestCase):
@@ -29,7 +28,7 @@ class Streaming(TestCase):
         self.upstream = FakeUpstream()
         self.metrics = RouterMetrics()
         self.request = DummyRequest([b"api", b"chat"])
-        settings = StreamSettings(ChatLimits(), 15, 60, Privacy(pad_to=0, coalesce_ms=0), retries=0)
+        settings = stream_settings(keepalive=15, idle_timeout=60, privacy=Privacy(pad_to=0, coalesce_ms=0), retries=0)
         self.stream = ChatStream(self.request, self.clock, pool_of(self.upstream), self.metrics, settings)  # type: ignore[arg-type]
 
     def start(self, plaintext: dict[str, Any] | None = None) -> Deferred[None]:
@@ -213,7 +212,7 @@ class Coalescing(TestCase):
         self.clock = Clock()
         self.upstream = FakeUpstream()
         self.request = DummyRequest([b"api", b"chat"])
-        settings = StreamSettings(ChatLimits(), 15, 60, Privacy(pad_to=256, coalesce_ms=50))
+        settings = stream_settings(keepalive=15, idle_timeout=60, privacy=Privacy(pad_to=256, coalesce_ms=50))
         self.stream = ChatStream(self.request, self.clock, pool_of(self.upstream), RouterMetrics(), settings)  # type: ignore[arg-type]
         self.done = self.stream.start(OpenedRequest(b'{"messages":[{"role":"user","content":"hi"}]}', SECRET), ENC)
         self.response = FakeResponse()

@@ -13,7 +13,7 @@ from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
 from twisted.internet import reactor
 from twisted.internet.base import DelayedCall
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, ensureDeferred, succeed
 from twisted.internet.task import Clock, deferLater
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import TestCase
@@ -162,6 +162,30 @@ class SupervisorExit(TestCase):
 
         deferLater(reactor, 0.2, kill)
         self.assertLess(await exited - killed[0], 1.0)
+
+    def test_a_stop_while_a_restart_is_pending_leaves_no_socket_file(self) -> Deferred[None]:
+        """llama-server died and left its socket file; procmon waits before the restart. A stop
+        then must not leave the stale file in the state directory."""
+        socket = os.path.join(self.dir, "s.sock")
+        dying = os.path.join(self.dir, "dying-llama")
+        with open(dying, "w") as f:
+            f.write(f"#!/bin/sh\n: > {socket}\nexit 1\n")
+        os.chmod(dying, 0o700)
+        supervisor = LlamaSupervisor([dying, "--model", self.model], socket)
+        exited: Deferred[None] = Deferred()
+        supervisor.on_exit = lambda: exited.callback(None) if not exited.called else None
+        supervisor.startService()
+        self.addCleanup(lambda: supervisor.stopService() if supervisor.running else None)
+
+        async def then_stop() -> None:
+            await exited
+            await deferLater(reactor, 0.05, lambda: None)  # procmon forgets the run after on_exit
+            self.assertTrue(os.path.lexists(socket), "the dead process left its file")
+            self.assertEqual(supervisor.protocols, {}, "a restart is pending")
+            await supervisor.stopService()
+            self.assertFalse(os.path.lexists(socket))
+
+        return ensureDeferred(then_stop())
 
     def test_the_tap_wires_exit_to_the_node_and_the_node_to_its_monitor(self) -> None:
         environ = {

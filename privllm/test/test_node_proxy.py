@@ -9,8 +9,19 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from twisted.web.test.requesthelper import DummyRequest
 
-from ..node import NodeProxy
+from ..harmony.dialect import HarmonyDialect
+from ..node import FORWARDED, NodeProxy
+from ..upstream.openai_stream import ChatDialect
 from .fakes import GoneLlama, PendingLlama
+
+
+class Paths(TestCase):
+    def test_every_path_a_router_dialect_posts_is_forwarded(self) -> None:
+        """A router in harmony mode posts /completion; a node that forwarded only the
+        OpenAI-compatible path answered every gpt-oss chat with 404."""
+        for dialect in (ChatDialect, HarmonyDialect):
+            self.assertIn(dialect.path.encode(), FORWARDED, dialect.__name__)
+        self.assertIn(b"/tokenize", FORWARDED, "the router counts long conversations with the node's tokenizer")
 
 
 class Forward(TestCase):

@@ -9,13 +9,11 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import TestCase
 
-from ..protocol.chat import ChatLimits
 from ..web.app import RouterApp
-from ..web.chat import StreamSettings
 from ..web.metrics import RouterMetrics
 from ..web.request import PrivllmSite
 from .fakes import FakeUpstream
-from .helpers import NOW, memory_gate, pool_of, ring
+from .helpers import NOW, memory_gate, pool_of, ring, stream_settings
 
 LIMIT = 4096
 
@@ -31,7 +29,7 @@ class HTTP(TestCase):
             pool=pool_of(FakeUpstream()),
             metrics=RouterMetrics(),
             hsts_max_age=100,
-            settings=StreamSettings(ChatLimits(), 15, 60),
+            settings=stream_settings(keepalive=15, idle_timeout=60),
         )
         self.site = PrivllmSite(app.resource(), LIMIT, reactor=clock)
 
