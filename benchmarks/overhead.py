@@ -22,7 +22,8 @@ from twisted.internet.task import react
 
 from privllm.body import BodyStream
 from privllm.client import PrivllmClient
-from privllm.protocol.chat import ChatLimits, parse_chat_request
+from privllm.config import Config
+from privllm.protocol.chat import parse_chat_request
 from privllm.protocol.life import Finished
 from privllm.test.stack import Daemon  # test equipment, shared with tests/
 from privllm.upstream.events import Delta
@@ -51,7 +52,7 @@ def request(max_tokens: int) -> dict[str, Any]:
 
 async def direct(llama: LlamaServer, plaintext: dict[str, Any]) -> dict[str, float]:
     """The same upstream body privllm would send, straight to llama-server."""
-    body = completion_body(parse_chat_request(json.dumps(plaintext).encode(), ChatLimits()))
+    body = completion_body(parse_chat_request(json.dumps(plaintext).encode(), Config().chat_limits()))
     start = time.perf_counter()
     marks: dict[str, float] = {}
     translator = ChatCompletionStream()

@@ -34,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from typing import Any
 
 # llama-server's events, as privllm.test.synthetic_upstream sends them
@@ -155,8 +156,7 @@ def one_round(deltas: int, per_read: int, tls: bool = False, http: bool = False)
     from twisted.web.resource import Resource
     from twisted.web.server import Request, Site
 
-    from privllm.config.schema import Privacy
-    from privllm.protocol.chat import ChatLimits
+    from privllm.config.schema import Config, Privacy
     from privllm.protocol.request import OpenedRequest
     from privllm.upstream.breaker import CircuitBreaker
     from privllm.upstream.pool import Node, NodePool
@@ -176,7 +176,7 @@ def one_round(deltas: int, per_read: int, tls: bool = False, http: bool = False)
         channel.makeConnection(transport)
     request = Request(channel, False)
     request.method, request.clientproto, request.uri, request.path = b"POST", b"HTTP/1.1", b"/api/chat", b"/api/chat"
-    settings = StreamSettings(ChatLimits(), privacy=Privacy(pad_to=0, coalesce_ms=0), retries=0)
+    settings = replace(StreamSettings.from_config(Config()), privacy=Privacy(pad_to=0, coalesce_ms=0), retries=0)
     pool = NodePool([Node("node", upstream, CircuitBreaker(3, 10), healthy=True)])
     stream = ChatStream(request, clock, pool, RouterMetrics(), settings)
     body = json.dumps({"messages": [{"role": "user", "content": "hi"}]}).encode()

@@ -29,7 +29,8 @@ from twisted.web.client import ResponseNeverReceived
 
 from privllm.body import BodyStream
 from privllm.client import PrivllmClient
-from privllm.protocol.chat import ChatLimits, parse_chat_request
+from privllm.config import Config
+from privllm.protocol.chat import parse_chat_request
 from privllm.test.stack import Daemon  # test equipment, shared with tests/
 from privllm.upstream.llama import LlamaServer
 from privllm.upstream.openai_stream import completion_body
@@ -72,7 +73,7 @@ async def chat(client: PrivllmClient, body: dict[str, Any], samples: dict[str, l
 
 
 async def first_byte(llama: LlamaServer, body: dict[str, Any], samples: dict[str, list[float]]) -> None:
-    upstream = completion_body(parse_chat_request(json.dumps(body).encode(), ChatLimits()))
+    upstream = completion_body(parse_chat_request(json.dumps(body).encode(), Config().chat_limits()))
     for attempt in range(2):  # as the router does: again, once, when a kept-alive connection was just closed
         start = time.perf_counter()
         try:

@@ -21,6 +21,7 @@ from twisted.internet.task import react
 
 from privllm.client import PrivllmClient
 from privllm.keys.material import IDENTITY_PUB, TLS_CERT
+from privllm.protocol.chat import VERBOSITY
 from privllm.protocol.encoding import b64decode
 
 QUESTIONS = [
@@ -35,7 +36,6 @@ QUESTIONS = [
     "What is the difference between weather and climate?",
     "How should I prepare for a job interview?",
 ]
-LEVELS = ("brief", "normal", "detailed")
 TABLE = re.compile(r"^\s*\|.*\|\s*$", re.M)
 
 
@@ -47,10 +47,10 @@ async def measure(client: PrivllmClient, parallel: int = 4) -> dict[str, Any]:
         result = await client.chat(body)
         return level, int(result.usage.get("completion_tokens", 0)), bool(TABLE.search(result.text))
 
-    jobs = [gate.run(ask, q, v) for q in QUESTIONS for v in LEVELS]
+    jobs = [gate.run(ask, q, v) for q in QUESTIONS for v in VERBOSITY]
     answers = await gatherResults(jobs)
     report: dict[str, Any] = {"questions": len(QUESTIONS)}
-    for level in LEVELS:
+    for level in VERBOSITY:
         lengths = [n for v, n, _ in answers if v == level]
         report[level] = {
             "median_tokens": statistics.median(lengths),

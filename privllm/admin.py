@@ -36,6 +36,8 @@ from .protocol import suite
 from .protocol.keyring import KeyRing
 from .protocol.keyset import KEYSET_CLOCK_SKEW
 
+__all__ = ["describe", "entry_point", "main"]
+
 
 def _when(t: int) -> str:
     return datetime.datetime.fromtimestamp(t, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -4,14 +4,17 @@ response body received piece by piece."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
 from twisted.web.iweb import IBodyProducer
 from zope.interface import implementer
+
+__all__ = ["BodyStream", "BodyTooLarge", "BytesProducer", "read_bounded"]
 
 
 class BodyStream(Protocol):
@@ -45,12 +48,15 @@ class BodyStream(Protocol):
             self.done.errback(reason)
 
     def stop(self) -> None:
+        # IResponse.deliverBody connects its protocol to an IPushProducer, typed as Protocol's ITransport.
         if self.transport is not None:
-            self.transport.stopProducing()
+            cast(IPushProducer, self.transport).stopProducing()
 
 
 class BodyTooLarge(Exception):
     """A response body passed the bound its reader set."""
+
+    code = "body_too_large"
 
 
 def read_bounded(response: Any, limit: int) -> Deferred[bytes]:

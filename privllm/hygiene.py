@@ -17,6 +17,18 @@ import ctypes
 import ctypes.util
 import resource
 
+__all__ = [
+    "MCL_CURRENT",
+    "MCL_FUTURE",
+    "PR_GET_DUMPABLE",
+    "PR_SET_DUMPABLE",
+    "HygieneError",
+    "disable_core_dumps",
+    "harden",
+    "is_dumpable",
+    "lock_memory",
+]
+
 MCL_CURRENT = 1
 MCL_FUTURE = 2
 PR_SET_DUMPABLE = 4
@@ -25,6 +37,8 @@ PR_GET_DUMPABLE = 3
 
 class HygieneError(Exception):
     """A required protection could not be applied; the start stops."""
+
+    code = "hygiene"
 
 
 def _libc() -> ctypes.CDLL:

@@ -30,6 +30,21 @@ from typing import Any
 
 from twisted.logger import LogEvent, LogLevel, globalLogPublisher
 
+__all__ = [
+    "ALLOWED",
+    "FORMATTABLE",
+    "KEPT_META",
+    "LATEST",
+    "META_VALID",
+    "OWN",
+    "TWISTED",
+    "WITHHELD",
+    "has_address",
+    "install",
+    "request_tag",
+    "sanitize",
+]
+
 # worker_line: a line of a router worker's own log, already filtered by this list in the worker
 OWN = frozenset(
     {"rid", "outcome", "kind", "reason", "ids", "failure_type", "withheld", "category", "node", "worker_line"}

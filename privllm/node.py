@@ -1,9 +1,10 @@
 """
 The inference node's HTTPS front: llama-server cannot require client certificates, so a
 node runs privllm in the node role. Only the router (a client certificate from the
-deployment CA naming an allowed client) may reach four paths of the node-local llama-server:
-GET /health, GET /props (reduced to the context of a slot), and POST /v1/chat/completions and
-/tokenize (streamed through, never buffered).
+deployment CA naming an allowed client) may reach five paths of the node-local llama-server:
+GET /health, GET /props (reduced to the context of a slot), and POST /v1/chat/completions
+(the OpenAI-compatible dialect), /completion (Harmony, for gpt-oss) and /tokenize (streamed
+through, never buffered).
 Nothing of the content is logged; the node never sees plaintext from outside the tunnel.
 """
 
@@ -23,9 +24,11 @@ from .body import BodyStream
 from .protocol.encoding import dumps
 from .upstream.llama import LlamaServer
 
+__all__ = ["FORWARDED", "NodeProxy", "peer_names"]
+
 log = Logger()
-CHAT = b"/v1/chat/completions"
-FORWARDED = (CHAT, b"/tokenize")
+# The router's two dialects post to these; the node does not know which one the router speaks.
+FORWARDED = (b"/v1/chat/completions", b"/completion", b"/tokenize")
 
 
 def peer_names(request: Request) -> set[str]:

@@ -9,9 +9,8 @@ supervises workers, each a router of its own (`--worker-fd`, privllm.workers).
 
 from __future__ import annotations
 
-from typing import Any
-
 from twisted.application.service import MultiService
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python import usage
 
@@ -26,7 +25,7 @@ from .services.router import Router
 from .upstream.supervisor import SupervisorError
 from .workers import worker_count
 
-__all__ = ["Options", "StartError", "build", "makeService"]
+__all__ = ["Options", "build", "makeService"]
 log = Logger()
 
 
@@ -45,7 +44,7 @@ class Options(usage.Options):
             raise usage.UsageError("--worker-fd is for router workers, a descriptor from 3 up")
 
 
-def build(config: Config, role: str, reactor: Any, options: Options | None = None) -> MultiService:
+def build(config: Config, role: str, reactor: IReactorTime, options: Options | None = None) -> MultiService:
     """One process (server.workers 1, or a node), a worker, or the parent of workers."""
     fd = options["worker-fd"] if options is not None else None
     count = worker_count(config.server.workers, config.state.backend == "redis")

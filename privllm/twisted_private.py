@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from twisted.web.client import HTTPConnectionPool, _HTTP11ClientFactory
 
+__all__ = ["quiet_pool"]
+
 
 class _QuietFactory(_HTTP11ClientFactory):
     noisy = False

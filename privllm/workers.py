@@ -20,25 +20,58 @@ import os
 import shutil
 import socket
 import sys
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, AnyStr
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorProcess, IReactorTime, IStreamServerEndpoint
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IProcessProtocol,
+    IProcessTransport,
+    IReactorProcess,
+    IReactorSocket,
+    IReactorTime,
+    IStreamServerEndpoint,
+)
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import FileLogObserver, LogEvent, Logger, formatEventAsClassicLogText, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.runner.procmon import ProcessMonitor
 from zope.interface import implementer
 
+from .config.schema import MAX_WORKERS
+
+__all__ = [
+    "LISTEN_BACKLOG",
+    "METRICS_ENV",
+    "RESTART_MAX_DELAY",
+    "RESTART_THRESHOLD",
+    "SETPRIV",
+    "SYSTEMD_ENV",
+    "TWISTD",
+    "WORKER_FD",
+    "AdoptedEndpoint",
+    "InheritingReactor",
+    "WorkerMonitor",
+    "child_argv",
+    "child_env",
+    "cores",
+    "forward_child_output",
+    "inherited_socket",
+    "listening_socket",
+    "metrics_dir",
+    "metrics_registry",
+    "worker_count",
+    "worker_log",
+]
+
 WORKER_FD = 3  # the listening socket's number in every child
 METRICS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 SETPRIV = "/usr/bin/setpriv"
 TWISTD = "from twisted.scripts.twistd import run; run()"
 LISTEN_BACKLOG = socket.SOMAXCONN
-MAX_WORKERS = 256
 log = Logger()
 
 
@@ -132,7 +165,7 @@ def worker_log() -> FileLogObserver:
 class _Ended(ProcessProtocol):
     """Passes everything to procmon's protocol, then reports the child's end with its pid."""
 
-    def __init__(self, inner: ProcessProtocol, ended: Callable[[int], None]) -> None:
+    def __init__(self, inner: IProcessProtocol, ended: Callable[[int], None]) -> None:
         self.inner = inner
         self.ended = ended
         self.pid = 0
@@ -158,25 +191,26 @@ class _Ended(ProcessProtocol):
 @implementer(IReactorProcess, IReactorTime)
 class InheritingReactor:
     """The reactor as procmon sees it: children inherit `fd` as WORKER_FD, and `ended(pid)` is
-    called once each has ended. Time calls go to the real reactor."""
+    called once each has ended. Time calls go to the real reactor, which provides both."""
 
-    def __init__(self, reactor: Any, fd: int, ended: Callable[[int], None]) -> None:
+    def __init__(self, reactor: IReactorProcess, fd: int, ended: Callable[[int], None]) -> None:
         self.reactor = reactor
+        self.clock = IReactorTime(reactor)
         self.fd = fd
         self.ended = ended
 
     def spawnProcess(
         self,
-        processProtocol: ProcessProtocol,
-        executable: str,
-        args: list[str],
-        env: dict[str, str] | None = None,
-        path: str | None = None,
+        processProtocol: IProcessProtocol,
+        executable: bytes | str,
+        args: Sequence[bytes | str],
+        env: Mapping[AnyStr, AnyStr] | None = None,
+        path: bytes | str | None = None,
         uid: int | None = None,
         gid: int | None = None,
         usePTY: bool = False,
-        childFDs: dict[int, int | str] | None = None,
-    ) -> Any:
+        childFDs: Mapping[int, int | str] | None = None,
+    ) -> IProcessTransport:
         fds: dict[int, int | str] = {0: "w", 1: "r", 2: "r", **(childFDs or {}), WORKER_FD: self.fd}
         wrapper = _Ended(processProtocol, self.ended)
         process = self.reactor.spawnProcess(
@@ -186,13 +220,13 @@ class InheritingReactor:
         return process
 
     def seconds(self) -> float:
-        return float(self.reactor.seconds())
+        return self.clock.seconds()
 
-    def callLater(self, delay: float, callable: Callable[..., Any], *args: Any, **kw: Any) -> Any:
-        return self.reactor.callLater(delay, callable, *args, **kw)
+    def callLater(self, delay: float, callable: Callable[..., Any], *args: object, **kw: object) -> IDelayedCall:
+        return self.clock.callLater(delay, callable, *args, **kw)
 
-    def getDelayedCalls(self) -> Any:
-        return self.reactor.getDelayedCalls()
+    def getDelayedCalls(self) -> Sequence[IDelayedCall]:
+        return self.clock.getDelayedCalls()
 
 
 def forward_child_output(event: LogEvent) -> None:
@@ -216,9 +250,15 @@ class WorkerMonitor(ProcessMonitor):
     log = Logger(namespace="privllm.workers", observer=forward_child_output)  # type: ignore[arg-type]
 
     def __init__(
-        self, reactor: Any, sock: socket.socket, count: int, argv: list[str], env: dict[str, str], directory: str
+        self,
+        reactor: IReactorProcess,
+        sock: socket.socket,
+        count: int,
+        argv: list[str],
+        env: dict[str, str],
+        directory: str,
     ) -> None:
-        super().__init__(reactor=InheritingReactor(reactor, sock.fileno(), self._ended))  # type: ignore[arg-type]
+        super().__init__(reactor=InheritingReactor(reactor, sock.fileno(), self._ended))
         # A worker that ends within RESTART_THRESHOLD of its start (it could not start: an unsafe
         # Redis, a bad file) is restarted after a delay doubling from 1 s to RESTART_MAX_DELAY,
         # not at once in a loop; one that ran longer (a crash) is restarted at once.
@@ -264,7 +304,7 @@ class AdoptedEndpoint:
     not refuse chats with 503 while its nodes are still unknown to it. Cancelled before that
     (the worker stops), it never accepts."""
 
-    def __init__(self, reactor: Any, fd: int, first: Callable[[], Deferred[Any]]) -> None:
+    def __init__(self, reactor: IReactorSocket, fd: int, first: Callable[[], Deferred[Any]]) -> None:
         self.reactor = reactor
         self.fd = fd
         self.first = first

@@ -6,12 +6,12 @@ import os
 import subprocess
 import tempfile
 
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from twisted.trial.unittest import TestCase
 
 from privllm.keys.files import ensure_private_dir
 from privllm.keys.material import ensure_dev_certificate
+from privllm.keys.tls import private_pem
 from privllm.test.stack import TWISTD, free_port
 
 
@@ -22,9 +22,7 @@ class ProdStart(TestCase):
         ensure_private_dir(secrets)
         self.cert, self.key = ensure_dev_certificate(secrets, ["127.0.0.1"])
         self.identity = os.path.join(secrets, "identity.key")
-        pem = Ed25519PrivateKey.generate().private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
+        pem = private_pem(Ed25519PrivateKey.generate())
         with open(os.open(self.identity, os.O_WRONLY | os.O_CREAT, 0o600), "wb") as f:
             f.write(pem)
 

@@ -18,8 +18,12 @@ SURROGATE = b'{"messages":[{"role":"user","content":"a\\ud800b"}],"max_tokens":8
 
 
 def metric(text: bytes, name: str, labels: str = "") -> float:
+    """One sample's value; a series the router does not export fails the test (a misspelt
+    name read as 0 would pass every `== 0`)."""
     match = re.search(rb"^" + re.escape(f"{name}{labels}".encode()) + rb" ([0-9.e+-]+)$", text, re.M)
-    return float(match.group(1)) if match else 0.0
+    if match is None:
+        raise AssertionError(f"no series {name}{labels} in the router's metrics")
+    return float(match.group(1))
 
 
 class HostileChats(TestCase):

@@ -16,11 +16,11 @@ import ssl
 import tempfile
 import time
 
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from privllm.keys.files import ensure_private_dir, write_secret
 from privllm.keys.pki import CA_CERT, create_ca, issue
+from privllm.keys.tls import private_pem
 from privllm.test.stack import Daemon
 
 EXAMPLE = os.path.join(os.path.dirname(__file__), "..", "docs", "examples", "router.toml")
@@ -60,12 +60,7 @@ class Topology:
         ensure_private_dir(secrets)
         self.identity = Ed25519PrivateKey.generate()
         identity_path = os.path.join(secrets, "identity.key")
-        write_secret(
-            identity_path,
-            self.identity.private_bytes(
-                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-            ),
-        )
+        write_secret(identity_path, private_pem(self.identity))
         self.router = Daemon(name="prod-router", env="prod", config_file=EXAMPLE, ca_file=self.ca)
         urls = [f"https://127.0.0.1:{n.port}" for n in self.nodes]
         self.router.environ.update(

@@ -19,15 +19,16 @@ from OpenSSL import crypto
 from twisted.internet import defer, ssl
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectError, ConnectionLost, DNSLookupError, TimeoutError
+from twisted.internet.interfaces import IReactorThreads, IReactorTime
 from twisted.internet.threads import deferToThreadPool
-from twisted.web.client import Agent, HTTPConnectionPool, ResponseFailed
+from twisted.web.client import ResponseFailed
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
 from ..body import BodyStream, BytesProducer
-from ..endpoints import AgentEndpoints
+from ..endpoints import AgentEndpoints, pooled_agent
 from ..protocol.encoding import EncodingError, b64decode, b64encode, dumps, loads_bounded
 from ..protocol.keyset import (
     MAX_KEYSET_BYTES,
@@ -44,32 +45,61 @@ from ..protocol.response import ResponseReader
 from ..protocol.stream import StreamError
 from ..protocol.suite import POW_MAX_DIFFICULTY
 
+__all__ = [
+    "BODY_TIMEOUT",
+    "ERROR_CODE",
+    "MAX_ERROR_BYTES",
+    "MAX_RETRY_AFTER",
+    "NETWORK_ERRORS",
+    "STREAM_IDLE_TIMEOUT",
+    "ChatResult",
+    "ClientError",
+    "NetworkError",
+    "PinnedRootPolicy",
+    "PrivllmClient",
+    "ProofOfWorkRefused",
+    "ProtocolFailure",
+    "ServerError",
+    "TruncatedError",
+    "error_code",
+    "read_stream",
+    "router_url",
+]
+
 
 class ClientError(Exception):
+    """The base of the client's errors. `code`: a short stable name; a ServerError carries the
+    router's own. `exit_code`: privllm-chat's exit status for it."""
+
+    code = "client"
     exit_code = 1
 
 
 class NetworkError(ClientError):
     """The router could not be reached, or the connection broke."""
 
+    code = "network"
     exit_code = 3
 
 
 class ProtocolFailure(ClientError):
     """The router's answer broke the protocol: bad signature, tampered or malformed chunk."""
 
+    code = "protocol_failure"
     exit_code = 4
 
 
 class TruncatedError(ClientError):
     """The stream ended without a verified final chunk."""
 
+    code = "truncated"
     exit_code = 5
 
 
 class ServerError(ClientError):
     """The router refused the request (plaintext error) or ended the stream with a sealed error."""
 
+    code = "server_error"
     exit_code = 6
 
     def __init__(
@@ -95,6 +125,8 @@ class ServerError(ClientError):
 class ProofOfWorkRefused(ServerError):
     """The router (or whoever answers in its name: the demand is not signed) asks for more
     proof of work than this client will do."""
+
+    code = "pow_refused"
 
     def __init__(self, difficulty: int, maximum: int) -> None:
         super().__init__("pow_required", 429)
@@ -156,7 +188,7 @@ def error_code(value: object) -> str:
 class PrivllmClient:
     def __init__(
         self,
-        reactor: Any,
+        reactor: IReactorTime,
         base_url: str,
         pinned_identity: bytes,
         device_private_key: bytes,
@@ -178,9 +210,10 @@ class PrivllmClient:
         self._pin = pinned_identity
         self._device = device_private_key
         # Keep connections open between chats, as an app would: no TLS handshake per message.
-        self._pool = HTTPConnectionPool(reactor, persistent=True)
+        # Two per address for four minutes: what Twisted's pool keeps when not told otherwise.
         endpoints = AgentEndpoints(reactor, PinnedRootPolicy(trust_root_pem))
-        agent: Any = Agent.usingEndpointFactory(reactor, endpoints, pool=self._pool)
+        agent: Any
+        agent, self._pool = pooled_agent(reactor, endpoints, keep=2, idle_seconds=240)
         self._agent = agent
         self._keyset: KeySet | None = None
         self._prepared: Encapsulation | None = None
@@ -359,17 +392,18 @@ class PrivllmClient:
         if difficulty > self._max_pow:
             raise ProofOfWorkRefused(difficulty, self._max_pow)
         report = self._on_pow
+        threads = IReactorThreads(self._reactor)
 
         def progress(tries: int) -> None:
             if report is not None:
-                self._reactor.callFromThread(report, difficulty, tries)
+                threads.callFromThread(report, difficulty, tries)
 
         # A nonce is found within 2**difficulty tries on average; 64 times that fails with
         # probability e**-64, so the bound only stops a loop that could not end otherwise.
         limit = 1 << (difficulty + 6)
         try:
             nonce = await deferToThreadPool(
-                self._reactor, self._reactor.getThreadPool(), solve, raw, request_id, difficulty, progress, limit
+                threads, threads.getThreadPool(), solve, raw, request_id, difficulty, progress, limit
             )
         except PowError as e:
             raise ProtocolFailure("no proof-of-work solution found") from e
@@ -385,7 +419,7 @@ def _retry_after(value: bytes) -> int | None:
 
 
 async def read_stream(
-    response: Any, reader: ResponseReader, clock: Any, on_chunk: Callable[[dict[str, Any]], None] | None = None
+    response: Any, reader: ResponseReader, clock: IReactorTime, on_chunk: Callable[[dict[str, Any]], None] | None = None
 ) -> ChatResult:
     """Open the stream as it arrives; a stream silent for STREAM_IDLE_TIMEOUT is cut (truncated)."""
     result = ChatResult()

@@ -8,7 +8,8 @@ import os
 import sys
 from typing import Any
 
-from twisted.internet.defer import ensureDeferred
+from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import react
 
 from ..config.profiles import default_state_dir
@@ -17,6 +18,16 @@ from ..keys.material import IDENTITY_PUB, TLS_CERT, new_hpke_keypair
 from ..protocol.encoding import b64decode
 from ..protocol.suite import POW_MAX_DIFFICULTY
 from .api import ClientError, PrivllmClient, router_url
+
+__all__ = [
+    "EXIT_USAGE",
+    "default_device_key",
+    "load_or_create_device_key",
+    "main",
+    "parse_args",
+    "plaintext_from",
+    "run",
+]
 
 EXIT_USAGE = 2
 
@@ -104,7 +115,7 @@ def plaintext_from(args: argparse.Namespace) -> dict[str, Any]:
     return body
 
 
-async def run(reactor: Any, args: argparse.Namespace) -> int:
+async def run(reactor: IReactorTime, args: argparse.Namespace) -> int:
     def pow_progress(difficulty: int, tries: int) -> None:
         if sys.stderr.isatty():
             sys.stderr.write(f"\rthe router is busy: proof of work ({difficulty} bits), {tries:,} tries")
@@ -142,7 +153,7 @@ async def run(reactor: Any, args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(sys.argv[1:] if argv is None else argv)
 
-    def _main(reactor: Any) -> Any:
+    def _main(reactor: IReactorTime) -> Deferred[None]:
         d = ensureDeferred(run(reactor, args))
 
         def finish(code: int) -> None:

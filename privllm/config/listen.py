@@ -17,6 +17,23 @@ import re
 from dataclasses import dataclass
 from typing import Protocol
 
+__all__ = [
+    "DOMAINS",
+    "FD_NAME",
+    "KEYWORDS",
+    "KINDS",
+    "MAX_INDEX",
+    "MAX_LENGTH",
+    "MAX_PATH",
+    "MODE",
+    "POSITIONAL",
+    "REFUSED",
+    "HasListen",
+    "Listen",
+    "listener",
+    "parse_listen",
+]
+
 MAX_LENGTH = 512
 KINDS = ("tcp", "tcp6", "unix", "systemd")
 REFUSED = {

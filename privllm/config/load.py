@@ -10,10 +10,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..protocol.addresses import parse_network
+from ..protocol.chat import VERBOSITY
 from ..protocol.cors import check_origin
 from .listen import listener
 from .profiles import profile
 from .schema import Config
+
+__all__ = ["ENV_PREFIX", "MAX_DOTS", "MAX_ENV_VALUE", "MAX_FILE_BYTES", "SHOWN_KEY", "ConfigError", "load_config"]
 
 ENV_PREFIX = "PRIVLLM_"
 MAX_FILE_BYTES = 1 << 16  # a full configuration is about 3 KiB
@@ -26,6 +29,8 @@ SHOWN_KEY = re.compile(r"[a-z0-9_.-]{1,80}")
 
 class ConfigError(Exception):
     """One line naming the key and the reason; the daemon prints it and starts nothing."""
+
+    code = "config"
 
     def __init__(self, key: str, reason: str) -> None:
         shown = key if SHOWN_KEY.fullmatch(key) else ascii(key[:80])  # a key from the file may hold anything
@@ -141,7 +146,7 @@ def load_config(env: str, path: str | None = None, environ: Mapping[str, str] | 
 
 
 def _check_consistency(config: Config) -> None:
-    for level in ("brief", "normal", "detailed"):
+    for level in VERBOSITY:
         if getattr(config.chat, f"{level}_max_tokens") > config.chat.max_tokens:
             raise ConfigError(f"chat.{level}_max_tokens", "must not exceed chat.max_tokens")
     _check_backends(config)
@@ -220,10 +225,10 @@ def _check_backends(config: Config) -> None:
             raise ConfigError(
                 "backend.ca", "https backends need backend.ca, backend.client_certificate and backend.client_key"
             )
-    for pin in backend.pins:
-        url, sep, value = pin.partition("=")  # base64 ends in "=": split at the first one
-        if not sep or not value or not url.startswith("https://") or url not in backend.urls:
-            raise ConfigError("backend.pins", "each pin is https-url=base64 for a url in backend.urls")
+    try:
+        backend.pins_by_host()
+    except ValueError as e:
+        raise ConfigError("backend.pins", str(e)) from None
     if len(set(backend.urls)) != len(backend.urls):
         raise ConfigError("backend.urls", "a backend is named twice")
 

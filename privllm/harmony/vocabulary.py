@@ -14,12 +14,18 @@ import os
 from functools import cache
 from typing import Any
 
+from .errors import HarmonyError
+
+__all__ = ["FILE", "SHA256", "VocabularyError", "encoding", "install"]
+
 FILE = "o200k_base.tiktoken"
 SHA256 = "446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d"
 
 
-class VocabularyError(Exception):
+class VocabularyError(HarmonyError):
     """The vocabulary is missing or not the expected file; a Harmony backend cannot start."""
+
+    code = "vocabulary"
 
 
 def _packaged() -> bytes:

@@ -43,6 +43,22 @@ from .files import (
 )
 from .material import IDENTITY_KEY, TLS_CERT, TLS_KEY, keyring_json, keyring_path, parse_keyring
 
+__all__ = [
+    "ID_MARGIN",
+    "MAX_ARCHIVE_BYTES",
+    "MAX_MEMBER_BYTES",
+    "MAX_RING_BYTES",
+    "MEMBERS",
+    "RING",
+    "backup",
+    "backup_paths",
+    "check_members",
+    "read_archive",
+    "restore",
+    "ring_member",
+    "ring_start",
+]
+
 MEMBERS = (IDENTITY_KEY, TLS_CERT, TLS_KEY)
 RING = "ring.json"  # not secret: where the key ids stood, the rotation interval, when
 MAX_MEMBER_BYTES = 1 << 16  # a PEM chain of a few certificates

@@ -5,9 +5,24 @@ from __future__ import annotations
 import os
 import stat
 
+from .errors import KeysError
 
-class KeyFileError(Exception):
+__all__ = [
+    "KeyFileError",
+    "create_secret",
+    "ensure_private_dir",
+    "fsync_dir",
+    "read_secret",
+    "read_secret_buffer",
+    "wipe",
+    "write_secret",
+]
+
+
+class KeyFileError(KeysError):
     """A key file or directory is missing, unsafe or corrupt; the start stops and nothing is overwritten."""
+
+    code = "key_file"
 
 
 def _check_owner_and_mode(path: str, st: os.stat_result, kind: str) -> None:

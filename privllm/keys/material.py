@@ -19,6 +19,28 @@ from ..protocol.encoding import EncodingError, b64decode, b64encode, loads_bound
 from ..protocol.keyring import KEY_ID_SPACE, KeyRing, RingKey
 from .files import KeyFileError, create_secret, fsync_dir, read_secret, write_secret
 from .pki import self_signed
+from .tls import private_pem, write_key_and_certificate
+
+__all__ = [
+    "IDENTITY_KEY",
+    "IDENTITY_PUB",
+    "KEYRING",
+    "MAX_KEYRING_BYTES",
+    "MAX_TIME",
+    "POW_KEY",
+    "POW_KEY_BYTES",
+    "TLS_CERT",
+    "TLS_KEY",
+    "ensure_dev_certificate",
+    "ensure_identity",
+    "keyring_json",
+    "keyring_path",
+    "load_identity",
+    "new_hpke_keypair",
+    "parse_keyring",
+    "pow_key",
+    "save_keyring",
+]
 
 IDENTITY_KEY = "identity.key"
 IDENTITY_PUB = "identity.pub"  # what a dev client pins
@@ -52,10 +74,7 @@ def ensure_identity(state_dir: str) -> str:
     path = os.path.join(state_dir, IDENTITY_KEY)
     if not os.path.lexists(path):
         key = Ed25519PrivateKey.generate()
-        pem = key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-        write_secret(path, pem)
+        write_secret(path, private_pem(key))
     identity = load_identity(path)
     write_secret(
         os.path.join(state_dir, IDENTITY_PUB), (b64encode(identity.public_key().public_bytes_raw()) + "\n").encode()
@@ -153,9 +172,5 @@ def ensure_dev_certificate(state_dir: str, hosts: list[str]) -> tuple[str, str]:
             alt.append(x509.DNSName(host))
     extensions = [(x509.SubjectAlternativeName(alt), False), (x509.BasicConstraints(ca=True, path_length=0), True)]
     cert = self_signed(key, "privllm dev", 365, extensions)
-    write_secret(
-        key_path,
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
-    )
-    write_secret(cert_path, cert.public_bytes(serialization.Encoding.PEM))
+    write_key_and_certificate(key_path, key, cert_path, cert)
     return cert_path, key_path

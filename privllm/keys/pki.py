@@ -17,16 +17,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from .files import ensure_private_dir, read_secret, write_secret
+from .files import ensure_private_dir, read_secret
+from .tls import write_key_and_certificate
+
+__all__ = ["CA_CERT", "CA_KEY", "create_ca", "issue", "self_signed"]
 
 CA_CERT = "ca.crt"
 CA_KEY = "ca.key"
-
-
-def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
 
 
 def _now() -> datetime.datetime:
@@ -69,8 +66,7 @@ def create_ca(directory: str, name: str = "privllm deployment CA", days: int = 3
             (x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False),
         ],
     )
-    write_secret(key_path, _pem_key(key))
-    write_secret(cert_path, cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
+    write_key_and_certificate(key_path, key, cert_path, cert)
     return cert_path
 
 
@@ -115,6 +111,5 @@ def issue(
     )
     ensure_private_dir(out_directory)
     cert_path, key_path = os.path.join(out_directory, f"{name}.crt"), os.path.join(out_directory, f"{name}.key")
-    write_secret(key_path, _pem_key(key))
-    write_secret(cert_path, cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
+    write_key_and_certificate(key_path, key, cert_path, cert)
     return cert_path, key_path

@@ -8,6 +8,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
@@ -17,6 +18,8 @@ from ..protocol.encoding import dumps
 from ..protocol.keyset import keyset_document
 from .files import KeyFileError
 from .store import KeyRingStore, Update
+
+__all__ = ["InThread", "KeyRingService"]
 
 log = Logger()
 
@@ -31,7 +34,7 @@ class KeyRingService(Service):
         self,
         store: KeyRingStore,
         identity: Ed25519PrivateKey,
-        clock: Any,
+        clock: IReactorTime,
         keyset_lifetime: int,
         in_thread: InThread = deferToThread,
     ) -> None:
@@ -54,7 +57,7 @@ class KeyRingService(Service):
         on a copy; the ring that admission reads changes only here, on the reactor thread, in
         one step. LoopingCall waits for the returned Deferred, so two never overlap."""
         self._refreshing = True
-        d = self._in_thread(self._store.prepare, int(self._clock.seconds()))
+        d = self._in_thread(self._store.prepare, lambda: int(self._clock.seconds()))
         d.addCallbacks(self._apply, self._failed)
         d.addBoth(self._finished)
         return d

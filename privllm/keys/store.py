@@ -22,6 +22,8 @@ from ..protocol.keyring import KEY_ID_SPACE, KeyRing
 from .files import KeyFileError, ensure_private_dir, read_secret_buffer, wipe
 from .material import keyring_path, parse_keyring, save_keyring
 
+__all__ = ["LOCK", "LOCK_POLL", "LOCK_WAIT", "KeyRingStore", "Update"]
+
 LOCK = "hpke-keyring.lock"
 
 
@@ -82,13 +84,15 @@ class KeyRingStore:
     def update(self, now: int, change: Callable[[KeyRing], None] | None = None) -> KeyRing:
         """Bring the ring up to date with the file and `now` (and apply `change`), save it if it
         moved. Every call returns the same ring object, changed in place."""
-        return self.apply(self.prepare(now, change))
+        return self.apply(self.prepare(lambda: now, change))
 
-    def prepare(self, now: int, change: Callable[[KeyRing], None] | None = None) -> Update:
+    def prepare(self, clock: Callable[[], int], change: Callable[[KeyRing], None] | None = None) -> Update:
         """The file work of `update`, under the lock: read, refresh, change, save if it moved.
         It changes neither the held ring nor the store, so it may run in another thread while
-        the ring serves, provided one prepare-then-apply finishes before the next starts."""
+        the ring serves, provided one prepare-then-apply finishes before the next starts.
+        `clock` is read once the lock is held: the wait for it can last `lock_wait`."""
         with self._locked():
+            now = clock()
             ring, digest = self._read()
             try:
                 before = (ring.keys, ring.last_key_id)

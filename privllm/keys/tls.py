@@ -1,6 +1,6 @@
 """
 TLS material shared by every side that speaks TLS (the web listener, the router's mutual TLS
-towards nodes, privllm-admin): certificate chains and keys read from PEM files, the SPKI pin of
+towards nodes, privllm-admin): certificate chains and keys written to and read from PEM files, the SPKI pin of
 a certificate's key, and a value rebuilt when its files change so renewed certificates apply to
 new connections without a restart.
 """
@@ -16,9 +16,26 @@ from typing import Any
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from OpenSSL import crypto
 
-from .files import KeyFileError, read_secret
+from .files import KeyFileError, read_secret, write_secret
+
+
+def private_pem(key: PrivateKeyTypes) -> bytes:
+    """A private key as unencrypted PKCS#8 PEM: the one form privllm writes (and load_key reads)."""
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def write_key_and_certificate(key_path: str, key: PrivateKeyTypes, cert_path: str, cert: x509.Certificate) -> None:
+    """The key first, as a secret (0600); then its certificate, public (0644)."""
+    write_secret(key_path, private_pem(key))
+    write_secret(cert_path, cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
+
+
+__all__ = ["Reloading", "load_chain", "load_pair", "private_pem", "spki_pin", "write_key_and_certificate"]
 
 
 def load_chain(path: str) -> list[x509.Certificate]:
@@ -32,19 +49,31 @@ def load_chain(path: str) -> list[x509.Certificate]:
     return chain
 
 
-def load_key(path: str) -> crypto.PKey:
+def _private_key(path: str) -> Any:
     try:
-        key = serialization.load_pem_private_key(read_secret(path), password=None)
+        return serialization.load_pem_private_key(read_secret(path), password=None)
     except (ValueError, TypeError, UnsupportedAlgorithm) as e:  # TypeError: an encrypted key
         raise KeyFileError(f"TLS key {path} is not an unencrypted PEM private key") from e
-    return crypto.PKey.from_cryptography_key(key)  # type: ignore[arg-type]
+
+
+def load_pair(cert_path: str, key_path: str) -> tuple[list[x509.Certificate], crypto.PKey]:
+    """A certificate chain and the leaf's key. Each half parses alone; a key that is not the
+    leaf's (a renewal half done) would show only when a TLS context is made, failing every
+    connection, so it is refused here, where a reload keeps the last good pair."""
+    chain, key = load_chain(cert_path), _private_key(key_path)
+    if _spki(chain[0].public_key()) != _spki(key.public_key()):
+        raise KeyFileError(f"TLS key {key_path} is not the key of certificate {cert_path}")
+    return chain, crypto.PKey.from_cryptography_key(key)
+
+
+def _spki(public_key: Any) -> bytes:
+    return bytes(public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo))
 
 
 def spki_pin(certificate: Any) -> str:
     """base64(SHA-256(SubjectPublicKeyInfo)) of a pyOpenSSL or cryptography certificate."""
     cert = certificate.to_cryptography() if hasattr(certificate, "to_cryptography") else certificate
-    spki = cert.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    return base64.b64encode(hashlib.sha256(spki).digest()).decode()
+    return base64.b64encode(hashlib.sha256(_spki(cert.public_key())).digest()).decode()
 
 
 class Reloading:

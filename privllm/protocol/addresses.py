@@ -10,6 +10,8 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable
 
+__all__ = ["MAX_TEXT", "AddressPolicy", "IPAddress", "IPNetwork", "parse_address", "parse_network"]
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -50,7 +52,7 @@ def _unmapped(address: IPAddress) -> IPAddress:
 class AddressPolicy:
     """Turns a peer address into the key every per-address limit counts, and knows the proxies."""
 
-    def __init__(self, ipv6_prefix: int = 64, trusted_proxies: Iterable[str] = ()) -> None:
+    def __init__(self, ipv6_prefix: int, trusted_proxies: Iterable[str] = ()) -> None:
         if not 1 <= ipv6_prefix <= 128:
             raise ValueError("the IPv6 prefix length must lie in 1..128")
         self.ipv6_prefix = ipv6_prefix

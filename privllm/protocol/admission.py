@@ -32,6 +32,8 @@ from .pow import Challenges, DifficultyPolicy, PowError
 from .replay import check_fresh
 from .request import OpenedRequest, open_request
 
+__all__ = ["Admission", "Admitted", "Ask", "Lease", "Load", "PowGate", "Prepared", "SealedRefusal"]
+
 
 @dataclass(frozen=True)
 class SealedRefusal:

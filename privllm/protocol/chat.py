@@ -10,10 +10,28 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .encoding import EncodingError, is_scalar_text, loads_bounded
+from .errors import ProtocolError
+
+__all__ = [
+    "FIELDS",
+    "MAX_DEPTH",
+    "MAX_PLAINTEXT",
+    "MAX_TOKENS",
+    "REASONING_EFFORT",
+    "ROLES",
+    "VERBOSITY",
+    "BadChatRequest",
+    "ChatLimits",
+    "ChatRequest",
+    "Message",
+    "parse_chat_request",
+]
 
 ROLES = frozenset({"system", "user", "assistant"})
-VERBOSITY = frozenset({"brief", "normal", "detailed"})
-REASONING_EFFORT = frozenset({"low", "medium", "high"})
+# The one list of each wire value: the configuration's choices, the instructions and the
+# per-level token defaults (`<level>_max_tokens`) follow these.
+VERBOSITY = ("brief", "normal", "detailed")
+REASONING_EFFORT = ("low", "medium", "high")
 FIELDS = frozenset({"messages", "max_tokens", "temperature", "top_p", "verbosity", "reasoning_effort"})
 MAX_DEPTH = 3  # {"messages": [{"role": ..., "content": ...}]}
 MAX_PLAINTEXT = 1 << 22  # above any body the router accepts (server.max_body_bytes is at most 4 MiB)
@@ -22,14 +40,16 @@ MAX_TOKENS = (1 << 31) - 1
 
 @dataclass(frozen=True)
 class ChatLimits:
-    max_messages: int = 64
-    max_message_chars: int = 32_000
-    max_total_chars: int = 96_000
-    max_tokens: int = 1024
-    default_verbosity: str = "brief"
-    brief_max_tokens: int = 150
-    normal_max_tokens: int = 300
-    detailed_max_tokens: int = 800
+    """No defaults here: they are the configuration's (privllm.config.schema, Config.chat_limits)."""
+
+    max_messages: int
+    max_message_chars: int
+    max_total_chars: int
+    max_tokens: int
+    default_verbosity: str
+    brief_max_tokens: int
+    normal_max_tokens: int
+    detailed_max_tokens: int
 
 
 @dataclass(frozen=True)
@@ -48,8 +68,10 @@ class ChatRequest:
     reasoning_effort: str | None
 
 
-class BadChatRequest(Exception):
+class BadChatRequest(ProtocolError):
     """Sent back sealed as `bad_request`; the message names the field, never its value."""
+
+    code = "bad_request"
 
     def __init__(self, field: str) -> None:
         super().__init__(f"invalid field: {field}")
@@ -67,7 +89,7 @@ def _number(obj: dict[str, object], name: str, low: float, high: float, low_open
     return float(value)
 
 
-def _choice(obj: dict[str, object], name: str, allowed: frozenset[str]) -> str | None:
+def _choice(obj: dict[str, object], name: str, allowed: tuple[str, ...]) -> str | None:
     if name not in obj:
         return None
     value = obj[name]

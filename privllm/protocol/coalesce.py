@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import orjson
 
+__all__ = ["Coalescer", "delta_json", "delta_size"]
+
 
 def delta_json(text: str) -> bytes:
     """dumps({"type": "delta", "text": text}), without building the object (this runs per delta)."""

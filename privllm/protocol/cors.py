@@ -16,6 +16,19 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+__all__ = [
+    "ALLOWED_HEADERS",
+    "ALLOWED_METHOD",
+    "EXPOSED",
+    "MAX_AGE",
+    "MAX_ORIGIN",
+    "MAX_REQUEST_HEADERS",
+    "CorsPolicy",
+    "Headers",
+    "Preflight",
+    "check_origin",
+]
+
 MAX_ORIGIN = 300  # scheme, a 253-character host name and a port
 MAX_REQUEST_HEADERS = 1024  # Access-Control-Request-Headers: a browser sends a few names
 MAX_AGE = b"600"  # seconds a browser may reuse a preflight; browsers cap it at 2 h (Chromium) or 24 h

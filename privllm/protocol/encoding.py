@@ -11,9 +11,24 @@ from typing import Any
 
 import orjson
 
+from .errors import ProtocolError
 
-class EncodingError(ValueError):
+__all__ = [
+    "MAX_JSON_DEPTH",
+    "EncodingError",
+    "b64decode",
+    "b64encode",
+    "canonical_json",
+    "dumps",
+    "is_scalar_text",
+    "loads_bounded",
+]
+
+
+class EncodingError(ProtocolError, ValueError):
     """A value is not in the exact form the protocol requires."""
+
+    code = "malformed"
 
 
 def b64encode(data: bytes) -> str:

@@ -9,6 +9,17 @@ from . import suite
 from .encoding import EncodingError, b64decode, loads_bounded
 from .errors import MALFORMED, RequestRejected
 
+__all__ = [
+    "FIELDS",
+    "MAX_DEPTH",
+    "MAX_FIELDS_BYTES",
+    "MAX_TIMESTAMP",
+    "OPTIONAL",
+    "REQUEST_ID",
+    "Envelope",
+    "parse_envelope",
+]
+
 REQUEST_ID = re.compile(r"[A-Za-z0-9_-]{22,64}")
 FIELDS = frozenset({"v", "key_id", "encapsulated_key", "device_pubkey", "timestamp", "request_id", "aad", "ciphertext"})
 OPTIONAL = frozenset({"pow"})  # proof of work, sent only when the router asked for it

@@ -4,6 +4,26 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+__all__ = [
+    "DECRYPT_FAILED",
+    "MALFORMED",
+    "METHOD_NOT_ALLOWED",
+    "NOT_FOUND",
+    "POW_REQUIRED",
+    "RATE_LIMITED",
+    "REFUSAL_REASONS",
+    "REPLAY",
+    "STALE",
+    "TOO_LARGE",
+    "UNAVAILABLE",
+    "UNKNOWN_KEY",
+    "UNSUPPORTED_MEDIA_TYPE",
+    "ProtocolError",
+    "Rejection",
+    "RequestRejected",
+    "refusal_reason",
+]
+
 
 @dataclass(frozen=True)
 class Rejection:
@@ -50,8 +70,18 @@ def refusal_reason(reason: str | None) -> str | None:
     return reason
 
 
-class RequestRejected(Exception):
+class ProtocolError(Exception):
+    """The base of the protocol layer's errors. `code`: a short stable name for logs, metrics
+    and, where the error is answered on the wire, the wire code; an instance may carry a more
+    precise one."""
+
+    code = "protocol"
+
+
+class RequestRejected(ProtocolError):
     """Raised by the sans-IO request checks; the adapter turns it into a plaintext reply."""
+
+    code = "rejected"
 
     def __init__(
         self,
@@ -61,6 +91,7 @@ class RequestRejected(Exception):
         reason: str | None = None,
     ) -> None:
         super().__init__(rejection.code)
+        self.code = rejection.code
         self.rejection = rejection
         self.retry_after = retry_after
         self.body = body  # replaces {"error": code}, e.g. a proof-of-work challenge

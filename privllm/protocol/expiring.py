@@ -13,6 +13,8 @@ from __future__ import annotations
 import heapq
 from collections.abc import Hashable
 
+__all__ = ["ExpiringSet"]
+
 
 class ExpiringSet:
     def __init__(self, max_entries: int, max_per_owner: int | None = None) -> None:

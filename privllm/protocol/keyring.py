@@ -17,6 +17,8 @@ from pyhpke import KEMKeyInterface
 from . import suite
 from .keyset import PublishedKey
 
+__all__ = ["KEY_ID_SPACE", "KeyRing", "NewKey", "RingKey"]
+
 KEY_ID_SPACE = 256
 
 

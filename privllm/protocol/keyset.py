@@ -16,6 +16,24 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from . import suite
 from .encoding import EncodingError, b64decode, b64encode, canonical_json, loads_bounded
+from .errors import ProtocolError
+
+__all__ = [
+    "KEYSET_CLOCK_SKEW",
+    "KEY_MEMBERS",
+    "MAX_KEYS",
+    "MAX_KEYSET_BYTES",
+    "MAX_KEYSET_LIFETIME",
+    "MAX_TIME",
+    "MEMBERS",
+    "KeySet",
+    "KeySetError",
+    "PublishedKey",
+    "StaleKeySet",
+    "choose_key",
+    "keyset_document",
+    "verify_keyset",
+]
 
 KEYSET_CLOCK_SKEW = 60  # seconds either way; the request timestamp window needs as good a clock
 MAX_KEYSET_LIFETIME = 86400  # a client refuses a set that claims to stay valid longer
@@ -75,12 +93,16 @@ def keyset_document(
     return doc
 
 
-class KeySetError(Exception):
+class KeySetError(ProtocolError):
     """The key set is malformed, signed by another key, badly signed, or not fresh."""
+
+    code = "bad_keyset"
 
 
 class StaleKeySet(KeySetError):
     """Well signed but not valid now: a cache or a replayer served an old set; fetch again."""
+
+    code = "stale_keyset"
 
 
 def _integer(value: object, low: int, high: int) -> int:

@@ -27,6 +27,32 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+from .errors import ProtocolError
+
+__all__ = [
+    "ACCEPTS",
+    "BEFORE_FIRST_DELTA",
+    "ERROR_CODES",
+    "HOLDING_NODE",
+    "LIVE",
+    "MESSAGES",
+    "Action",
+    "Attempt",
+    "ChatLife",
+    "End",
+    "Fault",
+    "Final",
+    "Finished",
+    "ForgetConversation",
+    "LifeError",
+    "ReleaseNode",
+    "ScheduleRetry",
+    "SendDelta",
+    "State",
+    "Timeouts",
+    "Verdict",
+]
+
 
 class State(enum.Enum):
     STARTING = "starting"  # admitted; no node holds it
@@ -118,8 +144,10 @@ class End(NamedTuple):
 Action = Attempt | SendDelta | ForgetConversation | ReleaseNode | ScheduleRetry | Final | End
 
 
-class LifeError(Exception):
+class LifeError(ProtocolError):
     """An event that the current state has no transition for: a bug in the adapter."""
+
+    code = "no_transition"
 
 
 class Finished(NamedTuple):
@@ -130,9 +158,11 @@ class Finished(NamedTuple):
 
 @dataclass(frozen=True)
 class Timeouts:
-    first_token: float = 60.0  # silence from a node before its first delta (Harmony reasons first)
-    idle: float = 120.0  # between upstream pieces once streaming
-    request: float = 600.0  # the whole chat
+    """The configuration's backend timeouts (privllm.web.chat.StreamSettings); no defaults here."""
+
+    first_token: float  # silence from a node before its first delta (Harmony reasons first)
+    idle: float  # between upstream pieces once streaming
+    request: float  # the whole chat
 
 
 # Which events each live state accepts. Anything else in a live state is a LifeError.

@@ -22,6 +22,21 @@ import struct
 from collections.abc import Callable
 
 from .encoding import EncodingError, b64decode, b64encode
+from .errors import ProtocolError
+
+__all__ = [
+    "CHALLENGE_SIZE",
+    "MAC_SIZE",
+    "MAX_NONCE",
+    "VERSION",
+    "Challenges",
+    "DifficultyPolicy",
+    "PowError",
+    "RateMeter",
+    "leading_zero_bits",
+    "solve",
+    "work_hash",
+]
 
 VERSION = 2  # 2: the MAC covers the client's address key
 _HEAD = struct.Struct(">BBQ16s")  # version, difficulty, expires, random
@@ -30,8 +45,10 @@ CHALLENGE_SIZE = _HEAD.size + MAC_SIZE
 MAX_NONCE = 64
 
 
-class PowError(Exception):
+class PowError(ProtocolError):
     """The solution is missing, malformed, forged, expired or too weak."""
+
+    code = "pow_required"
 
 
 def leading_zero_bits(digest: bytes) -> int:

@@ -17,6 +17,8 @@ import heapq
 import math
 from collections.abc import Hashable
 
+__all__ = ["RateLimiter"]
+
 
 class RateLimiter:
     def __init__(self, rate: float, burst: int, max_keys: int) -> None:

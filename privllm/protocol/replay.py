@@ -18,6 +18,8 @@ from __future__ import annotations
 from .errors import RATE_LIMITED, REPLAY, STALE, UNAVAILABLE, RequestRejected
 from .expiring import ExpiringSet
 
+__all__ = ["ENTRIES_PER_REQUEST", "ReplayWindow", "check_fresh"]
+
 ENTRIES_PER_REQUEST = 2  # its request id and its encapsulated key
 
 
@@ -30,7 +32,7 @@ def check_fresh(timestamp: int, now: int, window: int, future_skew: int) -> None
 class ReplayWindow:
     MIN_WINDOW = 2
 
-    def __init__(self, window: int, max_entries: int, future_skew: int = 5, max_per_address: int | None = None) -> None:
+    def __init__(self, window: int, max_entries: int, future_skew: int, max_per_address: int | None = None) -> None:
         if window < self.MIN_WINDOW or not 0 <= future_skew <= window:
             raise ValueError("window must be at least 2 s, future_skew within 0..window")
         per_address = max_entries if max_per_address is None else max_per_address

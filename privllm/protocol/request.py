@@ -15,6 +15,16 @@ from .envelope import Envelope
 from .errors import DECRYPT_FAILED, RequestRejected
 from .stream import StreamKeys, derive_stream_keys
 
+__all__ = [
+    "Encapsulation",
+    "OpenedRequest",
+    "SealedRequest",
+    "encapsulate",
+    "new_request_id",
+    "open_request",
+    "seal_request",
+]
+
 
 def new_request_id() -> str:
     return secrets.token_urlsafe(24)  # 32 characters of A-Z a-z 0-9 _ -

@@ -14,6 +14,8 @@ from .request import SealedRequest
 from .sse import SSEError, SSEParser
 from .stream import StreamError, StreamOpener
 
+__all__ = ["FINISH_REASONS", "MAX_INIT_BYTES", "MAX_TOKENS", "ResponseReader", "checked_chunk"]
+
 MAX_INIT_BYTES = 256
 MAX_TOKENS = 2**53 - 1  # counts every JSON reader holds exactly
 FINISH_REASONS = ("stop", "length")

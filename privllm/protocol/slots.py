@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Hashable
 
+__all__ = ["CountPerKey", "StreamSlots"]
+
 
 class CountPerKey:
     """Concurrent holds per key, at most `limit` each; no record outlives its holds."""

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+from .errors import ProtocolError
+
+__all__ = ["KEEPALIVE", "SSEError", "SSEEvent", "SSEParser", "encode_event"]
+
 KEEPALIVE = b": keepalive\n\n"
 
 
@@ -12,8 +16,10 @@ class SSEEvent(NamedTuple):  # a tuple: made once per streamed delta, cheaply
     data: str
 
 
-class SSEError(Exception):
+class SSEError(ProtocolError):
     """The stream broke the SSE grammar or a size limit."""
+
+    code = "malformed_sse"
 
 
 def encode_event(event: str, data: str) -> bytes:

@@ -19,6 +19,19 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
 
 from . import suite
 from .encoding import EncodingError, b64decode, b64encode, dumps, loads_bounded
+from .errors import ProtocolError
+
+__all__ = [
+    "MAX_CHUNKS",
+    "MAX_CHUNK_DEPTH",
+    "StreamError",
+    "StreamKeys",
+    "StreamOpener",
+    "StreamSealer",
+    "StreamStateError",
+    "chunk_nonce",
+    "derive_stream_keys",
+]
 
 MAX_CHUNKS = 2**32  # far below the 2**96 nonce space; a stream never comes close
 MAX_CHUNK_DEPTH = 4  # a chunk object nests two deep (done's usage)
@@ -56,8 +69,10 @@ def chunk_nonce(base: int, index: int) -> bytes:
     return (base ^ index).to_bytes(suite.AEAD_NONCE_SIZE, "big")
 
 
-class StreamStateError(Exception):
+class StreamStateError(ProtocolError):
     """The caller broke the stream's rules (e.g. sealed after the final chunk)."""
+
+    code = "stream_state"
 
 
 class StreamSealer:
@@ -88,8 +103,10 @@ class StreamSealer:
         return b64encode(sealed)
 
 
-class StreamError(Exception):
+class StreamError(ProtocolError):
     """The stream cannot be trusted any further: the reader must stop."""
+
+    code = "stream_untrusted"
 
     def __init__(self, kind: str) -> None:
         super().__init__(kind)

@@ -5,6 +5,30 @@ from __future__ import annotations
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from pyhpke import AEADId, CipherSuite, KDFId, KEMId, KEMKey, KEMKeyInterface
 
+__all__ = [
+    "AEAD_ID",
+    "AEAD_KEY_SIZE",
+    "AEAD_NONCE_SIZE",
+    "ED25519_KEY_SIZE",
+    "ED25519_SIGNATURE_SIZE",
+    "FINAL_AAD",
+    "KDF_ID",
+    "KEM_ID",
+    "POW_MAX_DIFFICULTY",
+    "REQUEST_INFO",
+    "RESPONSE_EXPORT_LABEL",
+    "RESPONSE_NONCE_SIZE",
+    "SUITE",
+    "VERSION",
+    "X25519_KEY_SIZE",
+    "new_private_key",
+    "private_key",
+    "public_bytes",
+    "public_key",
+    "public_of",
+    "request_aad",
+]
+
 VERSION = 1
 KEM_ID = 0x0020  # DHKEM(X25519, HKDF-SHA256)
 KDF_ID = 0x0001  # HKDF-SHA256

@@ -9,6 +9,8 @@ from twisted.application.service import MultiService
 from ..config import Config
 from ..upstream.supervisor import LlamaSupervisor, default_binary, default_model, llama_arguments
 
+__all__ = ["LLAMA_SOCKET", "local_llama"]
+
 LLAMA_SOCKET = "llama.sock"
 
 

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from twisted.application.service import MultiService
+from twisted.internet.interfaces import IReactorTime
 
 from ..config import Config
 from ..keys.files import ensure_private_dir
@@ -14,12 +13,14 @@ from .errors import StartError
 from .listeners import https_listener, metrics_listener, server_tls, site
 from .local_llama import local_llama
 
+__all__ = ["InferenceNode"]
+
 
 class InferenceNode:
     """Mutual TLS, a client certificate from the deployment CA naming an allowed client (the
     router), and a forward to the node-local llama-server."""
 
-    def __init__(self, config: Config, reactor: Any) -> None:
+    def __init__(self, config: Config, reactor: IReactorTime) -> None:
         if not config.server.client_ca:
             raise StartError("config server.client_ca: a node requires client certificates from the deployment CA")
         if config.server.proxy_protocol:

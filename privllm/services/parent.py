@@ -10,10 +10,10 @@ with domain INET or INET6); a UNIX socket is for one process only.
 from __future__ import annotations
 
 import socket
-from typing import Any
 
 from twisted.application.service import MultiService
 from twisted.internet.endpoints import AdoptedStreamServerEndpoint
+from twisted.internet.interfaces import IReactorProcess, IReactorTime
 
 from ..config import Config
 from ..config.listen import Listen, listener
@@ -31,8 +31,10 @@ from .listeners import endpoint, metrics_listener
 from .local_llama import local_llama
 from .router import Router
 
+__all__ = ["parent", "parent_socket"]
 
-def parent_socket(listen: Listen, reactor: Any) -> socket.socket:
+
+def parent_socket(listen: Listen, reactor: IReactorTime) -> socket.socket:
     """The socket every worker accepts on."""
     if listen.kind in ("tcp", "tcp6"):
         family, any_address = (socket.AF_INET6, "::") if listen.kind == "tcp6" else (socket.AF_INET, "0.0.0.0")
@@ -52,7 +54,7 @@ def parent_socket(listen: Listen, reactor: Any) -> socket.socket:
     raise StartError("config server.listen: more than one worker needs tcp:, tcp6:, or systemd: with INET or INET6")
 
 
-def parent(config: Config, reactor: Any, env: str, config_path: str | None, count: int) -> MultiService:
+def parent(config: Config, reactor: IReactorTime, env: str, config_path: str | None, count: int) -> MultiService:
     """It first builds, and never starts, the router a worker builds: every shared file
     (identity, certificate, proof of work key, key ring) is written before any worker starts,
     so workers only read them, and a setting a worker would refuse stops the start here with
@@ -64,5 +66,5 @@ def parent(config: Config, reactor: Any, env: str, config_path: str | None, coun
     directory = metrics_dir(config.keys.state_dir, sock.getsockname()[1])
     metrics_listener(config, reactor, metrics_registry(directory), root, local)
     argv = child_argv(env, config_path)
-    WorkerMonitor(reactor, sock, count, argv, child_env(directory), directory).setServiceParent(root)
+    WorkerMonitor(IReactorProcess(reactor), sock, count, argv, child_env(directory), directory).setServiceParent(root)
     return root

@@ -8,10 +8,10 @@ from __future__ import annotations
 import os
 from functools import partial
 from typing import Any
-from urllib.parse import urlparse
 
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.interfaces import IReactorTime
 
 from ..config import Config
 from ..harmony import vocabulary
@@ -21,7 +21,6 @@ from ..keys.material import IDENTITY_KEY, ensure_identity, load_identity, pow_ke
 from ..keys.service import KeyRingService
 from ..keys.store import KeyRingStore
 from ..protocol.admission import Admission, PowGate
-from ..protocol.chat import ChatLimits
 from ..protocol.cors import CorsPolicy
 from ..protocol.pow import Challenges, DifficultyPolicy
 from ..state.gate import AdmissionGate
@@ -43,6 +42,8 @@ from ..web.status import NodeHealth, StatusGauges
 from .errors import StartError
 from .listeners import addresses, https_listener, metrics_listener, server_tls, site
 from .local_llama import local_llama
+
+__all__ = ["Router", "identity", "limits", "pow_gate"]
 
 
 def pow_gate(config: Config, create: bool = True) -> PowGate | None:
@@ -88,7 +89,7 @@ class Router:
     """The assembled router; tests reach its parts (metrics, key ring, nodes) through it.
     `worker_fd`: a worker of a parent (see privllm.workers), which listens and spawns for it."""
 
-    def __init__(self, config: Config, reactor: Any, worker_fd: int | None = None) -> None:
+    def __init__(self, config: Config, reactor: IReactorTime, worker_fd: int | None = None) -> None:
         self.config = config
         self.service = MultiService()
         worker = worker_fd is not None
@@ -99,8 +100,7 @@ class Router:
         backend = config.backend
         tls = None
         if backend.ca:
-            pins = {urlparse(url).netloc: value for url, _, value in (p.partition("=") for p in backend.pins)}
-            tls = MutualTLSPolicy(backend.ca, backend.client_certificate, backend.client_key, pins)
+            tls = MutualTLSPolicy(backend.ca, backend.client_certificate, backend.client_key, backend.pins_by_host())
         store = KeyRingStore(config.keys.state_dir, config.keys.rotation_interval, config.keys.overlap)
         self.keys = KeyRingService(store, key, reactor, config.keys.keyset_lifetime)
         self.keys.setServiceParent(self.service)
@@ -136,20 +136,9 @@ class Router:
 
     def _listen(self, state: AdmissionState) -> None:
         """Serve chats with this admission state: build the routes and open the listener."""
-        config, backend = self.config, self.config.backend
+        config = self.config
         self.state = state
-        settings = StreamSettings(
-            ChatLimits(**vars(config.chat), default_verbosity=config.defaults.verbosity),
-            keepalive=config.server.keepalive_seconds,
-            idle_timeout=backend.idle_timeout,
-            privacy=config.privacy,
-            first_token_timeout=backend.first_token_timeout,
-            request_timeout=backend.request_timeout,
-            retries=backend.retries,
-            retry_base=backend.retry_base,
-            retry_cap=backend.retry_cap,
-            queue_timeout=config.load.queue_timeout,
-        )
+        settings = StreamSettings.from_config(config)
         self.app = RouterApp(
             clock=self._reactor,
             gate=AdmissionGate(self._admission, state),
@@ -178,7 +167,7 @@ class Router:
     def _first_probes(self) -> Deferred[Any]:
         return DeferredList([monitor.check() for monitor in self._monitors], consumeErrors=True)
 
-    def _dialect(self, reactor: Any) -> Dialect:
+    def _dialect(self, reactor: IReactorTime) -> Dialect:
         if self.config.backend.mode == "chat":
             return ChatDialect()
         directory = self.config.harmony.vocabulary_dir or os.path.join(self.config.keys.state_dir, "tiktoken")
@@ -188,7 +177,7 @@ class Router:
             raise StartError(f"harmony: {e}") from e
         return HarmonyDialect(encoding, self.config.harmony.reasoning_effort, reactor, self.metrics.tool_calls.inc)
 
-    def _node(self, url: str, reactor: Any, tls: MutualTLSPolicy | None, dialect: Dialect) -> Node:
+    def _node(self, url: str, reactor: IReactorTime, tls: MutualTLSPolicy | None, dialect: Dialect) -> Node:
         backend = self.config.backend
         metrics = self.metrics
         breaker = CircuitBreaker(

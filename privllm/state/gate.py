@@ -18,6 +18,8 @@ from ..protocol.admission import Admission, Admitted, Ask, Lease, Prepared, Seal
 from ..protocol.errors import UNAVAILABLE, RequestRejected
 from .interface import AdmissionState, PowSpent, StateUnavailable
 
+__all__ = ["AdmissionGate"]
+
 log = Logger()
 
 

@@ -18,6 +18,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 
+__all__ = ["NAME_SIZE", "ROOT_SIZE", "Namer"]
+
 ROOT_SIZE = 32
 NAME_SIZE = 16
 

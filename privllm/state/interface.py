@@ -26,18 +26,33 @@ from typing import Protocol
 from twisted.internet.defer import Deferred
 
 from ..protocol.admission import Ask, Lease, Load, SealedRefusal
+from .errors import StateError
+
+__all__ = [
+    "ADDRESS_STREAMS_RETRY",
+    "DEVICE_LIMITED",
+    "OVERLOADED",
+    "AdmissionState",
+    "Limits",
+    "PowSpent",
+    "StateUnavailable",
+]
 
 OVERLOADED = SealedRefusal("overloaded", "too many answers at once; try again shortly", reason="stream_cap")
 DEVICE_LIMITED = "too many requests from this device"
 ADDRESS_STREAMS_RETRY = 1  # seconds: streams end at any time
 
 
-class StateUnavailable(Exception):
+class StateUnavailable(StateError):
     """The shared state did not answer in time, or answered nonsense: refuse (503), never guess."""
 
+    code = "state_unavailable"
 
-class PowSpent(Exception):
+
+class PowSpent(StateError):
     """The proof of work was good but has already admitted a request: ask for a new one."""
+
+    code = "pow_spent"
 
 
 @dataclass(frozen=True)
@@ -56,8 +71,8 @@ class Limits:
     replay_max_entries: int
     replay_max_per_address: int
     pow_max_spent: int
-    max_addresses: int = 100_000  # memory only: rate-limit tables' size (Redis is bounded by maxmemory)
-    max_devices: int = 100_000
+    max_addresses: int  # memory only: rate-limit tables' size (Redis is bounded by maxmemory)
+    max_devices: int
 
 
 class AdmissionState(Protocol):

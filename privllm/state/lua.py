@@ -20,6 +20,29 @@ Replies are arrays of integers: {code, retry_after, active_streams, requests in 
 
 from __future__ import annotations
 
+__all__ = [
+    "ADDRESS_STREAMS",
+    "COMMIT",
+    "DEVICE_LIMITED",
+    "KEY_CHECK",
+    "LOAD_SECONDS",
+    "OK",
+    "OTHER_KEY",
+    "OVERLOADED",
+    "POW_SPENT",
+    "RATE_LIMITED",
+    "REFUSED",
+    "RELEASE",
+    "RENEW",
+    "REPLAY",
+    "REPLAY_FULL",
+    "REPLAY_ROOM",
+    "SCREEN",
+    "SCRIPTS",
+    "STALE",
+    "STREAM_CAP",
+]
+
 OK = 0
 RATE_LIMITED = 1  # 429 with retry_after: the address's request rate
 REFUSED = 2  # the ask's own refusal, once counted

@@ -22,6 +22,8 @@ from ..protocol.replay import ReplayWindow
 from ..protocol.slots import CountPerKey, StreamSlots
 from .interface import ADDRESS_STREAMS_RETRY, DEVICE_LIMITED, OVERLOADED, Limits, PowSpent
 
+__all__ = ["LEASE_TOKEN_SIZE", "MemoryState"]
+
 LEASE_TOKEN_SIZE = 16
 
 

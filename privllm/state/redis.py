@@ -26,6 +26,7 @@ import txredisapi
 from twisted.internet import defer, error
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint, wrapClientTLS
+from twisted.internet.interfaces import IReactorTime, IReactorUNIX, IStreamClientEndpoint
 from twisted.internet.ssl import Certificate, optionsForClientTLS, platformTrust
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -35,8 +36,32 @@ from ..keys.files import KeyFileError, read_secret, write_secret
 from ..protocol.admission import Ask, Lease, Load, SealedRefusal
 from ..protocol.errors import RATE_LIMITED, REPLAY, STALE, UNAVAILABLE, RequestRejected
 from . import lua
+from .errors import StateError
 from .hashing import ROOT_SIZE, Namer
 from .interface import DEVICE_LIMITED, OVERLOADED, Limits, PowSpent, StateUnavailable
+
+__all__ = [
+    "CONNECT_TIMEOUT",
+    "LEASE_TOKEN_SIZE",
+    "PREFIX",
+    "RECONNECT_FIRST",
+    "RECONNECT_MAX",
+    "SAFE_CONFIG",
+    "START_TIMEOUT",
+    "STATE_KEY",
+    "UNAVAILABLE_ERRORS",
+    "AuthWithoutTimeout",
+    "Held",
+    "RedisState",
+    "RedisStateError",
+    "RedisUnreachable",
+    "connect",
+    "endpoint",
+    "password",
+    "pool",
+    "start",
+    "state_key",
+]
 
 log = Logger()
 
@@ -61,12 +86,16 @@ UNAVAILABLE_ERRORS = (
 )
 
 
-class RedisStateError(Exception):
+class RedisStateError(StateError):
     """Redis is unsafe or misconfigured at start: the router must not serve."""
+
+    code = "redis_state"
 
 
 class RedisUnreachable(RedisStateError):
     """Redis did not answer properly at start (down, slow, or refusing the password): try again."""
+
+    code = "redis_unreachable"
 
 
 class AuthWithoutTimeout(txredisapi.RedisProtocol):
@@ -98,11 +127,12 @@ def password(config: State) -> str | None:
     return secret[:-1] if secret.endswith("\n") else secret
 
 
-def endpoint(config: State, reactor: Any) -> Any:
-    """unix:///path, or rediss://host:port over TLS (the state.ca, else the system's CAs)."""
+def endpoint(config: State, reactor: IReactorTime) -> IStreamClientEndpoint:
+    """unix:///path, or rediss://host:port over TLS (the state.ca, else the system's CAs).
+    `reactor`: also an IReactorUNIX or an IReactorTCP, as the url asks."""
     url = urlsplit(config.url)
     if url.scheme == "unix" and not url.netloc and url.path:
-        return UNIXClientEndpoint(reactor, url.path, timeout=CONNECT_TIMEOUT)
+        return UNIXClientEndpoint(IReactorUNIX(reactor), url.path, timeout=CONNECT_TIMEOUT)
     if url.scheme == "rediss" and url.hostname and url.port and not url.path.strip("/"):
         if config.ca:
             with open(config.ca, "rb") as f:
@@ -110,12 +140,12 @@ def endpoint(config: State, reactor: Any) -> Any:
         else:
             trust = platformTrust()
         tls = optionsForClientTLS(url.hostname, trustRoot=trust)
-        tcp: Any = HostnameEndpoint(reactor, url.hostname, url.port, timeout=CONNECT_TIMEOUT)
+        tcp = HostnameEndpoint(reactor, url.hostname, url.port, timeout=CONNECT_TIMEOUT)
         return wrapClientTLS(tls, tcp)
     raise RedisStateError("config state.url: unix:///path/redis.sock or rediss://host:port (plain redis:// is refused)")
 
 
-def pool(config: State, reactor: Any) -> txredisapi.RedisFactory:
+def pool(config: State, reactor: IReactorTime) -> txredisapi.RedisFactory:
     factory = txredisapi.RedisFactory(
         config.url,
         None,
@@ -146,7 +176,7 @@ class Held:
 class RedisState:
     """privllm.state.interface.AdmissionState in Redis. Call `start` before serving."""
 
-    def __init__(self, factory: Any, namer: Namer, limits: Limits, config: State, reactor: Any) -> None:
+    def __init__(self, factory: Any, namer: Namer, limits: Limits, config: State, reactor: IReactorTime) -> None:
         self.factory = factory
         self.client = factory.handler
         self.namer = namer
@@ -420,7 +450,7 @@ class RedisState:
         raise StateUnavailable(f"a script answered code {code}")
 
 
-async def start(config: State, limits: Limits, state_dir: str, reactor: Any, dev: bool = False) -> RedisState:
+async def start(config: State, limits: Limits, state_dir: str, reactor: IReactorTime, dev: bool = False) -> RedisState:
     """Connect, check and start the shared state; fails with RedisStateError or KeyFileError."""
     namer = Namer(state_key(config, state_dir, dev), config.key_rotation)
     factory = pool(config, reactor)
@@ -433,5 +463,7 @@ async def start(config: State, limits: Limits, state_dir: str, reactor: Any, dev
     return state
 
 
-def connect(config: State, limits: Limits, state_dir: str, reactor: Any, dev: bool = False) -> Deferred[RedisState]:
+def connect(
+    config: State, limits: Limits, state_dir: str, reactor: IReactorTime, dev: bool = False
+) -> Deferred[RedisState]:
     return Deferred.fromCoroutine(start(config, limits, state_dir, reactor, dev))

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.application.service import Service
-from twisted.internet.base import DelayedCall
+from twisted.internet.interfaces import IDelayedCall, IReactorCore, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -22,6 +22,8 @@ from ..config.schema import State
 from ..keys.files import KeyFileError
 from .interface import Limits
 from .redis import RedisState, RedisStateError, RedisUnreachable, connect, password, state_key
+
+__all__ = ["RETRY_FIRST", "RETRY_MAX", "SharedStateService"]
 
 RETRY_FIRST = 0.5  # seconds before trying an unreachable Redis again, doubling each time
 RETRY_MAX = 10.0
@@ -35,7 +37,7 @@ class SharedStateService(Service):
         limits: Limits,
         state_dir: str,
         dev: bool,
-        reactor: Any,
+        reactor: IReactorTime,
         serve: Callable[[RedisState], None],
         create_key: bool = True,
     ) -> None:
@@ -45,7 +47,7 @@ class SharedStateService(Service):
         self._config, self._limits, self._state_dir, self._dev = config, limits, state_dir, dev
         self._reactor = reactor
         self._serve = serve
-        self._retry: DelayedCall | None = None
+        self._retry: IDelayedCall | None = None
         self._delay = RETRY_FIRST
         self.state: RedisState | None = None
 
@@ -84,4 +86,4 @@ class SharedStateService(Service):
             return
         reason = str(failure.value) if failure.check(RedisStateError, KeyFileError) else type(failure.value).__name__
         log.critical("privllm: {reason}", reason=reason)
-        self._reactor.stop()
+        IReactorCore(self._reactor).stop()

@@ -105,10 +105,6 @@ class RedisServer:
         self.process.wait(10)
         self.process = None
 
-    def restart(self) -> None:
-        self.stop()
-        self.start()
-
     def pause(self) -> None:
         assert self.process is not None
         self.process.send_signal(signal.SIGSTOP)

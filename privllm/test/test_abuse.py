@@ -18,7 +18,6 @@ from twisted.web.test.requesthelper import DummyRequest
 
 from ..protocol.addresses import AddressPolicy
 from ..protocol.admission import Admission, Admitted, Ask, PowGate
-from ..protocol.chat import ChatLimits
 from ..protocol.encoding import b64encode
 from ..protocol.errors import (
     MALFORMED,
@@ -39,12 +38,23 @@ from ..state.interface import ADDRESS_STREAMS_RETRY, PowSpent
 from ..state.memory import MemoryState
 from ..web import app as app_module
 from ..web.app import RouterApp
-from ..web.chat import StreamSettings
 from ..web.limits import ClientAddress, ConnectionsPerAddress
 from ..web.metrics import RouterMetrics
 from ..web.request import PrivllmSite
-from .helpers import NOW, current_key, limits, memory_gate, ring, sealed_request, settled
-from .test_chat_stream import FINISH, FakeResponse, SyntheticUpstream, delta, pool_of
+from .fakes import FakeResponse, FakeUpstream
+from .helpers import (
+    FINISH,
+    NOW,
+    current_key,
+    delta,
+    limits,
+    memory_gate,
+    pool_of,
+    ring,
+    sealed_request,
+    settled,
+    stream_settings,
+)
 
 SECRET = b"s" * 32
 
@@ -322,7 +332,7 @@ class SealedAfterDecryption(TestCase):
         self.clock.advance(NOW)
         self.ring = ring()
         self.key = current_key(self.ring)
-        self.upstream = SyntheticUpstream()
+        self.upstream = FakeUpstream()
         self.state = MemoryState(
             limits(
                 address_rate=1000,
@@ -343,7 +353,7 @@ class SealedAfterDecryption(TestCase):
             pool=pool_of(self.upstream),
             metrics=self.metrics,
             hsts_max_age=100,
-            settings=StreamSettings(ChatLimits(), 15, 60),
+            settings=stream_settings(keepalive=15, idle_timeout=60),
         )
         self.site = PrivllmSite(app.resource(), 65536, reactor=self.clock)
 
@@ -475,7 +485,7 @@ class SlowClients(TestCase):
 
     def test_trusted_proxy_not_counted_by_connections(self) -> None:
         factory = ConnectionsPerAddress(
-            self.site(Clock()), limit=1, policy=AddressPolicy(trusted_proxies=["10.0.0.0/8"])
+            self.site(Clock()), limit=1, policy=AddressPolicy(64, trusted_proxies=["10.0.0.0/8"])
         )
         protocols = [factory.buildProtocol(IPv4Address("TCP", "10.1.2.3", p)) for p in range(5)]
         self.assertNotIn(None, protocols)
@@ -493,7 +503,9 @@ class SlowClients(TestCase):
         return request
 
     def test_client_address_from_trusted_proxy_only(self) -> None:
-        address = ClientAddress(AddressPolicy(trusted_proxies=["127.0.0.1", "::ffff:10.0.0.0/104"]), "X-Forwarded-For")
+        address = ClientAddress(
+            AddressPolicy(64, trusted_proxies=["127.0.0.1", "::ffff:10.0.0.0/104"]), "X-Forwarded-For"
+        )
         proxy = IPv4Address("TCP", "127.0.0.1", 1)
         self.assertEqual(address(self.request(proxy, [b"6.6.6.6, 203.0.113.7"])), "203.0.113.7")
         self.assertEqual(address(self.request(proxy, [b"x", b"::ffff:203.0.113.7"])), "203.0.113.7")
@@ -505,7 +517,7 @@ class SlowClients(TestCase):
         self.assertEqual(address(self.request(IPv6Address("TCP", "2001:db8::1", 1), [b"1.2.3.4"])), "2001:db8::/64")
 
     def test_forwarded_value_must_be_an_address(self) -> None:
-        address = ClientAddress(AddressPolicy(trusted_proxies=["127.0.0.1"]), "X-Forwarded-For")
+        address = ClientAddress(AddressPolicy(64, trusted_proxies=["127.0.0.1"]), "X-Forwarded-For")
         proxy = IPv4Address("TCP", "127.0.0.1", 1)
         for value in (
             b"",

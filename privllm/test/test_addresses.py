@@ -49,7 +49,7 @@ class Policy(TestCase):
         self.assertRaises(ValueError, AddressPolicy, 0)
 
     def test_trusted(self) -> None:
-        policy = AddressPolicy(trusted_proxies=["10.0.0.0/8", "2001:db8::/48", "::ffff:192.0.2.9"])
+        policy = AddressPolicy(64, trusted_proxies=["10.0.0.0/8", "2001:db8::/48", "::ffff:192.0.2.9"])
         for text, trusted in (
             ("10.200.0.1", True),
             ("::ffff:10.200.0.1", True),

@@ -31,6 +31,7 @@ from ..keys.material import (
     keyring_path,
 )
 from ..keys.store import KeyRingStore
+from ..keys.tls import private_pem
 
 DAY = 86400
 NOW = 1_800_000_000
@@ -115,9 +116,7 @@ class BackupRestore(Fixture):
 
     def test_restore_refuses_a_foreign_tls_key_and_a_non_ed25519_identity(self) -> None:
         files = self.files()
-        other = ec.generate_private_key(ec.SECP256R1()).private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
+        other = private_pem(ec.generate_private_key(ec.SECP256R1()))
         names = [tarfile.TarInfo(name) for name in MEMBERS]
         self.write_archive(names, [files[IDENTITY_KEY], files[TLS_CERT], other])
         self.assertRefused("does not match")

@@ -7,13 +7,14 @@ from typing import Any
 
 from twisted.trial.unittest import TestCase
 
-from ..protocol.chat import BadChatRequest, ChatLimits, parse_chat_request
+from ..protocol.chat import BadChatRequest, parse_chat_request
 from ..protocol.life import Finished
 from ..upstream.events import Delta, UpstreamProtocolError
 from ..upstream.instructions import INSTRUCTIONS
 from ..upstream.openai_stream import ChatCompletionStream, completion_body
+from .helpers import chat_limits
 
-LIMITS = ChatLimits(max_messages=4, max_message_chars=100, max_total_chars=150, max_tokens=500, brief_max_tokens=50)
+LIMITS = chat_limits(max_messages=4, max_message_chars=100, max_total_chars=150, max_tokens=500, brief_max_tokens=50)
 USER = {"role": "user", "content": "hello"}
 
 

@@ -19,17 +19,16 @@ from twisted.web.test.requesthelper import DummyRequest
 
 from ..config.schema import Privacy
 from ..protocol.admission import SealedRefusal
-from ..protocol.chat import ChatLimits
 from ..protocol.errors import RATE_LIMITED, RequestRejected
 from ..protocol.request import OpenedRequest, SealedRequest
 from ..protocol.response import ResponseReader
 from ..upstream.breaker import CircuitBreaker
-from ..upstream.openai_stream import ChatDialect
 from ..upstream.pool import Node, NodePool
-from ..web.chat import ChatStream, StreamSettings
+from ..web.chat import ChatStream
 from ..web.metrics import RouterMetrics
 from . import properties
-from .test_chat_stream import ENC, FINISH, SECRET, FakeResponse, SyntheticUpstream, delta
+from .fakes import ExactDialect, FakeResponse, FakeUpstream
+from .helpers import ENC, FINISH, SECRET, delta, stream_settings
 
 properties.load()
 
@@ -47,12 +46,14 @@ class Harness:
     def __init__(self, retries: int = 2, context: int | None = None) -> None:
         self.clock = Clock()
         self.clock.advance(1000)
-        self.upstreams = [SyntheticUpstream(context), SyntheticUpstream(context)]
+        self.upstreams = [FakeUpstream(context), FakeUpstream(context)]
         self.nodes = [Node(f"n{i}", u, CircuitBreaker(3, 10), healthy=True) for i, u in enumerate(self.upstreams)]
         self.pool = NodePool(self.nodes)
         self.metrics = RouterMetrics()
         self.request = DummyRequest([b"api", b"chat"])
-        settings = StreamSettings(ChatLimits(), 15, 60, Privacy(pad_to=0, coalesce_ms=0), retries=retries)
+        settings = stream_settings(
+            keepalive=15, idle_timeout=60, privacy=Privacy(pad_to=0, coalesce_ms=0), retries=retries
+        )
         self.stream = ChatStream(
             self.request,  # type: ignore[arg-type]
             self.clock,
@@ -75,7 +76,7 @@ class Harness:
         upstream.pending.callback(response)
         return response
 
-    def waiting(self) -> SyntheticUpstream:
+    def waiting(self) -> FakeUpstream:
         """The upstream whose request is still unanswered (the first, if none is)."""
         return next((u for u in self.upstreams if u.requests and not u.pending.called), self.upstreams[0])
 
@@ -143,7 +144,7 @@ class HostileUpstream(TestCase):
         h = Harness()
         for _ in range(10):
             h.request = DummyRequest([b"api", b"chat"])
-            settings = StreamSettings(ChatLimits(), privacy=Privacy(0, 0))
+            settings = stream_settings(privacy=Privacy(0, 0))
             h.stream = ChatStream(h.request, h.clock, h.pool, h.metrics, settings)  # type: ignore[arg-type]
             h.start()
             response = h.respond(code=400)
@@ -395,15 +396,6 @@ class Properties(TestCase):
         self.assertEqual(self.flushLoggedErrors(), [], "no programming error on any path")
 
 
-class ExactDialect(ChatDialect):
-    """Test equipment: a chat dialect whose prompt length is known exactly, as Harmony's is."""
-
-    @staticmethod
-    def prompt_bounds(body: dict[str, Any]) -> tuple[int, int]:
-        n = sum(len(m["content"]) for m in body["messages"])
-        return n, n
-
-
 LONG = {"messages": [{"role": "user", "content": "x" * 5000}]}
 
 
@@ -449,7 +441,7 @@ class Regressions(TestCase):
         waiting = []
         for body in (LONG, HI):
             request = DummyRequest([b"api", b"chat"])
-            settings = StreamSettings(ChatLimits(), privacy=Privacy(0, 0))
+            settings = stream_settings(privacy=Privacy(0, 0))
             stream = ChatStream(request, h.clock, h.pool, h.metrics, settings)  # type: ignore[arg-type]
             stream.start(OpenedRequest(json.dumps(body).encode(), SECRET), ENC)
             waiting.append(stream)
@@ -535,7 +527,7 @@ class Metrics(TestCase):
         h.nodes[1].healthy = False
         h.pool.max_per_node, h.pool.queue_size = 1, 4
         h.start()
-        settings = StreamSettings(ChatLimits(), privacy=Privacy(0, 0), queue_timeout=10)
+        settings = stream_settings(privacy=Privacy(0, 0), queue_timeout=10)
         second = ChatStream(DummyRequest([b"api", b"chat"]), h.clock, h.pool, h.metrics, settings)  # type: ignore[arg-type]
         second.start(OpenedRequest(json.dumps(HI).encode(), SECRET), ENC)
         return h

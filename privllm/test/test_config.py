@@ -6,6 +6,7 @@ import tempfile
 from twisted.trial.unittest import TestCase
 
 from ..config import ConfigError, load_config
+from ..config.schema import Backend
 from ..protocol.keyset import MAX_KEYSET_LIFETIME
 from ..protocol.suite import POW_MAX_DIFFICULTY
 
@@ -76,6 +77,19 @@ class Layers(TestCase):
         )
         for bad in ("https://10.0.0.3:8443=AAAA", "no-equals-sign", "https://10.0.0.2:8443="):
             self.assertIn("backend.pins", self.error("dev", environ={**mtls, "PRIVLLM_BACKEND__PINS": f'["{bad}"]'}))
+
+    def test_pins_keyed_as_the_tls_policy_looks_them_up(self) -> None:
+        """Twisted's Agent asks for ("host", port) with no brackets and the port filled in: a pin
+        keyed by the URL's netloc ("[::1]:8443", "node.example") would never be found, so never checked."""
+        urls = ["https://10.0.0.2:8443", "https://[::1]:8443", "https://Node.example", "https://n2:99999"]
+        backend = Backend(urls=urls, pins=[f"{url}=P{i}=" for i, url in enumerate(urls[:3])])
+        self.assertEqual(backend.pins_by_host(), {"10.0.0.2:8443": "P0=", "::1:8443": "P1=", "node.example:443": "P2="})
+        for bad in (
+            [f"{urls[3]}=P"],
+            ["https://10.0.0.2:8443"],
+            ["https://10.0.0.2:8443=P", "https://10.0.0.2:8443/=Q"],
+        ):
+            self.assertRaises(ValueError, Backend(urls=[*urls, "https://10.0.0.2:8443/"], pins=bad).pins_by_host)
 
     def test_examples_load(self) -> None:
         docs = os.path.join(os.path.dirname(__file__), "..", "..", "docs", "examples")

@@ -12,15 +12,13 @@ from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import TestCase
 
 from ..config.load import ConfigError, load_config
-from ..protocol.chat import ChatLimits
 from ..protocol.cors import MAX_ORIGIN, CorsPolicy, check_origin
 from ..protocol.response import ResponseReader
 from ..web.app import RouterApp
-from ..web.chat import StreamSettings
 from ..web.metrics import RouterMetrics
 from ..web.request import PrivllmSite
-from .helpers import NOW, current_key, memory_gate, ring, sealed_request
-from .test_chat_stream import FINISH, FakeResponse, SyntheticUpstream, delta, pool_of
+from .fakes import FakeResponse, FakeUpstream
+from .helpers import FINISH, NOW, current_key, delta, memory_gate, pool_of, ring, sealed_request, stream_settings
 
 ALLOWED = "https://app.example"
 CORS_HEADERS = (b"access-control-", b"vary")
@@ -186,7 +184,7 @@ class Wire(TestCase):
         self.clock = Clock()
         self.clock.advance(NOW)
         self.ring = ring()
-        self.upstream = SyntheticUpstream()
+        self.upstream = FakeUpstream()
         app = RouterApp(
             clock=self.clock,
             gate=memory_gate(self.ring, 65536, address_rate=0.01, address_burst=1),
@@ -194,7 +192,7 @@ class Wire(TestCase):
             pool=pool_of(self.upstream),
             metrics=RouterMetrics(),
             hsts_max_age=100,
-            settings=StreamSettings(ChatLimits(), 15, 60),
+            settings=stream_settings(keepalive=15, idle_timeout=60),
             cors=CorsPolicy(self.origins),
         )
         self.site = PrivllmSite(app.resource(), 65536, reactor=self.clock)

@@ -9,8 +9,9 @@ from twisted.trial.unittest import TestCase
 
 from ..keys.files import KeyFileError, ensure_private_dir, read_secret, write_secret
 from ..keys.material import ensure_dev_certificate, ensure_identity, load_identity, save_keyring
+from ..keys.pki import CA_KEY, create_ca, issue
 from ..keys.store import KeyRingStore
-from ..keys.tls import load_key
+from ..keys.tls import load_pair, private_pem
 from .helpers import NOW, ring
 
 
@@ -24,6 +25,26 @@ def encrypted(key: Any) -> bytes:
             serialization.BestAvailableEncryption(b"a passphrase"),
         ),
     )
+
+
+class PemFiles(TestCase):
+    """Every key and certificate privllm makes is written by keys.tls: the same form and modes."""
+
+    def test_every_writer_gives_the_key_0600_and_the_certificate_0644(self) -> None:
+        d = os.path.abspath(self.mktemp())
+        ensure_private_dir(d)
+        ca = create_ca(os.path.join(d, "ca"))
+        pairs = [
+            (ca, os.path.join(d, "ca", CA_KEY)),
+            issue(os.path.join(d, "ca"), "node1", os.path.join(d, "certs")),
+            ensure_dev_certificate(d, ["127.0.0.1"]),
+        ]
+        for cert, key in pairs:
+            self.assertEqual((stat.S_IMODE(os.stat(key).st_mode), stat.S_IMODE(os.stat(cert).st_mode)), (0o600, 0o644))
+            self.assertEqual(private_pem(serialization.load_pem_private_key(read_secret(key), None)), read_secret(key))
+            load_pair(cert, key)
+        identity = ensure_identity(d)
+        self.assertEqual(private_pem(load_identity(identity)), read_secret(identity))
 
 
 class SecretFiles(TestCase):
@@ -83,11 +104,11 @@ class SecretFiles(TestCase):
 
     def test_an_encrypted_tls_key_is_a_key_file_error(self) -> None:
         ensure_private_dir(self.dir)
-        _, key_path = ensure_dev_certificate(self.dir, ["127.0.0.1"])
+        cert_path, key_path = ensure_dev_certificate(self.dir, ["127.0.0.1"])
         key = serialization.load_pem_private_key(read_secret(key_path), password=None)
         write_secret(key_path, encrypted(key))
         with self.assertRaises(KeyFileError) as caught:
-            load_key(key_path)
+            load_pair(cert_path, key_path)
         self.assertIn("not an unencrypted PEM private key", str(caught.exception))
 
     def test_keyring_persists_and_corruption_stops(self) -> None:
@@ -107,4 +128,5 @@ class SecretFiles(TestCase):
         ensure_private_dir(self.dir)
         cert, key = ensure_dev_certificate(self.dir, ["127.0.0.1"])
         self.assertEqual(self.mode(key), 0o600)
+        self.assertEqual(self.mode(cert), 0o644)
         self.assertEqual(ensure_dev_certificate(self.dir, ["127.0.0.1"]), (cert, key))

@@ -10,15 +10,16 @@ from twisted.trial.unittest import TestCase
 
 from ..harmony import vocabulary
 from ..harmony.dialect import HarmonyDialect, HarmonyStream, render
-from ..protocol.chat import ChatLimits, parse_chat_request
+from ..protocol.chat import parse_chat_request
 from ..protocol.life import Finished
 from ..upstream.events import Delta
 from ..upstream.instructions import INSTRUCTIONS
 from .harmony_replay import FINAL, assistant_tokens, completion_events, encoding
+from .helpers import chat_limits
 
 
 def chat(obj: dict) -> object:
-    return parse_chat_request(json.dumps(obj).encode(), ChatLimits())
+    return parse_chat_request(json.dumps(obj).encode(), chat_limits())
 
 
 class Rendering(TestCase):

@@ -418,9 +418,31 @@ class LockHeldElsewhere(TestCase):
         fcntl.flock(lock, fcntl.LOCK_EX)
         started = time.monotonic()
         with self.assertRaises(KeyFileError) as caught:
-            store.prepare(NOW + 60)
+            store.prepare(lambda: NOW + 60)
         self.assertLess(time.monotonic() - started, 2.0)
         self.assertIn("held by another process", str(caught.exception))
+
+    def test_the_time_is_read_once_the_lock_is_held(self) -> None:
+        """The wait for the lock can last 30 s: a time read before it would refresh the ring
+        as of then."""
+        state = os.path.abspath(self.mktemp())
+        store = KeyRingStore(state, DAY, HOUR)
+        store.update(NOW)
+        read: list[bool] = []
+
+        def clock() -> int:
+            other = os.open(os.path.join(state, LOCK), os.O_RDWR)
+            try:
+                fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                read.append(False)
+            except BlockingIOError:
+                read.append(True)
+            finally:
+                os.close(other)
+            return NOW + 60
+
+        store.prepare(clock).discard()
+        self.assertEqual(read, [True], "read once, under the lock")
 
     def test_stopping_twice_during_a_check_answers_both(self) -> None:
         clock = Clock()

@@ -24,7 +24,7 @@ class Replay(TestCase):
         return cm.exception
 
     def test_freshness(self) -> None:
-        w = ReplayWindow(60, 100, future_skew=5)
+        w = ReplayWindow(60, 100, 5)
         w.check_fresh(1000, 1060)
         w.check_fresh(1005, 1000)
         self.assertEqual(self.rejected(w.check_fresh, 1000, 1061).rejection, STALE)
@@ -32,18 +32,18 @@ class Replay(TestCase):
 
     def test_far_future_timestamp_is_stale(self) -> None:
         """Today's +60 s would keep an entry two windows long; a few seconds of skew only."""
-        w = ReplayWindow(60, 100)
+        w = ReplayWindow(60, 100, 5)
         self.assertEqual(self.rejected(w.check_fresh, 1000 + w.future_skew + 1, 1000).rejection, STALE)
         self.assertLess(w.longest_life, 2 * w.window)
 
     def test_limits(self) -> None:
-        self.assertRaises(ValueError, ReplayWindow, 1, 100)
+        self.assertRaises(ValueError, ReplayWindow, 1, 100, 0)
         self.assertRaises(ValueError, ReplayWindow, 60, 100, 61)
         self.assertRaises(ValueError, ReplayWindow, 60, 100, 5, 1)
         self.assertRaises(ValueError, ReplayWindow, 60, 100, 5, 101)
 
     def test_replay_of_id_or_key(self) -> None:
-        w = ReplayWindow(60, 100)
+        w = ReplayWindow(60, 100, 5)
         enc = os.urandom(32)
         w.remember("a" * 22, enc, 1000, 1000, "x")
         self.assertEqual(self.rejected(w.check_unseen, "a" * 22, os.urandom(32), 1001).rejection, REPLAY)
@@ -53,7 +53,7 @@ class Replay(TestCase):
     def test_kept_exactly_while_acceptable(self) -> None:
         clock = Clock()
         clock.advance(1000)
-        w = ReplayWindow(60, 100)
+        w = ReplayWindow(60, 100, 5)
         w.remember("a" * 22, b"e" * 32, 1000, 1000, "x")
         for _ in range(w.window):
             clock.advance(1)
@@ -67,7 +67,7 @@ class Replay(TestCase):
         self.assertEqual((len(w), w.owned("x")), (0, 0))
 
     def test_future_entry_kept_for_its_whole_window_only(self) -> None:
-        w = ReplayWindow(60, 100, future_skew=5)
+        w = ReplayWindow(60, 100, 5)
         w.remember("a" * 22, b"e" * 32, 1005, 1000, "x")
         w.check_fresh(1005, 1000 + w.longest_life - 1)
         self.assertEqual(
@@ -77,7 +77,7 @@ class Replay(TestCase):
         self.assertEqual(len(w), 0)
 
     def test_one_address_fills_only_its_share(self) -> None:
-        w = ReplayWindow(60, 100, max_per_address=10)
+        w = ReplayWindow(60, 100, 5, max_per_address=10)
         per_share = 10 // ENTRIES_PER_REQUEST
         for i in range(per_share):
             w.check_room("flood", 1000)
@@ -90,7 +90,7 @@ class Replay(TestCase):
         self.assertEqual(w.owned("flood"), 0)
 
     def test_full_fails_closed_for_everyone(self) -> None:
-        w = ReplayWindow(60, 10, max_per_address=4)
+        w = ReplayWindow(60, 10, 5, max_per_address=4)
         for i in range(5):
             w.remember(rid(i), os.urandom(32), 1000, 1000, f"address {i}")
         for address in ("address 0", "someone new"):
@@ -101,7 +101,7 @@ class Replay(TestCase):
         self.assertEqual(len(w), 2)
 
     def test_clock_jump(self) -> None:
-        w = ReplayWindow(60, 100)
+        w = ReplayWindow(60, 100, 5)
         w.remember("a" * 22, b"e" * 32, 1000, 1000, "x")
         w.check_unseen("b" * 22, b"f" * 32, 10**9)
         self.assertEqual((len(w), w.owned("x")), (0, 0))

@@ -11,7 +11,6 @@ import tempfile
 from typing import Any
 
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.task import Clock, deferLater
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, readBody
@@ -104,16 +103,13 @@ class Configured(TestCase):
 
 
 class Endpoints(TestCase):
-    async def _tcp6(self) -> None:
+    async def test_an_ipv6_listen_string_listens_on_ipv6(self) -> None:
         where: Any = endpoint(reactor, parse_listen("tcp6:0:interface=\\:\\:1"), "server.listen")
         port = await where.listen(_Nothing())
         self.addCleanup(port.stopListening)
         self.assertEqual(port.getHost().host, "::1")
         with socket.create_connection(("::1", port.getHost().port), timeout=5):
             pass
-
-    def test_an_ipv6_listen_string_listens_on_ipv6(self) -> Deferred[None]:
-        return ensureDeferred(self._tcp6())
 
     def test_systemd_without_a_passed_socket_stops_the_start(self) -> None:
         with self.assertRaises(StartError) as cm:
@@ -205,7 +201,7 @@ class NothingOutlivesAStop(TestCase):
 
     timeout = 60
 
-    async def _chat_then_stop(self) -> None:
+    async def test_every_socket_is_closed(self) -> None:
         directory = tempfile.mkdtemp(prefix="privllm-fd-")  # a UNIX socket path must be short
         self.addCleanup(shutil.rmtree, directory, True)
         upstream = Upstream(listen_unix(os.path.join(directory, "up.sock")), rate=200, deltas=3).start()
@@ -244,6 +240,3 @@ class NothingOutlivesAStop(TestCase):
                 break
             await deferLater(reactor, 0.1)
         self.assertEqual(open_sockets() - before, set())
-
-    def test_every_socket_is_closed(self) -> Deferred[None]:
-        return ensureDeferred(self._chat_then_stop())

@@ -8,7 +8,6 @@ import time
 
 from twisted.application.service import MultiService
 from twisted.internet import reactor, task
-from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.protocol import Factory, Protocol
 from twisted.trial.unittest import TestCase
 
@@ -29,7 +28,7 @@ class StalledBody(Protocol):
 class Health(TestCase):
     timeout = 20
 
-    async def _stalled(self) -> None:
+    async def test_a_stalled_health_body_does_not_stop_polling(self) -> None:
         path = os.path.join(tempfile.mkdtemp(dir=os.path.abspath(".")), "s.sock")
         port = reactor.listenUNIX(path, Factory.forProtocol(StalledBody))  # type: ignore[attr-defined]
         self.addCleanup(port.stopListening)
@@ -41,9 +40,6 @@ class Health(TestCase):
         await task.deferLater(reactor, 1.0, lambda: None)  # type: ignore[arg-type]
         self.assertFalse(monitor.ready)
         self.assertIsNotNone(monitor._next, "the stalled probe ended and the next one is scheduled")
-
-    def test_a_stalled_health_body_does_not_stop_polling(self) -> Deferred[None]:
-        return ensureDeferred(self._stalled())
 
 
 class CannedAnswer(Protocol):
@@ -71,31 +67,22 @@ class LlamaMetricsText(TestCase):
         text = await llama.metrics_text(0.3)
         return text, time.monotonic() - started
 
-    def test_the_text(self) -> Deferred[None]:
-        async def go() -> None:
-            body = b"llamacpp:prompt_tokens_total 3\n"
-            head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body)
-            self.assertEqual((await self.ask(head + body))[0], body)
+    async def test_the_text(self) -> None:
+        body = b"llamacpp:prompt_tokens_total 3\n"
+        head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body)
+        self.assertEqual((await self.ask(head + body))[0], body)
 
-        return ensureDeferred(go())
+    async def test_not_200_is_none(self) -> None:
+        answer = b"HTTP/1.1 501 Not Implemented\r\nContent-Length: 2\r\n\r\n{}"  # llama-server without --metrics
+        self.assertIsNone((await self.ask(answer))[0])
 
-    def test_not_200_is_none(self) -> Deferred[None]:
-        async def go() -> None:
-            answer = b"HTTP/1.1 501 Not Implemented\r\nContent-Length: 2\r\n\r\n{}"  # llama-server without --metrics
-            self.assertIsNone((await self.ask(answer))[0])
-
-        return ensureDeferred(go())
-
-    def test_a_stalled_or_endless_body_is_none_in_time(self) -> Deferred[None]:
-        async def go() -> None:
-            stalled = b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nx"
-            text, took = await self.ask(stalled)
-            self.assertIsNone(text)
-            self.assertLess(took, 2.0)
-            huge = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (2 << 20) + b"x" * (2 << 20)
-            self.assertIsNone((await self.ask(huge))[0], "over the bound")
-
-        return ensureDeferred(go())
+    async def test_a_stalled_or_endless_body_is_none_in_time(self) -> None:
+        stalled = b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nx"
+        text, took = await self.ask(stalled)
+        self.assertIsNone(text)
+        self.assertLess(took, 2.0)
+        huge = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (2 << 20) + b"x" * (2 << 20)
+        self.assertIsNone((await self.ask(huge))[0], "over the bound")
 
 
 class ClosedOnStop(TestCase):

@@ -13,7 +13,7 @@ from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
 from twisted.internet import reactor
 from twisted.internet.base import DelayedCall
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, ensureDeferred, succeed
 from twisted.internet.task import Clock, deferLater
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import TestCase
@@ -27,7 +27,7 @@ from ..upstream.health import HealthMonitor
 from ..upstream.llama import LlamaServer
 from ..upstream.pool import Node, NodePool
 from ..upstream.supervisor import NAME, LlamaSupervisor
-from .test_chat_stream import SyntheticUpstream
+from .fakes import FakeUpstream
 
 INTERVAL, RETRY = 5.0, 0.5
 
@@ -51,7 +51,7 @@ class MarkDown(TestCase):
         self.clock = Clock()
         self.probe = Probe()
         self.changes: list[bool] = []
-        self.nodes = [Node(f"n{i}", SyntheticUpstream(), CircuitBreaker(2, 5)) for i in range(2)]
+        self.nodes = [Node(f"n{i}", FakeUpstream(), CircuitBreaker(2, 5)) for i in range(2)]
         self.node = self.nodes[0]
 
         def changed(ready: bool) -> None:  # what the tap wires: readiness, metric, log line
@@ -118,7 +118,7 @@ class MarkDown(TestCase):
         self.assertEqual(self.changes, [True, False, True])
 
     def test_without_a_monitor_the_pool_still_marks(self) -> None:
-        node = Node("bare", SyntheticUpstream(), CircuitBreaker(2, 5), healthy=True)
+        node = Node("bare", FakeUpstream(), CircuitBreaker(2, 5), healthy=True)
         pool = NodePool([node])
         pool.mark_down(node)
         self.assertFalse(pool.ready(0))
@@ -148,7 +148,7 @@ class SupervisorExit(TestCase):
 
     timeout = 10
 
-    def test_a_killed_process_is_reported_at_once(self) -> Deferred[None]:
+    async def test_a_killed_process_is_reported_at_once(self) -> None:
         supervisor = LlamaSupervisor([self.binary, "--model", self.model], os.path.join(self.dir, "s.sock"))
         exited: Deferred[float] = Deferred()
         supervisor.on_exit = lambda: exited.callback(time.monotonic())
@@ -162,7 +162,31 @@ class SupervisorExit(TestCase):
             os.kill(pid, signal.SIGKILL)
 
         deferLater(reactor, 0.2, kill)
-        return exited.addCallback(lambda at: self.assertLess(at - killed[0], 1.0))
+        self.assertLess(await exited - killed[0], 1.0)
+
+    def test_a_stop_while_a_restart_is_pending_leaves_no_socket_file(self) -> Deferred[None]:
+        """llama-server died and left its socket file; procmon waits before the restart. A stop
+        then must not leave the stale file in the state directory."""
+        socket = os.path.join(self.dir, "s.sock")
+        dying = os.path.join(self.dir, "dying-llama")
+        with open(dying, "w") as f:
+            f.write(f"#!/bin/sh\n: > {socket}\nexit 1\n")
+        os.chmod(dying, 0o700)
+        supervisor = LlamaSupervisor([dying, "--model", self.model], socket)
+        exited: Deferred[None] = Deferred()
+        supervisor.on_exit = lambda: exited.callback(None) if not exited.called else None
+        supervisor.startService()
+        self.addCleanup(lambda: supervisor.stopService() if supervisor.running else None)
+
+        async def then_stop() -> None:
+            await exited
+            await deferLater(reactor, 0.05, lambda: None)  # procmon forgets the run after on_exit
+            self.assertTrue(os.path.lexists(socket), "the dead process left its file")
+            self.assertEqual(supervisor.protocols, {}, "a restart is pending")
+            await supervisor.stopService()
+            self.assertFalse(os.path.lexists(socket))
+
+        return ensureDeferred(then_stop())
 
     def test_the_tap_wires_exit_to_the_node_and_the_node_to_its_monitor(self) -> None:
         environ = {

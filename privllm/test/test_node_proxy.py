@@ -3,32 +3,25 @@
 from __future__ import annotations
 
 import io
-from typing import Any
 
-from twisted.internet.defer import Deferred, fail
-from twisted.internet.error import ConnectionDone, ConnectionRefusedError
+from twisted.internet.error import ConnectionDone
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from twisted.web.test.requesthelper import DummyRequest
 
-from ..node import NodeProxy
+from ..harmony.dialect import HarmonyDialect
+from ..node import FORWARDED, NodeProxy
+from ..upstream.openai_stream import ChatDialect
+from .fakes import GoneLlama, PendingLlama
 
 
-class GoneLlama:
-    """Test equipment: a node-local llama-server that refuses every connection."""
-
-    def post_stream(self, path: str, body: bytes) -> Deferred[Any]:
-        return fail(ConnectionRefusedError())
-
-
-class PendingLlama:
-    """Test equipment: a node-local llama-server that has not answered yet."""
-
-    def __init__(self) -> None:
-        self.pending: Deferred[Any] = Deferred()
-
-    def post_stream(self, path: str, body: bytes) -> Deferred[Any]:
-        return self.pending
+class Paths(TestCase):
+    def test_every_path_a_router_dialect_posts_is_forwarded(self) -> None:
+        """A router in harmony mode posts /completion; a node that forwarded only the
+        OpenAI-compatible path answered every gpt-oss chat with 404."""
+        for dialect in (ChatDialect, HarmonyDialect):
+            self.assertIn(dialect.path.encode(), FORWARDED, dialect.__name__)
+        self.assertIn(b"/tokenize", FORWARDED, "the router counts long conversations with the node's tokenizer")
 
 
 class Forward(TestCase):

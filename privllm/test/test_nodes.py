@@ -10,14 +10,14 @@ from twisted.trial.unittest import TestCase
 from twisted.web.test.requesthelper import DummyRequest
 
 from ..config.schema import Privacy
-from ..protocol.chat import ChatLimits
 from ..protocol.request import OpenedRequest, SealedRequest
 from ..protocol.response import ResponseReader
 from ..upstream.breaker import CircuitBreaker
 from ..upstream.pool import Node, NodePool, backoff
 from ..web.chat import ChatStream, StreamSettings
 from ..web.metrics import RouterMetrics
-from .test_chat_stream import ENC, FINISH, SECRET, FakeResponse, SyntheticUpstream, delta
+from .fakes import FakeResponse, FakeUpstream
+from .helpers import ENC, FINISH, SECRET, delta, stream_settings
 
 
 class Breaker(TestCase):
@@ -44,18 +44,37 @@ class Breaker(TestCase):
         self.assertEqual(seen, ["open", "half_open", "open", "half_open", "closed"])
         self.assertTrue(b.allow(22))
 
+    def test_available_follows_the_state_without_moving_it(self) -> None:
+        b = CircuitBreaker(1, 10)
+        self.assertTrue(b.available(0))
+        b.failure(0)
+        self.assertFalse(b.available(9.9))
+        self.assertTrue(b.available(10), "cooled: a probe may go")
+        self.assertEqual(b.state, "open", "asking does not move the machine")
+        self.assertTrue(b.allow(10))
+        self.assertFalse(b.available(10), "the probe is out")
+        b.abandon()
+        self.assertTrue(b.available(10), "its client left: another probe may go")
+
+    def test_the_state_is_read_only_and_moves_only_along_the_table(self) -> None:
+        b = CircuitBreaker(1, 10)
+        with self.assertRaises(AttributeError):
+            b.state = "open"  # type: ignore[misc]
+        with self.assertRaises(KeyError):
+            b._move("recovered")  # closed has no way out on a recovery
+
     def test_bad_settings(self) -> None:
         self.assertRaises(ValueError, CircuitBreaker, 0, 1)
         self.assertRaises(ValueError, CircuitBreaker, 1, 0)
 
 
 def nodes(n: int) -> list[Node]:
-    return [Node(f"n{i}", SyntheticUpstream(), CircuitBreaker(2, 5), healthy=True) for i in range(n)]
+    return [Node(f"n{i}", FakeUpstream(), CircuitBreaker(2, 5), healthy=True) for i in range(n)]
 
 
-def upstream_of(node: Node) -> SyntheticUpstream:
+def upstream_of(node: Node) -> FakeUpstream:
     """The node's client, as the synthetic upstream these tests gave it."""
-    assert isinstance(node.client, SyntheticUpstream)
+    assert isinstance(node.client, FakeUpstream)
     return node.client
 
 
@@ -100,7 +119,9 @@ class Retries(TestCase):
         self.nodes = nodes(2)
         self.pool = NodePool(self.nodes)
         self.request = DummyRequest([b"api", b"chat"])
-        self.settings = StreamSettings(ChatLimits(), 15, 30, Privacy(0, 0), first_token_timeout=20, request_timeout=100)
+        self.settings = stream_settings(
+            keepalive=15, idle_timeout=30, privacy=Privacy(0, 0), first_token_timeout=20, request_timeout=100
+        )
 
     def start(self, settings: StreamSettings | None = None) -> Any:
         stream = ChatStream(
@@ -117,7 +138,7 @@ class Retries(TestCase):
     def chunks(self) -> list[dict[str, Any]]:
         return ResponseReader(SealedRequest({}, ENC, SECRET)).feed(b"".join(self.request.written))
 
-    def upstream(self, i: int) -> SyntheticUpstream:
+    def upstream(self, i: int) -> FakeUpstream:
         return upstream_of(self.nodes[i])
 
     def test_failure_before_first_delta_goes_to_another_node(self) -> None:
@@ -168,7 +189,9 @@ class Retries(TestCase):
 
     def test_request_budget(self) -> None:
         done = self.start(
-            StreamSettings(ChatLimits(), 15, 30, Privacy(0, 0), first_token_timeout=20, request_timeout=50)
+            stream_settings(
+                keepalive=15, idle_timeout=30, privacy=Privacy(0, 0), first_token_timeout=20, request_timeout=50
+            )
         )
         upstream = self.upstream(0) if self.upstream(0).requests else self.upstream(1)
         response = FakeResponse()
@@ -200,7 +223,7 @@ class Retries(TestCase):
     def test_connect_timeout_ends_sealed_as_timeout(self) -> None:
         from twisted.internet.error import TimeoutError as ConnectTimeout
 
-        done = self.start(StreamSettings(ChatLimits(), 15, 30, Privacy(0, 0), retries=0))
+        done = self.start(stream_settings(keepalive=15, idle_timeout=30, privacy=Privacy(0, 0), retries=0))
         upstream = self.upstream(0) if self.upstream(0).requests else self.upstream(1)
         upstream.pending.errback(ConnectTimeout())
         self.assertTrue(done.called)
@@ -211,7 +234,7 @@ class Retries(TestCase):
         self.pool = NodePool([node])
         for _ in range(2):
             self.request = DummyRequest([b"api", b"chat"])
-            self.start(StreamSettings(ChatLimits(), 15, 30, Privacy(0, 0), retries=0))
+            self.start(stream_settings(keepalive=15, idle_timeout=30, privacy=Privacy(0, 0), retries=0))
             upstream_of(node).pending.errback(ConnectionRefusedError())
         self.assertEqual(node.breaker.state, "open")
         self.assertFalse(self.pool.ready(self.clock.seconds()))
@@ -224,7 +247,7 @@ class Queueing(TestCase):
         self.clock = Clock()
         self.node = nodes(1)[0]
         self.pool = NodePool([self.node], max_per_node=1, queue_size=1)
-        self.settings = StreamSettings(ChatLimits(), 15, 30, Privacy(0, 0), queue_timeout=5)
+        self.settings = stream_settings(keepalive=15, idle_timeout=30, privacy=Privacy(0, 0), queue_timeout=5)
 
     def start(self) -> tuple[Any, DummyRequest]:
         request = DummyRequest([b"api", b"chat"])

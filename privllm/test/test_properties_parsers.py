@@ -15,7 +15,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
 from ..harmony.dialect import HarmonyDialect
-from ..protocol.chat import BadChatRequest, ChatLimits, parse_chat_request
+from ..protocol.chat import BadChatRequest, parse_chat_request
 from ..protocol.encoding import EncodingError, dumps, loads_bounded
 from ..protocol.envelope import parse_envelope
 from ..protocol.errors import RequestRejected
@@ -24,7 +24,7 @@ from ..upstream.events import UpstreamProtocolError, UpstreamRequestError, refus
 from ..upstream.openai_stream import ChatCompletionStream, ChatDialect
 from . import properties
 from .harmony_replay import encoding
-from .helpers import current_key, ring, sealed_request
+from .helpers import chat_limits, current_key, ring, sealed_request
 
 properties.load()
 
@@ -116,7 +116,7 @@ class Plaintext(TestCase):
     def test_chat_request_and_upstream_body(self, value: Any) -> None:
         """A chat request either parses into a body every UTF-8 encoder can write, or is a BadChatRequest."""
         try:
-            chat = parse_chat_request(json_bytes(value), ChatLimits())
+            chat = parse_chat_request(json_bytes(value), chat_limits())
         except BadChatRequest:
             return
         body = ChatDialect.body(chat)
@@ -128,7 +128,7 @@ class Plaintext(TestCase):
     def test_valid_requests_render_for_harmony(self, roles: list[str], text: str) -> None:
         messages = [{"role": r, "content": text} for r in roles[:-1]] + [{"role": "user", "content": text}]
         try:
-            chat = parse_chat_request(json_bytes({"messages": messages}), ChatLimits())
+            chat = parse_chat_request(json_bytes({"messages": messages}), chat_limits())
         except BadChatRequest:
             self.assertTrue(any(0xD800 <= ord(c) <= 0xDFFF for c in text))
             return

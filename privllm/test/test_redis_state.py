@@ -44,6 +44,8 @@ LIMITS = Limits(
     replay_max_entries=1000,
     replay_max_per_address=1000,
     pow_max_spent=1000,
+    max_addresses=1000,
+    max_devices=1000,
 )
 PASSWORD = "correct-horse-battery-staple"
 

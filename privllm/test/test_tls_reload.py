@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from OpenSSL import SSL
+from twisted.internet.protocol import Factory, Protocol
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.trial.unittest import TestCase
 
+from ..keys.files import KeyFileError
 from ..keys.pki import create_ca, issue
-from ..keys.tls import Reloading
+from ..keys.tls import Reloading, load_pair
+from ..upstream.mtls import MutualTLSPolicy
 from ..web.tls import ReloadingServerOptions, server_tls_options
 
 
@@ -53,6 +58,31 @@ class Reload(TestCase):
             f.write("half written")
         self.assertIs(watched.current(), before)
         self.assertEqual(len(builds), 2)  # it tried, failed, and kept serving
+
+    def test_a_key_that_does_not_match_keeps_the_old_one(self) -> None:
+        """The certificate renewed, the key not yet (or another one): each half parses alone,
+        and the mismatch shows only when a context is made. That must not cost the listener
+        its next connections."""
+        options = ReloadingServerOptions([self.cert, self.key], lambda: server_tls_options(self.cert, self.key, "1.2"))
+        first = self.serial(options)
+        self.swap_key()
+        self.assertEqual(self.serial(options), first, "still serving the last good pair")
+
+    def test_the_router_keeps_its_client_pair_when_the_key_does_not_match(self) -> None:
+        policy = MutualTLSPolicy(os.path.join(self.dir, "ca", "ca.crt"), self.cert, self.key)
+        self.swap_key()
+        creator = policy.creatorForNetloc(b"127.0.0.1", 8443)
+        wrapped: Any = Factory.forProtocol(Protocol)
+        tls = TLSMemoryBIOFactory(creator, True, wrapped).buildProtocol(None)
+        creator.clientConnectionForTLS(tls)  # raised SSL.Error: every connection to a node failed
+        self.assertRaises(KeyFileError, load_pair, self.cert, self.key)
+
+    def swap_key(self) -> None:
+        _, other_key = issue(os.path.join(self.dir, "ca"), "other", os.path.join(self.dir, "other"))
+        with open(other_key, "rb") as src, open(self.key, "wb") as dst:
+            dst.write(src.read())
+        st = os.stat(self.key)
+        os.utime(self.key, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
 
 
 class Refused(Exception):

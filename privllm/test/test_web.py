@@ -9,13 +9,11 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import TestCase
 
-from ..protocol.chat import ChatLimits
 from ..web.app import RouterApp
-from ..web.chat import StreamSettings
 from ..web.metrics import RouterMetrics
 from ..web.request import PrivllmSite
-from .helpers import NOW, memory_gate, ring
-from .test_chat_stream import SyntheticUpstream, pool_of
+from .fakes import FakeUpstream
+from .helpers import NOW, memory_gate, pool_of, ring, stream_settings
 
 LIMIT = 4096
 
@@ -28,10 +26,10 @@ class HTTP(TestCase):
             clock=clock,
             gate=memory_gate(ring(), LIMIT, replay_max_entries=100, replay_max_per_address=100),
             keyset=lambda: b'{"v":1}',
-            pool=pool_of(SyntheticUpstream()),
+            pool=pool_of(FakeUpstream()),
             metrics=RouterMetrics(),
             hsts_max_age=100,
-            settings=StreamSettings(ChatLimits(), 15, 60),
+            settings=stream_settings(keepalive=15, idle_timeout=60),
         )
         self.site = PrivllmSite(app.resource(), LIMIT, reactor=clock)
 

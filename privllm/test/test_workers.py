@@ -10,7 +10,7 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import ProcessProtocol
-from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactor, MemoryReactorClock
 from twisted.logger import LogEvent, globalLogPublisher
 from twisted.python import usage
 from twisted.python.failure import Failure
@@ -21,32 +21,9 @@ from ..config import ConfigError, load_config
 from ..config.profiles import profile
 from ..keys.material import IDENTITY_KEY, KEYRING, POW_KEY, TLS_CERT
 from ..protocol.keyring import KeyRing
+from ..services.errors import StartError
 from ..state.redis import STATE_KEY
-
-
-class FakeProcess:
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-        self.signals: list[str] = []
-
-    def signalProcess(self, name: str) -> None:
-        self.signals.append(name)
-
-
-class FakeReactor(Clock):
-    """A Clock that records spawned processes and connects their protocols, as a reactor does."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.spawned: list[tuple[Any, list[str], dict[str, str] | None, dict[int, Any]]] = []
-        self.next_pid = 100
-
-    def spawnProcess(self, protocol: Any, executable: str, args: list[str], **kw: Any) -> FakeProcess:
-        self.next_pid += 1
-        process = FakeProcess(self.next_pid)
-        protocol.makeConnection(process)
-        self.spawned.append((protocol, args, kw.get("env"), kw["childFDs"]))
-        return process
+from .fakes import FakeReactor, ProcessMemoryReactor
 
 
 def end(protocol: Any, reason: Exception | None = None) -> None:
@@ -242,10 +219,23 @@ class Output(TestCase):
         seen: list[LogEvent] = []
         globalLogPublisher.addObserver(seen.append)  # type: ignore[arg-type]
         self.addCleanup(globalLogPublisher.removeObserver, seen.append)  # type: ignore[arg-type]
-        workers.forward_child_output({"line": "- [privllm.tap#info] node up", "stream": "stdout"})
+        workers.forward_child_output({"line": "- [privllm.web.status#info] node up", "stream": "stdout"})
         workers.forward_child_output({"line": "Traceback: secret prompt", "stream": "stderr"})
-        self.assertEqual([e.get("worker_line") for e in seen], ["- [privllm.tap#info] node up", None])
+        self.assertEqual([e.get("worker_line") for e in seen], ["- [privllm.web.status#info] node up", None])
         self.assertNotIn("secret", repr(seen))
+
+
+class AdoptingReactor(MemoryReactor):
+    """Keeps a copy of each adopted descriptor (the endpoint closes its own once adopted)."""
+
+    def __init__(self, test: TestCase) -> None:
+        super().__init__()
+        self.test = test
+
+    def adoptStreamPort(self, fileno: int, addressFamily: int, factory: Any) -> Any:
+        copy = os.dup(fileno)
+        self.test.addCleanup(os.close, copy)
+        return super().adoptStreamPort(copy, addressFamily, factory)
 
 
 class Adopt(TestCase):
@@ -253,26 +243,19 @@ class Adopt(TestCase):
         self.sock = workers.listening_socket("127.0.0.1", 0)
         self.addCleanup(self.sock.close)
         self.fd = os.dup(self.sock.fileno())
-        self.adopted: list[tuple[int, int, Any]] = []
+        self.reactor = AdoptingReactor(self)
+        self.adopted = self.reactor.adoptedPorts
         self.first: Deferred[None] = Deferred()
 
-    def adoptStreamPort(self, fd: int, family: int, factory: Any) -> Any:
-        self.adopted.append((os.dup(fd), family, factory))
-        self.addCleanup(os.close, self.adopted[-1][0])
-        return self
-
-    def stopListening(self) -> None:
-        self.adopted.clear()
-
     def endpoint(self) -> workers.AdoptedEndpoint:
-        return workers.AdoptedEndpoint(self, self.fd, lambda: self.first)
+        return workers.AdoptedEndpoint(self.reactor, self.fd, lambda: self.first)
 
     def test_accepts_only_after_the_first_probes(self) -> None:
         listening = self.endpoint().listen("factory")
         self.assertEqual(self.adopted, [])
         self.assertNoResult(listening)
         self.first.callback(None)
-        self.assertIs(self.successResultOf(listening), self)
+        self.assertEqual(self.successResultOf(listening).getHost().port, 1234)  # MemoryReactor's port
         self.assertEqual([(f, s) for _, f, s in self.adopted], [(socket.AF_INET, "factory")])
         self.assertFalse(os.get_blocking(self.adopted[0][0]))
         with self.assertRaises(OSError):
@@ -317,8 +300,8 @@ class Build(TestCase):
         return options
 
     def test_a_worker_on_an_empty_state_directory_writes_nothing(self) -> None:
-        with self.assertRaises(tap.StartError):
-            tap.build(self.config("2"), "router", Clock(), self.options("--worker-fd", "3"))
+        with self.assertRaises(StartError):
+            tap.build(self.config("2"), "router", MemoryReactorClock(), self.options("--worker-fd", "3"))
         self.assertEqual(os.listdir(self.state), [])
 
     def test_the_parent_writes_every_shared_file_first(self) -> None:
@@ -330,7 +313,7 @@ class Build(TestCase):
             wipe(ring)
 
         self.patch(KeyRing, "wipe", recorded)
-        root = tap.build(self.config("2"), "router", Clock(), self.options())
+        root = tap.build(self.config("2"), "router", ProcessMemoryReactor(), self.options())
         self.assertEqual(len(wiped), 1, "the parent serves no chat: it keeps no HPKE key")
         self.assertEqual(wiped[0].keys, [])
         monitors = [s for s in root if isinstance(s, workers.WorkerMonitor)]
@@ -343,7 +326,7 @@ class Build(TestCase):
         self.assertEqual(os.stat(monitor.directory).st_mode & 0o777, 0o700)
         # A worker started now only reads what the parent wrote.
         before = {name: os.stat(os.path.join(self.state, name)).st_mtime_ns for name in os.listdir(self.state)}
-        tap.build(self.config_again(), "router", Clock(), self.options("--worker-fd", "3"))
+        tap.build(self.config_again(), "router", MemoryReactorClock(), self.options("--worker-fd", "3"))
         after = {name: os.stat(os.path.join(self.state, name)).st_mtime_ns for name in os.listdir(self.state)}
         self.assertEqual(before, after)
 
@@ -359,6 +342,6 @@ class Build(TestCase):
         return load_config("dev", environ=environ)
 
     def test_one_worker_is_one_process(self) -> None:
-        root = tap.build(self.config("1"), "router", Clock(), self.options())
+        root = tap.build(self.config("1"), "router", MemoryReactorClock(), self.options())
         self.assertEqual([s for s in root if isinstance(s, workers.WorkerMonitor)], [])
         self.assertFalse(any(name.startswith("metrics-") for name in os.listdir(self.state)))

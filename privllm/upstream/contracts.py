@@ -17,6 +17,8 @@ from ..protocol.chat import ChatRequest
 from ..protocol.life import Finished
 from .events import Delta
 
+__all__ = ["Dialect", "Translator", "UpstreamClient"]
+
 
 class Translator(Protocol):
     """Turns one upstream response body into the chat's deltas and its end."""

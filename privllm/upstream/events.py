@@ -11,6 +11,20 @@ from typing import Any, NamedTuple
 
 from ..protocol.encoding import EncodingError, loads_bounded
 from ..protocol.sse import SSEError, SSEEvent, SSEParser
+from .errors import UpstreamError
+
+__all__ = [
+    "MAX_EVENT_CHARS",
+    "MAX_REFUSAL_BYTES",
+    "REQUEST_ERRORS",
+    "Delta",
+    "UpstreamProtocolError",
+    "UpstreamRequestError",
+    "event_object",
+    "refusal_code",
+    "request_error_code",
+    "sse_events",
+]
 
 MAX_EVENT_CHARS = 1 << 20  # the SSE parser's own event bound
 MAX_REFUSAL_BYTES = 1 << 16  # the body of a refusal read, at most, to learn its type
@@ -23,12 +37,16 @@ class Delta(NamedTuple):  # tuples: made once per streamed delta, cheaply
     text: str
 
 
-class UpstreamProtocolError(Exception):
+class UpstreamProtocolError(UpstreamError):
     """The upstream stream was malformed, reported an error of its own, or ended early."""
 
+    code = "upstream_protocol"
 
-class UpstreamRequestError(Exception):
+
+class UpstreamRequestError(UpstreamError):
     """The upstream refused the request itself (too long, invalid): not the node's failure."""
+
+    code = "upstream_request"
 
     def __init__(self, code: str) -> None:
         super().__init__(code)

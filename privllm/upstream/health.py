@@ -9,11 +9,12 @@ between polls (its process exited, a connection to it failed).
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 from twisted.application.service import Service
-from twisted.internet.base import DelayedCall
 from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+
+__all__ = ["HealthMonitor"]
 
 
 class HealthMonitor(Service):
@@ -21,7 +22,7 @@ class HealthMonitor(Service):
         self,
         probe: Callable[[], Awaitable[bool]],
         interval: float,
-        clock: Any,
+        clock: IReactorTime,
         on_change: Callable[[bool], None] | None = None,
         retry: float = 0.5,
     ) -> None:
@@ -30,7 +31,7 @@ class HealthMonitor(Service):
         self._retry = min(retry, interval)
         self._clock = clock
         self._on_change = on_change
-        self._next: DelayedCall | None = None
+        self._next: IDelayedCall | None = None
         self._downs = 0  # how often down() was called: a probe that spans one is stale
         self.ready = False
 

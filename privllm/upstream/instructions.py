@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+__all__ = ["INSTRUCTIONS"]
+
 INSTRUCTIONS = {
     "brief": (
         "Answer in 2-3 sentences for simple questions. Plain text for a phone screen: "

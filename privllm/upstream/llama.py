@@ -19,28 +19,45 @@ import treq
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import UNIXClientEndpoint
-from twisted.internet.interfaces import IReactorUNIX
-from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.internet.interfaces import IReactorTime, IReactorUNIX
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IAgentEndpointFactory
+from twisted.web.iweb import IAgentEndpointFactory, IPolicyForHTTPS
 from zope.interface import implementer
 
 from ..body import BytesProducer, read_bounded
-from ..endpoints import AgentEndpoints
+from ..endpoints import AgentEndpoints, pooled_agent
 from ..protocol.encoding import EncodingError, dumps, loads_bounded
-from ..twisted_private import quiet_pool
+from .errors import UpstreamError
+
+__all__ = [
+    "IDLE_CONNECTION_SECONDS",
+    "JSON_HEADERS",
+    "MAX_ANSWER_BYTES",
+    "MAX_CONTEXT",
+    "MAX_METRICS_BYTES",
+    "STREAM_HEADERS",
+    "UNIX_BASE",
+    "CountError",
+    "LlamaServer",
+    "UNIXEndpointFactory",
+    "socket_path",
+]
 
 UNIX_BASE = "http://llama-server"  # the authority is ignored: every connection goes to the socket
 JSON_HEADERS = Headers({b"Content-Type": [b"application/json"]})
 MAX_ANSWER_BYTES = 1 << 20  # /health and /props answers read at most
 MAX_METRICS_BYTES = 1 << 20  # llama-server's /metrics: a few kilobytes of counters
 MAX_CONTEXT = 1 << 24
+# Close idle connections before a node does (its read deadline, 15 s by default): a chat
+# sent on a connection the node is closing fails, and costs a retry.
 IDLE_CONNECTION_SECONDS = 10
 STREAM_HEADERS = Headers({b"Content-Type": [b"application/json"], b"Accept": [b"text/event-stream"]})
 
 
-class CountError(Exception):
+class CountError(UpstreamError):
     """The node's tokenizer did not answer with a count."""
+
+    code = "token_count"
 
 
 def _token_count(body: bytes) -> int:
@@ -81,24 +98,29 @@ class _ClosedOnStop(Service):
 
 
 class LlamaServer:
-    def __init__(self, reactor: Any, url: str, connect_timeout: float, tls: Any = None, keep: int = 16) -> None:
-        """`keep`: idle connections kept for reuse; as many as the backend serves streams at once."""
-        pool = HTTPConnectionPool(reactor, persistent=True)
-        pool.maxPersistentPerHost = keep
-        # Close idle connections before a node does (its read deadline, 15 s by default): a
-        # chat sent on a connection the node is closing fails, and costs a retry.
-        pool.cachedConnectionTimeout = IDLE_CONNECTION_SECONDS
-        quiet_pool(pool)  # no "Starting factory" line for every upstream connection
-        agent: Any
+    def __init__(
+        self,
+        reactor: IReactorTime,
+        url: str,
+        connect_timeout: float,
+        tls: IPolicyForHTTPS | None = None,
+        keep: int = 16,
+    ) -> None:
+        """`reactor`: also an IReactorTCP, or an IReactorUNIX for a unix:// url. `keep`: idle
+        connections kept for reuse; as many as the backend serves streams at once. Idle
+        connections close before a node closes them (its read deadline, 15 s by default): a
+        chat sent on a connection the node is closing fails, and costs a retry."""
+        endpoints: IAgentEndpointFactory
         if url.startswith("unix://"):
-            factory = UNIXEndpointFactory(reactor, socket_path(url), connect_timeout)
-            agent = Agent.usingEndpointFactory(reactor, factory, pool=pool)
+            endpoints = UNIXEndpointFactory(IReactorUNIX(reactor), socket_path(url), connect_timeout)
             self._base = UNIX_BASE
         else:
             if tls is None:
                 raise ValueError("an https backend needs mutual TLS settings")
-            agent = Agent.usingEndpointFactory(reactor, AgentEndpoints(reactor, tls, connect_timeout), pool=pool)
+            endpoints = AgentEndpoints(reactor, tls, connect_timeout)
             self._base = url.rstrip("/")
+        agent: Any
+        agent, pool = pooled_agent(reactor, endpoints, keep, IDLE_CONNECTION_SECONDS)
         self._agent = agent
         self._reactor = reactor
         self.context: int | None = None  # tokens per slot, learned from the node once it is ready

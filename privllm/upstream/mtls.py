@@ -14,18 +14,23 @@ from twisted.python.failure import Failure
 from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
-from ..keys.tls import Reloading, load_chain, load_key, spki_pin
+from ..keys.tls import Reloading, load_chain, load_pair, spki_pin
+from .errors import UpstreamError
+
+__all__ = ["MutualTLSPolicy", "PinMismatch"]
 
 
-class PinMismatch(Exception):
+class PinMismatch(UpstreamError):
     """The node's certificate is valid but its key is not the pinned one."""
+
+    code = "pin_mismatch"
 
 
 def _client_material(ca: str, cert: str, key: str) -> tuple[ssl.Certificate, ssl.PrivateCertificate]:
     roots = load_chain(ca)
-    chain = load_chain(cert)
+    chain, private_key = load_pair(cert, key)
     private = ssl.PrivateCertificate(crypto.X509.from_cryptography(chain[0]))
-    private.privateKey = ssl.KeyPair(load_key(key))
+    private.privateKey = ssl.KeyPair(private_key)
     return ssl.Certificate(crypto.X509.from_cryptography(roots[0])), private
 
 
@@ -64,5 +69,5 @@ class MutualTLSPolicy:
         root, mine = self._material.current()
         # HTTP/1.1 only towards nodes: Twisted's Agent does not speak h2.
         creator = ssl.optionsForClientTLS(hostname.decode("ascii"), trustRoot=root, clientCertificate=mine)
-        pin = self._pins.get(f"{hostname.decode('ascii')}:{port}")
+        pin = self._pins.get(f"{hostname.decode('ascii').lower()}:{port}")  # as Backend.pins_by_host keys them
         return _Pinned(creator, pin) if pin else creator

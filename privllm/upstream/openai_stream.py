@@ -16,6 +16,20 @@ from ..protocol.sse import SSEEvent, SSEParser
 from .events import Delta, UpstreamProtocolError, event_object, sse_events
 from .instructions import INSTRUCTIONS
 
+__all__ = [
+    "FINISH_REASONS",
+    "MAX_COUNT",
+    "TEMPLATE_TOKENS",
+    "TEMPLATE_TOKENS_PER_MESSAGE",
+    "ChatCompletionStream",
+    "ChatDialect",
+    "chat_messages",
+    "completion_body",
+    "contents",
+    "template_allowance",
+    "text_of",
+]
+
 FINISH_REASONS = {"stop": "stop", "length": "length"}
 MAX_COUNT = (1 << 31) - 1  # token counts above this are not believed
 TEMPLATE_TOKENS, TEMPLATE_TOKENS_PER_MESSAGE = 16, 8

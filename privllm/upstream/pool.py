@@ -14,9 +14,12 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from ..config.schema import BALANCE, Backend
 from .breaker import CircuitBreaker
 from .contracts import Dialect, UpstreamClient
 from .openai_stream import ChatDialect
+
+__all__ = ["Node", "NodePool", "backoff"]
 
 
 @dataclass(eq=False)
@@ -32,10 +35,10 @@ class Node:
 
 class NodePool:
     def __init__(
-        self, nodes: Iterable[Node], balance: str = "round_robin", max_per_node: int = 1 << 30, queue_size: int = 0
+        self, nodes: Iterable[Node], balance: str = Backend.balance, max_per_node: int = 1 << 30, queue_size: int = 0
     ) -> None:
-        if balance not in ("round_robin", "least_streams"):
-            raise ValueError("balance must be round_robin or least_streams")
+        if balance not in BALANCE:
+            raise ValueError(f"balance must be one of {', '.join(BALANCE)}")
         self.nodes = list(nodes)
         self.balance = balance
         self.max_per_node = max_per_node  # llama-server's --parallel slots on each node

@@ -19,6 +19,20 @@ from twisted.logger import LogEvent, Logger, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.runner.procmon import ProcessMonitor
 
+from .errors import UpstreamError
+
+__all__ = [
+    "LLAMA_SERVER_FLAVOUR",
+    "LLAMA_SERVER_VERSION",
+    "NAME",
+    "SETPRIV",
+    "LlamaSupervisor",
+    "SupervisorError",
+    "default_binary",
+    "default_model",
+    "llama_arguments",
+]
+
 LLAMA_SERVER_VERSION = "0.3.36"  # the llama-cpp-python release whose vendored llama.cpp we build
 LLAMA_SERVER_FLAVOUR = "noamx"  # scripts/build-llama-server.sh's build flags
 NAME = "llama-server"
@@ -26,8 +40,10 @@ SETPRIV = "/usr/bin/setpriv"
 log = Logger()
 
 
-class SupervisorError(Exception):
+class SupervisorError(UpstreamError):
     """llama-server or its model cannot be found; the start stops with this message."""
+
+    code = "supervisor"
 
 
 def _drop_child_output(event: LogEvent) -> None:
@@ -133,7 +149,8 @@ class LlamaSupervisor(ProcessMonitor):
         ended: Deferred[None] = Deferred()
         if self.protocols:
             self._exit_waiters.append(ended)
-        else:
+        else:  # between runs: the last one's socket file is still there
+            self._remove_stale_socket()
             ended.callback(None)
         super().stopService()
         return ended

@@ -9,10 +9,13 @@ from typing import Any, cast
 
 from klein import Klein
 from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
+from twisted.web.iweb import IRequest
 from twisted.web.server import Request
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
+from ..config.schema import Server
 from ..logs import request_tag
 from ..protocol.addresses import AddressPolicy
 from ..protocol.admission import Admitted
@@ -26,6 +29,8 @@ from .limits import ClientAddress
 from .metrics import RouterMetrics
 from .request import error_body
 
+__all__ = ["RouterApp"]
+
 
 class RouterApp:
     app = Klein()
@@ -33,7 +38,7 @@ class RouterApp:
     def __init__(
         self,
         *,
-        clock: Any,
+        clock: IReactorTime,
         gate: AdmissionGate,
         keyset: Callable[[], bytes],
         pool: NodePool,
@@ -43,7 +48,7 @@ class RouterApp:
         client_address: Callable[[Request], str] | None = None,
         cors: CorsPolicy | None = None,
     ) -> None:
-        self._client_address = client_address or ClientAddress(AddressPolicy(), "")
+        self._client_address = client_address or ClientAddress(AddressPolicy(Server.ipv6_prefix), "")
         self._clock = clock
         self._gate = gate
         self._keyset = keyset
@@ -59,18 +64,18 @@ class RouterApp:
     def resource(self) -> Any:
         return self.app.resource()
 
-    def _security_headers(self, request: Request) -> None:
+    def _security_headers(self, request: IRequest) -> None:
         request.setHeader(b"strict-transport-security", self._hsts)
         request.setHeader(b"x-content-type-options", b"nosniff")
 
-    def _common_headers(self, request: Request) -> None:
+    def _common_headers(self, request: IRequest) -> None:
         """On every answer but a preflight: JSON, errors and the event stream alike, so that an
         allowed page can read a 429's Retry-After as well as a chat."""
         self._security_headers(request)
         for name, value in self._cors.answer(request.requestHeaders.getRawHeaders(b"origin")):
             request.setHeader(name, value)
 
-    def _json(self, request: Request, status: int, body: bytes, cache: bytes = b"no-store") -> bytes:
+    def _json(self, request: IRequest, status: int, body: bytes, cache: bytes = b"no-store") -> bytes:
         self._common_headers(request)
         request.setResponseCode(status)
         request.setHeader(b"content-type", b"application/json")
@@ -165,9 +170,9 @@ class RouterApp:
         return self._json(request, 503, dumps({"status": "unavailable"}))
 
     @app.handle_errors(NotFound)
-    def not_found(self, request: Request, failure: object) -> bytes:
+    def not_found(self, request: IRequest, failure: Failure) -> bytes:
         return self._json(request, NOT_FOUND.status, error_body(NOT_FOUND))
 
     @app.handle_errors(MethodNotAllowed)
-    def method_not_allowed(self, request: Request, failure: object) -> bytes:
+    def method_not_allowed(self, request: IRequest, failure: Failure) -> bytes:
         return self._json(request, METHOD_NOT_ALLOWED.status, error_body(METHOD_NOT_ALLOWED))

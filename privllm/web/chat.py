@@ -18,19 +18,19 @@ from __future__ import annotations
 import random
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet import error as neterror
-from twisted.internet.base import DelayedCall
 from twisted.internet.defer import CancelledError, Deferred, fail
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.server import Request
 
 from ..body import BodyStream, read_bounded
-from ..config.schema import Privacy
+from ..config.schema import Config, Privacy
 from ..protocol import life
 from ..protocol.admission import SealedRefusal
 from ..protocol.chat import BadChatRequest, ChatLimits, ChatRequest, parse_chat_request
@@ -48,6 +48,8 @@ from ..upstream.pool import Node, NodePool, backoff
 from .metrics import RouterMetrics
 from .sealed import SealedEvents
 
+__all__ = ["UPSTREAM_LINGER", "ChatStream", "StreamSettings", "node_fault"]
+
 log = Logger()
 
 UPSTREAM_LINGER = 5.0  # seconds to wait for the end of an upstream response already complete
@@ -55,16 +57,34 @@ UPSTREAM_LINGER = 5.0  # seconds to wait for the end of an upstream response alr
 
 @dataclass(frozen=True)
 class StreamSettings:
+    """What one chat is held to. No defaults here: they are the configuration's (from_config)."""
+
     limits: ChatLimits
-    keepalive: float = 15.0
-    idle_timeout: float = 120.0
-    privacy: Privacy = field(default_factory=Privacy)
-    first_token_timeout: float = 60.0
-    request_timeout: float = 600.0
-    retries: int = 2
-    retry_base: float = 0.1
-    retry_cap: float = 2.0
-    queue_timeout: float = 10.0
+    keepalive: float
+    idle_timeout: float
+    privacy: Privacy
+    first_token_timeout: float
+    request_timeout: float
+    retries: int
+    retry_base: float
+    retry_cap: float
+    queue_timeout: float
+
+    @classmethod
+    def from_config(cls, config: Config) -> StreamSettings:
+        backend = config.backend
+        return cls(
+            config.chat_limits(),
+            keepalive=config.server.keepalive_seconds,
+            idle_timeout=backend.idle_timeout,
+            privacy=config.privacy,
+            first_token_timeout=backend.first_token_timeout,
+            request_timeout=backend.request_timeout,
+            retries=backend.retries,
+            retry_base=backend.retry_base,
+            retry_cap=backend.retry_cap,
+            queue_timeout=config.load.queue_timeout,
+        )
 
 
 def node_fault(failure: Failure) -> life.Fault:
@@ -80,7 +100,7 @@ class ChatStream:
     def __init__(
         self,
         request: Request,
-        clock: Any,
+        clock: IReactorTime,
         pool: NodePool,
         metrics: RouterMetrics,
         settings: StreamSettings,
@@ -110,7 +130,7 @@ class ChatStream:
         self._pending: Deferred[Any] | None = None
         self._body: BodyStream | None = None
         self._translator: Translator | None = None
-        self._timer: DelayedCall | None = None  # the retry backoff or the queue timeout
+        self._timer: IDelayedCall | None = None  # the retry backoff or the queue timeout
         self._ticker = LoopingCall(self._tick)
         self._ticker.clock = clock
         self._tried: list[Node] = []
@@ -141,7 +161,7 @@ class ChatStream:
         try:
             self._chat = parse_chat_request(plaintext, self._settings.limits)
         except BadChatRequest as e:
-            return self._life.refused("bad_request", str(e))
+            return self._life.refused(e.code, str(e))
         return self._life.begin()
 
     # the machine: events in, actions out

@@ -11,15 +11,18 @@ request, never writing an answer, however long a stream lasts.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+
+__all__ = ["ReadDeadline"]
 
 
 class ReadDeadline:
-    def __init__(self, clock: Any, seconds: float) -> None:
+    def __init__(self, clock: IReactorTime, seconds: float) -> None:
         self._clock = clock  # an IReactorTime
         self._seconds = seconds
         self._expire: Callable[[], object] | None = None
-        self._call: Any = None  # the IDelayedCall while the deadline runs
+        self._call: IDelayedCall | None = None
         self.answering = 0
 
     def start(self, expire: Callable[[], object]) -> None:

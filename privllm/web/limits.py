@@ -19,8 +19,11 @@ from typing import Any
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.web.server import Request
 
+from ..config.schema import Server
 from ..protocol.addresses import AddressPolicy, IPAddress, parse_address
 from ..protocol.errors import MALFORMED, RequestRejected
+
+__all__ = ["UNPARSED_PEER", "ClientAddress", "ConnectionsPerAddress", "ProxiedConnectionsPerAddress", "peer_address"]
 
 UNPARSED_PEER = "unparsed-peer"  # one shared key for a peer that is not an IP address (none on TCP)
 
@@ -52,7 +55,7 @@ class ConnectionsPerAddress(WrappingFactory):
     def __init__(self, wrapped: Any, limit: int, policy: AddressPolicy | None = None) -> None:
         super().__init__(wrapped)
         self.limit = limit
-        self.policy = policy or AddressPolicy()
+        self.policy = policy or AddressPolicy(Server.ipv6_prefix)
         self.open: dict[str, int] = {}
 
     def _key(self, addr: Any) -> str | None:

@@ -13,6 +13,8 @@ from twisted.web.server import NOT_DONE_YET, Request
 
 from ..upstream.llama import LlamaServer
 
+__all__ = ["CONTENT_TYPE", "LlamaMetrics"]
+
 CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
 
 

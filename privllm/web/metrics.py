@@ -16,13 +16,25 @@ from bisect import bisect_left
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from ..protocol.errors import REFUSAL_REASONS
+from ..upstream import breaker
+
+__all__ = [
+    "ANSWER_BUCKETS",
+    "BREAKER_STATES",
+    "FIRST_BYTE_BUCKETS",
+    "FIRST_TOKEN_BUCKETS",
+    "GAP_BUCKETS",
+    "TOKEN_RATE_BUCKETS",
+    "GapTally",
+    "RouterMetrics",
+]
 
 FIRST_TOKEN_BUCKETS = (0.01, 0.02, 0.03, 0.04, 0.05, 0.1, 0.25, 0.5, 1, 2, 3, 4, 5, 8, 15, 30, 60)
 ANSWER_BUCKETS = (0.25, 0.5, 1, 1.5, 2, 3, 5, 10, 20, 30, 60, 120, 300, 600)
 FIRST_BYTE_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 GAP_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.06, 0.07, 0.08, 0.1, 0.25, 0.5, 1, 2.5, 5, 15)
 TOKEN_RATE_BUCKETS = (5, 10, 20, 30, 50, 75, 90, 100, 110, 125, 150, 200, 300, 500)
-BREAKER_STATES = ("closed", "open", "half_open")
+BREAKER_STATES = breaker.STATES
 
 
 class RouterMetrics:

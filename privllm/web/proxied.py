@@ -25,6 +25,8 @@ from zope.interface import implementer
 from ..protocol.addresses import IPNetwork, parse_network
 from .limits import peer_address
 
+__all__ = ["AllowedPeersEndpoint", "PeersAllowed", "proxied"]
+
 
 class PeersAllowed(Factory):
     """Builds a connection only for a peer inside `allowed`; for any other the port closes the

@@ -21,15 +21,18 @@ import io
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
-from twisted.internet.interfaces import IProtocol
+from twisted.internet.interfaces import IProtocol, IReactorTime
 from twisted.python.components import proxyForInterface
 from twisted.web import http, server
 from twisted.web.iweb import INonQueuedRequestFactory
 from zope.interface import implementer
 
+from ..config.schema import Server
 from ..protocol.encoding import dumps
 from ..protocol.errors import MALFORMED, TOO_LARGE, Rejection
 from .deadline import ReadDeadline
+
+__all__ = ["BODY_BUDGET_BODIES", "SERVER_NAME", "BodyBudget", "PrivllmRequest", "PrivllmSite", "error_body"]
 
 SERVER_NAME = b"privllm"
 
@@ -234,9 +237,9 @@ class PrivllmSite(server.Site):
         self,
         resource: object,
         max_body: int,
-        reactor: Any = None,
-        idle_timeout: float = 60,
-        request_read_timeout: float = 15,
+        reactor: IReactorTime | None = None,
+        idle_timeout: float = Server.idle_timeout,
+        request_read_timeout: float = Server.request_read_timeout,
     ) -> None:
         # Bodies are sealed JSON: never parse them as forms (Twisted would, with the email
         # package's header parser, for every POST).

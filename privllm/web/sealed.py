@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from twisted.internet.base import DelayedCall
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.web.server import Request
 
 from ..config.schema import Privacy
@@ -22,15 +22,17 @@ from ..protocol.sse import KEEPALIVE, encode_event
 from ..protocol.stream import StreamSealer, derive_stream_keys
 from .metrics import RouterMetrics
 
+__all__ = ["SealedEvents"]
+
 
 class SealedEvents:
-    def __init__(self, request: Request, clock: Any, privacy: Privacy, metrics: RouterMetrics) -> None:
+    def __init__(self, request: Request, clock: IReactorTime, privacy: Privacy, metrics: RouterMetrics) -> None:
         self._request = request
         self._clock = clock
         self._pad_to = privacy.pad_to
         self._metrics = metrics
         self._coalescer = Coalescer(privacy.coalesce_ms / 1000.0, privacy.pad_to)
-        self._flush_call: DelayedCall | None = None
+        self._flush_call: IDelayedCall | None = None
         self._sealer: StreamSealer | None = None
         self._unreported = 0  # chunks not yet in the metric
         self._held: list[bytes] | None = None  # writes gathered between hold and release

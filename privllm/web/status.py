@@ -8,10 +8,10 @@ A timer sets them every few seconds, so a scrape between chats still sees the tr
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
@@ -20,6 +20,8 @@ from ..protocol.keyring import KeyRing
 from ..state.interface import AdmissionState, StateUnavailable
 from ..upstream.pool import Node
 from .metrics import RouterMetrics
+
+__all__ = ["NodeHealth", "StatusGauges"]
 
 log = Logger()
 
@@ -30,7 +32,7 @@ class StatusGauges(Service):
     def __init__(
         self,
         metrics: RouterMetrics,
-        clock: Any,
+        clock: IReactorTime,
         ring: KeyRing,
         state: AdmissionState,
         replay_capacity: int,

@@ -15,7 +15,9 @@ from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from twisted.internet.ssl import TLSVersion
 from zope.interface import implementer
 
-from ..keys.tls import Reloading, load_chain, load_key
+from ..keys.tls import Reloading, load_chain, load_pair
+
+__all__ = ["ALPN", "MIN_VERSIONS", "TLS12_CIPHERS", "ReloadingServerOptions", "server_tls_options"]
 
 MIN_VERSIONS = {"1.2": TLSVersion.TLSv1_2, "1.3": TLSVersion.TLSv1_3}
 ALPN = [b"h2", b"http/1.1"]
@@ -37,7 +39,7 @@ def server_tls_options(
     alpn: list[bytes] | None = None,
 ) -> ssl.CertificateOptions:
     """With `client_ca`, a client certificate signed by that CA is required (mutual TLS)."""
-    chain = load_chain(cert_path)
+    chain, key = load_pair(cert_path, key_path)
     extra: dict[str, Any] = {}
     if client_ca:
         extra = {
@@ -47,7 +49,7 @@ def server_tls_options(
         }
     # CertificateOptions disables TLS compression and prefers the server's cipher order.
     return ssl.CertificateOptions(
-        privateKey=load_key(key_path),
+        privateKey=key,
         certificate=crypto.X509.from_cryptography(chain[0]),
         extraCertChain=[crypto.X509.from_cryptography(c) for c in chain[1:]],
         raiseMinimumTo=MIN_VERSIONS[min_version],
