@@ -43,7 +43,7 @@ def parent_socket(listen: Listen, reactor: IReactorTime) -> socket.socket:
         except OSError as e:
             raise StartError(f"config server.listen: cannot listen: {e.strerror}") from e
     if listen.kind == "systemd" and listen.domain in ("INET", "INET6"):
-        # Twisted reads (and clears) systemd's LISTEN_* variables once, at import: its parser
+        # Twisted reads systemd's LISTEN_PID and LISTEN_FDS once, at import, and clears them: its parser
         # finds the descriptor, which the parent then holds instead of adopting.
         passed = endpoint(reactor, listen, "server.listen")
         assert isinstance(passed, AdoptedStreamServerEndpoint)
