@@ -246,6 +246,13 @@ def _check_origins(config: Config) -> None:
 def _check_listeners(config: Config) -> None:
     for name, section in (("server", config.server), ("metrics", config.metrics)):
         try:
-            listener(section)
+            found = listener(section)
         except ValueError as e:
             raise ConfigError(f"{name}.listen" if section.listen else f"{name}.host", str(e)) from None
+        if name == "server" and (found.kind == "unix" or found.domain == "UNIX"):
+            # A UNIX peer has no IP address: every client would share one address's limits.
+            raise ConfigError(
+                "server.listen",
+                "must be TCP (tcp:, tcp6:, or systemd: with INET or INET6): every per-address limit"
+                " keys on the client's IP address, which a UNIX socket's peer has none of",
+            )

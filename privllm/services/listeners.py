@@ -6,15 +6,16 @@ passed), through serverFromString, so socket activation and IPv6 are a matter of
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+import socket
 from typing import Any
 
 from prometheus_client.twisted import MetricsResource
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import serverFromString
-from twisted.internet.interfaces import IReactorSocket, IReactorTime, IStreamServerEndpoint
+from twisted.internet.endpoints import AdoptedStreamServerEndpoint, serverFromString
+from twisted.internet.interfaces import IReactorTime, IStreamServerEndpoint
 from twisted.protocols.policies import WrappingFactory
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.web.resource import Resource
@@ -30,7 +31,6 @@ from ..web.llama_metrics import LlamaMetrics
 from ..web.proxied import proxied
 from ..web.request import PrivllmSite
 from ..web.tls import ReloadingServerOptions, server_tls_options
-from ..workers import AdoptedEndpoint
 from .errors import StartError
 
 __all__ = [
@@ -55,7 +55,28 @@ def endpoint(reactor: IReactorTime, listen: Listen, key: str) -> IStreamServerEn
             f"config {key}: systemd passed no socket with {which} (LISTEN_FDS, LISTEN_FDNAMES):"
             " start the service through its .socket unit"
         ) from None
+    if isinstance(found, AdoptedStreamServerEndpoint):
+        _check_passed(found.fileno, found.addressFamily, listen.domain, key)
     return found
+
+
+def _check_passed(fd: int, family: int, domain: str, key: str) -> None:
+    """A passed socket must be what `domain` says: Twisted reads each peer's address as that
+    family, and an IPv6 socket read as IPv4 gives every client the same garbled address."""
+    try:
+        probe = socket.socket(fileno=os.dup(fd))
+    except OSError as e:
+        raise StartError(f"config {key}: the passed descriptor is not a socket ({e.strerror})") from None
+    with probe:
+        listening = probe.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+        if probe.family != family or probe.type != socket.SOCK_STREAM or not listening:
+            found = {socket.AF_INET: "INET", socket.AF_INET6: "INET6", socket.AF_UNIX: "UNIX"}.get(
+                probe.family, "other"
+            )
+            raise StartError(
+                f"config {key}: systemd passed a socket of domain {found}, or not a listening stream socket,"
+                f" where domain={domain} was named"
+            )
 
 
 class ClosingListener(StreamServerEndpointService):
@@ -112,19 +133,16 @@ def https_listener(
     site: Site,
     options: ReloadingServerOptions,
     public: bool = True,
-    worker: tuple[int, Callable[[], Deferred[Any]]] | None = None,
+    where: IStreamServerEndpoint | None = None,
 ) -> ClosingListener:
-    """`server.listen`, or (`worker`) the parent's socket, adopted once the nodes' first probes are done."""
+    """On `where`, or by default on `server.listen`."""
     # The per-address cap sits outside TLS, so a refused connection costs no handshake.
     tls = TLSMemoryBIOFactory(options, False, site)
     # Twisted's default TLS transport gathers the writes of one reactor turn into one TLS
     # record. Measured at 1,000 streams (router saturated): 88 us of CPU per sealed chunk
     # with it, 132 us without; at 200 streams, without it was about 5 % cheaper.
     server = config.server
-    where: Any
-    if worker is not None:
-        where = AdoptedEndpoint(IReactorSocket(reactor), *worker)
-    else:
+    if where is None:
         where = endpoint(reactor, listener(server), "server.listen")
     if public and server.proxy_protocol:
         # Outermost first: the load balancers' allow-list, the PROXY header, the cap on its source, TLS.

@@ -11,9 +11,10 @@ from typing import Any
 
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, DeferredList
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IReactorSocket, IReactorTime, IStreamServerEndpoint
 
 from ..config import Config
+from ..config.listen import listener
 from ..harmony import vocabulary
 from ..harmony.dialect import HarmonyDialect
 from ..keys.files import ensure_private_dir
@@ -39,8 +40,9 @@ from ..web.chat import StreamSettings
 from ..web.limits import ClientAddress
 from ..web.metrics import RouterMetrics
 from ..web.status import NodeHealth, StatusGauges
+from ..workers import AdoptedEndpoint
 from .errors import StartError
-from .listeners import addresses, https_listener, metrics_listener, server_tls, site
+from .listeners import addresses, endpoint, https_listener, metrics_listener, server_tls, site
 from .local_llama import local_llama
 
 __all__ = ["Router", "identity", "limits", "pow_gate"]
@@ -120,7 +122,13 @@ class Router:
             config.replay.future_skew,
             pow_gate=pow_gate(config, create=not worker),
         )
-        self._reactor, self._tls_options, self._worker_fd = reactor, tls_options, worker_fd
+        self._reactor, self._tls_options = reactor, tls_options
+        # Resolved now, so a listen setting that cannot work stops the start here, not once Redis answers.
+        self._where: IStreamServerEndpoint = (
+            AdoptedEndpoint(IReactorSocket(reactor), worker_fd, self._first_probes)  # once its nodes are probed
+            if worker_fd is not None
+            else endpoint(reactor, listener(config.server), "server.listen")
+        )
         if not worker:  # a parent of workers serves every worker's metrics
             metrics_listener(config, reactor, self.metrics.registry, self.service, local)
         self._limits = limits(config)
@@ -151,8 +159,9 @@ class Router:
             cors=CorsPolicy(config.server.cors_origins),
         )
         routes = site(config, self.app.resource(), self._reactor)
-        adopt = None if self._worker_fd is None else (self._worker_fd, self._first_probes)
-        https_listener(config, self._reactor, routes, self._tls_options, worker=adopt).setServiceParent(self.service)
+        https_listener(config, self._reactor, routes, self._tls_options, where=self._where).setServiceParent(
+            self.service
+        )
         gauges = StatusGauges(
             self.metrics,
             self._reactor,

@@ -8,7 +8,7 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet.interfaces import IProcessTransport, IPushProducer, IReactorProcess, IReactorTime
+from twisted.internet.interfaces import IProcessTransport, IPushProducer, IReactorProcess, IReactorSocket, IReactorTime
 from twisted.trial.unittest import TestCase
 from twisted.web.iweb import IPolicyForHTTPS, IResponse
 from zope.interface import Interface
@@ -36,6 +36,7 @@ FAKES: dict[type, tuple[Callable[[], object], list[Contract]]] = {
     fakes.RecordingPolicy: (fakes.RecordingPolicy, [IPolicyForHTTPS]),
     fakes.FakeProcess: (lambda: fakes.FakeProcess(1), [IProcessTransport]),
     fakes.FakeReactor: (fakes.FakeReactor, [IReactorTime, IReactorProcess]),
+    fakes.ProcessMemoryReactor: (fakes.ProcessMemoryReactor, [IReactorTime, IReactorProcess, IReactorSocket]),
 }
 
 
