@@ -36,6 +36,7 @@ from .errors import StartError
 __all__ = [
     "ClosingListener",
     "addresses",
+    "check_passed",
     "dev_hosts",
     "endpoint",
     "https_listener",
@@ -56,11 +57,11 @@ def endpoint(reactor: IReactorTime, listen: Listen, key: str) -> IStreamServerEn
             " start the service through its .socket unit"
         ) from None
     if isinstance(found, AdoptedStreamServerEndpoint):
-        _check_passed(found.fileno, found.addressFamily, listen.domain, key)
+        check_passed(found.fileno, found.addressFamily, listen.domain, key)
     return found
 
 
-def _check_passed(fd: int, family: int, domain: str, key: str) -> None:
+def check_passed(fd: int, family: int, domain: str, key: str) -> None:
     """A passed socket must be what `domain` says: Twisted reads each peer's address as that
     family, and an IPv6 socket read as IPv4 gives every client the same garbled address."""
     try:

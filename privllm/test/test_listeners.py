@@ -12,6 +12,7 @@ from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.task import Clock, deferLater
+from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, readBody
 
@@ -22,7 +23,7 @@ from ..keys.files import KeyFileError
 from ..keys.material import IDENTITY_PUB, POW_KEY, TLS_CERT, pow_key
 from ..protocol.encoding import b64decode
 from ..services.errors import StartError
-from ..services.listeners import endpoint
+from ..services.listeners import check_passed, endpoint
 from ..services.parent import parent_socket
 from ..services.router import Router
 from ..workers import inherited_socket
@@ -94,6 +95,13 @@ class Configured(TestCase):
         self.assertTrue(self.error(PRIVLLM_METRICS__LISTEN='"haproxy:tcp:9464"').startswith("config metrics.listen:"))
         self.assertTrue(self.error(PRIVLLM_SERVER__HOST='"example.org"').startswith("config server.host:"))
 
+    def test_the_public_listener_must_be_tcp(self) -> None:
+        """A UNIX peer has no IP address: every client would share one address's limits."""
+        for text in ("unix:/run/privllm.sock", "systemd:domain=UNIX:name=privllm"):
+            self.assertIn("must be TCP", self.error(PRIVLLM_SERVER__LISTEN=f'"{text}"'))
+        environ = {"PRIVLLM_KEYS__STATE_DIR": "/tmp/x", "PRIVLLM_METRICS__LISTEN": '"unix:/run/privllm-metrics.sock"'}
+        self.assertEqual(load_config("dev", environ=environ).metrics.listen, "unix:/run/privllm-metrics.sock")
+
     def test_host_and_port_still_work_and_an_ipv6_host_listens_on_tcp6(self) -> None:
         from ..config.listen import listener
 
@@ -115,6 +123,44 @@ class Endpoints(TestCase):
         with self.assertRaises(StartError) as cm:
             endpoint(Clock(), parse_listen("systemd:domain=INET:name=privllm"), "server.listen")
         self.assertIn("config server.listen: systemd passed no socket with name 'privllm'", str(cm.exception))
+
+    def test_a_passed_socket_must_be_of_the_domain_named(self) -> None:
+        """Twisted reads each peer's address as the named family: an IPv6 socket read as IPv4
+        gave every client one garbled address, so one address's limits for everyone."""
+        six = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+        self.addCleanup(six.close)
+        six.bind(("::1", 0))
+        six.listen()
+        check_passed(six.fileno(), socket.AF_INET6, "INET6", "server.listen")
+        with self.assertRaises(StartError) as cm:
+            check_passed(six.fileno(), socket.AF_INET, "INET", "server.listen")
+        self.assertIn("socket of domain INET6", str(cm.exception))
+        idle = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)  # not listening
+        self.addCleanup(idle.close)
+        with self.assertRaises(StartError):
+            check_passed(idle.fileno(), socket.AF_INET6, "INET6", "server.listen")
+        read, write = os.pipe()
+        self.addCleanup(os.close, read)
+        self.addCleanup(os.close, write)
+        with self.assertRaises(StartError) as cm:
+            check_passed(read, socket.AF_INET, "INET", "server.listen")
+        self.assertIn("not a socket", str(cm.exception))
+        os.fstat(six.fileno())  # the descriptor is left to its owner
+
+    def test_a_router_on_redis_refuses_a_bad_listener_before_redis_answers(self) -> None:
+        """Its listener opens once Redis has answered; a listen setting that cannot work must
+        stop the start at once, not fail later inside the Redis callback while the process runs."""
+        environ = {
+            "PRIVLLM_KEYS__STATE_DIR": os.path.abspath(self.mktemp()),
+            "PRIVLLM_LLAMA__SPAWN": "false",
+            "PRIVLLM_BACKEND__URLS": '["unix:///nonexistent/llama.sock"]',
+            "PRIVLLM_STATE__BACKEND": '"redis"',
+            "PRIVLLM_STATE__URL": '"unix:///nonexistent/redis.sock"',
+            "PRIVLLM_SERVER__LISTEN": '"systemd:domain=INET:name=privllm"',
+        }
+        with self.assertRaises(StartError) as cm:
+            Router(load_config("dev", environ=environ), MemoryReactorClock())
+        self.assertIn("systemd passed no socket", str(cm.exception))
 
 
 class _Nothing:
@@ -159,7 +205,7 @@ class ParentSocket(TestCase):
                 sock.listen()
             with self.assertRaises(ValueError):
                 inherited_socket(sock.fileno())
-            self.assertEqual(sock.fileno() >= 0, True, "a refused descriptor is left to its owner")
+            os.fstat(sock.fileno())  # a refused descriptor is left to its owner (this raises once it is closed)
         good = socket.socket()
         good.bind(("127.0.0.1", 0))
         good.listen()
