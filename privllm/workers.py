@@ -108,7 +108,10 @@ def listening_socket(host: str, port: int, family: int = socket.AF_INET) -> sock
 def inherited_socket(fd: int) -> socket.socket:
     """A listening TCP socket this process was given (systemd socket activation), to hand on to
     the workers. ValueError if `fd` is anything else."""
-    sock = socket.socket(fileno=fd)
+    try:
+        sock = socket.socket(fileno=fd)
+    except OSError as e:  # not a socket, or not open
+        raise ValueError(f"descriptor {fd} is not a listening TCP socket ({e.strerror})") from None
     if (
         sock.family not in (socket.AF_INET, socket.AF_INET6)
         or sock.type != socket.SOCK_STREAM
@@ -310,7 +313,9 @@ class AdoptedEndpoint:
         self.first = first
 
     def listen(self, factory: Any) -> Deferred[Any]:
-        listening: Deferred[Any] = Deferred()  # cancelling it only marks it called
+        # Cancelled (the worker stops before its probes are done): it never accepts, and gives
+        # the inherited socket back.
+        listening: Deferred[Any] = Deferred(lambda _: os.close(self.fd))
 
         def adopt(_: object) -> None:
             if not listening.called:

@@ -206,6 +206,11 @@ class ParentSocket(TestCase):
             with self.assertRaises(ValueError):
                 inherited_socket(sock.fileno())
             os.fstat(sock.fileno())  # a refused descriptor is left to its owner (this raises once it is closed)
+        read, write = os.pipe()
+        self.addCleanup(os.close, read)
+        self.addCleanup(os.close, write)
+        with self.assertRaises(ValueError):  # a unit passing a FIFO or a file: one line, not a traceback
+            inherited_socket(read)
         good = socket.socket()
         good.bind(("127.0.0.1", 0))
         good.listen()

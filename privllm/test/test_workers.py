@@ -273,7 +273,8 @@ class Adopt(TestCase):
         self.failureResultOf(listening, CancelledError)
         self.first.callback(None)
         self.assertEqual(self.adopted, [])
-        os.close(self.fd)
+        with self.assertRaises(OSError):
+            os.fstat(self.fd)  # given back: a stopped worker holds no listening socket
 
 
 class Build(TestCase):
