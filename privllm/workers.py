@@ -49,6 +49,7 @@ __all__ = [
     "RESTART_MAX_DELAY",
     "RESTART_THRESHOLD",
     "SETPRIV",
+    "SYSTEMD_ENV",
     "TWISTD",
     "WORKER_FD",
     "AdoptedEndpoint",
@@ -58,6 +59,7 @@ __all__ = [
     "child_env",
     "cores",
     "forward_child_output",
+    "inherited_socket",
     "listening_socket",
     "metrics_dir",
     "metrics_registry",
@@ -90,9 +92,9 @@ def worker_count(configured: int, shared_state: bool, count_cores: Callable[[], 
     return max(1, min(count_cores(), MAX_WORKERS)) if shared_state else 1
 
 
-def listening_socket(host: str, port: int) -> socket.socket:
-    """The public TCP socket, bound and listening; no process accepts on it here."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+def listening_socket(host: str, port: int, family: int = socket.AF_INET) -> socket.socket:
+    """The public TCP socket (IPv4 or IPv6), bound and listening; no process accepts on it here."""
+    sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as Twisted's own listener does
         sock.bind((host, port))
@@ -100,6 +102,24 @@ def listening_socket(host: str, port: int) -> socket.socket:
     except OSError:
         sock.close()
         raise
+    return sock
+
+
+def inherited_socket(fd: int) -> socket.socket:
+    """A listening TCP socket this process was given (systemd socket activation), to hand on to
+    the workers. ValueError if `fd` is anything else."""
+    try:
+        sock = socket.socket(fileno=fd)
+    except OSError as e:  # not a socket, or not open
+        raise ValueError(f"descriptor {fd} is not a listening TCP socket ({e.strerror})") from None
+    if (
+        sock.family not in (socket.AF_INET, socket.AF_INET6)
+        or sock.type != socket.SOCK_STREAM
+        or not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+    ):
+        sock.detach()
+        raise ValueError(f"descriptor {fd} is not a listening TCP socket")
+    sock.set_inheritable(False)  # only the workers get it, as WORKER_FD
     return sock
 
 
@@ -130,10 +150,14 @@ def child_argv(env: str, config: str | None, python: str = sys.executable) -> li
     return prefix + argv + (["--config", os.path.abspath(config)] if config else [])
 
 
+SYSTEMD_ENV = ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES")  # the parent's sockets, not the workers'
+
+
 def child_env(directory: str, environ: dict[str, str] | None = None) -> dict[str, str]:
     """The parent's environment (PRIVLLM_* overrides included) and the metrics directory, which
     prometheus_client reads when it is imported."""
-    return {**(os.environ if environ is None else environ), METRICS_ENV: directory}
+    inherited = {k: v for k, v in (os.environ if environ is None else environ).items() if k not in SYSTEMD_ENV}
+    return {**inherited, METRICS_ENV: directory}
 
 
 def worker_log() -> FileLogObserver:
@@ -289,7 +313,9 @@ class AdoptedEndpoint:
         self.first = first
 
     def listen(self, factory: Any) -> Deferred[Any]:
-        listening: Deferred[Any] = Deferred()  # cancelling it only marks it called
+        # Cancelled (the worker stops before its probes are done): it never accepts, and gives
+        # the inherited socket back.
+        listening: Deferred[Any] = Deferred(lambda _: os.close(self.fd))
 
         def adopt(_: object) -> None:
             if not listening.called:
@@ -301,7 +327,10 @@ class AdoptedEndpoint:
     def _adopt(self, factory: Any) -> Any:
         os.set_blocking(self.fd, False)
         os.set_inheritable(self.fd, False)  # llama-server and others never get it
-        port = self.reactor.adoptStreamPort(self.fd, socket.AF_INET, factory)
-        os.close(self.fd)  # the reactor holds its own copy
+        sock = socket.socket(fileno=self.fd)  # its family (IPv4 or IPv6), read from the socket
+        try:
+            port = self.reactor.adoptStreamPort(self.fd, sock.family, factory)
+        finally:
+            sock.close()  # the reactor holds its own copy
         log.info("a router worker is accepting")
         return port

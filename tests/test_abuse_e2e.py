@@ -16,7 +16,6 @@ import ssl
 import time
 
 from twisted.internet import reactor
-from twisted.internet.defer import ensureDeferred
 from twisted.trial.unittest import TestCase
 
 from privllm.client import PrivllmClient
@@ -180,7 +179,7 @@ class ProofOfWorkUnderStress(TestCase):
         status, _, raw = doc.post(forged)
         self.assertEqual((status, json.loads(raw)["error"]), (429, "pow_required"))
 
-    async def _solve(self) -> None:
+    async def test_client_solves_and_succeeds(self) -> None:
         d = guarded("stressed", {"pow": {"forced": True, "base_difficulty": 12}})
         doc = DocClient(d.port, d.ssl_context(), d.pin())
         body, _, _ = doc.seal(user("Say hi.", 8))
@@ -193,6 +192,3 @@ class ProofOfWorkUnderStress(TestCase):
         result = await client.chat(user("Say hi.", 8))
         self.assertIn(result.finish_reason, ("stop", "length"))
         self.assertTrue(result.text.strip())
-
-    def test_client_solves_and_succeeds(self):
-        return ensureDeferred(self._solve())

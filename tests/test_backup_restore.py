@@ -19,7 +19,6 @@ import sys
 from typing import Any
 
 from twisted.internet import reactor
-from twisted.internet.defer import ensureDeferred
 from twisted.trial.unittest import TestCase
 
 from privllm.client import PrivllmClient, ProtocolFailure
@@ -90,7 +89,7 @@ class BackupRestore(TestCase):
             self.assertIn(b'"keys": []', f.read(), "only where the ids start, no key of the old ring")
         return second
 
-    async def _restore_without_identity(self) -> None:
+    async def test_restore_without_identity_is_refused_by_the_pinned_app(self) -> None:
         pin, cert, _, archive = await self.backed_up_and_wiped()
         second = self.restored(archive)
         os.unlink(os.path.join(second.state_dir, IDENTITY_KEY))  # a restore that lost it
@@ -101,10 +100,7 @@ class BackupRestore(TestCase):
             await app.chat(user("Say hello."))
         self.assertEqual(str(caught.exception), "key set rejected: signed by a key other than the pinned identity")
 
-    def test_restore_without_identity_is_refused_by_the_pinned_app(self):
-        return ensureDeferred(self._restore_without_identity())
-
-    async def _restore(self) -> None:
+    async def test_restored_router_serves_the_pinned_app_with_new_hpke_keys(self) -> None:
         pin, cert, hpke, archive = await self.backed_up_and_wiped()
         second = self.restored(archive).start()
         self.assertEqual(second.pin(), pin)
@@ -116,10 +112,7 @@ class BackupRestore(TestCase):
         self.assertTrue(keys)
         self.assertFalse({k.public_key for k in keys} & hpke, "the HPKE keys are new, not restored")
 
-    def test_restored_router_serves_the_pinned_app_with_new_hpke_keys(self):
-        return ensureDeferred(self._restore())
-
-    async def _same_app(self) -> None:
+    async def test_the_same_app_instance_chats_across_a_restore(self) -> None:
         router = self.daemon("backup-ids")
         # The old router's ring took ids 0 and 1: what every fresh ring took before rings
         # started at a random id, so what a restored ring without a start point could reuse.
@@ -149,6 +142,3 @@ class BackupRestore(TestCase):
             first, (1 + ID_MARGIN + 1, 1 + 1 + ID_MARGIN + 1), "past 1 by one rotation at most and the margin"
         )
         self.assertIn(f"the new key ring's first key id is {first}", out)
-
-    def test_the_same_app_instance_chats_across_a_restore(self):
-        return ensureDeferred(self._same_app())

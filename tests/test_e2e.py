@@ -64,7 +64,7 @@ class RealStack(TestCase):
 
     # The happy paths
 
-    async def _streamed_answer(self) -> None:
+    async def test_streamed_answer(self) -> None:
         chunks: list[dict[str, Any]] = []
         result = await self.client().chat(user(QUESTION, 64), chunks.append)
         deltas = [c for c in chunks if c["type"] == "delta"]
@@ -76,24 +76,18 @@ class RealStack(TestCase):
         self.assertGreaterEqual(result.usage["completion_tokens"], len(deltas) - 1)
         self.assertEqual(chunks[-1]["type"], "done")
 
-    def test_streamed_answer(self):
-        return ensureDeferred(self._streamed_answer())
-
     def test_independent_client(self) -> None:
         chunks = self.doc_client().chat(user("Name three colours."))
         self.assertEqual(chunks[-1]["type"], "done")
         self.assertTrue("".join(c.get("text", "") for c in chunks).strip())
 
-    async def _parallel(self) -> None:
+    async def test_four_parallel_streams(self) -> None:
         results = await gatherResults(
             [ensureDeferred(self.client().chat(user(f"Say a word about the number {n}."))) for n in range(4)]
         )
         for r in results:
             self.assertIn(r.finish_reason, ("stop", "length"))
             self.assertTrue(r.text.strip())
-
-    def test_four_parallel_streams(self):
-        return ensureDeferred(self._parallel())
 
     # Every error before decryption, with its code; the server keeps serving afterwards.
 
@@ -171,7 +165,7 @@ class RealStack(TestCase):
         self.assertTrue(reply.startswith(b"HTTP/1.1 413 "), reply)
         self.assertLessEqual(sent, 1 << 20)
 
-    async def _disconnect(self) -> None:
+    async def test_disconnect_frees_the_slot(self) -> None:
         client = self.client()
         keys = await client.fetch_keys()
         sealed = client.seal(
@@ -202,9 +196,6 @@ class RealStack(TestCase):
         self.assertEqual(llama_metric(self.daemon.llama_socket, "requests_processing"), 0)
         _status, _, metrics = self.daemon.get("/metrics", tls=False)
         self.assertIn(b'privllm_chat_requests_total{outcome="client_gone"}', metrics)
-
-    def test_disconnect_frees_the_slot(self):
-        return ensureDeferred(self._disconnect())
 
     # Surface: health, headers, metrics, TLS, HTTP/2, the command line
 
@@ -305,14 +296,11 @@ class RealStack(TestCase):
         self.assertEqual(keyset.expires - keyset.issued_at, Keys().keyset_lifetime)
         self.assertRaises(StaleKeySet, verify_keyset, raw, self.daemon.pin(), keyset.expires + KEYSET_CLOCK_SKEW)
 
-    async def _bad_request_sealed(self) -> None:
+    async def test_bad_parameters_come_back_sealed(self) -> None:
         with self.assertRaises(ServerError) as cm:
             await self.client().chat({"messages": [{"role": "user", "content": "x"}], "temperature": 9})
         self.assertEqual(cm.exception.code, "bad_request")
         self.assertIsNone(cm.exception.status, "after decryption, errors come sealed inside the stream")
-
-    def test_bad_parameters_come_back_sealed(self):
-        return ensureDeferred(self._bad_request_sealed())
 
     def test_nothing_of_the_conversation_in_the_log(self) -> None:
         """Its own chat goes through first, so the check never rests on another test's chats."""

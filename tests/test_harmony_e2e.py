@@ -12,7 +12,6 @@ import tempfile
 import time
 
 from twisted.internet import reactor
-from twisted.internet.defer import ensureDeferred
 from twisted.trial.unittest import TestCase
 
 from privllm.client import PrivllmClient
@@ -27,7 +26,7 @@ from .test_e2e import user
 class HarmonyRouter(TestCase):
     timeout = 120
 
-    async def _final_only(self) -> None:
+    async def test_final_channel_only(self) -> None:
         enc = encoding(os.path.abspath(self.mktemp()))
         socket_path = os.path.abspath(self.mktemp() + ".sock")
         events = b"".join(completion_events(assistant_tokens(enc), 50))
@@ -62,10 +61,7 @@ class HarmonyRouter(TestCase):
             self.assertNotIn(secret, log)
         self.assertNotIn("SECRET-ANALYSIS", repr(chunks))
 
-    def test_final_channel_only(self):
-        return ensureDeferred(self._final_only())
-
-    async def _through_a_node(self) -> None:
+    async def test_through_an_inference_node(self) -> None:
         """Production's shape: the router speaks Harmony to an inference node over mutual
         TLS, and the node forwards to its own llama-server (here the replaying equipment)."""
         enc = encoding(os.path.abspath(self.mktemp()))
@@ -115,6 +111,3 @@ class HarmonyRouter(TestCase):
         self.assertEqual(result.text, FINAL)
         self.assertEqual(result.finish_reason, "stop")
         self.assertEqual(len(replay.prompts), 1, "the node forwarded the rendered prompt to its llama-server")
-
-    def test_through_an_inference_node(self):
-        return ensureDeferred(self._through_a_node())

@@ -1,6 +1,8 @@
 """
 The public listener as a hostile client meets it, on the real daemon: testssl.sh's findings
-(point 15) and slow clients against the read deadline (point 8). The daemon here needs no
+(point 15) and slow clients against the read deadline (point 8); and where it listens, by
+configuration (server.listen): a socket systemd passed (Debian's systemd-socket-activate, as a
+.socket unit would), one process or a parent of workers, and IPv6. The daemon here needs no
 model: its backend is a socket nobody listens on, and only the listener is under test.
 """
 
@@ -15,18 +17,19 @@ import ssl
 import subprocess
 import tempfile
 import time
+import urllib.request
 from typing import Any
 
 import h2.config
 import h2.connection
 from twisted.internet import reactor
-from twisted.internet.defer import ensureDeferred
 from twisted.internet.endpoints import UNIXServerEndpoint
 from twisted.trial.unittest import TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 
 from privllm.client import PrivllmClient
+from privllm.test.redis_server import RedisServer
 from privllm.test.stack import Daemon, shared
 
 READ_TIMEOUT = 2.0
@@ -208,7 +211,7 @@ class _SlowChat(Resource):
 class LongAnswers(TestCase):
     timeout = 120
 
-    async def _long(self) -> None:
+    async def test_streamed_answer_outlives_the_read_deadline(self) -> None:
         directory = tempfile.mkdtemp(prefix="privllm-up-")  # a UNIX socket path must be short
         self.addCleanup(shutil.rmtree, directory, True)
         socket_path = os.path.join(directory, "up.sock")
@@ -232,5 +235,107 @@ class LongAnswers(TestCase):
         self.assertEqual(result.text.split(), [f"word{n}" for n in range(PIECES)])
         self.assertEqual(result.finish_reason, "stop")
 
-    def test_streamed_answer_outlives_the_read_deadline(self):
-        return ensureDeferred(self._long())
+
+SOCKET_ACTIVATE = "/usr/bin/systemd-socket-activate"
+STARTED = 60.0  # seconds: twistd's start, and a worker's (a parent of workers starts them in turn)
+
+
+def activated(sections: dict[str, dict[str, Any]], name: str) -> Daemon:
+    """A daemon started by systemd-socket-activate on its port, the socket named "privllm" (as
+    FileDescriptorName= does). The tool passes only the variables named with -E, and starts the
+    daemon at the first connection, which waits in the socket's queue meanwhile."""
+    if not os.access(SOCKET_ACTIVATE, os.X_OK):
+        raise AssertionError(f"{SOCKET_ACTIVATE} is missing: install Debian's systemd (scripts/bootstrap.sh does)")
+    listen = {"listen": "systemd:domain=INET:name=privllm"}
+    daemon = Daemon({**sections, "server": {**sections.get("server", {}), **listen}}, name=name)
+    passed = sorted({*os.environ, "TMPDIR", "PYTHONUNBUFFERED"} - {"LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"})
+    daemon.prefix = [SOCKET_ACTIVATE, "-l", f"127.0.0.1:{daemon.port}", "--fdname=privllm"]
+    daemon.prefix += [arg for variable in passed for arg in ("-E", variable)]
+    return daemon
+
+
+def answered(daemon: Daemon, path: str, host: str = "127.0.0.1") -> int:
+    """The status of GET `path` once the daemon answers on `host` (bounded by STARTED). Its TLS
+    certificate is made when it starts, which a socket-activated daemon does at the first
+    connection: a plain TCP connection is made first, as any client's would be."""
+    assert daemon.process is not None
+    deadline = time.monotonic() + STARTED
+    while time.monotonic() < deadline:
+        assert daemon.process.poll() is None, daemon.log()
+        try:
+            socket.create_connection((host.strip("[]"), daemon.port), timeout=5).close()
+            context = daemon.ssl_context()
+            with urllib.request.urlopen(f"https://{host}:{daemon.port}{path}", context=context, timeout=5) as r:
+                return int(r.status)
+        except (OSError, ssl.SSLError):
+            time.sleep(0.2)
+    raise AssertionError(f"no answer in {STARTED} s:\n{daemon.log()}")
+
+
+def listening_sockets(pid: int) -> set[str]:
+    """The inodes of the TCP sockets in LISTEN state that process `pid` holds."""
+    held = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            held.add(os.readlink(f"/proc/{pid}/fd/{fd}"))
+        except OSError:
+            continue
+    listening = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            for line in f.readlines()[1:]:
+                fields = line.split()
+                if fields[3] == "0A":  # LISTEN
+                    listening.add(f"socket:[{fields[9]}]")
+    return held & listening
+
+
+class SocketActivation(TestCase):
+    timeout = 180
+
+    def test_one_process_serves_on_the_socket_systemd_passed(self) -> None:
+        daemon = activated(LISTENER, "activated")
+        self.addCleanup(daemon.cleanup)
+        daemon.start(wait=False)
+        self.assertEqual(answered(daemon, "/api/pubkey"), 200)
+        self.assertNotEqual(json.loads(daemon.get("/api/pubkey")[2])["keys"], [])
+        assert daemon.process is not None
+        # exec'd in place of the tool: the passed socket is the one it holds, and it opened none
+        self.assertEqual(len(listening_sockets(daemon.process.pid)), 2, "the passed socket and the metrics one")
+        self.assertNotIn("Traceback", daemon.log())
+
+    def test_a_parent_of_workers_hands_the_passed_socket_to_its_workers(self) -> None:
+        redis = RedisServer()
+        self.addCleanup(redis.close)
+        redis.command("SET", "privllm:fresh", "1")
+        shared_state = {"state": {"backend": "redis", "url": redis.url}, "replay": {"future_skew": 1}}
+        daemon = activated({**LISTENER, **shared_state, "server": {**LISTENER["server"], "workers": 2}}, "activated2")
+        self.addCleanup(daemon.cleanup)
+        daemon.start(wait=False)
+        self.assertEqual(answered(daemon, "/api/pubkey"), 200)
+        assert daemon.process is not None
+        pid = daemon.process.pid
+        passed = listening_sockets(pid)
+        deadline = time.monotonic() + STARTED
+        while time.monotonic() < deadline:  # a worker adopts the socket once its first probe is done
+            with open(f"/proc/{pid}/task/{pid}/children") as f:
+                children = [int(p) for p in f.read().split()]
+            if len(children) == 2 and all(listening_sockets(child) & passed for child in children):
+                break
+            time.sleep(0.2)
+        self.assertEqual(len(children), 2)
+        self.assertTrue(all(listening_sockets(pid) & passed for pid in children), "both workers hold it")
+        self.assertEqual(len(passed), 2, "the passed socket and the metrics one: the parent opened no other")
+
+
+class IPv6(TestCase):
+    timeout = 120
+
+    def test_a_tcp6_listen_string_serves_on_ipv6_loopback(self) -> None:
+        daemon = Daemon(LISTENER, name="ipv6")
+        self.addCleanup(daemon.cleanup)
+        daemon.environ["PRIVLLM_SERVER__LISTEN"] = f"tcp6:{daemon.port}:interface=\\:\\:1"  # its port, on ::1
+        daemon.start(wait=False)
+        self.assertEqual(answered(daemon, "/api/pubkey", "[::1]"), 200)
+        with self.assertRaises(OSError):  # not on IPv4
+            socket.create_connection(("127.0.0.1", daemon.port), timeout=5).close()

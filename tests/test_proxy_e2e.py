@@ -14,7 +14,6 @@ import ssl
 from typing import Any
 
 from twisted.internet import reactor
-from twisted.internet.defer import ensureDeferred
 from twisted.trial.unittest import TestCase
 
 from privllm.client import PrivllmClient
@@ -110,7 +109,7 @@ class BehindHAProxy(TestCase):
 
     # The happy path
 
-    async def _streams(self) -> None:
+    async def test_chat_streams_through_haproxy(self) -> None:
         url = f"https://127.0.0.1:{self.balancer.port}"
         client = PrivllmClient(reactor, url, self.router.pin(), os.urandom(32), self.router.cert())
         self.addCleanup(client.close)
@@ -120,6 +119,3 @@ class BehindHAProxy(TestCase):
         self.assertGreater(len(deltas), 3, "the answer streams through haproxy as many sealed deltas")
         self.assertEqual(result.text, "".join(c["text"] for c in deltas))
         self.assertEqual(chunks[-1]["type"], "done")
-
-    def test_chat_streams_through_haproxy(self) -> None:
-        return ensureDeferred(self._streams())  # type: ignore[return-value]

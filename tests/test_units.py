@@ -8,6 +8,8 @@ import subprocess
 
 from twisted.trial.unittest import TestCase
 
+from privllm.config.listen import parse_listen
+
 UNITS = os.path.join(os.path.dirname(__file__), "..", "systemd")
 # Ratings seen when the units were written; a change that loosens the sandbox fails here.
 MAX_EXPOSURE = {"privllm.service": 2.0, "privllm-node.service": 2.0, "privllm-llama.service": 1.0}
@@ -31,6 +33,17 @@ class Units(TestCase):
             self.assertIn(flag, exec_start)
         for flag in ("--slot-save-path", "--log-prompts-dir", "--metrics", "--log-file"):
             self.assertNotIn(flag, exec_start)
+
+    def test_the_socket_unit_passes_what_its_listen_string_names(self) -> None:
+        path = os.path.join(UNITS, "privllm.socket")
+        done = subprocess.run(["systemd-analyze", "verify", path], capture_output=True, text=True)
+        self.assertEqual(done.returncode, 0, done.stderr)
+        with open(path) as f:
+            text = f.read()
+        listen = parse_listen(re.search(r'listen = "(.*)"', text).group(1))  # type: ignore[union-attr]
+        self.assertIn(f"FileDescriptorName={listen.name}", text.splitlines())
+        self.assertIn("ListenStream=[::]:443", text.splitlines())
+        self.assertEqual(listen.domain, "INET6")
 
 
 class HostScripts(TestCase):

@@ -8,7 +8,6 @@ import json
 import os
 
 from twisted.internet import reactor
-from twisted.internet.defer import ensureDeferred
 from twisted.trial.unittest import TestCase
 
 from benchmarks.verbosity import measure
@@ -21,7 +20,7 @@ from .test_e2e import ROUTER
 class Verbosity(TestCase):
     timeout = 900
 
-    async def _measure(self) -> None:
+    async def test_brief_normal_detailed(self) -> None:
         router = shared(*ROUTER)
         client = PrivllmClient(reactor, router.url, router.pin(), os.urandom(32), router.cert())
         self.addCleanup(client.close)
@@ -36,6 +35,3 @@ class Verbosity(TestCase):
         self.assertLess(report["brief"]["median_tokens"], report["normal"]["median_tokens"])
         self.assertLess(report["normal"]["median_tokens"], report["detailed"]["median_tokens"])
         self.assertEqual(report["brief"]["answers_with_tables"], 0)
-
-    def test_brief_normal_detailed(self):
-        return ensureDeferred(self._measure())

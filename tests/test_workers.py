@@ -114,9 +114,9 @@ def scraped(daemon: Daemon, name: str) -> list[tuple[str, float]]:
 class Workers(TestCase):
     timeout = 300
 
-    def setUp(self) -> Any:
+    async def setUp(self) -> None:
         self.daemon = shared("workers", sections())
-        return ensureDeferred(self._all_healthy())
+        await self._all_healthy()
 
     async def _all_healthy(self) -> None:
         """Both workers have probed llama-server (a worker accepts only after its first probe)."""
@@ -146,7 +146,7 @@ class Workers(TestCase):
 
     # Hostile: a worker killed in the middle of a stream.
 
-    async def _killed_worker(self) -> None:
+    async def test_killed_worker_truncates_only_its_stream_and_restarts(self) -> None:
         before = workers(self.daemon)
         self.assertEqual(len(before), 2)
         held = {pid: established(pid, self.daemon.port) for pid in before}
@@ -174,12 +174,9 @@ class Workers(TestCase):
         for _ in range(4):  # whichever worker takes them
             self.assertTrue((await self.client().chat(SHORT)).text)
 
-    def test_killed_worker_truncates_only_its_stream_and_restarts(self) -> None:
-        return ensureDeferred(self._killed_worker())  # type: ignore[return-value]
-
     # Both workers answer; metrics add up to one router.
 
-    async def _both_answer(self) -> None:
+    async def test_both_workers_answer_and_metrics_add_up(self) -> None:
         pids = workers(self.daemon)
         self.assertEqual(len(pids), 2)
         for _ in range(6):  # bounded: batches of concurrent chats, each on new connections
@@ -210,9 +207,6 @@ class Workers(TestCase):
         self.assertGreaterEqual(log.count("a router worker is accepting"), 2)
         self.assertNotIn("Say hello", log)
         self.assertNotIn("lighthouse", log)
-
-    def test_both_workers_answer_and_metrics_add_up(self) -> None:
-        return ensureDeferred(self._both_answer())  # type: ignore[return-value]
 
 
 class Stop(TestCase):

@@ -48,6 +48,7 @@ from ..protocol.suite import POW_MAX_DIFFICULTY
 __all__ = [
     "BODY_TIMEOUT",
     "ERROR_CODE",
+    "IDLE_SECONDS",
     "MAX_ERROR_BYTES",
     "MAX_RETRY_AFTER",
     "NETWORK_ERRORS",
@@ -65,6 +66,8 @@ __all__ = [
     "read_stream",
     "router_url",
 ]
+
+IDLE_SECONDS = 45  # kept connections close before the router closes them (its idle_timeout)
 
 
 class ClientError(Exception):
@@ -210,10 +213,11 @@ class PrivllmClient:
         self._pin = pinned_identity
         self._device = device_private_key
         # Keep connections open between chats, as an app would: no TLS handshake per message.
-        # Two per address for four minutes: what Twisted's pool keeps when not told otherwise.
+        # Closed after IDLE_SECONDS, before the router closes them (server.idle_timeout, 60 s by
+        # default): a chat sent on a connection the router is closing fails, and is not retried.
         endpoints = AgentEndpoints(reactor, PinnedRootPolicy(trust_root_pem))
         agent: Any
-        agent, self._pool = pooled_agent(reactor, endpoints, keep=2, idle_seconds=240)
+        agent, self._pool = pooled_agent(reactor, endpoints, keep=2, idle_seconds=IDLE_SECONDS)
         self._agent = agent
         self._keyset: KeySet | None = None
         self._prepared: Encapsulation | None = None

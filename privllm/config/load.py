@@ -12,6 +12,7 @@ from typing import Any
 from ..protocol.addresses import parse_network
 from ..protocol.chat import VERBOSITY
 from ..protocol.cors import check_origin
+from .listen import listener
 from .profiles import profile
 from .schema import Config
 
@@ -152,6 +153,7 @@ def _check_consistency(config: Config) -> None:
     _check_addresses(config)
     _check_state(config)
     _check_origins(config)
+    _check_listeners(config)
     if not config.keys.state_dir:
         raise ConfigError("keys.state_dir", "must be set")
     if config.is_dev:
@@ -239,3 +241,18 @@ def _check_origins(config: Config) -> None:
             raise ConfigError("server.cors_origins", reason)
     if len(set(origins)) != len(origins):
         raise ConfigError("server.cors_origins", "an origin is named twice")
+
+
+def _check_listeners(config: Config) -> None:
+    for name, section in (("server", config.server), ("metrics", config.metrics)):
+        try:
+            found = listener(section)
+        except ValueError as e:
+            raise ConfigError(f"{name}.listen" if section.listen else f"{name}.host", str(e)) from None
+        if name == "server" and (found.kind == "unix" or found.domain == "UNIX"):
+            # A UNIX peer has no IP address: every client would share one address's limits.
+            raise ConfigError(
+                "server.listen",
+                "must be TCP (tcp:, tcp6:, or systemd: with INET or INET6): every per-address limit"
+                " keys on the client's IP address, which a UNIX socket's peer has none of",
+            )

@@ -24,6 +24,8 @@ def _choice(*values: str) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class Server:
+    # a Twisted server endpoint string (tcp:, tcp6:, unix:, systemd:; config/listen.py); empty: tcp on host, port
+    listen: str = ""
     host: str = "127.0.0.1"
     port: int = field(default=8443, metadata=_range(0, 65535))  # 0: any free port (tests)
     tls_min_version: str = field(default="1.2", metadata=_choice("1.2", "1.3"))
@@ -58,6 +60,7 @@ class Server:
 @dataclass(frozen=True)
 class Metrics:
     enabled: bool = True
+    listen: str = ""  # as server.listen; empty: tcp on host, port
     host: str = "127.0.0.1"
     port: int = field(default=9464, metadata=_range(0, 65535))
 

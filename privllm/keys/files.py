@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import stat
 
 from .errors import KeysError
@@ -103,16 +104,20 @@ def _write_all(fd: int, data: bytes) -> None:
 
 def create_secret(path: str, data: bytes, mode: int = 0o600) -> None:
     """A new file, never over anything (not even a link or a file made a moment ago):
-    FileExistsError if the name is taken. The caller fsyncs the directory (fsync_dir)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    FileExistsError if the name is taken. Whole or absent: written and fsynced under a name of
+    its own, then linked into place, so another process never reads it half written and a
+    crash never leaves a short one. The caller fsyncs the directory (fsync_dir)."""
+    tmp = f"{path}.new.{os.getpid()}.{secrets.token_hex(4)}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
     try:
-        os.fchmod(fd, mode)  # exactly `mode`, whatever the umask
-        _write_all(fd, data)
-    except BaseException:
-        os.close(fd)
-        os.unlink(path)
-        raise
-    os.close(fd)
+        try:
+            os.fchmod(fd, mode)  # exactly `mode`, whatever the umask
+            _write_all(fd, data)
+        finally:
+            os.close(fd)
+        os.link(tmp, path)  # FileExistsError if the name is taken, even by a dangling link
+    finally:
+        os.unlink(tmp)
 
 
 def fsync_dir(directory: str) -> None:

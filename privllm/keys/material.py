@@ -1,4 +1,4 @@
-"""Load or create the router's identity key, HPKE key ring and (dev) TLS certificate."""
+"""Load or create the router's identity key, HPKE key ring, proof of work secret and (dev) TLS certificate."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from ..protocol import suite
 from ..protocol.encoding import EncodingError, b64decode, b64encode, loads_bounded
 from ..protocol.keyring import KEY_ID_SPACE, KeyRing, RingKey
-from .files import KeyFileError, read_secret, write_secret
+from .files import KeyFileError, create_secret, fsync_dir, read_secret, write_secret
 from .pki import self_signed
 from .tls import private_pem, write_key_and_certificate
 
@@ -27,6 +27,8 @@ __all__ = [
     "KEYRING",
     "MAX_KEYRING_BYTES",
     "MAX_TIME",
+    "POW_KEY",
+    "POW_KEY_BYTES",
     "TLS_CERT",
     "TLS_KEY",
     "ensure_dev_certificate",
@@ -36,6 +38,7 @@ __all__ = [
     "load_identity",
     "new_hpke_keypair",
     "parse_keyring",
+    "pow_key",
     "save_keyring",
 ]
 
@@ -44,6 +47,8 @@ IDENTITY_PUB = "identity.pub"  # what a dev client pins
 KEYRING = "hpke-keyring.json"
 TLS_CERT = "tls.crt"
 TLS_KEY = "tls.key"
+POW_KEY = "pow.key"
+POW_KEY_BYTES = 32
 MAX_KEYRING_BYTES = 1 << 16  # a few keys take a few hundred bytes
 MAX_TIME = 2**40  # Unix seconds: far beyond any key's life, far below any integer limit
 
@@ -75,6 +80,23 @@ def ensure_identity(state_dir: str) -> str:
         os.path.join(state_dir, IDENTITY_PUB), (b64encode(identity.public_key().public_bytes_raw()) + "\n").encode()
     )
     return path
+
+
+def pow_key(state_dir: str, create: bool = True) -> bytes:
+    """The proof of work's secret, shared by the routers on one state directory. Made once and
+    never over an existing one (of two routers starting together, both keep the first); a
+    worker (`create` false) only reads what its parent made."""
+    path = os.path.join(state_dir, POW_KEY)
+    if create:
+        try:
+            create_secret(path, os.urandom(POW_KEY_BYTES))
+            fsync_dir(state_dir)
+        except FileExistsError:
+            pass
+    key = read_secret(path)
+    if len(key) != POW_KEY_BYTES:
+        raise KeyFileError(f"proof of work key {path} is not {POW_KEY_BYTES} bytes")
+    return key
 
 
 def keyring_json(ring: KeyRing) -> bytes:

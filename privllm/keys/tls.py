@@ -18,6 +18,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from OpenSSL import crypto
+from twisted.logger import Logger
 
 from .files import KeyFileError, read_secret, write_secret
 
@@ -36,6 +37,8 @@ def write_key_and_certificate(key_path: str, key: PrivateKeyTypes, cert_path: st
 
 
 __all__ = ["Reloading", "load_chain", "load_pair", "private_pem", "spki_pin", "write_key_and_certificate"]
+
+log = Logger()
 
 
 def load_chain(path: str) -> list[x509.Certificate]:
@@ -89,10 +92,17 @@ class Reloading:
         return tuple(os.stat(p).st_mtime_ns for p in self._paths)
 
     def current(self) -> Any:
+        """The value, rebuilt if the files changed. A renewal half written or broken keeps the
+        last good value, with one logged line per change of the files; it is tried again only
+        when they change again (not on every connection)."""
         try:
             stamp = self._stamps()
-            if stamp != self._stamp:
-                self.value, self._stamp = self._build(), stamp
-        except (OSError, KeyFileError):
-            pass  # a renewal half-written or broken: keep serving with what we have
+        except OSError:
+            return self.value  # a file renamed into place this moment: the next call sees it
+        if stamp != self._stamp:
+            self._stamp = stamp
+            try:
+                self.value = self._build()
+            except (OSError, KeyFileError) as e:
+                log.warn("renewed TLS files not used, the last good ones are: {reason}", reason=str(e))
         return self.value

@@ -41,8 +41,20 @@ from ..web.app import RouterApp
 from ..web.limits import ClientAddress, ConnectionsPerAddress
 from ..web.metrics import RouterMetrics
 from ..web.request import PrivllmSite
-from .helpers import NOW, current_key, limits, memory_gate, ring, sealed_request, settled, stream_settings
-from .test_chat_stream import FINISH, FakeResponse, SyntheticUpstream, delta, pool_of
+from .fakes import FakeResponse, FakeUpstream
+from .helpers import (
+    FINISH,
+    NOW,
+    current_key,
+    delta,
+    limits,
+    memory_gate,
+    pool_of,
+    ring,
+    sealed_request,
+    settled,
+    stream_settings,
+)
 
 SECRET = b"s" * 32
 
@@ -320,7 +332,7 @@ class SealedAfterDecryption(TestCase):
         self.clock.advance(NOW)
         self.ring = ring()
         self.key = current_key(self.ring)
-        self.upstream = SyntheticUpstream()
+        self.upstream = FakeUpstream()
         self.state = MemoryState(
             limits(
                 address_rate=1000,

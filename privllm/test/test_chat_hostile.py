@@ -23,13 +23,12 @@ from ..protocol.errors import RATE_LIMITED, RequestRejected
 from ..protocol.request import OpenedRequest, SealedRequest
 from ..protocol.response import ResponseReader
 from ..upstream.breaker import CircuitBreaker
-from ..upstream.openai_stream import ChatDialect
 from ..upstream.pool import Node, NodePool
 from ..web.chat import ChatStream
 from ..web.metrics import RouterMetrics
 from . import properties
-from .helpers import stream_settings
-from .test_chat_stream import ENC, FINISH, SECRET, FakeResponse, SyntheticUpstream, delta
+from .fakes import ExactDialect, FakeResponse, FakeUpstream
+from .helpers import ENC, FINISH, SECRET, delta, stream_settings
 
 properties.load()
 
@@ -47,7 +46,7 @@ class Harness:
     def __init__(self, retries: int = 2, context: int | None = None) -> None:
         self.clock = Clock()
         self.clock.advance(1000)
-        self.upstreams = [SyntheticUpstream(context), SyntheticUpstream(context)]
+        self.upstreams = [FakeUpstream(context), FakeUpstream(context)]
         self.nodes = [Node(f"n{i}", u, CircuitBreaker(3, 10), healthy=True) for i, u in enumerate(self.upstreams)]
         self.pool = NodePool(self.nodes)
         self.metrics = RouterMetrics()
@@ -77,7 +76,7 @@ class Harness:
         upstream.pending.callback(response)
         return response
 
-    def waiting(self) -> SyntheticUpstream:
+    def waiting(self) -> FakeUpstream:
         """The upstream whose request is still unanswered (the first, if none is)."""
         return next((u for u in self.upstreams if u.requests and not u.pending.called), self.upstreams[0])
 
@@ -395,15 +394,6 @@ class Properties(TestCase):
         self.assertTrue(h.stream._life.ended)
         h.assert_given_back(self)
         self.assertEqual(self.flushLoggedErrors(), [], "no programming error on any path")
-
-
-class ExactDialect(ChatDialect):
-    """Test equipment: a chat dialect whose prompt length is known exactly, as Harmony's is."""
-
-    @staticmethod
-    def prompt_bounds(body: dict[str, Any]) -> tuple[int, int]:
-        n = sum(len(m["content"]) for m in body["messages"])
-        return n, n
 
 
 LONG = {"messages": [{"role": "user", "content": "x" * 5000}]}

@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
 from twisted.internet.defer import Deferred
-from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
-from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
-from twisted.web.client import ResponseDone
 from twisted.web.test.requesthelper import DummyRequest
 
 from ..config.schema import Privacy
@@ -19,84 +15,17 @@ from ..protocol.request import OpenedRequest, SealedRequest
 from ..protocol.response import ResponseReader
 from ..protocol.sse import SSEParser
 from ..protocol.stream import StreamError
-from ..upstream.breaker import CircuitBreaker
-from ..upstream.pool import Node, NodePool
 from ..web.chat import ChatStream
 from ..web.metrics import RouterMetrics
-from .helpers import stream_settings
-
-ENC = os.urandom(32)
-SECRET = os.urandom(32)
-
-
-class FakeTransport:
-    def __init__(self) -> None:
-        self.stopped = False
-        self.protocol: Any = None
-
-    def stopProducing(self) -> None:
-        if not self.stopped:
-            self.stopped = True
-            self.protocol.connectionLost(Failure(ConnectionDone()))
-
-
-class FakeResponse:
-    def __init__(self, code: int = 200) -> None:
-        self.code = code
-        self.protocol: Any = None
-        self.transport = FakeTransport()
-
-    def deliverBody(self, protocol: Any) -> None:
-        self.protocol = protocol
-        self.transport.protocol = protocol
-        protocol.makeConnection(self.transport)
-
-    def send(self, data: bytes) -> None:
-        self.protocol.dataReceived(data)
-
-    def end(self) -> None:
-        self.protocol.connectionLost(Failure(ResponseDone()))
-
-
-class SyntheticUpstream:
-    """Test equipment standing in for privllm.upstream.llama.LlamaServer."""
-
-    def __init__(self, context: int | None = None) -> None:
-        self.requests: list[tuple[str, dict[str, Any]]] = []
-        self.pending: Deferred[Any] = Deferred()
-        self.cancelled = False
-        self.context = context  # tokens per slot, as LlamaServer learns it from /props
-        self.counts: list[str] = []
-        self.counting: Deferred[int] = Deferred()
-
-    def count_tokens(self, text: str) -> Deferred[int]:
-        self.counts.append(text)
-        self.counting = Deferred(lambda _: setattr(self, "cancelled", True))
-        return self.counting
-
-    def post_stream(self, path: str, body: dict[str, Any]) -> Deferred[Any]:
-        self.requests.append((path, body))
-        self.pending = Deferred(lambda _: setattr(self, "cancelled", True))
-        return self.pending
-
-
-def pool_of(*upstreams: SyntheticUpstream) -> NodePool:
-    nodes = [Node(f"node{i}", u, CircuitBreaker(3, 10), healthy=True) for i, u in enumerate(upstreams)]
-    return NodePool(nodes)
-
-
-def delta(text: str) -> bytes:
-    return b"data: " + json.dumps({"choices": [{"delta": {"content": text}, "finish_reason": None}]}).encode() + b"\n\n"
-
-
-FINISH = b'data: {"choices":[{"delta":{},"finish_reason":"stop"}],"usage":{"prompt_tokens":4,"completion_tokens":2}}\n\ndata: [DONE]\n\n'
+from .fakes import FakeResponse, FakeUpstream
+from .helpers import ENC, FINISH, SECRET, delta, pool_of, stream_settings
 
 
 class Streaming(TestCase):
     def setUp(self) -> None:
         self.clock = Clock()
         self.clock.advance(1000)
-        self.upstream = SyntheticUpstream()
+        self.upstream = FakeUpstream()
         self.metrics = RouterMetrics()
         self.request = DummyRequest([b"api", b"chat"])
         settings = stream_settings(keepalive=15, idle_timeout=60, privacy=Privacy(pad_to=0, coalesce_ms=0), retries=0)
@@ -281,7 +210,7 @@ class Coalescing(TestCase):
 
     def setUp(self) -> None:
         self.clock = Clock()
-        self.upstream = SyntheticUpstream()
+        self.upstream = FakeUpstream()
         self.request = DummyRequest([b"api", b"chat"])
         settings = stream_settings(keepalive=15, idle_timeout=60, privacy=Privacy(pad_to=256, coalesce_ms=50))
         self.stream = ChatStream(self.request, self.clock, pool_of(self.upstream), RouterMetrics(), settings)  # type: ignore[arg-type]

@@ -6,8 +6,6 @@ import os
 from typing import Any
 
 from twisted.internet.defer import ensureDeferred
-from twisted.internet.error import ConnectionLost
-from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
@@ -19,56 +17,36 @@ from ..protocol.request import SealedRequest
 from ..protocol.response import ResponseReader
 from ..protocol.sse import KEEPALIVE, encode_event
 from ..protocol.stream import StreamSealer, derive_stream_keys
-
-
-class ScriptedBody:
-    """Stands in for a response: the test writes the body; stopping the transport loses the connection."""
-
-    def __init__(self) -> None:
-        self.protocol: Protocol | None = None
-        self.stopped = False
-
-    def deliverBody(self, protocol: Protocol) -> None:
-        self.protocol = protocol
-        protocol.makeConnection(self)  # type: ignore[arg-type]
-
-    def stopProducing(self) -> None:
-        self.stopped = True
-        assert self.protocol is not None
-        self.protocol.connectionLost(Failure(ConnectionLost()))
-
-    def write(self, data: bytes) -> None:
-        assert self.protocol is not None
-        self.protocol.dataReceived(data)
+from .fakes import FakeResponse
 
 
 class IdleStream(TestCase):
     def test_silent_stream_is_cut_and_keepalives_keep_it(self) -> None:
         clock = Clock()
-        body = ScriptedBody()
+        body = FakeResponse()
         reader = ResponseReader(SealedRequest({}, os.urandom(32), os.urandom(32)))
         result: Any = ensureDeferred(read_stream(body, reader, clock))
-        body.write(encode_event("init", dumps({"response_nonce": b64encode(os.urandom(32))}).decode()))
+        body.send(encode_event("init", dumps({"response_nonce": b64encode(os.urandom(32))}).decode()))
         clock.advance(STREAM_IDLE_TIMEOUT - 1)
-        body.write(KEEPALIVE)
+        body.send(KEEPALIVE)
         clock.advance(STREAM_IDLE_TIMEOUT - 1)
-        self.assertFalse(body.stopped, "a keepalive restarts the wait")
+        self.assertFalse(body.transport.stopped, "a keepalive restarts the wait")
         clock.advance(1)
-        self.assertTrue(body.stopped)
+        self.assertTrue(body.transport.stopped)
         self.failureResultOf(result, TruncatedError)
         self.assertEqual(clock.getDelayedCalls(), [])
 
     def test_finished_stream_leaves_no_timer(self) -> None:
         clock = Clock()
-        body = ScriptedBody()
+        body = FakeResponse()
         enc, secret, nonce = os.urandom(32), os.urandom(32), os.urandom(32)
         reader = ResponseReader(SealedRequest({}, enc, secret))
         result: Any = ensureDeferred(read_stream(body, reader, clock))
         sealer = StreamSealer(derive_stream_keys(secret, enc, nonce))
-        body.write(encode_event("init", dumps({"response_nonce": b64encode(nonce)}).decode()))
-        body.write(encode_event("chunk", sealer.seal({"type": "delta", "text": "hi"})))
+        body.send(encode_event("init", dumps({"response_nonce": b64encode(nonce)}).decode()))
+        body.send(encode_event("chunk", sealer.seal({"type": "delta", "text": "hi"})))
         done = {"type": "done", "finish_reason": "stop", "usage": {"prompt_tokens": 1, "completion_tokens": 1}}
-        body.write(encode_event("chunk", sealer.seal(done, final=True)))
+        body.send(encode_event("chunk", sealer.seal(done, final=True)))
         assert body.protocol is not None
         body.protocol.connectionLost(Failure(ResponseDone()))
         self.assertEqual(self.successResultOf(result).text, "hi")
@@ -78,12 +56,12 @@ class IdleStream(TestCase):
 class SealedErrors(TestCase):
     def error_after(self, chunk: dict[str, Any]) -> ServerError:
         clock = Clock()
-        body = ScriptedBody()
+        body = FakeResponse()
         enc, secret, nonce = os.urandom(32), os.urandom(32), os.urandom(32)
         result: Any = ensureDeferred(read_stream(body, ResponseReader(SealedRequest({}, enc, secret)), clock))
         sealer = StreamSealer(derive_stream_keys(secret, enc, nonce))
-        body.write(encode_event("init", dumps({"response_nonce": b64encode(nonce)}).decode()))
-        body.write(encode_event("chunk", sealer.seal(chunk, final=True)))
+        body.send(encode_event("init", dumps({"response_nonce": b64encode(nonce)}).decode()))
+        body.send(encode_event("chunk", sealer.seal(chunk, final=True)))
         assert body.protocol is not None
         body.protocol.connectionLost(Failure(ResponseDone()))
         return self.failureResultOf(result, ServerError).value  # type: ignore[no-any-return]

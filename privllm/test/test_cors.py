@@ -17,8 +17,8 @@ from ..protocol.response import ResponseReader
 from ..web.app import RouterApp
 from ..web.metrics import RouterMetrics
 from ..web.request import PrivllmSite
-from .helpers import NOW, current_key, memory_gate, ring, sealed_request, stream_settings
-from .test_chat_stream import FINISH, FakeResponse, SyntheticUpstream, delta, pool_of
+from .fakes import FakeResponse, FakeUpstream
+from .helpers import FINISH, NOW, current_key, delta, memory_gate, pool_of, ring, sealed_request, stream_settings
 
 ALLOWED = "https://app.example"
 CORS_HEADERS = (b"access-control-", b"vary")
@@ -184,7 +184,7 @@ class Wire(TestCase):
         self.clock = Clock()
         self.clock.advance(NOW)
         self.ring = ring()
-        self.upstream = SyntheticUpstream()
+        self.upstream = FakeUpstream()
         app = RouterApp(
             clock=self.clock,
             gate=memory_gate(self.ring, 65536, address_rate=0.01, address_burst=1),

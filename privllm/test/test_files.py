@@ -7,7 +7,8 @@ from typing import Any, cast
 from cryptography.hazmat.primitives import serialization
 from twisted.trial.unittest import TestCase
 
-from ..keys.files import KeyFileError, ensure_private_dir, read_secret, write_secret
+from ..keys import files
+from ..keys.files import KeyFileError, create_secret, ensure_private_dir, read_secret, write_secret
 from ..keys.material import ensure_dev_certificate, ensure_identity, load_identity, save_keyring
 from ..keys.pki import CA_KEY, create_ca, issue
 from ..keys.store import KeyRingStore
@@ -50,6 +51,31 @@ class PemFiles(TestCase):
 class SecretFiles(TestCase):
     def setUp(self) -> None:
         self.dir = os.path.abspath(self.mktemp())
+
+    def test_a_new_secret_is_never_seen_half_written(self) -> None:
+        """Two routers starting together: the second must read the first's whole key, never an
+        empty file made a moment ago; a write that fails leaves nothing behind."""
+        ensure_private_dir(self.dir)
+        path = os.path.join(self.dir, "pow.key")
+        real = files._write_all
+        seen: list[bool] = []
+
+        def writing(fd: int, data: bytes) -> None:
+            seen.append(os.path.lexists(path))
+            real(fd, data)
+
+        self.patch(files, "_write_all", writing)
+        create_secret(path, b"k" * 32)
+        self.assertEqual((seen, read_secret(path)), ([False], b"k" * 32))
+        self.assertRaises(FileExistsError, create_secret, path, b"x" * 32)
+
+        def failing(fd: int, data: bytes) -> None:
+            raise OSError(28, "No space left on device")
+
+        self.patch(files, "_write_all", failing)
+        other = os.path.join(self.dir, "other.key")
+        self.assertRaises(OSError, create_secret, other, b"y" * 32)
+        self.assertEqual(sorted(os.listdir(self.dir)), ["pow.key"], "no short file, no temporary one")
 
     def mode(self, path: str) -> int:
         return stat.S_IMODE(os.stat(path).st_mode)

@@ -5,41 +5,16 @@ from __future__ import annotations
 
 import json
 
-from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.trial.unittest import TestCase
 
-from ..protocol.admission import Admission, Ask, Lease, Load, PowGate, SealedRefusal
+from ..protocol.admission import Admission, Lease, PowGate, SealedRefusal
 from ..protocol.errors import POW_REQUIRED, UNAVAILABLE, RequestRejected
 from ..protocol.pow import Challenges, DifficultyPolicy
 from ..state.gate import AdmissionGate
 from ..state.interface import AdmissionState, PowSpent, StateUnavailable
+from .fakes import LateState
 from .helpers import NOW, current_key, ring, sealed_request
-
-
-class LateState:
-    """Test equipment: an AdmissionState whose answers the test gives, when it chooses."""
-
-    def __init__(self) -> None:
-        self.screens: list[Deferred[None]] = []
-        self.commits: list[Deferred[Lease | SealedRefusal]] = []
-        self.released: list[Lease] = []
-
-    def screen(self, ask: Ask) -> Deferred[None]:
-        self.screens.append(Deferred())
-        return self.screens[-1]
-
-    def commit(self, ask: Ask, device: bytes) -> Deferred[Lease | SealedRefusal]:
-        self.commits.append(Deferred())
-        return self.commits[-1]
-
-    def release(self, lease: Lease) -> None:
-        self.released.append(lease)
-
-    def load(self, now: float) -> Load:
-        return Load(0, 0.0)
-
-    def replay_entries(self, now: float) -> Deferred[int]:
-        return succeed(0)
 
 
 class Gate(TestCase):

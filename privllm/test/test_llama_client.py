@@ -8,12 +8,12 @@ import time
 
 from twisted.application.service import MultiService
 from twisted.internet import reactor, task
-from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.protocol import Factory, Protocol
 from twisted.trial.unittest import TestCase
 
 from ..upstream.health import HealthMonitor
 from ..upstream.llama import LlamaServer
+from .helpers import open_sockets
 
 
 class StalledBody(Protocol):
@@ -28,7 +28,7 @@ class StalledBody(Protocol):
 class Health(TestCase):
     timeout = 20
 
-    async def _stalled(self) -> None:
+    async def test_a_stalled_health_body_does_not_stop_polling(self) -> None:
         path = os.path.join(tempfile.mkdtemp(dir=os.path.abspath(".")), "s.sock")
         port = reactor.listenUNIX(path, Factory.forProtocol(StalledBody))  # type: ignore[attr-defined]
         self.addCleanup(port.stopListening)
@@ -40,9 +40,6 @@ class Health(TestCase):
         await task.deferLater(reactor, 1.0, lambda: None)  # type: ignore[arg-type]
         self.assertFalse(monitor.ready)
         self.assertIsNotNone(monitor._next, "the stalled probe ended and the next one is scheduled")
-
-    def test_a_stalled_health_body_does_not_stop_polling(self) -> Deferred[None]:
-        return ensureDeferred(self._stalled())
 
 
 class CannedAnswer(Protocol):
@@ -70,44 +67,22 @@ class LlamaMetricsText(TestCase):
         text = await llama.metrics_text(0.3)
         return text, time.monotonic() - started
 
-    def test_the_text(self) -> Deferred[None]:
-        async def go() -> None:
-            body = b"llamacpp:prompt_tokens_total 3\n"
-            head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body)
-            self.assertEqual((await self.ask(head + body))[0], body)
+    async def test_the_text(self) -> None:
+        body = b"llamacpp:prompt_tokens_total 3\n"
+        head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body)
+        self.assertEqual((await self.ask(head + body))[0], body)
 
-        return ensureDeferred(go())
+    async def test_not_200_is_none(self) -> None:
+        answer = b"HTTP/1.1 501 Not Implemented\r\nContent-Length: 2\r\n\r\n{}"  # llama-server without --metrics
+        self.assertIsNone((await self.ask(answer))[0])
 
-    def test_not_200_is_none(self) -> Deferred[None]:
-        async def go() -> None:
-            answer = b"HTTP/1.1 501 Not Implemented\r\nContent-Length: 2\r\n\r\n{}"  # llama-server without --metrics
-            self.assertIsNone((await self.ask(answer))[0])
-
-        return ensureDeferred(go())
-
-    def test_a_stalled_or_endless_body_is_none_in_time(self) -> Deferred[None]:
-        async def go() -> None:
-            stalled = b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nx"
-            text, took = await self.ask(stalled)
-            self.assertIsNone(text)
-            self.assertLess(took, 2.0)
-            huge = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (2 << 20) + b"x" * (2 << 20)
-            self.assertIsNone((await self.ask(huge))[0], "over the bound")
-
-        return ensureDeferred(go())
-
-
-def _sockets() -> set[str]:
-    """This process's open sockets (Python and the reactor open other files once, lazily)."""
-    found = set()
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            target = os.readlink(f"/proc/self/fd/{fd}")
-        except OSError:  # the listing's own descriptor, closed by now
-            continue
-        if target.startswith("socket:"):
-            found.add(target)
-    return found
+    async def test_a_stalled_or_endless_body_is_none_in_time(self) -> None:
+        stalled = b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nx"
+        text, took = await self.ask(stalled)
+        self.assertIsNone(text)
+        self.assertLess(took, 2.0)
+        huge = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (2 << 20) + b"x" * (2 << 20)
+        self.assertIsNone((await self.ask(huge))[0], "over the bound")
 
 
 class ClosedOnStop(TestCase):
@@ -121,16 +96,18 @@ class ClosedOnStop(TestCase):
         factory.answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"  # type: ignore[attr-defined]
         port = reactor.listenUNIX(path, factory)  # type: ignore[attr-defined]
         self.addCleanup(port.stopListening)
-        before = _sockets()
+        before = open_sockets()
         llama = LlamaServer(reactor, "unix://" + path, 1.0)
         root = MultiService()
         llama.closed_on_stop().setServiceParent(root)
         root.startService()
         self.assertEqual(await llama.metrics_text(1.0), b"ok")
-        self.assertEqual(len(_sockets() - before), 2, "the pool keeps the connection while running (both ends here)")
+        self.assertEqual(
+            len(open_sockets() - before), 2, "the pool keeps the connection while running (both ends here)"
+        )
         await root.stopService()
         for _ in range(50):  # the server's end closes a turn or two later
-            if _sockets() == before:
+            if open_sockets() == before:
                 break
             await task.deferLater(reactor, 0.02, lambda: None)  # type: ignore[arg-type]
-        self.assertEqual(_sockets(), before)
+        self.assertEqual(open_sockets(), before)

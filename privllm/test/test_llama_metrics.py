@@ -2,26 +2,16 @@
 
 from __future__ import annotations
 
-from twisted.internet.defer import Deferred
 from twisted.trial.unittest import TestCase
 from twisted.web.test.requesthelper import DummyRequest
 
 from ..web.llama_metrics import CONTENT_TYPE, LlamaMetrics
-
-
-class SyntheticLlama:
-    """Test equipment: answers metrics_text when the test says."""
-
-    def __init__(self) -> None:
-        self.answer: Deferred[bytes | None] = Deferred()
-
-    async def metrics_text(self, timeout: float) -> bytes | None:
-        return await self.answer
+from .fakes import MetricsLlama
 
 
 class PassThrough(TestCase):
     def setUp(self) -> None:
-        self.llama = SyntheticLlama()
+        self.llama = MetricsLlama()
         self.resource = LlamaMetrics(self.llama, 2.0)  # type: ignore[arg-type]
         self.request = DummyRequest([])
 

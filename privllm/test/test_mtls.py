@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import os
-from typing import Any
 
 from twisted.internet import reactor
-from twisted.internet.defer import ensureDeferred
 from twisted.internet.endpoints import SSL4ServerEndpoint
 from twisted.trial.unittest import TestCase
 from twisted.web.client import URI, Agent
-from twisted.web.iweb import IPolicyForHTTPS
 from twisted.web.resource import Resource
 from twisted.web.server import Site
-from zope.interface import implementer
 
 from ..client import PrivllmClient
 from ..config.schema import Backend
@@ -24,6 +20,7 @@ from ..twisted_private import _QuietFactory
 from ..upstream.llama import LlamaServer
 from ..upstream.mtls import MutualTLSPolicy, _Pinned
 from ..web.tls import server_tls_options
+from .fakes import RecordingPolicy
 
 
 class Health(Resource):
@@ -55,15 +52,12 @@ class Pins(TestCase):
         finally:
             await client.close()
 
-    async def _pins(self) -> None:
+    async def test_pins(self) -> None:
         await self._setup()
         self.assertTrue(await self.ready_with(None), "CA and name suffice without a pin")
         right = spki_pin(load_chain(self.node[0])[0])
         self.assertTrue(await self.ready_with(right))
         self.assertFalse(await self.ready_with(spki_pin(load_chain(self.router[0])[0])), "another key is refused")
-
-    def test_pins(self):
-        return ensureDeferred(self._pins())
 
     def test_a_pin_is_found_as_the_agent_names_the_node(self) -> None:
         """The Agent asks with the URL's host as written and the port filled in."""
@@ -76,17 +70,6 @@ class Pins(TestCase):
             uri = URI.fromBytes(url.encode() + b"/completion")
             self.assertIsInstance(policy.creatorForNetloc(uri.host, uri.port), _Pinned)
             self.assertNotIsInstance(policy.creatorForNetloc(uri.host, uri.port + 1), _Pinned)
-
-
-@implementer(IPolicyForHTTPS)
-class RecordingPolicy:
-    """Test equipment: notes when TLS options are asked for."""
-
-    def __init__(self) -> None:
-        self.asked: list[tuple[bytes, int]] = []
-
-    def creatorForNetloc(self, hostname: bytes, port: int) -> Any:
-        self.asked.append((hostname, port))
 
 
 class Endpoints(TestCase):

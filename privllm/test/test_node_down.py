@@ -20,13 +20,14 @@ from twisted.trial.unittest import TestCase
 
 from ..config import load_config
 from ..keys.pki import create_ca, issue
-from ..tap import InferenceNode, Router
+from ..services.node import InferenceNode
+from ..services.router import Router
 from ..upstream.breaker import CircuitBreaker
 from ..upstream.health import HealthMonitor
 from ..upstream.llama import LlamaServer
 from ..upstream.pool import Node, NodePool
 from ..upstream.supervisor import NAME, LlamaSupervisor
-from .test_chat_stream import SyntheticUpstream
+from .fakes import FakeUpstream
 
 INTERVAL, RETRY = 5.0, 0.5
 
@@ -50,7 +51,7 @@ class MarkDown(TestCase):
         self.clock = Clock()
         self.probe = Probe()
         self.changes: list[bool] = []
-        self.nodes = [Node(f"n{i}", SyntheticUpstream(), CircuitBreaker(2, 5)) for i in range(2)]
+        self.nodes = [Node(f"n{i}", FakeUpstream(), CircuitBreaker(2, 5)) for i in range(2)]
         self.node = self.nodes[0]
 
         def changed(ready: bool) -> None:  # what the tap wires: readiness, metric, log line
@@ -117,7 +118,7 @@ class MarkDown(TestCase):
         self.assertEqual(self.changes, [True, False, True])
 
     def test_without_a_monitor_the_pool_still_marks(self) -> None:
-        node = Node("bare", SyntheticUpstream(), CircuitBreaker(2, 5), healthy=True)
+        node = Node("bare", FakeUpstream(), CircuitBreaker(2, 5), healthy=True)
         pool = NodePool([node])
         pool.mark_down(node)
         self.assertFalse(pool.ready(0))
@@ -147,7 +148,7 @@ class SupervisorExit(TestCase):
 
     timeout = 10
 
-    def test_a_killed_process_is_reported_at_once(self) -> Deferred[None]:
+    async def test_a_killed_process_is_reported_at_once(self) -> None:
         supervisor = LlamaSupervisor([self.binary, "--model", self.model], os.path.join(self.dir, "s.sock"))
         exited: Deferred[float] = Deferred()
         supervisor.on_exit = lambda: exited.callback(time.monotonic())
@@ -161,7 +162,7 @@ class SupervisorExit(TestCase):
             os.kill(pid, signal.SIGKILL)
 
         deferLater(reactor, 0.2, kill)
-        return exited.addCallback(lambda at: self.assertLess(at - killed[0], 1.0))
+        self.assertLess(await exited - killed[0], 1.0)
 
     def test_a_stop_while_a_restart_is_pending_leaves_no_socket_file(self) -> Deferred[None]:
         """llama-server died and left its socket file; procmon waits before the restart. A stop

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import io
-from typing import Any
 
-from twisted.internet.defer import Deferred, fail
-from twisted.internet.error import ConnectionDone, ConnectionRefusedError
+from twisted.internet.error import ConnectionDone
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from twisted.web.test.requesthelper import DummyRequest
@@ -14,23 +12,7 @@ from twisted.web.test.requesthelper import DummyRequest
 from ..harmony.dialect import HarmonyDialect
 from ..node import FORWARDED, NodeProxy
 from ..upstream.openai_stream import ChatDialect
-
-
-class GoneLlama:
-    """Test equipment: a node-local llama-server that refuses every connection."""
-
-    def post_stream(self, path: str, body: bytes) -> Deferred[Any]:
-        return fail(ConnectionRefusedError())
-
-
-class PendingLlama:
-    """Test equipment: a node-local llama-server that has not answered yet."""
-
-    def __init__(self) -> None:
-        self.pending: Deferred[Any] = Deferred()
-
-    def post_stream(self, path: str, body: bytes) -> Deferred[Any]:
-        return self.pending
+from .fakes import GoneLlama, PendingLlama
 
 
 class Paths(TestCase):

@@ -16,8 +16,8 @@ from ..upstream.breaker import CircuitBreaker
 from ..upstream.pool import Node, NodePool, backoff
 from ..web.chat import ChatStream, StreamSettings
 from ..web.metrics import RouterMetrics
-from .helpers import stream_settings
-from .test_chat_stream import ENC, FINISH, SECRET, FakeResponse, SyntheticUpstream, delta
+from .fakes import FakeResponse, FakeUpstream
+from .helpers import ENC, FINISH, SECRET, delta, stream_settings
 
 
 class Breaker(TestCase):
@@ -69,12 +69,12 @@ class Breaker(TestCase):
 
 
 def nodes(n: int) -> list[Node]:
-    return [Node(f"n{i}", SyntheticUpstream(), CircuitBreaker(2, 5), healthy=True) for i in range(n)]
+    return [Node(f"n{i}", FakeUpstream(), CircuitBreaker(2, 5), healthy=True) for i in range(n)]
 
 
-def upstream_of(node: Node) -> SyntheticUpstream:
+def upstream_of(node: Node) -> FakeUpstream:
     """The node's client, as the synthetic upstream these tests gave it."""
-    assert isinstance(node.client, SyntheticUpstream)
+    assert isinstance(node.client, FakeUpstream)
     return node.client
 
 
@@ -138,7 +138,7 @@ class Retries(TestCase):
     def chunks(self) -> list[dict[str, Any]]:
         return ResponseReader(SealedRequest({}, ENC, SECRET)).feed(b"".join(self.request.written))
 
-    def upstream(self, i: int) -> SyntheticUpstream:
+    def upstream(self, i: int) -> FakeUpstream:
         return upstream_of(self.nodes[i])
 
     def test_failure_before_first_delta_goes_to_another_node(self) -> None:

@@ -22,7 +22,9 @@ from twisted.web.resource import Resource
 
 from ..config import ConfigError, load_config
 from ..protocol.addresses import AddressPolicy
-from ..tap import InferenceNode, StartError, _https_listener, _server_tls
+from ..services.errors import StartError
+from ..services.listeners import https_listener, server_tls
+from ..services.node import InferenceNode
 from ..web.limits import ClientAddress, ProxiedConnectionsPerAddress
 from ..web.proxied import proxied
 from ..web.request import PrivllmSite
@@ -206,7 +208,7 @@ class Listener(TestCase):
         os.makedirs(state, mode=0o700)
         self.reactor = MemoryReactorClock()
         site = PrivllmSite(Resource(), 4096, self.reactor, 60, DEADLINE)
-        service = _https_listener(config, self.reactor, site, _server_tls(config))
+        service = https_listener(config, self.reactor, site, server_tls(config))
         assert isinstance(service, StreamServerEndpointService)
         service.startService()
         self.addCleanup(service.stopService)

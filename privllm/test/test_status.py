@@ -19,8 +19,8 @@ from ..upstream.pool import Node
 from ..web import status
 from ..web.metrics import RouterMetrics
 from ..web.status import StatusGauges
+from .fakes import FakeUpstream
 from .helpers import NOW, ring
-from .test_chat_stream import SyntheticUpstream
 
 DAY = 86400
 LIMITS = Limits(1000, 1000, 1000, 1000, 100, 100, 100, 30, 5, 40, 40, 1000, 1000, 1000)
@@ -108,7 +108,7 @@ class Gauges(TestCase):
 
     def test_an_open_breaker_shows_half_open_once_cooled_without_a_request(self) -> None:
         breaker = CircuitBreaker(1, 30)
-        node = Node("https://10.0.0.2:8443", SyntheticUpstream(), breaker, healthy=True)
+        node = Node("https://10.0.0.2:8443", FakeUpstream(), breaker, healthy=True)
         gauges = StatusGauges(self.metrics, self.clock, self.ring, self.state, 40, None, [node])
         gauges.startService()
         self.addCleanup(gauges.stopService)

@@ -7,6 +7,7 @@ from typing import Any
 
 from OpenSSL import SSL
 from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import globalLogPublisher
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.trial.unittest import TestCase
 
@@ -67,6 +68,29 @@ class Reload(TestCase):
         first = self.serial(options)
         self.swap_key()
         self.assertEqual(self.serial(options), first, "still serving the last good pair")
+
+    def test_a_bad_renewal_is_logged_once_and_not_rebuilt_on_every_connection(self) -> None:
+        builds: list[int] = []
+
+        def build() -> object:
+            builds.append(1)
+            return load_pair(self.cert, self.key)
+
+        watched = Reloading([self.cert, self.key], build)
+        before = watched.current()
+        self.swap_key()
+        logged: list[dict[str, object]] = []
+        observer: Any = logged.append
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        for _ in range(5):
+            self.assertIs(watched.current(), before)
+        self.assertEqual(len(builds), 2, "tried once for the change, not once per connection")
+        warned = [e for e in logged if e.get("log_namespace") == "privllm.keys.tls"]
+        self.assertEqual(len(warned), 1)
+        self.assertIn("is not the key of certificate", str(warned[0]["reason"]))
+        self.renew()  # the operator fixes it: used at once
+        self.assertIsNot(watched.current(), before)
 
     def test_the_router_keeps_its_client_pair_when_the_key_does_not_match(self) -> None:
         policy = MutualTLSPolicy(os.path.join(self.dir, "ca", "ca.crt"), self.cert, self.key)

@@ -12,8 +12,8 @@ from twisted.trial.unittest import TestCase
 from ..web.app import RouterApp
 from ..web.metrics import RouterMetrics
 from ..web.request import PrivllmSite
-from .helpers import NOW, memory_gate, ring, stream_settings
-from .test_chat_stream import SyntheticUpstream, pool_of
+from .fakes import FakeUpstream
+from .helpers import NOW, memory_gate, pool_of, ring, stream_settings
 
 LIMIT = 4096
 
@@ -26,7 +26,7 @@ class HTTP(TestCase):
             clock=clock,
             gate=memory_gate(ring(), LIMIT, replay_max_entries=100, replay_max_per_address=100),
             keyset=lambda: b'{"v":1}',
-            pool=pool_of(SyntheticUpstream()),
+            pool=pool_of(FakeUpstream()),
             metrics=RouterMetrics(),
             hsts_max_age=100,
             settings=stream_settings(keepalive=15, idle_timeout=60),

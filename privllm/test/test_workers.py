@@ -8,59 +8,22 @@ from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import ProcessDone, ProcessTerminated
-from twisted.internet.interfaces import IReactorProcess, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import ProcessProtocol
-from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactor, MemoryReactorClock
 from twisted.logger import LogEvent, globalLogPublisher
 from twisted.python import usage
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
-from zope.interface import implementer
 
 from .. import tap, workers
 from ..config import ConfigError, load_config
 from ..config.profiles import profile
-from ..keys.material import IDENTITY_KEY, KEYRING, TLS_CERT
+from ..keys.material import IDENTITY_KEY, KEYRING, POW_KEY, TLS_CERT
 from ..protocol.keyring import KeyRing
+from ..services.errors import StartError
 from ..state.redis import STATE_KEY
-
-
-class FakeProcess:
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-        self.signals: list[str] = []
-
-    def signalProcess(self, name: str) -> None:
-        self.signals.append(name)
-
-
-@implementer(IReactorProcess)
-class FakeReactor(Clock):
-    """A Clock that records spawned processes and connects their protocols, as a reactor does."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.spawned: list[tuple[Any, list[str], dict[str, str] | None, dict[int, Any]]] = []
-        self.next_pid = 100
-
-    def spawnProcess(
-        self,
-        processProtocol: Any,
-        executable: Any,
-        args: Any,
-        env: Any = None,
-        path: Any = None,
-        uid: Any = None,
-        gid: Any = None,
-        usePTY: Any = False,
-        childFDs: Any = None,
-    ) -> Any:
-        self.next_pid += 1
-        process = FakeProcess(self.next_pid)
-        processProtocol.makeConnection(process)
-        self.spawned.append((processProtocol, args, env, childFDs))
-        return process
+from .fakes import FakeReactor, ProcessMemoryReactor
 
 
 def end(protocol: Any, reason: Exception | None = None) -> None:
@@ -256,9 +219,9 @@ class Output(TestCase):
         seen: list[LogEvent] = []
         globalLogPublisher.addObserver(seen.append)  # type: ignore[arg-type]
         self.addCleanup(globalLogPublisher.removeObserver, seen.append)  # type: ignore[arg-type]
-        workers.forward_child_output({"line": "- [privllm.tap#info] node up", "stream": "stdout"})
+        workers.forward_child_output({"line": "- [privllm.web.status#info] node up", "stream": "stdout"})
         workers.forward_child_output({"line": "Traceback: secret prompt", "stream": "stderr"})
-        self.assertEqual([e.get("worker_line") for e in seen], ["- [privllm.tap#info] node up", None])
+        self.assertEqual([e.get("worker_line") for e in seen], ["- [privllm.web.status#info] node up", None])
         self.assertNotIn("secret", repr(seen))
 
 
@@ -310,7 +273,8 @@ class Adopt(TestCase):
         self.failureResultOf(listening, CancelledError)
         self.first.callback(None)
         self.assertEqual(self.adopted, [])
-        os.close(self.fd)
+        with self.assertRaises(OSError):
+            os.fstat(self.fd)  # given back: a stopped worker holds no listening socket
 
 
 class Build(TestCase):
@@ -337,7 +301,7 @@ class Build(TestCase):
         return options
 
     def test_a_worker_on_an_empty_state_directory_writes_nothing(self) -> None:
-        with self.assertRaises(tap.StartError):
+        with self.assertRaises(StartError):
             tap.build(self.config("2"), "router", MemoryReactorClock(), self.options("--worker-fd", "3"))
         self.assertEqual(os.listdir(self.state), [])
 
@@ -350,14 +314,14 @@ class Build(TestCase):
             wipe(ring)
 
         self.patch(KeyRing, "wipe", recorded)
-        root = tap.build(self.config("2"), "router", MemoryReactorClock(), self.options())
+        root = tap.build(self.config("2"), "router", ProcessMemoryReactor(), self.options())
         self.assertEqual(len(wiped), 1, "the parent serves no chat: it keeps no HPKE key")
         self.assertEqual(wiped[0].keys, [])
         monitors = [s for s in root if isinstance(s, workers.WorkerMonitor)]
         self.assertEqual(len(monitors), 1)
         monitor = monitors[0]
         self.addCleanup(monitor.stopService)  # never started: closes the socket
-        for name in (IDENTITY_KEY, TLS_CERT, tap.POW_KEY, KEYRING, STATE_KEY):
+        for name in (IDENTITY_KEY, TLS_CERT, POW_KEY, KEYRING, STATE_KEY):
             self.assertTrue(os.path.exists(os.path.join(self.state, name)), name)
         self.assertEqual(monitor.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN), 1)
         self.assertEqual(os.stat(monitor.directory).st_mode & 0o777, 0o700)

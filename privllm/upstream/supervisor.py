@@ -9,6 +9,7 @@ out of service before the next chat is decrypted rather than at its next health 
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import importlib.util
 import os
@@ -128,7 +129,7 @@ class LlamaSupervisor(ProcessMonitor):
         protocol.processEnded = process_ended  # type: ignore[method-assign]
 
     def _remove_stale_socket(self) -> None:
-        if os.path.lexists(self._socket):
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(self._socket)
 
     def _exiting(self, reason: Failure | None) -> None:
@@ -147,10 +148,11 @@ class LlamaSupervisor(ProcessMonitor):
     def stopService(self) -> Deferred[None]:  # type: ignore[override]
         """Stop llama-server and let twistd wait until it has really exited."""
         ended: Deferred[None] = Deferred()
-        if self.protocols:
+        waiting = bool(self.protocols)
+        if waiting:
             self._exit_waiters.append(ended)
-        else:  # between runs: the last one's socket file is still there
+        super().stopService()  # first: it also cancels a pending restart
+        if not waiting:  # between runs: the last one's socket file is still there
             self._remove_stale_socket()
             ended.callback(None)
-        super().stopService()
         return ended

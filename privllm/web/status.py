@@ -21,7 +21,7 @@ from ..state.interface import AdmissionState, StateUnavailable
 from ..upstream.pool import Node
 from .metrics import RouterMetrics
 
-__all__ = ["StatusGauges"]
+__all__ = ["NodeHealth", "StatusGauges"]
 
 log = Logger()
 
@@ -77,3 +77,16 @@ class StatusGauges(Service):
         super().stopService()
         if self._loop.running:
             self._loop.stop()
+
+
+class NodeHealth:
+    """What a node's health monitor reports, applied: the pool's flag, the gauge, one log line."""
+
+    def __init__(self, node: Node, metrics: RouterMetrics) -> None:
+        self._node = node
+        self._metrics = metrics
+
+    def __call__(self, ready: bool) -> None:
+        self._node.healthy = ready
+        self._metrics.node_healthy.labels(self._node.name).set(1 if ready else 0)
+        log.info("node {node} is {outcome}", node=self._node.name, outcome="up" if ready else "down")
