@@ -168,7 +168,9 @@ class Service(TestCase):
         self.assertEqual(s.gateway_keys.accepting(before[0], now), {}, "revoked: no gateway key")
         fresh = s.gateway_keys.accepting(after[0], now)[after[0]]
         self.assertIsNot(fresh, old)
-        self.assertIs(fresh.private_key, s.ring.accepting(after[0], now).secret, "the ring's own key object")
+        ring_key = s.ring.accepting(after[0], now)
+        assert ring_key is not None
+        self.assertIs(fresh.private_key, ring_key.secret, "the ring's own key object")
 
     def test_revocation_protects_clients_within_the_lifetime(self) -> None:
         """A set signed before `rotate --revoke`, replayed by whoever holds the revoked key,
