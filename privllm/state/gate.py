@@ -26,7 +26,7 @@ __all__ = ["AdmissionGate"]
 
 log = Logger()
 
-A = TypeVar("A")
+_A = TypeVar("_A")
 
 
 class AdmissionGate:
@@ -97,10 +97,10 @@ class AdmissionGate:
 
     def _commit(
         self,
-        result: Deferred[A],
+        result: Deferred[_A],
         ask: Ask,
         device: bytes,
-        admitted: Callable[[Lease | None, SealedRefusal | None], A],
+        admitted: Callable[[Lease | None, SealedRefusal | None], _A],
         keep: bool = True,
     ) -> None:
         """Remember the request, count its device, take a lease; fire `result` with what was

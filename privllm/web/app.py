@@ -49,7 +49,7 @@ from .sealed import OHTTP_CHUNKED, OhttpFraming
 OHTTP_REQUEST = b"message/ohttp-req"
 STALE_MESSAGE = "the request's timestamp is outside the window; correct the clock from `date` and send anew"
 
-__all__ = ["RouterApp"]
+__all__ = ["OHTTP_REQUEST", "STALE_MESSAGE", "RouterApp"]
 
 
 class RouterApp:

@@ -28,7 +28,16 @@ from ..ohttp.message import GatewayKey
 from ..replay import check_fresh
 from .request import OpenedV2, open_chat_request, peek
 
-__all__ = ["POW_HEADER", "AdmissionV2", "AdmittedV2", "PreparedV2", "parse_pow_header", "rejection_of", "request_id"]
+__all__ = [
+    "POW_HEADER",
+    "AdmissionV2",
+    "AdmittedV2",
+    "GatewayKeysFor",
+    "PreparedV2",
+    "parse_pow_header",
+    "rejection_of",
+    "request_id",
+]
 
 POW_HEADER = b"privllm-pow"
 _MAX_POW_HEADER = 256  # a 40-byte challenge and a nonce of at most 64 bytes, in base64: under 150
