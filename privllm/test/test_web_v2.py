@@ -419,6 +419,8 @@ class V1Off(Router):
         for request in (
             b"GET /api/pubkey HTTP/1.1\r\nHost: x\r\n\r\n",
             b"POST /api/chat HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}",
+            b"OPTIONS /api/chat HTTP/1.1\r\nHost: x\r\nOrigin: https://a.example\r\n"
+            b"Access-Control-Request-Method: POST\r\n\r\n",
         ):
             protocol, transport = self.connect()
             protocol.dataReceived(request)

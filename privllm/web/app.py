@@ -185,6 +185,8 @@ class RouterApp:
     def chat_preflight(self, request: Request) -> bytes:
         """A browser's question before a cross-origin POST. A refused one is a 403 with no CORS
         header: the browser then never sends the POST."""
+        if not self._accept_v1:
+            return self.not_found(request, None)
         raw = request.requestHeaders.getRawHeaders
         if not self._cors.is_preflight(raw(b"origin"), raw(b"access-control-request-method")):
             return self.method_not_allowed(request, None)
