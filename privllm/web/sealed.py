@@ -103,7 +103,6 @@ class SealedEvents:
     def __init__(self, request: Request, clock: IReactorTime, privacy: Privacy, metrics: RouterMetrics) -> None:
         self._request = request
         self._clock = clock
-        self._pad_to = privacy.pad_to
         self._metrics = metrics
         self._coalescer = Coalescer(privacy.coalesce_ms / 1000.0, privacy.pad_to)
         self._flush_call: IDelayedCall | None = None
