@@ -416,6 +416,14 @@ class KeysRoute(Router):
         configs = verify_key_configs(body, headers, pin, NOW)
         self.assertEqual([c.key_id for c in configs], [k.key_id for k in self.ring.published(NOW)])
 
+    def test_no_current_key_is_503_not_an_empty_list(self) -> None:
+        self.clock.advance(3 * 86400)  # the ring was never refreshed: no key is current
+        protocol, transport = self.connect()
+        protocol.dataReceived(b"GET /api/ohttp-keys HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertEqual(self.refusal(transport), (503, {"error": "unavailable"}))
+        counted = self.metrics.registry.get_sample_value("privllm_chat_requests_total", {"outcome": "unavailable"})
+        self.assertEqual(counted or 0.0, 0.0, "no chat was refused")
+
 
 class V1Off(Router):
     accept_v1 = False

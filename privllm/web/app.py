@@ -155,8 +155,8 @@ class RouterApp:
             return self.not_found(request, None)
         try:
             signed = self._ohttp_keys()
-        except OhttpError:  # a ring with no current key: nothing to publish
-            return self._reject(request, UNAVAILABLE)
+        except OhttpError:  # a ring with no current key: nothing to publish (no chat to count)
+            return self._json(request, UNAVAILABLE.status, error_body(UNAVAILABLE))
         self._common_headers(request)
         request.setResponseCode(200)
         request.setHeader(b"content-type", OHTTP_KEYS)
