@@ -22,6 +22,9 @@ from twisted.trial.unittest import TestCase
 
 from privllm.keys.files import write_secret
 from privllm.protocol.pow import solve
+from privllm.protocol.v2.keys import verify_key_configs
+from privllm.protocol.v2.request import SealedV2, seal_chat_request
+from privllm.protocol.v2.response import ResponseReader
 from privllm.test.redis_server import USER, RedisServer
 from privllm.test.stack import Daemon, shared
 
@@ -134,6 +137,26 @@ class Client(DocClient):
         body, enc, secret = self.seal(user(QUESTION, max_tokens))
         return self.solved(body, port or self.ports[0]), enc, secret
 
+    def v2_sealed(self, port: int) -> SealedV2:
+        conn = http.client.HTTPSConnection(
+            "127.0.0.1", port, context=self.context, timeout=60, source_address=self.source
+        )
+        conn.request("GET", "/api/ohttp-keys")
+        response = conn.getresponse()
+        headers = {name.lower().encode(): value.encode() for name, value in response.getheaders()}
+        config = verify_key_configs(response.read(), headers, self.pin, int(time.time()))[0]
+        return seal_chat_request(config, self.device, user(QUESTION, 8), int(time.time()))
+
+    def v2_send(self, body: bytes, port: int, work: str | None = None, raw: bool = False) -> tuple[int, Any]:
+        conn = http.client.HTTPSConnection(
+            "127.0.0.1", port, context=self.context, timeout=60, source_address=self.source
+        )
+        headers = {"Content-Type": "message/ohttp-req", **({"Privllm-Pow": work} if work else {})}
+        conn.request("POST", "/api/ohttp", body, headers)
+        response = conn.getresponse()
+        data = response.read()
+        return response.status, data if raw or response.status == 200 else json.loads(data)
+
     def chat_via(self, port: int, max_tokens: int = 8) -> list[dict[str, Any]]:
         body, enc, secret = self.sealed(max_tokens, port)
         status, raw = self.send(body, port)
@@ -174,6 +197,26 @@ class ManyRouters(TestCase):
         forged = dict(body, ciphertext=b64(os.urandom(64)))
         self.assertEqual(error(c.send(forged, self.b_port)), (400, "decrypt_failed"))  # it spent the work
         self.assertEqual(error(c.send(body, self.a_port)), (429, "pow_required"))  # so the real one must redo it
+
+    def test_v2_replay_and_proof_of_work_across_routers(self) -> None:
+        """Protocol v2 through the same shared state: work bound to enc and spent once, enc
+        remembered by every router."""
+        c = self.client(7)
+        sealed = c.v2_sealed(self.a_port)
+        status, asked = c.v2_send(sealed.body, self.a_port)
+        self.assertEqual((status, asked["error"]), (429, "pow_required"))
+        nonce = solve(unb64(asked["challenge"]), sealed.enc, asked["difficulty"])
+        work = f"{asked['challenge']}.{b64(nonce)}"
+        status, raw = c.v2_send(sealed.body, self.a_port, work, raw=True)
+        self.assertEqual(status, 200)
+        reader = ResponseReader(sealed.context)
+        reader.feed(raw)
+        self.assertEqual(reader.end()[-1]["type"], "done")
+        for port in (self.b_port, self.a_port):
+            self.assertEqual(c.v2_send(sealed.body, port, work)[1]["error"], "replay")
+        again = c.v2_sealed(self.b_port)
+        status, body = c.v2_send(again.body, self.b_port, work)
+        self.assertEqual((status, body["error"]), (429, "pow_required"), "bound to the first enc")
 
     def test_address_limit_holds_across_routers(self) -> None:
         flood = self.client(3)

@@ -125,7 +125,7 @@ def site(config: Config, resource: Resource, reactor: IReactorTime) -> PrivllmSi
 
 
 def addresses(config: Config) -> AddressPolicy:
-    return AddressPolicy(config.server.ipv6_prefix, config.server.trusted_proxies)
+    return AddressPolicy(config.server.ipv6_prefix, config.server.trusted_proxies, config.ohttp.relays)
 
 
 def https_listener(

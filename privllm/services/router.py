@@ -24,6 +24,7 @@ from ..keys.store import KeyRingStore
 from ..protocol.admission import Admission, PowGate
 from ..protocol.cors import CorsPolicy
 from ..protocol.pow import Challenges, DifficultyPolicy
+from ..protocol.v2.admission import AdmissionV2
 from ..state.gate import AdmissionGate
 from ..state.interface import AdmissionState, Limits
 from ..state.memory import MemoryState
@@ -149,8 +150,10 @@ class Router:
         settings = StreamSettings.from_config(config)
         self.app = RouterApp(
             clock=self._reactor,
-            gate=AdmissionGate(self._admission, state),
+            gate=AdmissionGate(self._admission, state, AdmissionV2(self._admission, self.keys.gateway_keys.accepting)),
             keyset=self.keys.keyset,
+            ohttp_keys=self.keys.ohttp_keys,
+            accept_v1=config.protocol.accept_v1,
             pool=self.pool,
             metrics=self.metrics,
             hsts_max_age=config.server.hsts_max_age,

@@ -144,12 +144,14 @@ class LateState:
         self.commits: list[Deferred[Lease | SealedRefusal]] = []
         self.released: list[Lease] = []
         self.entries: list[Deferred[int]] = []
+        self.committed: list[Ask] = []  # what each commit was asked, in order
 
     def screen(self, ask: Ask) -> Deferred[None]:
         self.screens.append(Deferred())
         return self.screens[-1]
 
     def commit(self, ask: Ask, device: bytes) -> Deferred[Lease | SealedRefusal]:
+        self.committed.append(ask)
         self.commits.append(Deferred())
         return self.commits[-1]
 

@@ -69,6 +69,15 @@ class HTTP(TestCase):
         self.assertTrue(reply.startswith(b"HTTP/1.1 405 "))
         self.assertEqual(self.body(reply), {"error": "method_not_allowed"})
 
+    def test_v2_routes_404_when_no_configurations_are_served(self) -> None:
+        for request in (
+            b"GET /api/ohttp-keys HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"POST /api/ohttp HTTP/1.1\r\nHost: x\r\nContent-Type: message/ohttp-req\r\nContent-Length: 2\r\n\r\n{}",
+        ):
+            reply, _ = self.exchange(request)
+            self.assertTrue(reply.startswith(b"HTTP/1.1 404 "), reply[:40])
+            self.assertEqual(self.body(reply), {"error": "not_found"})
+
     def test_non_utf8_url_is_malformed_and_not_logged(self) -> None:
         """Klein logged each as a critical failure (a log flood) and answered in plain text."""
         for head in (b"GET /api/%ff%fe HTTP/1.1\r\nHost: x\r\n\r\n", b"GET /health HTTP/1.1\r\nHost: \xff\r\n\r\n"):
