@@ -5,7 +5,8 @@ A challenge is `version || difficulty || expires || random || MAC`, with MAC =
 HMAC(secret, those || client address key)[:16]: any router process holding the secret can
 check it without having stored it, and a challenge issued to one address (IPv6: prefix) is
 worthless from another. The client finds `nonce` such that
-SHA-256(challenge || request_id || nonce) starts with at least `difficulty` zero bits.
+SHA-256(challenge || request_id || nonce) starts with at least `difficulty` zero bits
+(protocol v2: `enc` in place of the request id).
 
 A challenge admits one request: `verify` returns its random part and expiry, which the
 admission state (privllm.state, shared by every router process) marks spent before
@@ -60,8 +61,10 @@ def leading_zero_bits(digest: bytes) -> int:
     return bits
 
 
-def work_hash(challenge: bytes, request_id: str, nonce: bytes) -> bytes:
-    return hashlib.sha256(challenge + request_id.encode() + nonce).digest()
+def work_hash(challenge: bytes, request_id: str | bytes, nonce: bytes) -> bytes:
+    """`request_id`: what the work is bound to, v1's request id (UTF-8) or v2's `enc` (bytes)."""
+    bound = request_id.encode() if isinstance(request_id, str) else request_id
+    return hashlib.sha256(challenge + bound + nonce).digest()
 
 
 class Challenges:
@@ -113,7 +116,7 @@ class Challenges:
 
 def solve(
     challenge: bytes,
-    request_id: str,
+    request_id: str | bytes,
     difficulty: int,
     progress: Callable[[int], None] | None = None,
     limit: int = 1 << 32,
