@@ -38,6 +38,7 @@ from .protocol.addresses import AddressPolicy
 from .protocol.admission import Admission, PowGate
 from .protocol.cors import CorsPolicy
 from .protocol.pow import Challenges, DifficultyPolicy
+from .protocol.v2.admission import AdmissionV2
 from .state.gate import AdmissionGate
 from .state.interface import AdmissionState, Limits
 from .state.memory import MemoryState
@@ -181,7 +182,7 @@ def _https_listener(
 
 
 def _addresses(config: Config) -> AddressPolicy:
-    return AddressPolicy(config.server.ipv6_prefix, config.server.trusted_proxies)
+    return AddressPolicy(config.server.ipv6_prefix, config.server.trusted_proxies, config.ohttp.relays)
 
 
 def _local_llama(config: Config, root: MultiService, spawn: bool = True) -> tuple[list[str], LlamaSupervisor | None]:
@@ -311,8 +312,10 @@ class Router:
         settings = StreamSettings.from_config(config)
         self.app = RouterApp(
             clock=self._reactor,
-            gate=AdmissionGate(self._admission, state),
+            gate=AdmissionGate(self._admission, state, AdmissionV2(self._admission, self.keys.gateway_keys.accepting)),
             keyset=self.keys.keyset,
+            ohttp_keys=self.keys.ohttp_keys,
+            accept_v1=config.protocol.accept_v1,
             pool=self.pool,
             metrics=self.metrics,
             hsts_max_age=config.server.hsts_max_age,

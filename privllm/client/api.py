@@ -49,7 +49,8 @@ from ..protocol.request import Encapsulation, encapsulate, new_request_id, seal_
 from ..protocol.response import ResponseReader
 from ..protocol.stream import StreamError
 from ..protocol.suite import POW_MAX_DIFFICULTY
-from ..protocol.v2 import keys as v2_keys
+from ..protocol.v2.keys import HEADERS as KEY_CONFIG_HEADERS
+from ..protocol.v2.keys import verify_key_configs
 from ..protocol.v2.request import SealedV2, seal_chat_request
 from ..protocol.v2.response import ResponseReader as ResponseReaderV2
 
@@ -255,7 +256,8 @@ class PrivllmClient:
         self._agent = agent
         self._keyset: KeySet | None = None
         self._prepared: Encapsulation | None = None
-        self._configs: v2_keys.SignedKeyConfigs | None = None
+        self._configs: tuple[KeyConfig, ...] = ()
+        self._configs_window: KeySet | None = None  # v2: the signed issued and expires of the configurations held
         self._clock_offset = 0  # v2: seconds to add to this device's clock, as the router said
 
     def close(self) -> Deferred[None]:
@@ -285,17 +287,19 @@ class PrivllmClient:
         """v2: fetch and verify the signed key configurations, with v1's rule for a stale copy."""
         for attempt in range(2):
             headers = {b"Cache-Control": [b"no-cache"]} if attempt or past_caches else {}
-            response, body = await self._get(
-                self._ohttp_keys_url, headers, v2_keys.MAX_KEY_CONFIGS_BYTES, "ohttp_keys_unavailable"
-            )
+            response, body = await self._get(self._ohttp_keys_url, headers, MAX_KEYSET_BYTES, "ohttp_keys_unavailable")
             fields = {
                 name: b", ".join(values)  # a repeated header, combined as HTTP does, fails the strict parse
-                for name in (v2_keys.SIGNING_KEY, v2_keys.ISSUED, v2_keys.EXPIRES, v2_keys.SIGNATURE)
+                for name in KEY_CONFIG_HEADERS
                 if (values := response.headers.getRawHeaders(name))
             }
             try:
-                self._configs = v2_keys.verify_key_configs(fields, body, self._pin, self._now())
-                return self._configs.configs
+                self._configs = verify_key_configs(body, fields, self._pin, self._now())
+                # Verified: the times are exact decimal integers, covered by the signature.
+                self._configs_window = KeySet(
+                    [], int(fields[KEY_CONFIG_HEADERS[1]]), int(fields[KEY_CONFIG_HEADERS[2]])
+                )
+                return self._configs
             except StaleKeySet as e:
                 if attempt:
                     raise ProtocolFailure(f"key configurations rejected: {e}") from e
@@ -305,12 +309,12 @@ class PrivllmClient:
 
     async def current_key_configs(self) -> tuple[KeyConfig, ...]:
         """v2: the configurations held, while fresh; else newly fetched ones."""
-        if self._configs is not None:
+        if self._configs_window is not None:
             try:
-                self._configs.check_fresh(self._now())
-                return self._configs.configs
+                self._configs_window.check_fresh(self._now())
+                return self._configs
             except StaleKeySet:
-                self._configs = None
+                self._configs_window = None
         return await self.fetch_key_configs()
 
     async def current_keys(self) -> list[PublishedKey]:

@@ -199,12 +199,20 @@ def _check_addresses(config: Config) -> None:
     if config.server.trusted_proxies and not config.server.client_address_header:
         # Every client would count as the proxy: one could spend everyone's limits.
         raise ConfigError("server.client_address_header", "must be set when server.trusted_proxies is")
-    for key in ("trusted_proxies", "proxy_protocol_from"):
-        for entry in getattr(config.server, key):
+    for key, entries in (
+        ("server.trusted_proxies", config.server.trusted_proxies),
+        ("server.proxy_protocol_from", config.server.proxy_protocol_from),
+        ("ohttp.relays", config.ohttp.relays),
+    ):
+        for entry in entries:
             try:
                 parse_network(entry)
             except ValueError:
-                raise ConfigError(f"server.{key}", "each entry is an IP address or CIDR") from None
+                raise ConfigError(key, "each entry is an IP address or CIDR") from None
+    relays = {parse_network(entry) for entry in config.ohttp.relays}
+    if any(network in relays for network in map(parse_network, config.server.trusted_proxies)):
+        # A relay's requests never name a client: the same peer cannot also be a proxy that does.
+        raise ConfigError("ohttp.relays", "an entry is also in server.trusted_proxies")
     if config.server.proxy_protocol and not config.server.proxy_protocol_from:
         # Anyone could otherwise name any client address in the header.
         raise ConfigError("server.proxy_protocol_from", "must name the load balancers when server.proxy_protocol is on")

@@ -225,6 +225,19 @@ class Privacy:
 
 
 @dataclass(frozen=True)
+class Protocols:
+    # protocol v1 (/api/pubkey, /api/chat) beside v2 (Oblivious HTTP); off: v1's routes answer 404
+    accept_v1: bool = True
+
+
+@dataclass(frozen=True)
+class Ohttp:
+    # Oblivious HTTP relays (addresses or CIDRs, either family): requests from them count under the
+    # relay's own address, never a forwarded-client header; exempt from the per-address connection cap
+    relays: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
 class Process:
     require_mlock: bool = False  # prod: True; a failed mlockall then stops the start
 
@@ -247,6 +260,8 @@ class Config:
     llama: Llama = Llama()
     chat: Chat = Chat()
     state: State = State()
+    protocol: Protocols = Protocols()
+    ohttp: Ohttp = Ohttp()
 
     @property
     def is_dev(self) -> bool:

@@ -16,6 +16,7 @@ from twisted.python.failure import Failure
 
 from ..protocol.encoding import dumps
 from ..protocol.keyset import keyset_document
+from ..protocol.v2.keys import GatewayKeys, SignedKeyConfigs, key_config, sign_key_configs
 from .files import KeyFileError
 from .store import KeyRingStore, Update
 
@@ -46,11 +47,13 @@ class KeyRingService(Service):
         self._loop = LoopingCall(self.refresh)
         self._loop.clock = clock
         self._published: tuple[int, bytes] | None = None
+        self._published_v2: SignedKeyConfigs | None = None
         self._refreshing = False
         self._stopped: Deferred[None] | None = None
         # At start a corrupt or foreign key file stops everything (KeyFileError propagates).
         # Synchronous: nothing serves yet, and the reactor is not running.
         self.ring = store.update(int(clock.seconds()))
+        self.gateway_keys = GatewayKeys(self.ring)  # protocol v2 opens requests with these
 
     def refresh(self) -> Deferred[None]:
         """The file work (a lock shared with other processes, maybe an fsync) runs in a thread
@@ -69,7 +72,7 @@ class KeyRingService(Service):
         before = self.ring.keys
         self._store.apply(update)
         if self.ring.keys != before:
-            self._published = None
+            self._published = self._published_v2 = None
             log.info("HPKE key ring updated: live key ids {ids}", ids=[k.key_id for k in self.ring.keys])
 
     def _failed(self, failure: Failure) -> None:
@@ -81,6 +84,7 @@ class KeyRingService(Service):
         self._refreshing = False
         if self._stopped is not None:
             self.ring.wipe()
+            self.gateway_keys.clear()
             stopped, self._stopped = self._stopped, None
             stopped.callback(None)
         return result
@@ -93,6 +97,17 @@ class KeyRingService(Service):
             doc = keyset_document(self.ring.published(now), now, now + self._lifetime, self._identity)
             self._published = (now, dumps(doc))
         return self._published[1]
+
+    def ohttp_keys(self) -> SignedKeyConfigs:
+        """Protocol v2's signed key configurations, re-signed as `keyset` is. A ring that
+        publishes no key (it always has a current one once updated) cannot be encoded: Malformed."""
+        now = int(self._clock.seconds())
+        signed = self._published_v2
+        if signed is None or now - signed.issued >= self.RESIGN_EVERY:
+            configs = [key_config(k.key_id, k.public_key) for k in self.ring.published(now)]
+            signed = sign_key_configs(configs, now, now + self._lifetime, self._identity)
+            self._published_v2 = signed
+        return signed
 
     def startService(self) -> None:
         super().startService()
@@ -110,4 +125,5 @@ class KeyRingService(Service):
             self._stopped.addCallback(lambda _: waiter.callback(None))
             return waiter
         self.ring.wipe()
+        self.gateway_keys.clear()
         return None

@@ -52,11 +52,12 @@ def _unmapped(address: IPAddress) -> IPAddress:
 class AddressPolicy:
     """Turns a peer address into the key every per-address limit counts, and knows the proxies."""
 
-    def __init__(self, ipv6_prefix: int, trusted_proxies: Iterable[str] = ()) -> None:
+    def __init__(self, ipv6_prefix: int, trusted_proxies: Iterable[str] = (), relays: Iterable[str] = ()) -> None:
         if not 1 <= ipv6_prefix <= 128:
             raise ValueError("the IPv6 prefix length must lie in 1..128")
         self.ipv6_prefix = ipv6_prefix
         self._proxies = tuple(parse_network(p) for p in trusted_proxies)
+        self._relays = tuple(parse_network(r) for r in relays)
 
     def key(self, address: IPAddress) -> str:
         if isinstance(address, ipaddress.IPv4Address):
@@ -64,4 +65,17 @@ class AddressPolicy:
         return str(ipaddress.IPv6Network((address, self.ipv6_prefix), strict=False))
 
     def trusted(self, address: IPAddress) -> bool:
-        return any(address.version == n.version and address in n for n in self._proxies)
+        """A reverse proxy whose client-address header is believed (never a relay)."""
+        return not self.relay(address) and _within(address, self._proxies)
+
+    def relay(self, address: IPAddress) -> bool:
+        """An Oblivious HTTP relay: its requests count under its own address."""
+        return _within(address, self._relays)
+
+    def exempt(self, address: IPAddress) -> bool:
+        """Not held to the per-address connection cap: a proxy or a relay carries many clients."""
+        return self.relay(address) or self.trusted(address)
+
+
+def _within(address: IPAddress, networks: tuple[IPNetwork, ...]) -> bool:
+    return any(address.version == n.version and address in n for n in networks)

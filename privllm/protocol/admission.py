@@ -109,18 +109,23 @@ class PowGate:
         return self.policy.difficulty(load.active_streams, load.rate, self.forced)
 
     def check(self, envelope: Envelope, load: Load, now: float, address: str) -> tuple[bytes, int] | None:
+        """v1: the work is bound to the request id."""
+        return self.check_work(envelope.pow, envelope.request_id, load, now, address)
+
+    def check_work(
+        self, solution: tuple[object, object] | None, bound: str | bytes, load: Load, now: float, address: str
+    ) -> tuple[bytes, int] | None:
         """None when no work is asked, else the solved challenge's (token, expires) to spend.
+        `solution` is (challenge, nonce) as sent (base64 text), `bound` what the work is for.
         Raises RequestRejected(POW_REQUIRED) with a new challenge."""
         difficulty = self.difficulty(load)
         if difficulty == 0:
             return None
-        if envelope.pow is not None:
+        if solution is not None:
             # A challenge issued when the load was lower is still good, but only one step lower.
             minimum = max(1, difficulty - self.policy.step)
             try:
-                return self.challenges.verify(
-                    envelope.pow[0], envelope.pow[1], envelope.request_id, now, address, minimum
-                )
+                return self.challenges.verify(solution[0], solution[1], bound, now, address, minimum)
             except PowError:
                 pass
         raise self.required(load, now, address)

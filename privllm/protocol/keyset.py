@@ -30,7 +30,6 @@ __all__ = [
     "KeySetError",
     "PublishedKey",
     "StaleKeySet",
-    "check_freshness",
     "choose_key",
     "keyset_document",
     "verify_keyset",
@@ -61,16 +60,11 @@ class KeySet:
     expires: int
 
     def check_fresh(self, now: int) -> None:
-        check_freshness(self.issued_at, self.expires, now)
-
-
-def check_freshness(issued_at: int, expires: int, now: int) -> None:
-    """The client rule (v1's key set and v2's key configurations): valid from issued_at to
-    expires, each end widened by the clock skew."""
-    if now + KEYSET_CLOCK_SKEW < issued_at:
-        raise StaleKeySet("the key set is not valid yet (is this device's clock right?)")
-    if now >= expires + KEYSET_CLOCK_SKEW:
-        raise StaleKeySet("the key set has expired")
+        """The client rule: valid from issued_at to expires, each end widened by the clock skew."""
+        if now + KEYSET_CLOCK_SKEW < self.issued_at:
+            raise StaleKeySet("the key set is not valid yet (is this device's clock right?)")
+        if now >= self.expires + KEYSET_CLOCK_SKEW:
+            raise StaleKeySet("the key set has expired")
 
 
 def keyset_document(

@@ -5,8 +5,8 @@ A challenge is `version || difficulty || expires || random || MAC`, with MAC =
 HMAC(secret, those || client address key)[:16]: any router process holding the secret can
 check it without having stored it, and a challenge issued to one address (IPv6: prefix) is
 worthless from another. The client finds `nonce` such that
-SHA-256(challenge || request_id || nonce) starts with at least `difficulty` zero bits
-(protocol v2: `enc` in place of the request id).
+SHA-256(challenge || bound || nonce) starts with at least `difficulty` zero bits, `bound`
+being what the work is for: v1's request id (its UTF-8 bytes), v2's encapsulated key `enc`.
 
 A challenge admits one request: `verify` returns its random part and expiry, which the
 admission state (privllm.state, shared by every router process) marks spent before
@@ -61,10 +61,10 @@ def leading_zero_bits(digest: bytes) -> int:
     return bits
 
 
-def work_hash(challenge: bytes, request_id: str | bytes, nonce: bytes) -> bytes:
-    """`request_id`: what the work is bound to, v1's request id (UTF-8) or v2's `enc` (bytes)."""
-    bound = request_id.encode() if isinstance(request_id, str) else request_id
-    return hashlib.sha256(challenge + bound + nonce).digest()
+def work_hash(challenge: bytes, bound: str | bytes, nonce: bytes) -> bytes:
+    """`bound`: v1's request id (text, hashed as UTF-8) or v2's `enc` (bytes)."""
+    data = bound.encode() if isinstance(bound, str) else bound
+    return hashlib.sha256(challenge + data + nonce).digest()
 
 
 class Challenges:
@@ -92,7 +92,7 @@ class Challenges:
         }
 
     def verify(
-        self, challenge_b64: object, nonce_b64: object, request_id: str, now: float, address: str, minimum: int = 0
+        self, challenge_b64: object, nonce_b64: object, bound: str | bytes, now: float, address: str, minimum: int = 0
     ) -> tuple[bytes, int]:
         """Check a solution: its challenge must ask `minimum` bits at least. Return the
         challenge's random token and expiry, for the caller to spend once; raise PowError."""
@@ -109,14 +109,14 @@ class Challenges:
             raise PowError("expired")
         if difficulty < minimum:
             raise PowError("issued when the load was lower")
-        if leading_zero_bits(work_hash(challenge, request_id, nonce)) < difficulty:
+        if leading_zero_bits(work_hash(challenge, bound, nonce)) < difficulty:
             raise PowError("too weak")
         return token, expires
 
 
 def solve(
     challenge: bytes,
-    request_id: str | bytes,
+    bound: str | bytes,
     difficulty: int,
     progress: Callable[[int], None] | None = None,
     limit: int = 1 << 32,
@@ -124,7 +124,7 @@ def solve(
     """The client's side: try nonces 0, 1, 2, ... (8 bytes each) until one is good enough."""
     for counter in range(limit):
         nonce = counter.to_bytes(8, "big")
-        if leading_zero_bits(work_hash(challenge, request_id, nonce)) >= difficulty:
+        if leading_zero_bits(work_hash(challenge, bound, nonce)) >= difficulty:
             return nonce
         if progress is not None and counter % 65536 == 65535:
             progress(counter + 1)

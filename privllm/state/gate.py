@@ -1,5 +1,6 @@
 """
-Admission's steps with the shared state asked in between: prepare, screen, open, commit.
+Admission's steps with the shared state asked in between: prepare, screen, open, commit;
+for v1's envelope (`admit`) and v2's Oblivious HTTP request (`admit_v2`) alike.
 
 The state may answer later (Redis) or at once (memory). The client may leave meanwhile: its
 route's Deferred is then cancelled, but the state's answer is not, so whatever it granted
@@ -8,7 +9,9 @@ route's Deferred is then cancelled, but the state's answer is not, so whatever i
 
 from __future__ import annotations
 
-from typing import cast
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from typing import Any, TypeVar, cast
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
@@ -16,17 +19,21 @@ from twisted.python.failure import Failure
 
 from ..protocol.admission import Admission, Admitted, Ask, Lease, Prepared, SealedRefusal
 from ..protocol.errors import UNAVAILABLE, RequestRejected
+from ..protocol.v2.admission import AdmissionV2, AdmittedV2
 from .interface import AdmissionState, PowSpent, StateUnavailable
 
 __all__ = ["AdmissionGate"]
 
 log = Logger()
 
+A = TypeVar("A")
+
 
 class AdmissionGate:
-    def __init__(self, admission: Admission, state: AdmissionState) -> None:
+    def __init__(self, admission: Admission, state: AdmissionState, admission_v2: AdmissionV2 | None = None) -> None:
         self.admission = admission
         self.state = state
+        self.admission_v2 = admission_v2
 
     def admit(self, body: bytes, address: str, now: float, backend_ready: bool) -> Deferred[Admitted]:
         """Fires with the admitted request (perhaps with a sealed refusal), or fails with
@@ -39,7 +46,39 @@ class AdmissionGate:
         screened.addErrback(self._refuse, result, ask)
         return result
 
-    def release(self, admitted: Admitted) -> None:
+    def admit_v2(
+        self, body: bytes, pow_header: Sequence[bytes] | None, address: str, now: float, backend_ready: bool
+    ) -> Deferred[AdmittedV2]:
+        """As `admit`, for protocol v2. A stale request (known only once decrypted) is still
+        remembered in the replay window, as if timestamped now, so its enc cannot come again;
+        it holds nothing when it fires."""
+        assert self.admission_v2 is not None
+        v2 = self.admission_v2
+        result: Deferred[AdmittedV2] = Deferred()
+        ask, prepared = v2.prepare(body, pow_header, address, now, backend_ready, self.state.load(now))
+        screened = self.state.screen(ask)
+
+        def opened(_: None) -> None:
+            if result.called:  # the client left
+                return
+            if prepared is None:
+                raise ask.refusal or RequestRejected(UNAVAILABLE)
+            request = v2.open(prepared)
+            stale = not v2.fresh(request.timestamp, ask.now)
+            committed = replace(ask, timestamp=int(ask.now) if stale else request.timestamp)
+
+            def admitted(lease: Lease | None, refusal: SealedRefusal | None) -> AdmittedV2:
+                if stale:
+                    return AdmittedV2(request, ask.address, stale=True)
+                return AdmittedV2(request, ask.address, refusal=refusal, lease=lease)
+
+            self._commit(result, committed, request.device_pubkey, admitted, keep=not stale)
+
+        screened.addCallback(opened)
+        screened.addErrback(self._refuse, result, ask)
+        return result
+
+    def release(self, admitted: Admitted | AdmittedV2) -> None:
         """The admitted request's stream ended: give back its lease."""
         if admitted.lease is not None:
             self.state.release(admitted.lease)
@@ -50,22 +89,36 @@ class AdmissionGate:
         if prepared is None:  # the state must refuse a request that carries a refusal
             raise ask.refusal or RequestRejected(UNAVAILABLE)
         opened = self.admission.open(prepared)
-        device = prepared.envelope.device_pubkey
+
+        def admitted(lease: Lease | None, refusal: SealedRefusal | None) -> Admitted:
+            return Admitted(prepared.envelope, opened, ask.address, refusal=refusal, lease=lease)
+
+        self._commit(result, ask, prepared.envelope.device_pubkey, admitted)
+
+    def _commit(
+        self,
+        result: Deferred[A],
+        ask: Ask,
+        device: bytes,
+        admitted: Callable[[Lease | None, SealedRefusal | None], A],
+        keep: bool = True,
+    ) -> None:
+        """Remember the request, count its device, take a lease; fire `result` with what was
+        granted. `keep` false: only the remembering matters, a lease is given back at once."""
 
         def granted(held: Lease | SealedRefusal) -> None:
-            if isinstance(held, Lease):
-                if result.called:  # the client left while the lease was being taken
-                    self.state.release(held)
-                    return
-                result.callback(Admitted(prepared.envelope, opened, ask.address, lease=held))
-            elif not result.called:
-                result.callback(Admitted(prepared.envelope, opened, ask.address, refusal=held))
+            lease = held if isinstance(held, Lease) else None
+            if lease is not None and (result.called or not keep):  # the client left meanwhile, or no use
+                self.state.release(lease)
+                lease = None
+            if not result.called:
+                result.callback(admitted(lease, None if isinstance(held, Lease) else held))
 
         committed = self.state.commit(ask, device)
         committed.addCallback(granted)
         committed.addErrback(self._refuse, result, ask)
 
-    def _refuse(self, failure: Failure, result: Deferred[Admitted], ask: Ask) -> None:
+    def _refuse(self, failure: Failure, result: Deferred[Any], ask: Ask) -> None:
         error: BaseException
         if failure.check(PowSpent) and self.admission.pow_gate is not None:
             error = self.admission.pow_gate.required(self.state.load(ask.now), ask.now, ask.address)

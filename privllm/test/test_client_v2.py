@@ -33,15 +33,13 @@ from ..keys.files import ensure_private_dir
 from ..keys.material import ensure_dev_certificate
 from ..protocol.encoding import b64decode, b64encode, dumps
 from ..protocol.keyset import KEYSET_CLOCK_SKEW
-from ..protocol.ohttp.keyconfig import KeyConfig, encode_key_configs
 from ..protocol.ohttp.message import GatewayKey
-from ..protocol.ohttp.suites import KEM_X25519
 from ..protocol.pow import CHALLENGE_SIZE, Challenges, leading_zero_bits, work_hash
 from ..protocol.suite import POW_MAX_DIFFICULTY
-from ..protocol.v2.keys import SIGNATURE, sign_key_configs
+from ..protocol.v2.keys import HEADERS, key_config, sign_key_configs
 from ..protocol.v2.request import OpenedV2, open_chat_request, peek, seal_chat_request
 from ..protocol.v2.response import ResponseStream
-from .test_ohttp import AES128, CHACHA, key_pair
+from .test_ohttp import key_pair
 
 reactor: Any = _reactor
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -60,7 +58,7 @@ def delta(text: str) -> dict[str, Any]:
 def new_key(key_id: int) -> GatewayKey:
     private = os.urandom(32)
     public = X25519PrivateKey.from_private_bytes(private).public_key().public_bytes_raw()
-    return GatewayKey(KeyConfig(key_id, KEM_X25519, public, (CHACHA, AES128)), key_pair(private).private_key)
+    return GatewayKey(key_config(key_id, public), key_pair(private).private_key)
 
 
 def resplit(pieces: list[bytes], size: int) -> list[bytes]:
@@ -133,11 +131,11 @@ class SyntheticGateway(Resource):
         return int(time.time()) + self.clock_skew
 
     def signed_keys(self, request: Request, issued: int | None = None, lifetime: int = 3600) -> bytes:
-        body = encode_key_configs([key.config for key in self.keys.values()])
         issued = int(time.time()) if issued is None else issued
-        for name, value in sign_key_configs(self.identity, body, issued, issued + lifetime).items():
+        signed = sign_key_configs([key.config for key in self.keys.values()], issued, issued + lifetime, self.identity)
+        for name, value in signed.headers():
             request.setHeader(name, value)
-        return body
+        return signed.body
 
     def render_GET(self, request: Request) -> bytes:
         self.fetches.append(request)
@@ -253,18 +251,18 @@ class HostileKeys(Equipment):
     async def test_bad_signature(self) -> None:
         def bad(request: Request) -> bytes:
             body = self.gateway.signed_keys(request)
-            request.setHeader(SIGNATURE, base64.b64encode(bytes(64)))
+            request.setHeader(HEADERS[3], base64.b64encode(bytes(64)))
             return body
 
         def repeated(request: Request) -> bytes:
             body = self.gateway.signed_keys(request)
-            values = request.responseHeaders.getRawHeaders(SIGNATURE) or []
-            request.responseHeaders.setRawHeaders(SIGNATURE, [*values, *values])
+            values = request.responseHeaders.getRawHeaders(HEADERS[3]) or []
+            request.responseHeaders.setRawHeaders(HEADERS[3], [*values, *values])
             return body
 
         scripts: list[tuple[Callable[[Request], bytes], str]] = [
             (bad, "bad signature"),
-            (repeated, "malformed signature header"),
+            (repeated, "malformed key configurations"),
             (lambda r: self.gateway.signed_keys(r)[:-1], "bad signature"),
         ]
         for script, why in scripts:

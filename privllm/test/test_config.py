@@ -188,3 +188,35 @@ class Hostile(TestCase):
         with self.assertRaises(ConfigError) as cm:
             load_config("dev", environ=environ)
         self.assertIn("server.trusted_proxies", str(cm.exception))
+
+
+class ProtocolVersions(TestCase):
+    def error(self, environ: dict[str, str]) -> str:
+        with self.assertRaises(ConfigError) as cm:
+            load_config("dev", environ=environ)
+        return str(cm.exception)
+
+    def test_relays_are_addresses_or_cidrs(self) -> None:
+        for bad in ('["relay.example"]', '["10.0.0.1/33"]', '["10.0.0.1/8"]', '["fe80::1%eth0"]', '"10.0.0.1"', "[1]"):
+            self.assertIn("ohttp.relays", self.error({"PRIVLLM_OHTTP__RELAYS": bad}), bad)
+
+    def test_a_relay_cannot_also_be_a_trusted_proxy(self) -> None:
+        environ = {
+            "PRIVLLM_OHTTP__RELAYS": '["10.0.0.0/24"]',
+            "PRIVLLM_SERVER__TRUSTED_PROXIES": '["10.0.0.0/24"]',
+            "PRIVLLM_SERVER__CLIENT_ADDRESS_HEADER": '"X-Forwarded-For"',
+        }
+        self.assertIn("ohttp.relays", self.error(environ))
+        environ["PRIVLLM_SERVER__TRUSTED_PROXIES"] = '["10.0.1.0/24"]'
+        self.assertEqual(load_config("dev", environ=environ).ohttp.relays, ["10.0.0.0/24"])
+
+    def test_defaults_and_values(self) -> None:
+        config = load_config("dev", environ={})
+        self.assertTrue(config.protocol.accept_v1)
+        self.assertEqual(config.ohttp.relays, [])
+        environ = {"PRIVLLM_PROTOCOL__ACCEPT_V1": "false", "PRIVLLM_OHTTP__RELAYS": '["192.0.2.7", "2001:db8::/48"]'}
+        config = load_config("dev", environ=environ)
+        self.assertFalse(config.protocol.accept_v1)
+        self.assertEqual(config.ohttp.relays, ["192.0.2.7", "2001:db8::/48"])
+        self.assertIn("protocol.accept_v1", self.error({"PRIVLLM_PROTOCOL__ACCEPT_V1": '"no"'}))
+        self.assertIn("ohttp", self.error({"PRIVLLM_OHTTP__RELAY": "[]"}))

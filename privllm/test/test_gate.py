@@ -4,6 +4,7 @@ while the answer is awaited, and when it is a failure."""
 from __future__ import annotations
 
 import json
+import os
 
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.trial.unittest import TestCase
@@ -11,9 +12,14 @@ from twisted.trial.unittest import TestCase
 from ..protocol.admission import Admission, Ask, Lease, Load, PowGate, SealedRefusal
 from ..protocol.errors import POW_REQUIRED, UNAVAILABLE, RequestRejected
 from ..protocol.pow import Challenges, DifficultyPolicy
+from ..protocol.v2.admission import AdmissionV2, AdmittedV2
+from ..protocol.v2.keys import GatewayKeys, key_config
+from ..protocol.v2.request import seal_chat_request
 from ..state.gate import AdmissionGate
 from ..state.interface import AdmissionState, PowSpent, StateUnavailable
 from .helpers import NOW, current_key, ring, sealed_request
+
+CHAT = {"messages": [{"role": "user", "content": "hi"}]}
 
 
 class LateState:
@@ -23,12 +29,14 @@ class LateState:
         self.screens: list[Deferred[None]] = []
         self.commits: list[Deferred[Lease | SealedRefusal]] = []
         self.released: list[Lease] = []
+        self.committed: list[Ask] = []
 
     def screen(self, ask: Ask) -> Deferred[None]:
         self.screens.append(Deferred())
         return self.screens[-1]
 
     def commit(self, ask: Ask, device: bytes) -> Deferred[Lease | SealedRefusal]:
+        self.committed.append(ask)
         self.commits.append(Deferred())
         return self.commits[-1]
 
@@ -117,3 +125,57 @@ class Gate(TestCase):
         self.assertEqual((result.lease, result.refusal), (None, SealedRefusal("overloaded", "busy")))
         self.gate.release(result)
         self.assertEqual(self.state.released, [lease], "a refused request held nothing")
+
+
+class GateV2(TestCase):
+    """Protocol v2 through the same gate: the state's late answers, a stale request's lease."""
+
+    def setUp(self) -> None:
+        self.ring = ring()
+        self.state = LateState()
+        state: AdmissionState = self.state
+        admission = Admission(self.ring, 65536, 60, 5)
+        self.gate = AdmissionGate(admission, state, AdmissionV2(admission, GatewayKeys(self.ring).accepting))
+
+    def admit(self, timestamp: int = NOW) -> Deferred[AdmittedV2]:
+        key = current_key(self.ring)
+        sealed = seal_chat_request(key_config(key.key_id, key.public_key), os.urandom(32), CHAT, timestamp)
+        return self.gate.admit_v2(sealed.body, None, "a", NOW, True)
+
+    def test_client_gone_while_the_lease_was_taken_gives_it_back(self) -> None:
+        d = self.admit()
+        self.state.screens[0].callback(None)
+        d.cancel()
+        lease = Lease(b"t" * 16, "a", b"d" * 32)
+        self.state.commits[0].callback(lease)
+        self.assertEqual(self.state.released, [lease])
+        self.failureResultOf(d, CancelledError)
+
+    def test_stale_commits_as_if_sent_now_and_holds_nothing(self) -> None:
+        asks = self.state.committed
+        d = self.admit(NOW - 3600)
+        self.state.screens[0].callback(None)
+        lease = Lease(b"t" * 16, "a", b"d" * 32)
+        self.state.commits[0].callback(lease)
+        admitted = self.successResultOf(d)
+        self.assertTrue(admitted.stale)
+        self.assertIsNone(admitted.lease)
+        self.assertEqual(self.state.released, [lease])
+        self.assertEqual(asks[0].timestamp, NOW)
+        self.assertTrue(asks[0].request_id.startswith("v2."))
+        self.assertEqual(len(asks[0].encapsulated_key), 32)
+
+    def test_a_fresh_request_commits_its_own_timestamp(self) -> None:
+        asks = self.state.committed
+        d = self.admit(NOW - 30)
+        self.state.screens[0].callback(None)
+        lease = Lease(b"t" * 16, "a", b"d" * 32)
+        self.state.commits[0].callback(lease)
+        self.assertEqual(self.successResultOf(d).lease, lease)
+        self.assertEqual(asks[0].timestamp, NOW - 30)
+        self.assertEqual(self.state.released, [])
+
+    def test_state_unavailable_is_503(self) -> None:
+        d = self.admit()
+        self.state.screens[0].errback(StateUnavailable())
+        self.assertEqual(self.failureResultOf(d, RequestRejected).value.rejection, UNAVAILABLE)  # type: ignore[union-attr]

@@ -26,6 +26,7 @@ from ..protocol import suite
 from ..protocol.errors import UNKNOWN_KEY, RequestRejected
 from ..protocol.keyring import KeyRing
 from ..protocol.keyset import KEYSET_CLOCK_SKEW, StaleKeySet, choose_key, verify_keyset
+from ..protocol.v2.keys import verify_key_configs
 from .helpers import NOW, memory_gate, sealed_request, settled
 
 DAY = 86400
@@ -137,6 +138,39 @@ class Service(TestCase):
             self.assertGreaterEqual(keyset.expires - now, LIFETIME - s.RESIGN_EVERY)
             self.assertLessEqual(now - keyset.issued_at, s.RESIGN_EVERY)
             self.clock.advance(15 * 60)
+
+    def test_ohttp_keys_resigned_each_minute_and_at_a_ring_change(self) -> None:
+        """Protocol v2's configurations follow the ring as v1's set does: the published keys,
+        re-signed once a minute, at once after a rotation; the gateway keys follow too."""
+        s = self.service()
+
+        def served() -> tuple[int, ...]:
+            signed = s.ohttp_keys()
+            configs = verify_key_configs(signed.body, dict(signed.headers()), self.pin, int(self.clock.seconds()))
+            self.assertLessEqual(int(self.clock.seconds()) - signed.issued, s.RESIGN_EVERY)
+            self.assertEqual(signed.expires - signed.issued, LIFETIME)
+            return tuple(c.key_id for c in configs)
+
+        before = served()
+        self.assertEqual(before, tuple(k.key_id for k in s.ring.published(NOW)))
+        first = s.ohttp_keys()
+        self.clock.advance(s.RESIGN_EVERY - 1)
+        self.assertIs(s.ohttp_keys(), first)
+        self.clock.advance(1)
+        self.assertGreater(s.ohttp_keys().issued, first.issued)
+        old = s.gateway_keys.accepting(before[0], NOW + 60)[before[0]]
+        store = KeyRingStore(self.dir, DAY, HOUR)
+        store.update(NOW + 70, lambda r: r.rotate_now(NOW + 70, suite.new_private_key, revoke=True))
+        self.clock.advance(s.CHECK_EVERY)
+        after = served()
+        self.assertNotIn(before[0], after)
+        now = int(self.clock.seconds())
+        self.assertEqual(s.gateway_keys.accepting(before[0], now), {}, "revoked: no gateway key")
+        fresh = s.gateway_keys.accepting(after[0], now)[after[0]]
+        self.assertIsNot(fresh, old)
+        ring_key = s.ring.accepting(after[0], now)
+        assert ring_key is not None
+        self.assertIs(fresh.private_key, ring_key.secret, "the ring's own key object")
 
     def test_revocation_protects_clients_within_the_lifetime(self) -> None:
         """A set signed before `rotate --revoke`, replayed by whoever holds the revoked key,

@@ -1,5 +1,9 @@
 """The public routes. Each handler is a few lines: checks live in the sans-IO admission,
-asked of the shared state by privllm.state.gate."""
+asked of the shared state by privllm.state.gate.
+
+Protocol v1: /api/pubkey and /api/chat (404 when `accept_v1` is off). Protocol v2 (Oblivious
+HTTP): /api/ohttp-keys and /api/ohttp; an admitted v2 chat runs as v1's does, its answer
+framed as a chunked OHTTP response (privllm.web.sealed.OhttpFraming)."""
 
 from __future__ import annotations
 
@@ -21,13 +25,29 @@ from ..protocol.addresses import AddressPolicy
 from ..protocol.admission import Admitted
 from ..protocol.cors import CorsPolicy
 from ..protocol.encoding import dumps
-from ..protocol.errors import METHOD_NOT_ALLOWED, NOT_FOUND, UNSUPPORTED_MEDIA_TYPE, Rejection, RequestRejected
+from ..protocol.errors import (
+    METHOD_NOT_ALLOWED,
+    NOT_FOUND,
+    UNAVAILABLE,
+    UNSUPPORTED_MEDIA_TYPE,
+    Rejection,
+    RequestRejected,
+)
+from ..protocol.ohttp.errors import OhttpError
+from ..protocol.v2.admission import POW_HEADER, AdmittedV2, request_id
+from ..protocol.v2.keys import CONTENT_TYPE as OHTTP_KEYS
+from ..protocol.v2.keys import SignedKeyConfigs
+from ..protocol.v2.response import ResponseStream
 from ..state.gate import AdmissionGate
 from ..upstream.pool import NodePool
 from .chat import ChatStream, StreamSettings
 from .limits import ClientAddress
 from .metrics import RouterMetrics
 from .request import error_body
+from .sealed import OHTTP_CHUNKED, OhttpFraming
+
+OHTTP_REQUEST = b"message/ohttp-req"
+STALE_MESSAGE = "the request's timestamp is outside the window; correct the clock from `date` and send anew"
 
 __all__ = ["RouterApp"]
 
@@ -47,6 +67,8 @@ class RouterApp:
         settings: StreamSettings,
         client_address: Callable[[Request], str] | None = None,
         cors: CorsPolicy | None = None,
+        ohttp_keys: Callable[[], SignedKeyConfigs] | None = None,
+        accept_v1: bool = True,
     ) -> None:
         self._client_address = client_address or ClientAddress(AddressPolicy(Server.ipv6_prefix), "")
         self._clock = clock
@@ -57,6 +79,8 @@ class RouterApp:
         self._hsts = f"max-age={hsts_max_age}; includeSubDomains".encode()
         self._settings = settings
         self._cors = cors or CorsPolicy(())
+        self._ohttp_keys = ohttp_keys  # None: protocol v2 is off (its routes answer 404)
+        self._accept_v1 = accept_v1
 
     def _ready(self) -> bool:
         return self._pool.ready(self._clock.seconds())
@@ -97,21 +121,63 @@ class RouterApp:
             request.setHeader(b"retry-after", str(retry_after).encode())
         return self._json(request, rejection.status, dumps(body) if body else error_body(rejection))
 
+    def _media_type(self, request: Request) -> bytes:
+        return (request.getHeader(b"content-type") or b"").split(b";")[0].strip().lower()
+
+    def _body(self, request: Request) -> bytes:
+        body = request.content.read() if request.content is not None else b""
+        request.content = io.BytesIO()  # the request lives as long as its answer; its body need not
+        return body
+
     @app.route("/api/pubkey", methods=["GET"])
     def pubkey(self, request: Request) -> bytes:
+        if not self._accept_v1:
+            return self.not_found(request, None)
         return self._json(request, 200, self._keyset(), cache=b"public, max-age=300")
 
     @app.route("/api/chat", methods=["POST"])
     def chat(self, request: Request) -> bytes | Deferred[Any]:
-        content_type = (request.getHeader(b"content-type") or b"").split(b";")[0].strip().lower()
-        if content_type != b"application/json":
+        if not self._accept_v1:
+            return self.not_found(request, None)
+        if self._media_type(request) != b"application/json":
             return self._reject(request, UNSUPPORTED_MEDIA_TYPE)
-        body = request.content.read() if request.content is not None else b""
-        request.content = io.BytesIO()  # the request lives as long as its answer; its body need not
+        body = self._body(request)
         admitted = self._gate.admit(body, self._client_address(request), self._clock.seconds(), self._ready())
         del body
         answered: Deferred[Any] = admitted.addCallbacks(
-            lambda a: self._stream(request, a), lambda f: self._refused(request, f)
+            lambda a: self._stream(request, a, self._start), lambda f: self._refused(request, f)
+        )
+        return answered
+
+    @app.route("/api/ohttp-keys", methods=["GET"])
+    def ohttp_keys(self, request: Request) -> bytes:
+        if self._ohttp_keys is None:
+            return self.not_found(request, None)
+        try:
+            signed = self._ohttp_keys()
+        except OhttpError:  # a ring with no current key: nothing to publish
+            return self._reject(request, UNAVAILABLE)
+        self._common_headers(request)
+        request.setResponseCode(200)
+        request.setHeader(b"content-type", OHTTP_KEYS)
+        request.setHeader(b"cache-control", b"public, max-age=300")
+        for name, value in signed.headers():
+            request.setHeader(name, value)
+        return signed.body
+
+    @app.route("/api/ohttp", methods=["POST"])
+    def ohttp(self, request: Request) -> bytes | Deferred[Any]:
+        if self._ohttp_keys is None or self._gate.admission_v2 is None:
+            return self.not_found(request, None)
+        if self._media_type(request) != OHTTP_REQUEST:
+            return self._reject(request, UNSUPPORTED_MEDIA_TYPE)
+        body = self._body(request)
+        pow_header = request.requestHeaders.getRawHeaders(POW_HEADER)
+        now = self._clock.seconds()
+        admitted = self._gate.admit_v2(body, pow_header, self._client_address(request), now, self._ready())
+        del body
+        answered: Deferred[Any] = admitted.addCallbacks(
+            lambda a: self._answer_v2(request, a), lambda f: self._refused(request, f)
         )
         return answered
 
@@ -139,25 +205,45 @@ class RouterApp:
         e = cast(RequestRejected, failure.value)
         return self._reject(request, e.rejection, e.retry_after, e.body, e.reason)
 
-    def _stream(self, request: Request, admitted: Admitted) -> Deferred[None]:
+    def _stream(
+        self, request: Request, admitted: Admitted | AdmittedV2, start: Callable[[Request, Any], Deferred[None]]
+    ) -> Deferred[None]:
         def release(result: object) -> object:
             self._gate.release(admitted)  # on every end: done, error, the client gone, or a bug
             return result
 
-        done = maybeDeferred(self._start, request, admitted)
+        done = maybeDeferred(start, request, admitted)
         return done.addBoth(release)
 
-    def _start(self, request: Request, admitted: Admitted) -> Deferred[None]:
+    def _chat_stream(self, request: Request, rid: str) -> ChatStream:
         self._common_headers(request)
-        stream = ChatStream(
-            request,
-            self._clock,
-            self._pool,
-            self._metrics,
-            self._settings,
-            request_tag(admitted.envelope.request_id),
-        )
+        return ChatStream(request, self._clock, self._pool, self._metrics, self._settings, request_tag(rid))
+
+    def _start(self, request: Request, admitted: Admitted) -> Deferred[None]:
+        stream = self._chat_stream(request, admitted.envelope.request_id)
         return stream.start(admitted.opened, admitted.envelope.encapsulated_key, refusal=admitted.refusal)
+
+    def _answer_v2(self, request: Request, admitted: AdmittedV2) -> bytes | Deferred[None]:
+        if admitted.stale:
+            return self._stale(request, admitted)
+        return self._stream(request, admitted, self._start_v2)
+
+    def _start_v2(self, request: Request, admitted: AdmittedV2) -> Deferred[None]:
+        opened = admitted.opened
+        stream = self._chat_stream(request, request_id(opened.enc))
+        framing = OhttpFraming(opened.context, self._settings.privacy.pad_to)
+        return stream.run(framing, opened.chat_plaintext, refusal=admitted.refusal)
+
+    def _stale(self, request: Request, admitted: AdmittedV2) -> bytes:
+        """The inner 401 with the router's date: the client corrects its clock once and sends anew."""
+        self._metrics.requests.labels("stale").inc()
+        self._common_headers(request)
+        request.setResponseCode(200)
+        request.setHeader(b"content-type", OHTTP_CHUNKED)
+        request.setHeader(b"cache-control", b"no-store")
+        stream = ResponseStream(admitted.opened.context, self._settings.privacy.pad_to)
+        error = {"type": "error", "code": "stale", "message": STALE_MESSAGE}
+        return stream.refusal(401, error, date=int(self._clock.seconds()))
 
     @app.route("/health", methods=["GET"])
     def health(self, request: Request) -> bytes:
@@ -170,7 +256,7 @@ class RouterApp:
         return self._json(request, 503, dumps({"status": "unavailable"}))
 
     @app.handle_errors(NotFound)
-    def not_found(self, request: IRequest, failure: Failure) -> bytes:
+    def not_found(self, request: IRequest, failure: Failure | None) -> bytes:
         return self._json(request, NOT_FOUND.status, error_body(NOT_FOUND))
 
     @app.handle_errors(MethodNotAllowed)

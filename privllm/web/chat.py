@@ -46,7 +46,7 @@ from ..upstream.events import (
 )
 from ..upstream.pool import Node, NodePool, backoff
 from .metrics import RouterMetrics
-from .sealed import SealedEvents
+from .sealed import Framing, SealedEvents, SseFraming
 
 __all__ = ["UPSTREAM_LINGER", "ChatStream", "StreamSettings", "node_fault"]
 
@@ -142,16 +142,22 @@ class ChatStream:
     def start(
         self, opened: OpenedRequest, encapsulated_key: bytes, refusal: SealedRefusal | None = None
     ) -> Deferred[None]:
-        """Send `init`, then run the chat; a refusal after decryption ends it sealed at once.
-        If even `init` cannot be sent, nothing can be sealed: the route's Deferred fails."""
+        """Protocol v1: the answer is an event stream of sealed chunks."""
+        framing = SseFraming(opened.response_secret, encapsulated_key, self._settings.privacy.pad_to)
+        return self.run(framing, opened.plaintext, refusal)
+
+    def run(self, framing: Framing, plaintext: bytes, refusal: SealedRefusal | None = None) -> Deferred[None]:
+        """Send the framing's opening, then run the chat on `plaintext` (v1's chat request); a
+        refusal after decryption ends it sealed at once. If even the opening cannot be sent,
+        nothing can be sealed: the route's Deferred fails."""
         try:
-            self._events.open(opened.response_secret, encapsulated_key)
+            self._events.open(framing)
         except Exception:
             log.failure("chat {rid}: the stream could not start", rid=self._tag)
             return fail()
         self._metrics.active_streams.inc()
         self._ticker.start(1.0, now=False)
-        self._feed(lambda: self._begin(opened.plaintext, refusal))
+        self._feed(lambda: self._begin(plaintext, refusal))
         return self.done
 
     def _begin(self, plaintext: bytes, refusal: SealedRefusal | None) -> list[life.Action]:

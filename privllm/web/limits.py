@@ -48,7 +48,7 @@ class _Connection(ProtocolWrapper):
 
 class ConnectionsPerAddress(WrappingFactory):
     """Refuse a new connection from an address (prefix) that already holds `limit` open ones;
-    trusted proxies are not counted."""
+    trusted proxies and Oblivious HTTP relays are not counted."""
 
     protocol: type[ProtocolWrapper] = _Connection
 
@@ -63,7 +63,7 @@ class ConnectionsPerAddress(WrappingFactory):
         address = peer_address(addr)
         if address is None:
             return UNPARSED_PEER
-        return None if self.policy.trusted(address) else self.policy.key(address)
+        return None if self.policy.exempt(address) else self.policy.key(address)
 
     def _full(self, key: str | None) -> bool:
         return key is not None and self.open.get(key, 0) >= self.limit
@@ -133,7 +133,9 @@ class ClientAddress:
     """The address key a request counts under. From a trusted proxy, the last value of the
     header (the address the proxy saw) when present; it must parse as an address, else the
     request is refused (400 `malformed`): a proxy that sends something else is misconfigured,
-    and counting all its clients as one would let one of them lock out the rest."""
+    and counting all its clients as one would let one of them lock out the rest. An Oblivious
+    HTTP relay's requests count under the relay: its header, if any, is never read
+    (AddressPolicy.trusted is false for a relay)."""
 
     def __init__(self, policy: AddressPolicy, header: str) -> None:
         self._policy = policy

@@ -1,130 +1,153 @@
 """
-Protocol v2's key configurations, signed: `application/ohttp-keys` (RFC 9458 section 3.2)
-has no room for a signature, so four response headers carry it:
+Protocol v2's key configurations (`GET /api/ohttp-keys`) and the router's keys that open requests.
 
-    Privllm-Keys-Signing-Key: b64(Ed25519 public key)   the identity key the app pins
-    Privllm-Keys-Issued: <unix seconds>
-    Privllm-Keys-Expires: <unix seconds>
-    Privllm-Keys-Signature: b64(Ed25519 over "privllm/v2 ohttp-keys" || 0x00 || u64be(issued)
-                                || u64be(expires) || body)
+The body is `application/ohttp-keys` (RFC 9458 section 3.2) exactly: one KeyConfig per key the
+ring publishes (current, then next), with v1's key ids. That format carries no signature, so
+the router signs it with the identity key the app pins (v1's key set signer), over
 
-The router signs (`sign_key_configs`); the client checks the signing key against its pin
-(constant time), then the signature, then the lifetime and v1's freshness rule
-(`verify_key_configs`). Header values are parsed strictly: one canonical base64 or decimal
-spelling each, so a repeated header (joined with commas, as HTTP combines fields) is refused.
-Errors are v1's key set errors, so a client handles both versions alike.
+    "privllm/v2 ohttp-keys" || 0x00 || u64be(issued) || u64be(expires) || body
+
+and sends issued, expires, its public key and the signature as response headers. Freshness is
+v1's client rule (keyset.KeySet.check_fresh).
+
+`GatewayKeys` holds one GatewayKey per ring key, built from the ring key's own private key
+object (no copy), rebuilt when the ring changes and dropped with it.
 """
 
 from __future__ import annotations
 
 import hmac
-import re
-from collections.abc import Mapping
+import struct
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from .. import suite
 from ..encoding import EncodingError, b64decode, b64encode
-from ..keyset import MAX_KEYSET_LIFETIME, MAX_TIME, KeySetError, check_freshness
+from ..keyring import KeyRing, RingKey
+from ..keyset import MAX_KEYSET_LIFETIME, MAX_TIME, KeySet, KeySetError
 from ..ohttp.errors import OhttpError
-from ..ohttp.keyconfig import KeyConfig, parse_key_configs
+from ..ohttp.keyconfig import KeyConfig, encode_key_configs, parse_key_configs
+from ..ohttp.message import GatewayKey
+from ..ohttp.suites import AEAD_AES_128_GCM, AEAD_CHACHA20_POLY1305, KDF_HKDF_SHA256, KEM_X25519, SymmetricSuite
+from ..suite import ED25519_KEY_SIZE, ED25519_SIGNATURE_SIZE
 
 __all__ = [
     "CONTENT_TYPE",
-    "EXPIRES",
-    "ISSUED",
-    "MAX_KEY_CONFIGS_BYTES",
-    "SIGNATURE",
+    "HEADERS",
     "SIGNATURE_LABEL",
-    "SIGNING_KEY",
+    "SUITES",
+    "GatewayKeys",
     "SignedKeyConfigs",
+    "key_config",
     "sign_key_configs",
-    "signed_message",
     "verify_key_configs",
 ]
 
 CONTENT_TYPE = b"application/ohttp-keys"
 SIGNATURE_LABEL = b"privllm/v2 ohttp-keys\x00"
-SIGNING_KEY = b"Privllm-Keys-Signing-Key"
-ISSUED = b"Privllm-Keys-Issued"
-EXPIRES = b"Privllm-Keys-Expires"
-SIGNATURE = b"Privllm-Keys-Signature"
-MAX_KEY_CONFIGS_BYTES = 4096  # 16 configurations of 16 suites would be 1,680 bytes; the router sends about 90 each
-_SECONDS = re.compile(rb"0|[1-9][0-9]{0,15}")
+SUITES = (
+    SymmetricSuite(KDF_HKDF_SHA256, AEAD_CHACHA20_POLY1305),
+    SymmetricSuite(KDF_HKDF_SHA256, AEAD_AES_128_GCM),
+)
+# the response headers, in the order `SignedKeyConfigs.headers` gives them
+HEADERS = (b"privllm-keys-signing-key", b"privllm-keys-issued", b"privllm-keys-expires", b"privllm-keys-signature")
+_TIMES = struct.Struct(">QQ")
 
 
-def signed_message(body: bytes, issued: int, expires: int) -> bytes:
-    return SIGNATURE_LABEL + issued.to_bytes(8, "big") + expires.to_bytes(8, "big") + body
+def key_config(key_id: int, public_key: bytes) -> KeyConfig:
+    return KeyConfig(key_id, KEM_X25519, public_key, SUITES)
 
 
-def sign_key_configs(identity: Ed25519PrivateKey, body: bytes, issued: int, expires: int) -> dict[bytes, bytes]:
-    """The router's side: the four headers that go with `body` (encode_key_configs' output)."""
-    if not 0 <= issued < expires <= MAX_TIME:
-        raise ValueError("issued and expires must be unix seconds, issued first")
-    return {
-        SIGNING_KEY: b64encode(identity.public_key().public_bytes_raw()).encode("ascii"),
-        ISSUED: str(issued).encode("ascii"),
-        EXPIRES: str(expires).encode("ascii"),
-        SIGNATURE: b64encode(identity.sign(signed_message(body, issued, expires))).encode("ascii"),
-    }
+def _signed_message(issued: int, expires: int, body: bytes) -> bytes:
+    return SIGNATURE_LABEL + _TIMES.pack(issued, expires) + body
 
 
 @dataclass(frozen=True)
 class SignedKeyConfigs:
-    """Verified configurations, in the router's order, and the window the signature gives them."""
-
-    configs: tuple[KeyConfig, ...]
+    body: bytes
     issued: int
     expires: int
+    signing_key: bytes
+    signature: bytes
 
-    def check_fresh(self, now: int) -> None:
-        check_freshness(self.issued, self.expires, now)
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        values = (b64encode(self.signing_key), str(self.issued), str(self.expires), b64encode(self.signature))
+        return [(name, value.encode("ascii")) for name, value in zip(HEADERS, values, strict=True)]
 
 
-def verify_key_configs(headers: Mapping[bytes, bytes], body: bytes, pin: bytes, now: int) -> SignedKeyConfigs:
-    """The client's side. `headers`: the response's, names in any case. Raises KeySetError
-    (StaleKeySet when a good signature covers configurations not valid at `now`)."""
-    fields = {name.lower(): value for name, value in headers.items()}
-    if len(body) > MAX_KEY_CONFIGS_BYTES:
-        raise KeySetError("key configurations too large")
-    signing_key = _base64(fields, SIGNING_KEY, suite.ED25519_KEY_SIZE)
-    if not hmac.compare_digest(signing_key, pin):
-        raise KeySetError("signed by a key other than the pinned identity")
-    issued, expires = _seconds(fields, ISSUED), _seconds(fields, EXPIRES)
-    signature = _base64(fields, SIGNATURE, suite.ED25519_SIGNATURE_SIZE)
+def sign_key_configs(
+    configs: list[KeyConfig], issued: int, expires: int, identity: Ed25519PrivateKey
+) -> SignedKeyConfigs:
+    body = encode_key_configs(configs)
+    signature = identity.sign(_signed_message(issued, expires, body))
+    return SignedKeyConfigs(body, issued, expires, identity.public_key().public_bytes_raw(), signature)
+
+
+def _time(value: bytes | None, low: int, high: int) -> int:
+    if value is None or not value.isdigit() or len(value) > 16:
+        raise KeySetError("malformed key configurations")
+    number = int(value)
+    if str(number).encode() != value or not low <= number <= high:  # one spelling: no leading zeros
+        raise KeySetError("malformed key configurations")
+    return number
+
+
+def verify_key_configs(
+    body: bytes, headers: dict[bytes, bytes], pinned_identity: bytes, now: int
+) -> tuple[KeyConfig, ...]:
+    """The client's check: the signing key is the pinned one, the signature holds, the set is
+    fresh at `now`; `headers` by lower-case name. Raises KeySetError (StaleKeySet when a good
+    signature covers an old or future set)."""
     try:
-        Ed25519PublicKey.from_public_bytes(pin).verify(signature, signed_message(body, issued, expires))
+        signing_key = b64decode(_ascii(headers.get(HEADERS[0])), ED25519_KEY_SIZE)
+        signature = b64decode(_ascii(headers.get(HEADERS[3])), ED25519_SIGNATURE_SIZE)
+    except EncodingError as e:
+        raise KeySetError("malformed key configurations") from e
+    if not hmac.compare_digest(signing_key, pinned_identity):
+        raise KeySetError("signed by a key other than the pinned identity")
+    issued = _time(headers.get(HEADERS[1]), 0, MAX_TIME)
+    expires = _time(headers.get(HEADERS[2]), issued + 1, issued + MAX_KEYSET_LIFETIME)
+    try:
+        Ed25519PublicKey.from_public_bytes(pinned_identity).verify(signature, _signed_message(issued, expires, body))
     except InvalidSignature as e:
         raise KeySetError("bad signature") from e
-    if not issued < expires <= issued + MAX_KEYSET_LIFETIME:
-        raise KeySetError("key configurations with a bad lifetime")
     try:
         configs = parse_key_configs(body)
     except OhttpError as e:
         raise KeySetError("malformed key configurations") from e
-    signed = SignedKeyConfigs(configs, issued, expires)
-    signed.check_fresh(now)
-    return signed
+    KeySet([], issued, expires).check_fresh(now)
+    return configs
 
 
-def _field(fields: Mapping[bytes, bytes], name: bytes) -> bytes:
-    value = fields.get(name.lower())
-    if value is None:
-        raise KeySetError("a signature header is missing")
-    return value
+def _ascii(value: bytes | None) -> str | None:
+    return value.decode("ascii", "replace") if value is not None else None
 
 
-def _base64(fields: Mapping[bytes, bytes], name: bytes, length: int) -> bytes:
-    try:
-        return b64decode(_field(fields, name).decode("ascii"), length)
-    except (UnicodeDecodeError, EncodingError) as e:
-        raise KeySetError("a malformed signature header") from e
+class GatewayKeys:
+    """The ring's keys as Oblivious HTTP gateway keys, for decapsulation. Rebuilt whenever the
+    ring's keys are other objects than last time (a refresh, a rotation, a wipe), so a key the
+    ring dropped is dropped here at the next look."""
 
+    def __init__(self, ring: KeyRing) -> None:
+        self._ring = ring
+        self._seen: list[RingKey] = []
+        self._keys: dict[int, tuple[RingKey, GatewayKey]] = {}
 
-def _seconds(fields: Mapping[bytes, bytes], name: bytes) -> int:
-    value = _field(fields, name)
-    if not _SECONDS.fullmatch(value) or int(value) > MAX_TIME:
-        raise KeySetError("a malformed signature header")
-    return int(value)
+    def accepting(self, key_id: int, now: int) -> dict[int, GatewayKey]:
+        """{key_id: its gateway key} when the ring accepts `key_id` now, else {}."""
+        ring_key = self._ring.accepting(key_id, now)
+        if ring_key is None:
+            return {}
+        self._refresh()
+        return {key_id: self._keys[key_id][1]}
+
+    def _refresh(self) -> None:
+        keys = self._ring.keys
+        if len(keys) == len(self._seen) and all(a is b for a, b in zip(keys, self._seen, strict=True)):
+            return
+        self._keys = {k.key_id: (k, GatewayKey(key_config(k.key_id, k.public_key), k.secret)) for k in keys}
+        self._seen = keys
+
+    def clear(self) -> None:
+        self._keys, self._seen = {}, []
