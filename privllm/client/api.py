@@ -612,10 +612,17 @@ async def read_stream(
 async def read_stream_v2(
     response: Any, sealed: SealedV2, clock: IReactorTime, on_chunk: Callable[[dict[str, Any]], None] | None = None
 ) -> ChatResult:
-    """A v2 answer: read_stream's, and StaleClock for the router's inner 401 stale with its date."""
+    """A v2 answer: read_stream's, and StaleClock for the router's inner 401 stale with its date.
+    A refusal's error event (inner status other than 200) is raised, not handed to `on_chunk`,
+    as v1's plaintext refusals: a stale one is followed by the answer to the corrected request."""
     reader = ResponseReaderV2(sealed.context)
+
+    def answer_only(chunk: dict[str, Any]) -> None:
+        if on_chunk is not None and reader.status == 200:
+            on_chunk(chunk)
+
     try:
-        return await read_stream(response, reader, clock, on_chunk)
+        return await read_stream(response, reader, clock, answer_only)
     except ServerError as e:
         if reader.status == 401 and e.code == "stale" and reader.date is not None:
             raise StaleClock(reader.date) from e

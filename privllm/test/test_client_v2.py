@@ -467,7 +467,9 @@ class Answers(Equipment):
         chat is on time at once."""
         self.gateway.clock_skew = 600
         client = self.client()
-        self.assertEqual((await client.chat(HELLO)).text, "hello")
+        seen: list[dict[str, Any]] = []
+        self.assertEqual((await client.chat(HELLO, seen.append)).text, "hello")
+        self.assertEqual([c["type"] for c in seen], ["delta", "delta", "done"], "the refusal is not an event")
         self.assertEqual(len(self.gateway.posts), 2)
         first, second = self.opened(0), self.opened(1)
         self.assertNotEqual(first.enc, second.enc)
