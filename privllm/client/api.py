@@ -1,10 +1,14 @@
 """
-A client of protocol v1 on Twisted's Agent: fetch and verify the key set, seal, post, open the stream.
-Everything the router sends is read with bounds (size, time, JSON depth) and checked before use;
-a hostile answer ends as one of the errors below, never as another exception.
+A client of protocol v1 or v2 on Twisted's Agent: fetch and verify the keys, seal, post, open
+the stream. Everything the router sends is read with bounds (size, time, JSON depth) and
+checked before use; a hostile answer ends as one of the errors below, never as another exception.
 
-The key set is trusted only through the pinned identity key; TLS is checked too (against
+The keys are trusted only through the pinned identity key; TLS is checked too (against
 the system roots, or a given certificate such as the dev router's self-signed one).
+
+v2 (Oblivious HTTP): the signed key configurations from /api/ohttp-keys, the chat sealed with
+the device proof inside and posted to /api/ohttp, the chunked answer read as it arrives. The
+same errors (and privllm-chat exit codes) as v1 for the same failures.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from OpenSSL import crypto
@@ -39,11 +43,16 @@ from ..protocol.keyset import (
     choose_key,
     verify_keyset,
 )
+from ..protocol.ohttp.keyconfig import KeyConfig
 from ..protocol.pow import CHALLENGE_SIZE, PowError, solve
 from ..protocol.request import Encapsulation, encapsulate, new_request_id, seal_request
 from ..protocol.response import ResponseReader
 from ..protocol.stream import StreamError
 from ..protocol.suite import POW_MAX_DIFFICULTY
+from ..protocol.v2.keys import HEADERS as KEY_CONFIG_HEADERS
+from ..protocol.v2.keys import verify_key_configs
+from ..protocol.v2.request import SealedV2, seal_chat_request
+from ..protocol.v2.response import ResponseReader as ResponseReaderV2
 
 __all__ = [
     "BODY_TIMEOUT",
@@ -52,6 +61,10 @@ __all__ = [
     "MAX_ERROR_BYTES",
     "MAX_RETRY_AFTER",
     "NETWORK_ERRORS",
+    "OHTTP_REQUEST_TYPE",
+    "OHTTP_RESPONSE_TYPE",
+    "POW_HEADER",
+    "PROTOCOLS",
     "STREAM_IDLE_TIMEOUT",
     "ChatResult",
     "ClientError",
@@ -61,9 +74,12 @@ __all__ = [
     "ProofOfWorkRefused",
     "ProtocolFailure",
     "ServerError",
+    "StaleClock",
+    "StreamReader",
     "TruncatedError",
     "error_code",
     "read_stream",
+    "read_stream_v2",
     "router_url",
 ]
 
@@ -138,6 +154,18 @@ class ProofOfWorkRefused(ServerError):
         )
 
 
+class StaleClock(ServerError):
+    """v2: the router found the request's time outside its window and said its own time inside
+    the sealed answer (so it is the router's word); the client corrects its clock once and
+    sends the chat again as a new request. A second one is an error like any other."""
+
+    code = "stale_clock"
+
+    def __init__(self, router_time: int) -> None:
+        super().__init__("stale", 401)
+        self.router_time = router_time
+
+
 @dataclass
 class ChatResult:
     text: str = ""
@@ -167,6 +195,10 @@ BODY_TIMEOUT = 30.0  # seconds to read a whole key set or refusal
 STREAM_IDLE_TIMEOUT = 90.0  # the router sends a keepalive after 15 s without an event
 ERROR_CODE = re.compile(r"[a-z_]{1,32}")  # the router's codes; anything else is not repeated
 MAX_RETRY_AFTER = 86400
+PROTOCOLS = (1, 2)
+OHTTP_REQUEST_TYPE = b"message/ohttp-req"
+OHTTP_RESPONSE_TYPE = b"message/ohttp-chunked-res"
+POW_HEADER = b"Privllm-Pow"
 
 
 def router_url(text: str) -> str:
@@ -198,18 +230,25 @@ class PrivllmClient:
         trust_root_pem: bytes | None = None,
         on_pow: Callable[[int, int], None] | None = None,
         max_pow_difficulty: int = POW_MAX_DIFFICULTY,
+        protocol: int = 1,
     ) -> None:
         """`on_pow(difficulty, tries)` is told how a proof of work the router asked for is going;
         a router asking more than `max_pow_difficulty` bits (at most the protocol's ceiling) is
-        refused rather than obeyed: the demand is not authenticated."""
+        refused rather than obeyed: the demand is not authenticated. `protocol`: 1 (the key
+        set, /api/chat) or 2 (Oblivious HTTP, /api/ohttp)."""
         if not 1 <= max_pow_difficulty <= POW_MAX_DIFFICULTY:
             raise ValueError(f"max_pow_difficulty must be between 1 and {POW_MAX_DIFFICULTY}")
+        if protocol not in PROTOCOLS:
+            raise ValueError("protocol must be 1 or 2")
+        self.protocol = protocol
         self._max_pow = max_pow_difficulty
         self._on_pow = on_pow
         self._reactor = reactor
         self._base = router_url(base_url)
         self._chat_url = (self._base + "/api/chat").encode("ascii")
         self._pubkey_url = (self._base + "/api/pubkey").encode("ascii")
+        self._ohttp_url = (self._base + "/api/ohttp").encode("ascii")
+        self._ohttp_keys_url = (self._base + "/api/ohttp-keys").encode("ascii")
         self._pin = pinned_identity
         self._device = device_private_key
         # Keep connections open between chats, as an app would: no TLS handshake per message.
@@ -221,6 +260,9 @@ class PrivllmClient:
         self._agent = agent
         self._keyset: KeySet | None = None
         self._prepared: Encapsulation | None = None
+        self._configs: tuple[KeyConfig, ...] = ()
+        self._configs_window: KeySet | None = None  # v2: the signed issued and expires of the configurations held
+        self._clock_offset = 0  # v2: seconds to add to this device's clock, as the router said
 
     def close(self) -> Deferred[None]:
         """Close the kept-alive connections (a client that is done, or a test that must leave none)."""
@@ -245,6 +287,40 @@ class PrivllmClient:
                 raise ProtocolFailure(f"key set rejected: {e}") from e
         raise AssertionError("unreachable")
 
+    async def fetch_key_configs(self, past_caches: bool = False) -> tuple[KeyConfig, ...]:
+        """v2: fetch and verify the signed key configurations, with v1's rule for a stale copy."""
+        for attempt in range(2):
+            headers = {b"Cache-Control": [b"no-cache"]} if attempt or past_caches else {}
+            response, body = await self._get(self._ohttp_keys_url, headers, MAX_KEYSET_BYTES, "ohttp_keys_unavailable")
+            fields = {
+                name: b", ".join(values)  # a repeated header, combined as HTTP does, fails the strict parse
+                for name in KEY_CONFIG_HEADERS
+                if (values := response.headers.getRawHeaders(name))
+            }
+            try:
+                self._configs = verify_key_configs(body, fields, self._pin, self._now())
+                # Verified: the times are exact decimal integers, covered by the signature.
+                self._configs_window = KeySet(
+                    [], int(fields[KEY_CONFIG_HEADERS[1]]), int(fields[KEY_CONFIG_HEADERS[2]])
+                )
+                return self._configs
+            except StaleKeySet as e:
+                if attempt:
+                    raise ProtocolFailure(f"key configurations rejected: {e}") from e
+            except KeySetError as e:
+                raise ProtocolFailure(f"key configurations rejected: {e}") from e
+        raise AssertionError("unreachable")
+
+    async def current_key_configs(self) -> tuple[KeyConfig, ...]:
+        """v2: the configurations held, while fresh; else newly fetched ones."""
+        if self._configs_window is not None:
+            try:
+                self._configs_window.check_fresh(self._now())
+                return self._configs
+            except StaleKeySet:
+                self._configs_window = None
+        return await self.fetch_key_configs()
+
     async def current_keys(self) -> list[PublishedKey]:
         """The keys of the set held, while it is fresh; else of a newly fetched one."""
         if self._keyset is not None:
@@ -256,18 +332,25 @@ class PrivllmClient:
         return await self.fetch_keys()
 
     async def _get_pubkey(self, headers: dict[bytes, list[bytes]]) -> bytes:
-        request = self._agent.request(b"GET", self._pubkey_url, Headers(headers))
+        return (await self._get(self._pubkey_url, headers, MAX_KEYSET_BYTES, "pubkey_unavailable"))[1]
+
+    async def _get(
+        self, url: bytes, headers: dict[bytes, list[bytes]], limit: int, unavailable: str
+    ) -> tuple[Any, bytes]:
+        """The response and its whole body (at most `limit` bytes) of a GET answered 200;
+        ServerError(`unavailable`) for any other status."""
+        request = self._agent.request(b"GET", url, Headers(headers))
         try:
             response = await request.addTimeout(BODY_TIMEOUT, self._reactor)
         except NETWORK_ERRORS as e:
-            raise NetworkError(f"cannot fetch the key set: {e.__class__.__name__}") from e
+            raise NetworkError(f"cannot fetch the keys: {e.__class__.__name__}") from e
         if response.code != 200:
             try:
                 await self._read_body(response, MAX_ERROR_BYTES)  # unused: the status says it all
             except ProtocolFailure:
                 pass
-            raise ServerError("pubkey_unavailable", response.code)
-        return await self._read_body(response, MAX_KEYSET_BYTES)
+            raise ServerError(unavailable, response.code)
+        return response, await self._read_body(response, limit)
 
     async def _read_body(self, response: Any, limit: int) -> bytes:
         """A whole small body, at most `limit` bytes and BODY_TIMEOUT seconds."""
@@ -314,7 +397,10 @@ class PrivllmClient:
     async def chat(
         self, plaintext: dict[str, Any], on_chunk: Callable[[dict[str, Any]], None] | None = None
     ) -> ChatResult:
-        """Send one chat; `on_chunk` sees every opened chunk as it arrives. Retries once on unknown_key."""
+        """Send one chat; `on_chunk` sees every opened chunk as it arrives. Retries once on
+        unknown_key (v2: and once on a stale clock, corrected from the router's date)."""
+        if self.protocol == 2:
+            return await self._chat_v2(plaintext, on_chunk)
         for attempt in range(2):
             keys = await self.current_keys()
             try:
@@ -336,7 +422,10 @@ class PrivllmClient:
         """POST a request body straight to the Agent: no wrapper adds to time to first token."""
         data = body if isinstance(body, bytes) else dumps(body)
         hdrs = {b"Content-Type": [b"application/json"], b"Accept": [b"text/event-stream"], **(headers or {})}
-        request = self._agent.request(b"POST", self._chat_url, Headers(hdrs), BytesProducer(data))
+        return await self._post_to(self._chat_url, data, hdrs)
+
+    async def _post_to(self, url: bytes, data: bytes, headers: dict[bytes, list[bytes]]) -> Any:
+        request = self._agent.request(b"POST", url, Headers(headers), BytesProducer(data))
         try:
             return await request.addTimeout(60, self._reactor)
         except NETWORK_ERRORS as e:
@@ -359,7 +448,7 @@ class PrivllmClient:
                 if e.code != "pow_required" or attempt == 2:
                     raise
                 request_id = sealed.body["request_id"]
-                solution = await self._solve(e.details, request_id)
+                solution = await self._solve(e.details, request_id.encode())
                 # Sealed again after the work (which can outlast the replay window), with the
                 # request id the solution is bound to: the refused request never opened.
                 sealed = self.seal(plaintext, key, request_id)
@@ -384,8 +473,51 @@ class PrivllmClient:
             details,
         )
 
-    async def _solve(self, challenge: dict[str, Any], request_id: str) -> dict[str, str]:
-        """The router is under stress and asks for proof of work: find it off the reactor thread."""
+    async def _chat_v2(
+        self, plaintext: dict[str, Any], on_chunk: Callable[[dict[str, Any]], None] | None
+    ) -> ChatResult:
+        """Sealed anew (a new `enc`) after unknown_key, with configurations fetched past caches,
+        and after a stale clock, corrected from the router's date: each at most once."""
+        refetched = corrected = False
+        for _ in range(3):
+            configs = await self.current_key_configs()
+            # The router lists one configuration per live key; each lists only suites of the allow-list.
+            sealed = seal_chat_request(configs[0], self._device, plaintext, self._now() + self._clock_offset)
+            try:
+                return await self._exchange_v2(sealed, on_chunk)
+            except StaleClock as e:
+                if corrected:
+                    raise
+                corrected = True
+                self._clock_offset = e.router_time - self._now()
+            except ServerError as e:
+                if e.code != "unknown_key" or refetched:
+                    raise
+                refetched = True
+                await self.fetch_key_configs(past_caches=True)
+        raise AssertionError("unreachable")
+
+    async def _exchange_v2(self, sealed: SealedV2, on_chunk: Callable[[dict[str, Any]], None] | None) -> ChatResult:
+        """Post one sealed request. Proof of work is bound to its `enc`, so the same body goes
+        again with the solution: sealing anew would need new work."""
+        headers = {b"Content-Type": [OHTTP_REQUEST_TYPE], b"Accept": [OHTTP_RESPONSE_TYPE]}
+        for attempt in range(3):
+            response = await self._post_to(self._ohttp_url, sealed.body, headers)
+            if response.code == 200:
+                return await read_stream_v2(response, sealed, self._reactor, on_chunk)
+            try:
+                await self._raise_plaintext_error(response)
+            except ServerError as e:
+                if e.code != "pow_required" or attempt == 2:
+                    raise
+                solution = await self._solve(e.details, sealed.enc)
+                header = f"{solution['challenge']}.{solution['nonce']}".encode("ascii")
+                headers = {**headers, POW_HEADER: [header]}
+        raise AssertionError("unreachable")
+
+    async def _solve(self, challenge: dict[str, Any], bound: bytes) -> dict[str, str]:
+        """The router is under stress and asks for proof of work: find it off the reactor
+        thread, bound to v1's request id or v2's `enc`."""
         difficulty = challenge.get("difficulty")
         try:
             raw = b64decode(challenge.get("challenge"), CHALLENGE_SIZE)
@@ -407,7 +539,7 @@ class PrivllmClient:
         limit = 1 << (difficulty + 6)
         try:
             nonce = await deferToThreadPool(
-                threads, threads.getThreadPool(), solve, raw, request_id, difficulty, progress, limit
+                threads, threads.getThreadPool(), solve, raw, bound, difficulty, progress, limit
             )
         except PowError as e:
             raise ProtocolFailure("no proof-of-work solution found") from e
@@ -422,15 +554,23 @@ def _retry_after(value: bytes) -> int | None:
     return seconds if seconds <= MAX_RETRY_AFTER else None
 
 
+class StreamReader(Protocol):
+    """What read_stream feeds: v1's ResponseReader (SSE) or v2's (chunked OHTTP), whose
+    final event comes out of `end`."""
+
+    def feed(self, data: bytes) -> list[dict[str, Any]]: ...
+
+    def end(self) -> list[dict[str, Any]] | None: ...
+
+
 async def read_stream(
-    response: Any, reader: ResponseReader, clock: IReactorTime, on_chunk: Callable[[dict[str, Any]], None] | None = None
+    response: Any, reader: StreamReader, clock: IReactorTime, on_chunk: Callable[[dict[str, Any]], None] | None = None
 ) -> ChatResult:
     """Open the stream as it arrives; a stream silent for STREAM_IDLE_TIMEOUT is cut (truncated)."""
     result = ChatResult()
 
-    def on_data(data: bytes) -> None:
-        idle.reset(STREAM_IDLE_TIMEOUT)
-        for chunk in reader.feed(data):
+    def take(chunks: list[dict[str, Any]]) -> None:
+        for chunk in chunks:
             result.chunks.append(chunk)
             if chunk["type"] == "delta":
                 result.text += chunk["text"]
@@ -440,29 +580,57 @@ async def read_stream(
             if on_chunk is not None:
                 on_chunk(chunk)
 
+    def on_data(data: bytes) -> None:
+        idle.reset(STREAM_IDLE_TIMEOUT)
+        take(reader.feed(data))
+
     body = BodyStream(on_data)
     idle = clock.callLater(STREAM_IDLE_TIMEOUT, body.stop)
     response.deliverBody(body)
+    broken = False
     try:
         await body.done
     except StreamError as e:
         if e.kind == "truncated":
             raise TruncatedError("the stream was cut before its final chunk") from e
         raise ProtocolFailure(f"stream rejected: {e.kind}") from e
-    except Exception as e:  # the connection broke: what counts is whether the final chunk arrived
-        if not reader.finished:
-            raise TruncatedError("the connection broke before the final chunk") from e
+    except Exception:  # the connection broke: what counts is whether the final chunk arrived whole
+        broken = True
     finally:
         if idle.active():
             idle.cancel()
     try:
-        reader.end()
+        take(reader.end() or [])
     except StreamError as e:
-        raise TruncatedError("the stream ended before its final chunk") from e
+        if broken:
+            raise TruncatedError("the connection broke before the final chunk") from e
+        if e.kind == "truncated":
+            raise TruncatedError("the stream ended before its final chunk") from e
+        raise ProtocolFailure(f"stream rejected: {e.kind}") from e
     errors = [c for c in result.chunks if c["type"] == "error"]
     if errors:
         raise ServerError(error_code(errors[0]["code"]), retry_after=_sealed_retry_after(errors[0]))
     return result
+
+
+async def read_stream_v2(
+    response: Any, sealed: SealedV2, clock: IReactorTime, on_chunk: Callable[[dict[str, Any]], None] | None = None
+) -> ChatResult:
+    """A v2 answer: read_stream's, and StaleClock for the router's inner 401 stale with its date.
+    A refusal's error event (inner status other than 200) is raised, not handed to `on_chunk`,
+    as v1's plaintext refusals: a stale one is followed by the answer to the corrected request."""
+    reader = ResponseReaderV2(sealed.context)
+
+    def answer_only(chunk: dict[str, Any]) -> None:
+        if on_chunk is not None and reader.status == 200:
+            on_chunk(chunk)
+
+    try:
+        return await read_stream(response, reader, clock, answer_only)
+    except ServerError as e:
+        if reader.status == 401 and e.code == "stale" and reader.date is not None:
+            raise StaleClock(reader.date) from e
+        raise
 
 
 def _sealed_retry_after(chunk: dict[str, Any]) -> int | None:

@@ -1,4 +1,8 @@
-"""`privllm-chat "question"`: an end-to-end encrypted chat from the terminal, printed as it streams."""
+"""`privllm-chat "question"`: an end-to-end encrypted chat from the terminal, printed as it streams.
+
+Exit status: 0 answered, 2 usage (bad arguments or local files), 3 network, 4 protocol failure
+(bad keys or signature, tampered or malformed answer), 5 truncated answer, 6 the router refused
+or ended with an error. The same for both protocol versions."""
 
 from __future__ import annotations
 
@@ -17,7 +21,7 @@ from ..keys.files import KeyFileError, ensure_private_dir, read_secret, write_se
 from ..keys.material import IDENTITY_PUB, TLS_CERT, new_hpke_keypair
 from ..protocol.encoding import b64decode
 from ..protocol.suite import POW_MAX_DIFFICULTY
-from .api import ClientError, PrivllmClient, router_url
+from .api import PROTOCOLS, ClientError, PrivllmClient, router_url
 
 __all__ = [
     "EXIT_USAGE",
@@ -49,7 +53,9 @@ def load_or_create_device_key(path: str) -> bytes:
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="privllm-chat", description=__doc__)
+    p = argparse.ArgumentParser(
+        prog="privllm-chat", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("prompt", help="the question to ask")
     p.add_argument("--url", type=_url, default="https://127.0.0.1:8443", help="the router (default: the dev stack)")
     p.add_argument("--pin", help="the router's identity key (base64 Ed25519); dev: read from --state-dir")
@@ -67,6 +73,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         type=_pow_bits,
         default=POW_MAX_DIFFICULTY,
         help=f"the most proof of work to do when the router asks (1..{POW_MAX_DIFFICULTY} bits; default the protocol's ceiling)",
+    )
+    p.add_argument(
+        "--protocol",
+        type=int,
+        choices=PROTOCOLS,
+        default=1,
+        help="1: the signed key set and /api/chat; 2: Oblivious HTTP, the signed key configurations"
+        " (/api/ohttp-keys) and /api/ohttp (default 1)",
     )
     return p.parse_args(argv)
 
@@ -125,7 +139,14 @@ async def run(reactor: IReactorTime, args: argparse.Namespace) -> int:
         pin, root = _pin_and_root(args)
         device = load_or_create_device_key(args.device_key)
         client = PrivllmClient(
-            reactor, args.url, pin, device, root, on_pow=pow_progress, max_pow_difficulty=args.max_pow_bits
+            reactor,
+            args.url,
+            pin,
+            device,
+            root,
+            on_pow=pow_progress,
+            max_pow_difficulty=args.max_pow_bits,
+            protocol=args.protocol,
         )
     except (OSError, ValueError, KeyFileError) as e:  # ValueError: EncodingError, undecodable or not PEM
         print(f"privllm-chat: {e}", file=sys.stderr)

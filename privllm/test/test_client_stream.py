@@ -1,4 +1,4 @@
-"""The client's stream reading against a scripted body on a fake clock: a silent router is cut."""
+"""The client's stream reading (v1 and v2) against a scripted body on a fake clock: a silent router is cut."""
 
 from __future__ import annotations
 
@@ -11,13 +11,16 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from twisted.web.client import ResponseDone
 
-from ..client.api import STREAM_IDLE_TIMEOUT, ServerError, TruncatedError, read_stream
+from ..client.api import STREAM_IDLE_TIMEOUT, ServerError, TruncatedError, read_stream, read_stream_v2
 from ..protocol.encoding import b64encode, dumps
 from ..protocol.request import SealedRequest
 from ..protocol.response import ResponseReader
 from ..protocol.sse import KEEPALIVE, encode_event
 from ..protocol.stream import StreamSealer, derive_stream_keys
+from ..protocol.v2.request import open_chat_request, seal_chat_request
+from ..protocol.v2.response import ResponseStream
 from .fakes import FakeResponse
+from .test_ohttp import fresh_gateway
 
 
 class IdleStream(TestCase):
@@ -74,3 +77,43 @@ class SealedErrors(TestCase):
         for value in (-1, 10**9, "7", True, 1.5):
             error = self.error_after({"type": "error", "code": "rate_limited", "message": "x", "retry_after": value})
             self.assertIsNone(error.retry_after, value)
+
+
+class IdleStreamV2(TestCase):
+    """Protocol v2's answer through the same reader: sealed keep-alives restart the wait, the
+    final event comes out at the end, and no timer is left behind."""
+
+    def setUp(self) -> None:
+        keys = fresh_gateway()
+        self.sealed = seal_chat_request(next(iter(keys.values())).config, os.urandom(32), {}, 1767229230)
+        self.stream = ResponseStream(open_chat_request(keys, self.sealed.body).context, 32)
+
+    def test_silent_stream_is_cut_and_keepalives_keep_it(self) -> None:
+        clock = Clock()
+        body = FakeResponse()
+        result: Any = ensureDeferred(read_stream_v2(body, self.sealed, clock))
+        body.send(self.stream.start())
+        clock.advance(STREAM_IDLE_TIMEOUT - 1)
+        body.send(self.stream.keepalive())
+        clock.advance(STREAM_IDLE_TIMEOUT - 1)
+        self.assertFalse(body.transport.stopped, "a keepalive restarts the wait")
+        clock.advance(1)
+        self.assertTrue(body.transport.stopped)
+        self.failureResultOf(result, TruncatedError)
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_finished_stream_leaves_no_timer(self) -> None:
+        clock = Clock()
+        body = FakeResponse()
+        seen: list[dict[str, Any]] = []
+        result: Any = ensureDeferred(read_stream_v2(body, self.sealed, clock, seen.append))
+        body.send(self.stream.start() + self.stream.event({"type": "delta", "text": "hi"}))
+        self.assertEqual(seen, [{"type": "delta", "text": "hi"}], "handed on before the end")
+        done = {"type": "done", "finish_reason": "stop", "usage": {"prompt_tokens": 1, "completion_tokens": 1}}
+        body.send(self.stream.final(done))
+        self.assertEqual(len(seen), 1, "the final chunk opens only at the end of the body")
+        assert body.protocol is not None
+        body.protocol.connectionLost(Failure(ResponseDone()))
+        self.assertEqual(self.successResultOf(result).text, "hi")
+        self.assertEqual(seen[-1], done)
+        self.assertEqual(clock.getDelayedCalls(), [])

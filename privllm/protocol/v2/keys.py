@@ -16,6 +16,7 @@ object (no copy), rebuilt when the ring changes and dropped with it.
 
 from __future__ import annotations
 
+import hmac
 import struct
 from dataclasses import dataclass
 
@@ -103,7 +104,7 @@ def verify_key_configs(
         signature = b64decode(_ascii(headers.get(HEADERS[3])), ED25519_SIGNATURE_SIZE)
     except EncodingError as e:
         raise KeySetError("malformed key configurations") from e
-    if signing_key != pinned_identity:
+    if not hmac.compare_digest(signing_key, pinned_identity):
         raise KeySetError("signed by a key other than the pinned identity")
     issued = _time(headers.get(HEADERS[1]), 0, MAX_TIME)
     expires = _time(headers.get(HEADERS[2]), issued + 1, issued + MAX_KEYSET_LIFETIME)
