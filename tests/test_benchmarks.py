@@ -155,3 +155,20 @@ class PerDelta(TestCase):
         out = self.run_per_delta("--compare", ROOT, ROOT, "--pairs", "2")
         self.assertIn("2 pairs", out)
         self.assertIn("of 2 pairs", out)
+
+
+class V2Cost(TestCase):
+    timeout = 300
+
+    def test_smoke(self) -> None:
+        report = run_benchmark(self, "benchmarks.v2_cost", "--chats", "2", "--max-tokens", "8")
+        self.assertEqual(set(report["paths"]), {"v1 direct", "v2 direct", "v1 via nginx", "v2 via relay"})
+        for path in report["paths"].values():
+            self.assertEqual(path["chats"], 2)
+            self.assertGreater(path["ttft_ms"]["median"], 0)
+            self.assertGreater(path["answer_bytes"]["min"], 0)
+        # the same sealed request is what the relay forwards: its size does not change on the way
+        paths = report["paths"]
+        self.assertEqual(
+            paths["v2 direct"]["request_bytes"]["median"], paths["v2 via relay"]["request_bytes"]["median"]
+        )

@@ -30,9 +30,9 @@ from privllm.keys.pki import CA_CERT, create_ca, issue
 from privllm.protocol.ohttp.keyconfig import KeyConfig, parse_key_configs
 from privllm.protocol.v2.request import SealedV2, seal_chat_request
 from privllm.protocol.v2.response import ResponseReader
+from privllm.test.relay import Relay
 from privllm.test.stack import Daemon, shared
 
-from .relay import Relay
 from .test_e2e import ROUTER, user
 
 RELAY_SOURCE = "127.0.0.5"  # the relay's connections to the router come from here

@@ -1,5 +1,5 @@
 """
-Test equipment: Debian's nginx as an Oblivious HTTP relay (RFC 9458 section 6.1), the way a
+Test equipment (tests and benchmarks): Debian's nginx as an Oblivious HTTP relay (RFC 9458 section 6.1), the way a
 third party would run one in front of privllm's gateway.
 
 It terminates the client's TLS with a certificate of its own, forwards only the two v2 routes
@@ -26,9 +26,21 @@ NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 START_TIMEOUT = 10.0
 
 
-def config(directory: str, port: int, router_port: int, router_ca: str, cert: str, key: str, source: str) -> str:
+V2_ROUTES = ("/api/ohttp", "/api/ohttp-keys")
+
+
+def config(
+    directory: str,
+    port: int,
+    router_port: int,
+    router_ca: str,
+    cert: str,
+    key: str,
+    source: str,
+    routes: tuple[str, ...],
+) -> str:
     location = (
-        f"        proxy_pass https://127.0.0.1:{router_port};\n"
+        "        proxy_pass https://router;\n"
         f"        proxy_bind {source};\n"
         "        proxy_http_version 1.1;\n"
         "        proxy_ssl_verify on;\n"
@@ -41,7 +53,9 @@ def config(directory: str, port: int, router_port: int, router_ca: str, cert: st
         "        proxy_set_header Content-Length $content_length;\n"
         "        proxy_set_header Privllm-Pow $http_privllm_pow;\n"
         '        proxy_set_header Accept-Encoding "";\n'
+        '        proxy_set_header Connection "";\n'  # kept-alive connections to the router
     )
+    locations = "".join(f"        location = {route} {{\n{location}        }}\n" for route in routes)
     return (
         "daemon off;\nmaster_process off;\nworker_processes 1;\n"
         f"pid {directory}/nginx.pid;\nerror_log {directory}/error.log warn;\n"
@@ -51,12 +65,12 @@ def config(directory: str, port: int, router_port: int, router_ca: str, cert: st
         f"    client_body_temp_path {directory}/body;\n    proxy_temp_path {directory}/proxy;\n"
         f"    fastcgi_temp_path {directory}/fcgi;\n    uwsgi_temp_path {directory}/uwsgi;\n"
         f"    scgi_temp_path {directory}/scgi;\n"
+        f"    upstream router {{\n        server 127.0.0.1:{router_port};\n        keepalive 8;\n    }}\n"
         "    server {\n"
         f"        listen 127.0.0.1:{port} ssl;\n"
         f"        ssl_certificate {cert};\n        ssl_certificate_key {key};\n"
         "        client_max_body_size 512k;\n"
-        f"        location = /api/ohttp {{\n{location}        }}\n"
-        f"        location = /api/ohttp-keys {{\n{location}        }}\n"
+        f"{locations}"
         "        location / { return 404; }\n"
         "    }\n"
         "}\n"
@@ -64,14 +78,17 @@ def config(directory: str, port: int, router_port: int, router_ca: str, cert: st
 
 
 class Relay:
-    def __init__(self, router_port: int, router_ca: str, cert: str, key: str, source: str) -> None:
+    def __init__(
+        self, router_port: int, router_ca: str, cert: str, key: str, source: str, routes: tuple[str, ...] = V2_ROUTES
+    ) -> None:
         """`cert`, `key`: the relay's own TLS pair for its clients; `router_ca`: what signs the
-        router's certificate; `source`: the loopback address the relay's connections come from."""
+        router's certificate; `source`: the loopback address the relay's connections come from;
+        `routes`: the paths it forwards (a benchmark also passes v1's, as a plain reverse proxy)."""
         self.dir = tempfile.mkdtemp(prefix="privllm-relay-")
         self.port = free_port()
         self.config_path = os.path.join(self.dir, "nginx.conf")
         with open(self.config_path, "w") as f:
-            f.write(config(self.dir, self.port, router_port, router_ca, cert, key, source))
+            f.write(config(self.dir, self.port, router_port, router_ca, cert, key, source, routes))
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Relay:
