@@ -78,8 +78,8 @@ class Node(TestCase):
         self.router = shared(*ROUTER)
         self.pin = b64encode(self.router.pin())
 
-    def cli(self, pin: str, ca_file: str | None) -> subprocess.CompletedProcess[str]:
-        args = ["--url", self.router.url, "--pin", pin, "--max-tokens", "24"]
+    def cli(self, pin: str, ca_file: str | None, protocol: int = 1) -> subprocess.CompletedProcess[str]:
+        args = ["--url", self.router.url, "--pin", pin, "--max-tokens", "24", "--protocol", str(protocol)]
         return node(CLI, *args, "Say hello in one sentence.", ca_file=ca_file)
 
     def test_wrong_pin_refused(self) -> None:
@@ -98,9 +98,27 @@ class Node(TestCase):
         self.assertEqual(run.returncode, 0, run.stderr)
         self.assertNotEqual(run.stdout.strip(), "")
 
+    def test_wrong_pin_refused_v2(self) -> None:
+        """v2's key configurations are signed in headers: another pin refuses them, before any chat."""
+        run = self.cli(other_pin(), self.router.ca_file, protocol=2)
+        self.assertEqual(run.returncode, EXIT_PROTOCOL, run.stderr)
+        self.assertIn("key configurations signed by a key other than the pinned identity", run.stderr)
+        self.assertEqual(run.stdout.strip(), "")
+
+    def test_cli_streams_answer_v2(self) -> None:
+        run = self.cli(self.pin, self.router.ca_file, protocol=2)
+        self.assertEqual(run.returncode, 0, run.stderr)
+        self.assertNotEqual(run.stdout.strip(), "")
+
     def test_library_streams(self) -> None:
         """Deltas arrive one by one while the answer is made, not all at once at its end."""
-        run = node(STREAM, self.router.url, self.pin, ca_file=self.router.ca_file)
+        self.assertStreams(node(STREAM, self.router.url, self.pin, ca_file=self.router.ca_file))
+
+    def test_library_streams_v2(self) -> None:
+        """The same over Oblivious HTTP: one sealed chunk per event, opened as it arrives."""
+        self.assertStreams(node(STREAM, self.router.url, self.pin, "2", ca_file=self.router.ca_file))
+
+    def assertStreams(self, run: subprocess.CompletedProcess[str]) -> None:
         self.assertEqual(run.returncode, 0, run.stderr)
         events: list[dict[str, Any]] = json.loads(run.stdout)
         *deltas, done = events
