@@ -195,9 +195,10 @@ class Browser(TestCase):
         self.site = site()
         self.router: Daemon = guarded("typescript-cors", {"server": {"cors_origins": [self.site.origin(True)]}})
 
-    def open(self, allowed: bool) -> dict[str, Any]:
+    def open(self, allowed: bool, protocol: int = 1) -> dict[str, Any]:
         """What the page showed when its chat ended (or when RUN_TIMEOUT ran out)."""
-        query = urllib.parse.urlencode({"url": self.router.url, "pin": b64encode(self.router.pin())})
+        fields = {"url": self.router.url, "pin": b64encode(self.router.pin()), "protocol": str(protocol)}
+        query = urllib.parse.urlencode(fields)
         profile = tempfile.mkdtemp(prefix="privllm-chromium-")
         self.addCleanup(shutil.rmtree, profile, True)
         page = f"{self.site.origin(allowed)}/page.html?{query}"
@@ -216,6 +217,22 @@ class Browser(TestCase):
 
     def test_allowed_origin_streams_answer(self) -> None:
         shown = self.open(allowed=True)
+        self.assertEqual((shown["status"], shown["error"]), ("done", ""), shown)
+        self.assertGreater(shown["deltas"], 1, shown)
+        self.assertNotEqual(shown["answer"].strip(), "", shown)
+
+    def test_other_origin_blocked_v2(self) -> None:
+        """Another origin cannot read the key configurations (a simple GET: no preflight, no
+        Access-Control-Allow-Origin), so the client never sends a chat."""
+        shown = self.open(allowed=False, protocol=2)
+        self.assertEqual(shown["status"], "error", shown)
+        self.assertTrue(shown["error"].startswith("NetworkError: "), shown)
+        self.assertEqual((shown["deltas"], shown["answer"]), (0, ""), shown)
+
+    def test_allowed_origin_streams_answer_v2(self) -> None:
+        """The preflight of POST /api/ohttp (message/ohttp-req is not CORS-safelisted), the exposed
+        Privllm-Keys-* headers, then the chunked OHTTP answer streamed."""
+        shown = self.open(allowed=True, protocol=2)
         self.assertEqual((shown["status"], shown["error"]), ("done", ""), shown)
         self.assertGreater(shown["deltas"], 1, shown)
         self.assertNotEqual(shown["answer"].strip(), "", shown)
