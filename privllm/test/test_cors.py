@@ -235,6 +235,7 @@ class Wire(TestCase):
     """Requests through PrivllmSite and RouterApp, as test_web drives them."""
 
     origins: tuple[str, ...] = ()
+    v2 = True
 
     def setUp(self) -> None:
         self.clock = Clock()
@@ -253,7 +254,7 @@ class Wire(TestCase):
             hsts_max_age=100,
             settings=stream_settings(keepalive=15, idle_timeout=60),
             cors=CorsPolicy(self.origins),
-            ohttp_keys=self.ohttp_keys,
+            ohttp_keys=self.ohttp_keys if self.v2 else None,
         )
         self.site = PrivllmSite(app.resource(), 65536, reactor=self.clock)
 
@@ -445,6 +446,20 @@ class OhttpOnTheWire(Wire):
         self.assertTrue(status.startswith(b"HTTP/1.1 400 "), reply)
         self.assertEqual(head[b"access-control-allow-origin"], b"https://app.example")
         self.assertEqual(head[b"access-control-expose-headers"], b"retry-after, date")
+
+
+class OhttpOff(Wire):
+    """With v2 off, its preflight is a 404 like its other routes, and names no origin."""
+
+    origins = (ALLOWED,)
+    v2 = False
+
+    def test_ohttp_preflight_not_found(self) -> None:
+        reply = self.preflight(b"https://app.example", headers=b"content-type,privllm-pow", path=b"/api/ohttp")
+        status, head = self.head(reply)
+        self.assertTrue(status.startswith(b"HTTP/1.1 404 "), reply)
+        self.assertNotIn(b"access-control-allow-methods", head)
+        self.assertNotIn(b"access-control-allow-headers", head)
 
 
 class Disabled(Wire):
