@@ -40,6 +40,7 @@ BUNDLE = os.path.join(DIST, "privllm.bundle.js")
 STREAM = os.path.join(ROOT, "tests", "typescript", "stream.mjs")
 BROWSER = os.path.join(ROOT, "tests", "browser")
 EXIT_PROTOCOL, EXIT_NETWORK = 4, 3  # as privllm-chat's
+POW_BITS = 8  # a router that asks every request for proof of work: a few hundred tries
 RUN_TIMEOUT = 90.0  # seconds for one Node run or one browser page, start to finish
 
 
@@ -195,9 +196,10 @@ class Browser(TestCase):
         self.site = site()
         self.router: Daemon = guarded("typescript-cors", {"server": {"cors_origins": [self.site.origin(True)]}})
 
-    def open(self, allowed: bool, protocol: int = 1) -> dict[str, Any]:
+    def open(self, allowed: bool, protocol: int = 1, router: Daemon | None = None) -> dict[str, Any]:
         """What the page showed when its chat ended (or when RUN_TIMEOUT ran out)."""
-        fields = {"url": self.router.url, "pin": b64encode(self.router.pin()), "protocol": str(protocol)}
+        router = router or self.router
+        fields = {"url": router.url, "pin": b64encode(router.pin()), "protocol": str(protocol)}
         query = urllib.parse.urlencode(fields)
         profile = tempfile.mkdtemp(prefix="privllm-chromium-")
         self.addCleanup(shutil.rmtree, profile, True)
@@ -236,3 +238,14 @@ class Browser(TestCase):
         self.assertEqual((shown["status"], shown["error"]), ("done", ""), shown)
         self.assertGreater(shown["deltas"], 1, shown)
         self.assertNotEqual(shown["answer"].strip(), "", shown)
+
+    def test_allowed_origin_solves_pow_v2(self) -> None:
+        """A router asking for proof of work: the page's resend carries Privllm-Pow, a header the
+        preflight must allow, and the answer streams."""
+        sections = {
+            "server": {"cors_origins": [self.site.origin(True)]},
+            "pow": {"forced": True, "base_difficulty": POW_BITS, "max_difficulty": POW_BITS},
+        }
+        shown = self.open(allowed=True, protocol=2, router=guarded("typescript-cors-pow", sections))
+        self.assertEqual((shown["status"], shown["error"]), ("done", ""), shown)
+        self.assertGreater(shown["deltas"], 1, shown)
