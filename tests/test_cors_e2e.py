@@ -17,15 +17,17 @@ class Cors(TestCase):
         self.router = guarded("cors", {"server": {"cors_origins": [ORIGIN]}})
         self.client = DocClient(self.router.port, self.router.ssl_context(), self.router.pin())
 
-    def preflight(self, origin: str, method: str = "POST") -> tuple[int, dict[str, str], bytes]:
+    def preflight(
+        self, origin: str, method: str = "POST", path: str = "/api/chat", headers: str = "content-type"
+    ) -> tuple[int, dict[str, str], bytes]:
         conn = self.client.connection()
         conn.request(
             "OPTIONS",
-            "/api/chat",
+            path,
             headers={
                 "Origin": origin,
                 "Access-Control-Request-Method": method,
-                "Access-Control-Request-Headers": "content-type",
+                "Access-Control-Request-Headers": headers,
             },
         )
         response = conn.getresponse()
@@ -62,3 +64,30 @@ class Cors(TestCase):
         self.assertEqual((status, answer["Access-Control-Allow-Origin"]), (400, ORIGIN))
         status, answer, _ = self.client.post(b"{}", origin="http://app.example")
         self.assertEqual((status, answer["Access-Control-Allow-Origin"]), (400, None))
+
+    def test_v2_preflight_and_key_configurations(self) -> None:
+        """v2's routes as a browser meets them: the preflight of POST /api/ohttp allows the pow
+        header only for the allowed origin, and the key configurations' signature is exposed."""
+        for origin, headers in ((ORIGIN, "content-type,privllm-pow,authorization"), ("null", "content-type")):
+            status, answer, body = self.preflight(origin, path="/api/ohttp", headers=headers)
+            self.assertEqual((status, body), (403, b""), (origin, headers))
+            self.assertEqual([k for k in answer if k.startswith("access-control-")], [])
+        status, answer, body = self.preflight(ORIGIN, path="/api/ohttp", headers="content-type,privllm-pow")
+        self.assertEqual((status, body), (204, b""))
+        self.assertEqual(answer["access-control-allow-origin"], ORIGIN)
+        self.assertEqual(answer["access-control-allow-headers"], "content-type, privllm-pow")
+
+        conn = self.client.connection()
+        conn.request("GET", "/api/ohttp-keys", headers={"Origin": ORIGIN})
+        response = conn.getresponse()
+        response.read()
+        self.assertEqual(response.status, 200)
+        exposed = [name.strip() for name in response.getheader("Access-Control-Expose-Headers", "").split(",")]
+        for name in (
+            "privllm-keys-signing-key",
+            "privllm-keys-issued",
+            "privllm-keys-expires",
+            "privllm-keys-signature",
+        ):
+            self.assertIn(name, exposed)
+            self.assertIsNotNone(response.getheader(name), name)

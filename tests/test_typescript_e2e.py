@@ -40,6 +40,7 @@ BUNDLE = os.path.join(DIST, "privllm.bundle.js")
 STREAM = os.path.join(ROOT, "tests", "typescript", "stream.mjs")
 BROWSER = os.path.join(ROOT, "tests", "browser")
 EXIT_PROTOCOL, EXIT_NETWORK = 4, 3  # as privllm-chat's
+POW_BITS = 8  # a router that asks every request for proof of work: a few hundred tries
 RUN_TIMEOUT = 90.0  # seconds for one Node run or one browser page, start to finish
 
 
@@ -78,8 +79,8 @@ class Node(TestCase):
         self.router = shared(*ROUTER)
         self.pin = b64encode(self.router.pin())
 
-    def cli(self, pin: str, ca_file: str | None) -> subprocess.CompletedProcess[str]:
-        args = ["--url", self.router.url, "--pin", pin, "--max-tokens", "24"]
+    def cli(self, pin: str, ca_file: str | None, protocol: int = 1) -> subprocess.CompletedProcess[str]:
+        args = ["--url", self.router.url, "--pin", pin, "--max-tokens", "24", "--protocol", str(protocol)]
         return node(CLI, *args, "Say hello in one sentence.", ca_file=ca_file)
 
     def test_wrong_pin_refused(self) -> None:
@@ -98,9 +99,27 @@ class Node(TestCase):
         self.assertEqual(run.returncode, 0, run.stderr)
         self.assertNotEqual(run.stdout.strip(), "")
 
+    def test_wrong_pin_refused_v2(self) -> None:
+        """v2's key configurations are signed in headers: another pin refuses them, before any chat."""
+        run = self.cli(other_pin(), self.router.ca_file, protocol=2)
+        self.assertEqual(run.returncode, EXIT_PROTOCOL, run.stderr)
+        self.assertIn("key configurations signed by a key other than the pinned identity", run.stderr)
+        self.assertEqual(run.stdout.strip(), "")
+
+    def test_cli_streams_answer_v2(self) -> None:
+        run = self.cli(self.pin, self.router.ca_file, protocol=2)
+        self.assertEqual(run.returncode, 0, run.stderr)
+        self.assertNotEqual(run.stdout.strip(), "")
+
     def test_library_streams(self) -> None:
         """Deltas arrive one by one while the answer is made, not all at once at its end."""
-        run = node(STREAM, self.router.url, self.pin, ca_file=self.router.ca_file)
+        self.assertStreams(node(STREAM, self.router.url, self.pin, ca_file=self.router.ca_file))
+
+    def test_library_streams_v2(self) -> None:
+        """The same over Oblivious HTTP: one sealed chunk per event, opened as it arrives."""
+        self.assertStreams(node(STREAM, self.router.url, self.pin, "2", ca_file=self.router.ca_file))
+
+    def assertStreams(self, run: subprocess.CompletedProcess[str]) -> None:
         self.assertEqual(run.returncode, 0, run.stderr)
         events: list[dict[str, Any]] = json.loads(run.stdout)
         *deltas, done = events
@@ -177,9 +196,11 @@ class Browser(TestCase):
         self.site = site()
         self.router: Daemon = guarded("typescript-cors", {"server": {"cors_origins": [self.site.origin(True)]}})
 
-    def open(self, allowed: bool) -> dict[str, Any]:
+    def open(self, allowed: bool, protocol: int = 1, router: Daemon | None = None) -> dict[str, Any]:
         """What the page showed when its chat ended (or when RUN_TIMEOUT ran out)."""
-        query = urllib.parse.urlencode({"url": self.router.url, "pin": b64encode(self.router.pin())})
+        router = router or self.router
+        fields = {"url": router.url, "pin": b64encode(router.pin()), "protocol": str(protocol)}
+        query = urllib.parse.urlencode(fields)
         profile = tempfile.mkdtemp(prefix="privllm-chromium-")
         self.addCleanup(shutil.rmtree, profile, True)
         page = f"{self.site.origin(allowed)}/page.html?{query}"
@@ -201,3 +222,30 @@ class Browser(TestCase):
         self.assertEqual((shown["status"], shown["error"]), ("done", ""), shown)
         self.assertGreater(shown["deltas"], 1, shown)
         self.assertNotEqual(shown["answer"].strip(), "", shown)
+
+    def test_other_origin_blocked_v2(self) -> None:
+        """Another origin cannot read the key configurations (a simple GET: no preflight, no
+        Access-Control-Allow-Origin), so the client never sends a chat."""
+        shown = self.open(allowed=False, protocol=2)
+        self.assertEqual(shown["status"], "error", shown)
+        self.assertTrue(shown["error"].startswith("NetworkError: "), shown)
+        self.assertEqual((shown["deltas"], shown["answer"]), (0, ""), shown)
+
+    def test_allowed_origin_streams_answer_v2(self) -> None:
+        """The preflight of POST /api/ohttp (message/ohttp-req is not CORS-safelisted), the exposed
+        Privllm-Keys-* headers, then the chunked OHTTP answer streamed."""
+        shown = self.open(allowed=True, protocol=2)
+        self.assertEqual((shown["status"], shown["error"]), ("done", ""), shown)
+        self.assertGreater(shown["deltas"], 1, shown)
+        self.assertNotEqual(shown["answer"].strip(), "", shown)
+
+    def test_allowed_origin_solves_pow_v2(self) -> None:
+        """A router asking for proof of work: the page's resend carries Privllm-Pow, a header the
+        preflight must allow, and the answer streams."""
+        sections = {
+            "server": {"cors_origins": [self.site.origin(True)]},
+            "pow": {"forced": True, "base_difficulty": POW_BITS, "max_difficulty": POW_BITS},
+        }
+        shown = self.open(allowed=True, protocol=2, router=guarded("typescript-cors-pow", sections))
+        self.assertEqual((shown["status"], shown["error"]), ("done", ""), shown)
+        self.assertGreater(shown["deltas"], 1, shown)

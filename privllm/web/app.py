@@ -23,7 +23,7 @@ from ..config.schema import Server
 from ..logs import request_tag
 from ..protocol.addresses import AddressPolicy
 from ..protocol.admission import Admitted
-from ..protocol.cors import CorsPolicy
+from ..protocol.cors import ALLOWED_HEADERS, EXPOSED, KEYS_EXPOSED, OHTTP_HEADERS, CorsPolicy
 from ..protocol.encoding import dumps
 from ..protocol.errors import (
     METHOD_NOT_ALLOWED,
@@ -92,11 +92,11 @@ class RouterApp:
         request.setHeader(b"strict-transport-security", self._hsts)
         request.setHeader(b"x-content-type-options", b"nosniff")
 
-    def _common_headers(self, request: IRequest) -> None:
+    def _common_headers(self, request: IRequest, exposed: bytes = EXPOSED) -> None:
         """On every answer but a preflight: JSON, errors and the event stream alike, so that an
         allowed page can read a 429's Retry-After as well as a chat."""
         self._security_headers(request)
-        for name, value in self._cors.answer(request.requestHeaders.getRawHeaders(b"origin")):
+        for name, value in self._cors.answer(request.requestHeaders.getRawHeaders(b"origin"), exposed):
             request.setHeader(name, value)
 
     def _json(self, request: IRequest, status: int, body: bytes, cache: bytes = b"no-store") -> bytes:
@@ -157,7 +157,7 @@ class RouterApp:
             signed = self._ohttp_keys()
         except OhttpError:  # a ring with no current key: nothing to publish (no chat to count)
             return self._json(request, UNAVAILABLE.status, error_body(UNAVAILABLE))
-        self._common_headers(request)
+        self._common_headers(request, KEYS_EXPOSED)  # a page must read the signature's headers
         request.setResponseCode(200)
         request.setHeader(b"content-type", OHTTP_KEYS)
         request.setHeader(b"cache-control", b"public, max-age=300")
@@ -183,15 +183,25 @@ class RouterApp:
 
     @app.route("/api/chat", methods=["OPTIONS"])
     def chat_preflight(self, request: Request) -> bytes:
-        """A browser's question before a cross-origin POST. A refused one is a 403 with no CORS
-        header: the browser then never sends the POST."""
         if not self._accept_v1:
             return self.not_found(request, None)
+        return self._preflight(request, ALLOWED_HEADERS)
+
+    @app.route("/api/ohttp", methods=["OPTIONS"])
+    def ohttp_preflight(self, request: Request) -> bytes:
+        """v2's message/ohttp-req is not a CORS-safelisted type: a browser always asks first."""
+        if self._ohttp_keys is None or self._gate.admission_v2 is None:
+            return self.not_found(request, None)
+        return self._preflight(request, OHTTP_HEADERS)
+
+    def _preflight(self, request: Request, route_headers: frozenset[bytes]) -> bytes:
+        """A browser's question before a cross-origin POST. A refused one is a 403 with no CORS
+        header: the browser then never sends the POST."""
         raw = request.requestHeaders.getRawHeaders
         if not self._cors.is_preflight(raw(b"origin"), raw(b"access-control-request-method")):
             return self.method_not_allowed(request, None)
         preflight = self._cors.preflight(
-            raw(b"origin"), raw(b"access-control-request-method"), raw(b"access-control-request-headers")
+            raw(b"origin"), raw(b"access-control-request-method"), raw(b"access-control-request-headers"), route_headers
         )
         self._security_headers(request)
         request.setResponseCode(204 if preflight.allowed else 403)
