@@ -34,10 +34,10 @@ class BodyStream(Protocol):
         try:
             self._on_data(data)
         except Exception:
-            failure = Failure()
+            # That failure first: stopping the body makes its connectionLost fail `done` with a
+            # mere ConnectionDone, which readers take for a broken connection.
+            self.done.errback(Failure())
             self.stop()
-            if not self.done.called:
-                self.done.errback(failure)
 
     def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
         if self.done.called:

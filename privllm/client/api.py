@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 from OpenSSL import crypto
 from twisted.internet import defer, ssl
 from twisted.internet.defer import Deferred
-from twisted.internet.error import ConnectError, ConnectionLost, DNSLookupError, TimeoutError
+from twisted.internet.error import ConnectError, ConnectionDone, ConnectionLost, DNSLookupError, TimeoutError
 from twisted.internet.interfaces import IReactorThreads, IReactorTime
 from twisted.internet.threads import deferToThreadPool
 from twisted.web.client import ResponseFailed
@@ -83,6 +83,9 @@ __all__ = [
     "router_url",
 ]
 
+# The most a v2 router's date may move this client's clock: its answer is authenticated, but
+# only by the router's key, and a date far off (1900) broke every later chat of the instance.
+MAX_CLOCK_CORRECTION = 86400
 IDLE_SECONDS = 45  # kept connections close before the router closes them (its idle_timeout)
 
 
@@ -489,7 +492,12 @@ class PrivllmClient:
                 if corrected:
                     raise
                 corrected = True
-                self._clock_offset = e.router_time - self._now()
+                offset = e.router_time - self._now()
+                if abs(offset) > MAX_CLOCK_CORRECTION:
+                    raise ProtocolFailure(
+                        f"the router's date is {offset} s from this clock: more than a day, not taken"
+                    ) from e
+                self._clock_offset = offset
             except ServerError as e:
                 if e.code != "unknown_key" or refetched:
                     raise
@@ -562,6 +570,11 @@ class StreamReader(Protocol):
 
     def end(self) -> list[dict[str, Any]] | None: ...
 
+    @property
+    def progress(self) -> int:
+        """Grows with what proves the stream alive: the idle wait restarts only then."""
+        ...
+
 
 async def read_stream(
     response: Any, reader: StreamReader, clock: IReactorTime, on_chunk: Callable[[dict[str, Any]], None] | None = None
@@ -581,8 +594,10 @@ async def read_stream(
                 on_chunk(chunk)
 
     def on_data(data: bytes) -> None:
-        idle.reset(STREAM_IDLE_TIMEOUT)
+        before = reader.progress
         take(reader.feed(data))
+        if reader.progress != before:
+            idle.reset(STREAM_IDLE_TIMEOUT)
 
     body = BodyStream(on_data)
     idle = clock.callLater(STREAM_IDLE_TIMEOUT, body.stop)
@@ -594,8 +609,8 @@ async def read_stream(
         if e.kind == "truncated":
             raise TruncatedError("the stream was cut before its final chunk") from e
         raise ProtocolFailure(f"stream rejected: {e.kind}") from e
-    except Exception:  # the connection broke: what counts is whether the final chunk arrived whole
-        broken = True
+    except (ResponseFailed, PotentialDataLoss, ConnectionLost, ConnectionDone):
+        broken = True  # the connection broke: what counts is whether the final chunk arrived whole
     finally:
         if idle.active():
             idle.cancel()

@@ -56,12 +56,15 @@ class ResponseReader:
         self._sealed = sealed
         self._sse = SSEParser()
         self._opener: StreamOpener | None = None
+        # Bytes fed: v1's keep-alives are SSE comments, which TLS to the router protects.
+        self.progress = 0
 
     @property
     def finished(self) -> bool:
         return self._opener is not None and self._opener.finished
 
     def feed(self, data: bytes) -> list[dict[str, Any]]:
+        self.progress += len(data)
         try:
             events = self._sse.feed(data)
         except SSEError as e:

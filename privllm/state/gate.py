@@ -49,9 +49,10 @@ class AdmissionGate:
     def admit_v2(
         self, body: bytes, pow_header: Sequence[bytes] | None, address: str, now: float, backend_ready: bool
     ) -> Deferred[AdmittedV2]:
-        """As `admit`, for protocol v2. A stale request (known only once decrypted) is still
-        remembered in the replay window, as if timestamped now, so its enc cannot come again;
-        it holds nothing when it fires."""
+        """As `admit`, for protocol v2. A stale request (known only once decrypted) is answered
+        at once and, as v1's stale refusal, neither remembered nor counted: remembering it would
+        charge its device for every copy someone replays once its entry expired, and a copy of
+        a past request stays stale for ever."""
         assert self.admission_v2 is not None
         v2 = self.admission_v2
         result: Deferred[AdmittedV2] = Deferred()
@@ -64,15 +65,14 @@ class AdmissionGate:
             if prepared is None:
                 raise ask.refusal or RequestRejected(UNAVAILABLE)
             request = v2.open(prepared)
-            stale = not v2.fresh(request.timestamp, ask.now)
-            committed = replace(ask, timestamp=int(ask.now) if stale else request.timestamp)
+            if not v2.fresh(request.timestamp, ask.now):
+                result.callback(AdmittedV2(request, ask.address, stale=True))
+                return
 
             def admitted(lease: Lease | None, refusal: SealedRefusal | None) -> AdmittedV2:
-                if stale:
-                    return AdmittedV2(request, ask.address, stale=True)
                 return AdmittedV2(request, ask.address, refusal=refusal, lease=lease)
 
-            self._commit(result, committed, request.device_pubkey, admitted, keep=not stale)
+            self._commit(result, replace(ask, timestamp=request.timestamp), request.device_pubkey, admitted)
 
         screened.addCallback(opened)
         screened.addErrback(self._refuse, result, ask)
@@ -101,14 +101,13 @@ class AdmissionGate:
         ask: Ask,
         device: bytes,
         admitted: Callable[[Lease | None, SealedRefusal | None], _A],
-        keep: bool = True,
     ) -> None:
         """Remember the request, count its device, take a lease; fire `result` with what was
-        granted. `keep` false: only the remembering matters, a lease is given back at once."""
+        granted."""
 
         def granted(held: Lease | SealedRefusal) -> None:
             lease = held if isinstance(held, Lease) else None
-            if lease is not None and (result.called or not keep):  # the client left meanwhile, or no use
+            if lease is not None and result.called:  # the client left meanwhile
                 self.state.release(lease)
                 lease = None
             if not result.called:

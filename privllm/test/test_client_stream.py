@@ -56,6 +56,33 @@ class IdleStream(TestCase):
         self.assertEqual(clock.getDelayedCalls(), [])
 
 
+class CallbackErrors(TestCase):
+    def test_an_error_in_the_callback_is_not_a_complete_answer(self) -> None:
+        """The app's callback failed on a delta while the final chunk had already arrived:
+        the chat must fail with that error, not return a text missing the rest."""
+        clock = Clock()
+        body = FakeResponse()
+        enc, secret, nonce = os.urandom(32), os.urandom(32), os.urandom(32)
+        sealer = StreamSealer(derive_stream_keys(secret, enc, nonce))
+
+        def on_chunk(chunk: dict[str, Any]) -> None:
+            if chunk.get("text") == "world":
+                raise RuntimeError("the app failed")
+
+        reader = ResponseReader(SealedRequest({}, enc, secret))
+        result: Any = ensureDeferred(read_stream(body, reader, clock, on_chunk))
+        done = {"type": "done", "finish_reason": "stop", "usage": {"prompt_tokens": 1, "completion_tokens": 3}}
+        body.send(
+            encode_event("init", dumps({"response_nonce": b64encode(nonce)}).decode())
+            + b"".join(
+                encode_event("chunk", sealer.seal({"type": "delta", "text": t})) for t in ("hello ", "world", "!")
+            )
+            + encode_event("chunk", sealer.seal(done, final=True))
+        )
+        self.failureResultOf(result, RuntimeError)
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+
 class SealedErrors(TestCase):
     def error_after(self, chunk: dict[str, Any]) -> ServerError:
         clock = Clock()
@@ -101,6 +128,22 @@ class IdleStreamV2(TestCase):
         self.assertTrue(body.transport.stopped)
         self.failureResultOf(result, TruncatedError)
         self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_bytes_that_open_no_chunk_do_not_hold_the_wait(self) -> None:
+        """A relay trickling a chunk that never completes, a byte at a time, must not keep the
+        client waiting: only an opened chunk (a keep-alive is one) proves the stream alive."""
+        clock = Clock()
+        body = FakeResponse()
+        result: Any = ensureDeferred(read_stream_v2(body, self.sealed, clock))
+        body.send(self.stream.start())
+        pending = self.stream.event({"type": "delta", "text": "hi"})
+        for byte in pending[: len(pending) // 2]:
+            clock.advance(STREAM_IDLE_TIMEOUT / 4)
+            if body.transport.stopped:
+                break
+            body.send(bytes([byte]))
+        self.assertTrue(body.transport.stopped)
+        self.failureResultOf(result, TruncatedError)
 
     def test_finished_stream_leaves_no_timer(self) -> None:
         clock = Clock()

@@ -381,6 +381,19 @@ class HostileAnswers(Equipment):
         self.assertEqual((error.code, error.status), ("stale", 401))
         self.assertEqual(len(self.gateway.posts), 2)
 
+    async def test_a_date_more_than_a_day_off_is_not_taken(self) -> None:
+        """Only the router's key authenticates the date: one from 1900 made every later chat of
+        the client fail while sealing (a negative timestamp), with a traceback."""
+        self.gateway.answer = lambda g, r, opened: [
+            ResponseStream(opened.context, PAD_TO).refusal(401, STALE, date=-2208988800)
+        ]
+        client = self.client()
+        error = await self.failure(ProtocolFailure, client)
+        self.assertIn("more than a day", str(error))
+        self.assertEqual(len(self.gateway.posts), 1)
+        self.gateway.answer = events(delta("hel"), delta("lo"), size=40)  # the router answers again
+        self.assertEqual((await client.chat(HELLO)).text, "hello", "the client was left as it was")
+
     async def test_stale_without_a_date_is_not_retried(self) -> None:
         self.gateway.answer = lambda g, r, opened: [ResponseStream(opened.context, PAD_TO).refusal(401, STALE)]
         error = await self.failure(ServerError)

@@ -16,6 +16,9 @@ import type { Chunk } from "./stream.js";
 import { chooseTransport } from "./transport.js";
 import type { HttpResponse, Transport, TransportName, XhrConstructor } from "./transport.js";
 
+/** The most a v2 router's date may move this device's clock (its answer is authenticated, but only by the router key). */
+const MAX_CLOCK_CORRECTION = 86400;
+
 /** Where the device key lives (an app: the platform's secure storage). */
 export interface KeyStore {
   get(): Promise<Uint8Array | null>;
@@ -147,8 +150,14 @@ export class PrivllmClient {
     this.transport = chooseTransport(options.transport ?? "auto", fetchFn, options.XMLHttpRequest ?? g.XMLHttpRequest);
   }
 
+  /** The device's clock, corrected by what a v2 router said: a request's timestamp only. */
   private seconds(): number {
-    return Math.floor(this.now() / 1000) + this.clockOffset;
+    return this.rawSeconds() + this.clockOffset;
+  }
+
+  /** The device's own clock: key set and key configuration freshness, which a router's date must not move. */
+  private rawSeconds(): number {
+    return Math.floor(this.now() / 1000);
   }
 
   /** The device's X25519 key: made on first use and kept in the KeyStore; it authenticates every request. */
@@ -192,7 +201,7 @@ export class PrivllmClient {
       }
       const text = await readSmall(response, MAX_KEYSET_BYTES);
       try {
-        this.keySet = verifyKeySet(text, this.pin, this.seconds());
+        this.keySet = verifyKeySet(text, this.pin, this.rawSeconds());
         return this.keySet;
       } catch (e) {
         if (!(e instanceof StaleKeySetError) || attempt > 0) throw e;
@@ -204,7 +213,7 @@ export class PrivllmClient {
   private async currentKeys(signal?: AbortSignal): Promise<KeySet> {
     if (this.keySet !== null) {
       try {
-        checkFresh(this.keySet, this.seconds());
+        checkFresh(this.keySet, this.rawSeconds());
         return this.keySet;
       } catch {
         this.keySet = null;
@@ -401,7 +410,7 @@ export class PrivllmClient {
         signature: response.header("privllm-keys-signature"),
       };
       try {
-        this.configs = verifyKeyConfigs(body, headers, this.pin, this.seconds());
+        this.configs = verifyKeyConfigs(body, headers, this.pin, this.rawSeconds());
         return this.configs;
       } catch (e) {
         if (!(e instanceof StaleKeySetError) || attempt > 0) throw e;
@@ -412,7 +421,7 @@ export class PrivllmClient {
   private async currentConfigs(signal?: AbortSignal): Promise<KeyConfigSet> {
     if (this.configs !== null) {
       try {
-        checkFresh(this.configs, this.seconds());
+        checkFresh(this.configs, this.rawSeconds());
         return this.configs;
       } catch {
         this.configs = null;
@@ -452,7 +461,11 @@ export class PrivllmClient {
       } catch (e) {
         if (e instanceof StaleRequest && !corrected) {
           corrected = true;
-          this.clockOffset += e.date - this.seconds();
+          const offset = e.date - this.rawSeconds();
+          if (Math.abs(offset) > MAX_CLOCK_CORRECTION) {
+            throw new ProtocolError(`the router's date is ${offset} s from this device's clock: more than a day, not taken`);
+          }
+          this.clockOffset = offset;
           continue;
         }
         if (e instanceof StaleRequest) throw new ServerError("stale", null, null, "the router refused the request as stale twice (is this device's clock right?)");

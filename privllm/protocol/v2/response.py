@@ -153,9 +153,16 @@ class ResponseReader:
         self.status: int | None = None
         self.date: int | None = None
         self.finished = False  # the last event was read
+        # Chunks opened, keep-alives included: what a relay cannot forge, unlike bytes (a relay
+        # trickling bytes of a chunk that never completes must not hold the client for ever).
+        self.progress = 0
 
     def feed(self, data: bytes) -> list[dict[str, Any]]:
-        return self._guarded(lambda: [e for chunk in self._opener.feed(data) for e in self._chunk(chunk, False)])
+        return self._guarded(lambda: [e for chunk in self._opener.feed(data) for e in self._opened(chunk)])
+
+    def _opened(self, plaintext: bytes) -> list[dict[str, Any]]:
+        self.progress += 1
+        return self._chunk(plaintext, False)
 
     def end(self) -> list[dict[str, Any]]:
         """The body ended: the events of the final chunk, which must be exactly the last one."""
