@@ -568,3 +568,23 @@ class Independent(TestCase):
 
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
+
+
+class LongLines(TestCase):
+    """A last event or a padding longer than one chunk holds: its newline still opens in the
+    final chunk, and a keep-alive fits one chunk, at every padding the schema allows."""
+
+    def test_every_padding_and_a_long_last_event(self) -> None:
+        long_error = {"type": "error", "code": "internal", "message": "x" * 40000}
+        for pad_to in (0, 64, 16383, 16384, 65536):
+            for last in (long_error, {"type": "done", "finish_reason": "stop", "usage": {}}):
+                sealed, opened = exchange()
+                stream = ResponseStream(opened.context, pad_to)
+                body = stream.start() + stream.keepalive() + stream.event({"type": "delta", "text": "hi"})
+                body += stream.final(last)
+                reader = ResponseReader(sealed.context)
+                events = reader.feed(body) + reader.end()
+                self.assertEqual(events, [{"type": "delta", "text": "hi"}, last], (pad_to, last["type"]))
+                refused = ResponseStream(opened.context, pad_to).refusal(401, long_error, date=T)
+                reader = ResponseReader(sealed.context)
+                self.assertEqual(reader.feed(refused) + reader.end(), [long_error], pad_to)

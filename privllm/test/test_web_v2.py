@@ -69,6 +69,7 @@ class Router(TestCase):
     pow_gate: PowGate | None = None
     accept_v1 = True
     device_rate = 1e6
+    pad_to = 64
 
     def setUp(self) -> None:
         self.clock = Clock()
@@ -95,7 +96,7 @@ class Router(TestCase):
             pool=self.pool,
             metrics=self.metrics,
             hsts_max_age=100,
-            settings=stream_settings(keepalive=15, idle_timeout=60, privacy=Privacy(pad_to=64, coalesce_ms=0)),
+            settings=stream_settings(keepalive=15, idle_timeout=60, privacy=Privacy(pad_to=self.pad_to, coalesce_ms=0)),
             client_address=ClientAddress(self.policy, "X-Forwarded-For"),
             ohttp_keys=ohttp_keys,
             accept_v1=self.accept_v1,
@@ -438,3 +439,30 @@ class V1Off(Router):
             self.assertEqual(self.refusal(transport), (404, {"error": "not_found"}))
         _, transport = self.post(self.sealed().body)
         self.assertTrue(self.answer(transport)[0].startswith(b"HTTP/1.1 200 "))
+
+
+class LargestPadding(Router):
+    """The largest padding the schema allows: a keep-alive or a refusal padded past what one
+    chunk holds made the sealer raise, which stopped the chat's ticker and its timeouts."""
+
+    pad_to = 65536
+
+    def test_a_quiet_stream_keeps_its_timeouts_and_its_keepalives_open(self) -> None:
+        sealed = self.sealed()
+        _, transport = self.post(sealed.body)
+        for _ in range(400):  # the upstream never answers
+            self.clock.advance(1)
+        self.assertEqual(self.flushLoggedErrors(), [])
+        head, body, ended = self.answer(transport)
+        self.assertTrue(ended, "the first-token timeout ended the stream")
+        reader = ResponseReader(sealed.context)
+        self.assertEqual(reader.feed(body), [], "keep-alives open, carrying no event")
+        self.assertEqual([(e["type"], e["code"]) for e in reader.end()], [("error", "timeout")])
+        self.assertReleased()
+
+    def test_a_stale_refusal_is_readable(self) -> None:
+        sealed = self.sealed(NOW - 3600)
+        _, transport = self.post(sealed.body)
+        reader = ResponseReader(sealed.context)
+        self.assertEqual(reader.feed(self.answer(transport)[1]), [])
+        self.assertEqual(([e["code"] for e in reader.end()], reader.status), (["stale"], 401))

@@ -411,7 +411,13 @@ class ChatStream:
     def _tick(self) -> None:
         self._feed(lambda: self._life.tick(self._clock.seconds()))
         if not self._life.ended:
-            self._events.tick(self._settings.keepalive)
+            self._feed(self._keep_alive)
+
+    def _keep_alive(self) -> list[life.Action]:
+        """Fed as an event: a failing keep-alive ends the chat sealed `internal`; raised from
+        the ticker, it stopped it, and with it every timeout of the chat."""
+        self._events.tick(self._settings.keepalive)
+        return []
 
     # giving back
 

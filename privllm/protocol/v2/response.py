@@ -102,13 +102,22 @@ class ResponseStream:
 
     def keepalive(self) -> bytes:
         """A sealed chunk of padding only, so relays see bytes while the model thinks."""
-        return self._sealer.seal(self._bhttp.content(bytes(max(self._pad_to, 1))))
+        return self._sealer.seal(self._bhttp.content(bytes(min(max(self._pad_to, 1), _PIECE))))
 
     def final(self, obj: dict[str, Any]) -> bytes:
         """The last event (done or error) and the BHTTP end, sealed as the final chunk."""
         if obj.get("type") not in FINAL_TYPES:
             raise ValueError("the last event is done or error")
-        *pieces, last = self._pieces(obj)
+        return self._last(obj)
+
+    def _last(self, obj: dict[str, Any]) -> bytes:
+        line = _line(obj, self._pad_to)
+        if len(line) > _PIECE:
+            # The last event must complete in the final chunk, so its newline goes there: the
+            # padding, allowed between lines, moves before it (the size stays the same).
+            text = dumps(obj) + b"\n"
+            line = bytes(len(line) - len(text)) + text
+        *pieces, last = [line[i : i + _PIECE] for i in range(0, len(line), _PIECE)]
         out = b"".join(self._sealer.seal(self._bhttp.content(piece)) for piece in pieces)
         return out + self._sealer.seal(self._bhttp.content(last) + self._bhttp.end(), final=True)
 
@@ -121,8 +130,10 @@ class ResponseStream:
         if date is not None:
             headers += ((b"date", http_date(date)),)
         head = self._bhttp.head(status, headers)
-        plaintext = head + self._bhttp.content(_line(obj, self._pad_to)) + self._bhttp.end()
-        return self._sealer.seal(plaintext, final=True)
+        line = _line(obj, self._pad_to)
+        if len(head) + len(line) <= _PIECE:  # the usual case: one final chunk
+            return self._sealer.seal(head + self._bhttp.content(line) + self._bhttp.end(), final=True)
+        return self._sealer.seal(head) + self._last(obj)
 
     def _pieces(self, obj: dict[str, Any]) -> list[bytes]:
         line = _line(obj, self._pad_to)
