@@ -453,7 +453,7 @@ class LargestPadding(Router):
         for _ in range(400):  # the upstream never answers
             self.clock.advance(1)
         self.assertEqual(self.flushLoggedErrors(), [])
-        head, body, ended = self.answer(transport)
+        _, body, ended = self.answer(transport)
         self.assertTrue(ended, "the first-token timeout ended the stream")
         reader = ResponseReader(sealed.context)
         self.assertEqual(reader.feed(body), [], "keep-alives open, carrying no event")
