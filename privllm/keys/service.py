@@ -73,6 +73,7 @@ class KeyRingService(Service):
         self._store.apply(update)
         if self.ring.keys != before:
             self._published = self._published_v2 = None
+            self.gateway_keys.clear()  # no reference to a key the ring dropped (and wiped) stays here
             log.info("HPKE key ring updated: live key ids {ids}", ids=[k.key_id for k in self.ring.keys])
 
     def _failed(self, failure: Failure) -> None:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import fcntl
+import gc
 import json
 import os
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -161,13 +163,16 @@ class Service(TestCase):
         old = s.gateway_keys.accepting(before[0], NOW + 60)[before[0]]
         store = KeyRingStore(self.dir, DAY, HOUR)
         store.update(NOW + 70, lambda r: r.rotate_now(NOW + 70, suite.new_private_key, revoke=True))
+        held = weakref.ref(old)
+        del old
         self.clock.advance(s.CHECK_EVERY)
+        gc.collect()
+        self.assertIsNone(held(), "the revoked key's gateway key (and its private key) is let go at once")
         after = served()
         self.assertNotIn(before[0], after)
         now = int(self.clock.seconds())
         self.assertEqual(s.gateway_keys.accepting(before[0], now), {}, "revoked: no gateway key")
         fresh = s.gateway_keys.accepting(after[0], now)[after[0]]
-        self.assertIsNot(fresh, old)
         ring_key = s.ring.accepting(after[0], now)
         assert ring_key is not None
         self.assertIs(fresh.private_key, ring_key.secret, "the ring's own key object")
