@@ -115,7 +115,7 @@ class Router(TestCase):
 
     def connect(self, peer: str = "127.0.0.1") -> tuple[Any, StringTransport]:
         protocol = self.site.buildProtocol(IPv4Address("TCP", peer, 1234))
-        transport = StringTransport()
+        transport = StringTransport(peerAddress=IPv4Address("TCP", peer, 1234))
         protocol.makeConnection(transport)
         return protocol, transport
 
@@ -439,6 +439,20 @@ class V1Off(Router):
             self.assertEqual(self.refusal(transport), (404, {"error": "not_found"}))
         _, transport = self.post(self.sealed().body)
         self.assertTrue(self.answer(transport)[0].startswith(b"HTTP/1.1 200 "))
+
+
+class ForwardedHeader(Router):
+    def test_a_trusted_proxys_bad_header_is_400_on_both_versions(self) -> None:
+        """It raised before the gate and came out as a 500."""
+        self.policy.__init__(64, trusted_proxies=["127.0.0.7"], relays=["10.9.0.0/16"])  # type: ignore[misc]
+        bad = b"X-Forwarded-For: unknown\r\n"
+        _, transport = self.post(self.sealed().body, headers=bad, peer="127.0.0.7")
+        self.assertEqual(self.refusal(transport), (400, {"error": "malformed"}))
+        protocol, transport = self.connect("127.0.0.7")
+        v1 = b"POST /api/chat HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 2\r\n"
+        protocol.dataReceived(v1 + bad + b"\r\n{}")
+        self.assertEqual(self.refusal(transport), (400, {"error": "malformed"}))
+        self.assertEqual(self.flushLoggedErrors(), [])
 
 
 class LargestPadding(Router):

@@ -141,8 +141,12 @@ class RouterApp:
             return self.not_found(request, None)
         if self._media_type(request) != b"application/json":
             return self._reject(request, UNSUPPORTED_MEDIA_TYPE)
+        try:
+            address = self._client_address(request)
+        except RequestRejected as e:  # a trusted proxy's header that is no bare address
+            return self._reject(request, e.rejection)
         body = self._body(request)
-        admitted = self._gate.admit(body, self._client_address(request), self._clock.seconds(), self._ready())
+        admitted = self._gate.admit(body, address, self._clock.seconds(), self._ready())
         del body
         answered: Deferred[Any] = admitted.addCallbacks(
             lambda a: self._stream(request, a, self._start), lambda f: self._refused(request, f)
@@ -171,10 +175,14 @@ class RouterApp:
             return self.not_found(request, None)
         if self._media_type(request) != OHTTP_REQUEST:
             return self._reject(request, UNSUPPORTED_MEDIA_TYPE)
+        try:
+            address = self._client_address(request)
+        except RequestRejected as e:  # a trusted proxy's header that is no bare address
+            return self._reject(request, e.rejection)
         body = self._body(request)
         pow_header = request.requestHeaders.getRawHeaders(POW_HEADER)
         now = self._clock.seconds()
-        admitted = self._gate.admit_v2(body, pow_header, self._client_address(request), now, self._ready())
+        admitted = self._gate.admit_v2(body, pow_header, address, now, self._ready())
         del body
         answered: Deferred[Any] = admitted.addCallbacks(
             lambda a: self._answer_v2(request, a), lambda f: self._refused(request, f)
