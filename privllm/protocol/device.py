@@ -35,6 +35,7 @@ PROOF_SIZE = 32
 _KEY_INFO = b"privllm/v2 device key"
 _PROOF_LABEL = b"privllm/v2 device proof\x00"
 _MAX_TIMESTAMP = (1 << 64) - 1
+_P = 2**255 - 19
 
 
 class DeviceProofError(ProtocolError):
@@ -61,6 +62,13 @@ def _exchange(private: X25519PrivateKey, public: bytes) -> bytes:
         raise DeviceProofError("no shared secret with this key") from e
 
 
+def _canonical(public: bytes) -> bool:
+    """One spelling per key: X25519 ignores the top bit and reduces mod p, so 2**255 - 19 and
+    more, or the top bit set, name a key another spelling names too, and one device would
+    count as several for its limits."""
+    return len(public) == 32 and int.from_bytes(public, "little") < _P
+
+
 def device_proof(device_private: bytes, router_public: bytes, enc: bytes, timestamp: int) -> bytes:
     """The client's side: the proof for one encapsulation."""
     device = X25519PrivateKey.from_private_bytes(device_private)
@@ -73,6 +81,8 @@ def verify_device_proof(
     router_private: X25519PrivateKey, device_public: bytes, enc: bytes, timestamp: int, proof: bytes
 ) -> None:
     """The router's side; raises DeviceProofError unless `proof` is the device's for `enc`."""
+    if not _canonical(device_public):
+        raise DeviceProofError("not a canonical X25519 public key")
     router_public = router_private.public_key().public_bytes_raw()
     key = _proof_key(_exchange(router_private, device_public), device_public, router_public)
     expected = hmac.new(key, _message(enc, timestamp), sha256).digest()

@@ -68,6 +68,20 @@ class DeviceProof(TestCase):
             with self.assertRaises(DeviceProofError, msg=point.hex()):
                 verify_device_proof(ROUTER, point, ENC, T, bytes(PROOF_SIZE))
 
+    def test_a_second_spelling_of_a_key_is_refused(self) -> None:
+        """The top bit set, or the value reduced mod p, names the same X25519 key: it would make
+        one device several for the per-device limits."""
+        high = DEVICE_PUBLIC[:31] + bytes([DEVICE_PUBLIC[31] | 0x80])
+        shared = X25519PrivateKey.from_private_bytes(DEVICE).exchange(ROUTER.public_key())
+        prk = hmac.new(b"\x00" * 32, shared, sha256).digest()
+        key = hmac.new(prk, b"privllm/v2 device key" + high + ROUTER_PUBLIC + b"\x01", sha256).digest()
+        proof = hmac.new(key, b"privllm/v2 device proof\x00" + ENC + T.to_bytes(8, "big"), sha256).digest()
+        with self.assertRaises(DeviceProofError):  # its owner can prove it: only the spelling refuses it
+            verify_device_proof(ROUTER, high, ENC, T, proof)
+        p_plus_9 = (2**255 - 19 + 9).to_bytes(32, "little")  # the base point, spelled past p
+        with self.assertRaises(DeviceProofError):
+            verify_device_proof(ROUTER, p_plus_9, ENC, T, bytes(PROOF_SIZE))
+
     def test_bad_lengths_and_times_are_refused(self) -> None:
         for device_public in (b"", DEVICE_PUBLIC[:31], DEVICE_PUBLIC + b"\x00"):
             with self.assertRaises(DeviceProofError):
