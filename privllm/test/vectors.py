@@ -487,21 +487,29 @@ def vectors() -> dict[str, Any]:
 
 
 def render() -> bytes:
-    return (json.dumps(vectors(), indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
+    return render_json(vectors())
+
+
+def render_json(data: dict[str, Any]) -> bytes:
+    """The vector files' one form: sorted keys, two spaces, UTF-8, a final newline."""
+    return (json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+def write_or_check(path: str, data: bytes, module: str, argv: list[str]) -> int:
+    """Write the file, or with --check say whether it matches (exit 1 if not)."""
+    if argv[1:] == ["--check"]:
+        with open(path, "rb") as f:
+            same = f.read() == data
+        print("up to date" if same else f"{path} differs from the code: run python -m {module}")
+        return 0 if same else 1
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(data)
+    return 0
 
 
 def main(argv: list[str]) -> int:
-    """Write the file, or with --check say whether it matches (exit 1 if not)."""
-    data = render()
-    if argv[1:] == ["--check"]:
-        with open(PATH, "rb") as f:
-            same = f.read() == data
-        print("up to date" if same else f"{PATH} differs from the code: run python -m privllm.test.vectors")
-        return 0 if same else 1
-    os.makedirs(os.path.dirname(PATH), exist_ok=True)
-    with open(PATH, "wb") as f:
-        f.write(data)
-    return 0
+    return write_or_check(PATH, render(), "privllm.test.vectors", argv)
 
 
 if __name__ == "__main__":

@@ -48,6 +48,7 @@ from ..protocol.ohttp.wire import decode_varint, encode_varint, varint_size
 from ..protocol.pow import Challenges, leading_zero_bits
 from ..protocol.v2.request import SealedV2, open_chat_request, seal_chat_request
 from ..protocol.v2.response import EVENTS_TYPE, ResponseReader, ResponseStream, http_date
+from .vectors import render_json, write_or_check
 
 PATH = os.path.join(os.path.dirname(__file__), "..", "..", "docs", "vectors", "protocol-v2.json")
 CHACHA = SymmetricSuite(KDF_HKDF_SHA256, AEAD_CHACHA20_POLY1305)
@@ -617,21 +618,11 @@ def vectors() -> dict[str, Any]:
 
 
 def render() -> bytes:
-    return (json.dumps(vectors(), indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
+    return render_json(vectors())
 
 
 def main(argv: list[str]) -> int:
-    """Write the file, or with --check say whether it matches (exit 1 if not)."""
-    data = render()
-    if argv[1:] == ["--check"]:
-        with open(PATH, "rb") as f:
-            same = f.read() == data
-        print("up to date" if same else f"{PATH} differs from the code: run python -m privllm.test.vectors_v2")
-        return 0 if same else 1
-    os.makedirs(os.path.dirname(PATH), exist_ok=True)
-    with open(PATH, "wb") as f:
-        f.write(data)
-    return 0
+    return write_or_check(PATH, render(), "privllm.test.vectors_v2", argv)
 
 
 if __name__ == "__main__":
