@@ -142,7 +142,6 @@ class Expiring(TestCase):
         s.purge(10)
         self.assertEqual((len(s), "c" in s, s.owned("o")), (1, True, 0))
 
-
     def test_a_call_brings_its_own_share(self) -> None:
         s = ExpiringSet(10, max_per_owner=1)
         s.add("a", 10, "o", share=3)
