@@ -61,6 +61,7 @@ class Ask:
     timestamp: int = 0  # the request's own, already checked fresh
     pow_token: bytes | None = None  # a verified challenge's random part: spent once
     pow_expires: int = 0
+    relay: bool = False  # from an Oblivious HTTP relay: held to the relay's per-address budget
 
 
 @dataclass(frozen=True)
