@@ -80,6 +80,7 @@ class Behaviour:
     assertEqual: Any
     assertIs: Any
     assertIsInstance: Any
+    assertTrue: Any
     failureResultOf: Any
 
     async def states(self, limits: Limits = LIMITS) -> tuple[AdmissionState, AdmissionState]:
