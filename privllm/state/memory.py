@@ -37,9 +37,9 @@ class MemoryState:
             limits.replay_max_per_address,
         )
         self.per_address = RateLimiter(limits.address_rate, limits.address_burst, limits.max_addresses)
-        # an ask is held to its address budget: a relay's or a client's, at the same key
+        # an ask is held to its address budget: a client's, or a relay's at the same key
         self.budgets = {relay: limits.address_budget(relay) for relay in (False, True)}
-        self.rates = {relay: Budget(b.rate, b.burst) for relay, b in self.budgets.items()}
+        self.relay_rate = Budget(limits.relay_rate, limits.relay_burst)
         self.per_device = RateLimiter(limits.device_rate, limits.device_burst, limits.max_devices)
         self.slots = StreamSlots(limits.max_streams, limits.max_streams_per_device)
         self.address_streams = CountPerKey(limits.max_streams_per_address)
@@ -55,7 +55,7 @@ class MemoryState:
 
     def _screen(self, ask: Ask) -> None:
         budget = self.budgets[ask.relay]
-        wait = self.per_address.check(ask.address, ask.now, self.rates[ask.relay])
+        wait = self.per_address.check(ask.address, ask.now, self.relay_rate if ask.relay else None)
         if wait:
             raise RequestRejected(RATE_LIMITED, retry_after=wait, reason="address_rate")
         self.rate.add(ask.now)  # the load: requests that passed their address's limit
