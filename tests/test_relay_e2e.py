@@ -5,7 +5,7 @@ which forwards the encapsulated body and strips everything that names them.
 
 Checked: the answer streams through the relay chunk by chunk; nothing the router keeps (its
 log, its metrics, the files it wrote) holds a client's address; abuse controls apply per
-relay (two clients behind one relay share its address's budget) and by proof of work.
+relay (two clients behind one relay share the relay's own budget) and by proof of work.
 """
 
 from __future__ import annotations
@@ -164,9 +164,13 @@ class ThroughARelay(TestCase):
             self.assertNotIn(address, kept)
 
     def test_abuse_controls_count_the_relay_not_its_clients(self) -> None:
-        """Two clients behind one relay share its address's request budget: garbage from one
-        spends it for both (the router cannot tell them apart, by design)."""
-        limits = {"rate_limit": {"per_address_rate": 0.01, "per_address_burst": 4}}
+        """Two clients behind one relay share the relay's request budget (ohttp.relay_*, not a
+        single client's rate_limit.per_address_*, set lower here): garbage from one spends it
+        for both (the router cannot tell them apart, by design)."""
+        limits = {
+            "ohttp": {"relays": [RELAY_SOURCE], "relay_rate": 0.01, "relay_burst": 4},
+            "rate_limit": {"per_address_rate": 0.01, "per_address_burst": 1},
+        }
         daemon, relay, ca = behind_relay("limited", limits)
         first, second = (RelayClient(relay, ca, daemon.pin(), source) for source in CLIENTS)
         statuses = [first.post(b"\x00" * 64).status for _ in range(4)]

@@ -198,6 +198,8 @@ def _check_addresses(config: Config) -> None:
         raise ConfigError("replay.future_skew", "must not exceed replay.window")
     if replay.max_entries_per_address > replay.max_entries:
         raise ConfigError("replay.max_entries_per_address", "must not exceed replay.max_entries")
+    if config.ohttp.relay_replay_entries > replay.max_entries:
+        raise ConfigError("ohttp.relay_replay_entries", "must not exceed replay.max_entries")
     if config.server.trusted_proxies and not config.server.client_address_header:
         # Every client would count as the proxy: one could spend everyone's limits.
         raise ConfigError("server.client_address_header", "must be set when server.trusted_proxies is")

@@ -238,6 +238,15 @@ class Ohttp:
     # Oblivious HTTP relays (addresses or CIDRs, either family): requests from them count under the
     # relay's own address, never a forwarded-client header; exempt from the per-address connection cap
     relays: list[str] = field(default_factory=list)
+    # A relay carries many clients, so its requests get their own per-address budgets instead of
+    # rate_limit.per_address_*, load.max_streams_per_address and replay.max_entries_per_address.
+    # Not per client: the relay must limit each of its clients (RFC 9458 puts that at the relay).
+    relay_rate: float = field(default=200.0, metadata=_range(0.001, 1_000_000))  # requests/s per relay
+    relay_burst: int = field(default=2000, metadata=_range(1, 10_000_000))
+    # concurrent streams per relay; the default is load.max_streams's: one relay may carry every
+    # client. Not checked against load.max_streams: above it, the global cap simply binds first.
+    relay_streams: int = field(default=256, metadata=_range(1, 1_000_000))
+    relay_replay_entries: int = field(default=200_000, metadata=_range(2, 10_000_000))  # at most replay.max_entries
 
 
 @dataclass(frozen=True)

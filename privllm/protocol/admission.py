@@ -61,6 +61,7 @@ class Ask:
     timestamp: int = 0  # the request's own, already checked fresh
     pow_token: bytes | None = None  # a verified challenge's random part: spent once
     pow_expires: int = 0
+    relay: bool = False  # from an Oblivious HTTP relay: held to the relay's per-address budget
 
 
 @dataclass(frozen=True)
@@ -155,15 +156,19 @@ class Admission:
         self.pow_gate = pow_gate
 
     def prepare(
-        self, body: bytes, address: str, now: float, backend_ready: bool, load: Load
+        self, body: bytes, address: str, now: float, backend_ready: bool, load: Load, relay: bool = False
     ) -> tuple[Ask, Prepared | None]:
-        """The stateless checks; a failure is the returned Ask's refusal (and no Prepared)."""
+        """The stateless checks; a failure is the returned Ask's refusal (and no Prepared).
+        `relay`: the peer is an Oblivious HTTP relay (its ask, refused or not, counts against the
+        relay's budget)."""
         try:
-            return self._prepare(body, address, now, backend_ready, load)
+            return self._prepare(body, address, now, backend_ready, load, relay)
         except RequestRejected as e:
-            return Ask(address, now, refusal=e), None
+            return Ask(address, now, refusal=e, relay=relay), None
 
-    def _prepare(self, body: bytes, address: str, now: float, backend_ready: bool, load: Load) -> tuple[Ask, Prepared]:
+    def _prepare(
+        self, body: bytes, address: str, now: float, backend_ready: bool, load: Load, relay: bool
+    ) -> tuple[Ask, Prepared]:
         if not backend_ready:
             raise RequestRejected(UNAVAILABLE, reason="no_node")
         envelope = parse_envelope(body, max_ciphertext=self.max_body)
@@ -184,6 +189,7 @@ class Admission:
             timestamp=envelope.timestamp,
             pow_token=token,
             pow_expires=expires,
+            relay=relay,
         )
         return ask, Prepared(envelope, key.secret)
 

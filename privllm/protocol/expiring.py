@@ -36,15 +36,17 @@ class ExpiringSet:
     def owned(self, owner: Hashable) -> int:
         return self._owned.get(owner, 0)
 
-    def full(self, owner: Hashable, count: int = 1) -> bool:
-        """Whether `count` more entries for `owner` would exceed the cap (overall first)."""
+    def full(self, owner: Hashable, count: int = 1, share: int | None = None) -> bool:
+        """Whether `count` more entries for `owner` would exceed the cap (overall first).
+        `share`: this owner's cap for this call, instead of `max_per_owner`."""
         if len(self._owner) + count > self.max_entries:
             return True
-        return self.max_per_owner is not None and self.owned(owner) + count > self.max_per_owner
+        share = self.max_per_owner if share is None else share
+        return share is not None and self.owned(owner) + count > share
 
-    def add(self, entry: Hashable, expires: int, owner: Hashable) -> None:
+    def add(self, entry: Hashable, expires: int, owner: Hashable, share: int | None = None) -> None:
         """Keep `entry` until the clock reaches `expires`. The caller has checked `full`."""
-        if entry in self._owner or self.full(owner):
+        if entry in self._owner or self.full(owner, share=share):
             raise ValueError("already present, or no room: check first")
         self._owner[entry] = owner
         self._owned[owner] = self.owned(owner) + 1

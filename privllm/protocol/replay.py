@@ -66,18 +66,27 @@ class ReplayWindow:
         if ("id", request_id) in self._seen or ("enc", encapsulated_key) in self._seen:
             raise RequestRejected(REPLAY, reason="replay")
 
-    def check_room(self, address: str, now: int) -> None:
-        """Before decryption: refuse unless this request could be remembered."""
+    def check_room(self, address: str, now: int, share: int | None = None) -> None:
+        """Before decryption: refuse unless this request could be remembered. `share`: the
+        address's entries for this call, instead of `max_per_address` (a relay's bigger one)."""
         self._seen.purge(now)
-        if self._seen.full(address, ENTRIES_PER_REQUEST):
+        if self._seen.full(address, ENTRIES_PER_REQUEST, share):
             if len(self._seen) + ENTRIES_PER_REQUEST > self._seen.max_entries:
                 raise RequestRejected(UNAVAILABLE, reason="replay_room")
             raise RequestRejected(RATE_LIMITED, retry_after=self.longest_life, reason="replay_room")
 
-    def remember(self, request_id: str, encapsulated_key: bytes, timestamp: int, now: int, address: str) -> None:
+    def remember(
+        self,
+        request_id: str,
+        encapsulated_key: bytes,
+        timestamp: int,
+        now: int,
+        address: str,
+        share: int | None = None,
+    ) -> None:
         """Call only after the request decrypted, so a forged copy cannot burn a real id."""
         self.check_unseen(request_id, encapsulated_key, now)
-        self.check_room(address, now)
+        self.check_room(address, now, share)
         expires = timestamp + self.window + 1
-        self._seen.add(("id", request_id), expires, address)
-        self._seen.add(("enc", encapsulated_key), expires, address)
+        self._seen.add(("id", request_id), expires, address, share)
+        self._seen.add(("enc", encapsulated_key), expires, address, share)

@@ -23,9 +23,13 @@ class CountPerKey:
     def held(self, key: Hashable) -> int:
         return self._held.get(key, 0)
 
-    def acquire(self, key: Hashable) -> bool:
+    def room(self, key: Hashable, limit: int | None = None) -> bool:
+        """Whether `key` may take one more hold; `limit`: this call's, instead of the cap's."""
+        return self.held(key) < (self.limit if limit is None else limit)
+
+    def acquire(self, key: Hashable, limit: int | None = None) -> bool:
         held = self.held(key)
-        if held >= self.limit:
+        if not self.room(key, limit):
             return False
         self._held[key] = held + 1
         return True

@@ -76,6 +76,10 @@ def limits(config: Config) -> Limits:
         pow_max_spent=config.pow.max_spent,
         max_addresses=rate.max_addresses,
         max_devices=rate.max_devices,
+        relay_rate=config.ohttp.relay_rate,
+        relay_burst=config.ohttp.relay_burst,
+        relay_streams=config.ohttp.relay_streams,
+        relay_replay_entries=config.ohttp.relay_replay_entries,
     )
 
 

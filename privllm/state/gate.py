@@ -35,19 +35,27 @@ class AdmissionGate:
         self.state = state
         self.admission_v2 = admission_v2
 
-    def admit(self, body: bytes, address: str, now: float, backend_ready: bool) -> Deferred[Admitted]:
+    def admit(
+        self, body: bytes, address: str, now: float, backend_ready: bool, relay: bool = False
+    ) -> Deferred[Admitted]:
         """Fires with the admitted request (perhaps with a sealed refusal), or fails with
         RequestRejected: the plaintext error to send. Unless refused, it holds a lease until
-        `release`."""
+        `release`. `relay`: the peer is an Oblivious HTTP relay (its budget, not a client's)."""
         result: Deferred[Admitted] = Deferred()
-        ask, prepared = self.admission.prepare(body, address, now, backend_ready, self.state.load(now))
+        ask, prepared = self.admission.prepare(body, address, now, backend_ready, self.state.load(now), relay)
         screened = self.state.screen(ask)
         screened.addCallback(lambda _: self._open(result, ask, prepared))
         screened.addErrback(self._refuse, result, ask)
         return result
 
     def admit_v2(
-        self, body: bytes, pow_header: Sequence[bytes] | None, address: str, now: float, backend_ready: bool
+        self,
+        body: bytes,
+        pow_header: Sequence[bytes] | None,
+        address: str,
+        now: float,
+        backend_ready: bool,
+        relay: bool = False,
     ) -> Deferred[AdmittedV2]:
         """As `admit`, for protocol v2. A stale request (known only once decrypted) is answered
         at once and, as v1's stale refusal, neither remembered nor counted: remembering it would
@@ -56,7 +64,7 @@ class AdmissionGate:
         assert self.admission_v2 is not None
         v2 = self.admission_v2
         result: Deferred[AdmittedV2] = Deferred()
-        ask, prepared = v2.prepare(body, pow_header, address, now, backend_ready, self.state.load(now))
+        ask, prepared = v2.prepare(body, pow_header, address, now, backend_ready, self.state.load(now), relay)
         screened = self.state.screen(ask)
 
         def opened(_: None) -> None:

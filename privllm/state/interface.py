@@ -14,6 +14,10 @@ privllm.protocol.admission does every stateless check and asks the state twice p
   remembered it meanwhile), count it against its device (GCRA), and lease a stream for the
   global, per-address and per-device caps; or return the sealed refusal to send.
 
+Every per-address limit (rate, streams, replay share) is the ask's `Limits.address_budget`:
+an ask from an Oblivious HTTP relay (`Ask.relay`) is held to the relay's bigger budget, at the
+same address key, so a relay's clients share the relay's budget rather than one client's.
+
 `release` gives a lease back when the stream ends. `screen` and `commit` may fail with
 StateUnavailable: the request is then refused with 503 before anything is sent (fail closed).
 """
@@ -32,6 +36,7 @@ __all__ = [
     "ADDRESS_STREAMS_RETRY",
     "DEVICE_LIMITED",
     "OVERLOADED",
+    "AddressBudget",
     "AdmissionState",
     "Limits",
     "PowSpent",
@@ -73,6 +78,29 @@ class Limits:
     pow_max_spent: int
     max_addresses: int  # memory only: rate-limit tables' size (Redis is bounded by maxmemory)
     max_devices: int
+    # an Oblivious HTTP relay's own (bigger) per-address budgets: it carries many clients
+    relay_rate: float
+    relay_burst: int
+    relay_streams: int
+    relay_replay_entries: int
+
+    def address_budget(self, relay: bool) -> AddressBudget:
+        """The per-address limits an ask is held to: a relay's, or a single client's."""
+        if relay:
+            return AddressBudget(self.relay_rate, self.relay_burst, self.relay_streams, self.relay_replay_entries)
+        return AddressBudget(
+            self.address_rate, self.address_burst, self.max_streams_per_address, self.replay_max_per_address
+        )
+
+
+@dataclass(frozen=True)
+class AddressBudget:
+    """What one address key may spend: requests (rate, burst), concurrent streams, replay entries."""
+
+    rate: float
+    burst: int
+    streams: int
+    replay_entries: int
 
 
 class AdmissionState(Protocol):

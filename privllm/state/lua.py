@@ -14,6 +14,10 @@ uptime) plus the future skew: until the window has passed, a request timestamped
 the floor is refused as stale, as it could have been seen before. A Redis that ran longer
 than the window before its first script sets none.
 
+The per-address limits passed in (rate, streams, replay share) are the ask's budget: an
+Oblivious HTTP relay's or a single client's (privllm.state.interface.Limits.address_budget),
+at the same names.
+
 Replies are arrays of integers: {code, retry_after, active_streams, requests in the last 10 s}
 (screen) or {code, retry_after, active_streams} (commit), codes below.
 """

@@ -17,7 +17,7 @@ from ..protocol.admission import Ask, Lease, Load, SealedRefusal
 from ..protocol.errors import RATE_LIMITED, UNAVAILABLE, RequestRejected
 from ..protocol.expiring import ExpiringSet
 from ..protocol.pow import RateMeter
-from ..protocol.ratelimit import RateLimiter
+from ..protocol.ratelimit import Budget, RateLimiter
 from ..protocol.replay import ReplayWindow
 from ..protocol.slots import CountPerKey, StreamSlots
 from .interface import ADDRESS_STREAMS_RETRY, DEVICE_LIMITED, OVERLOADED, Limits, PowSpent
@@ -37,6 +37,9 @@ class MemoryState:
             limits.replay_max_per_address,
         )
         self.per_address = RateLimiter(limits.address_rate, limits.address_burst, limits.max_addresses)
+        # an ask is held to its address budget: a client's, or a relay's at the same key
+        self.budgets = {relay: limits.address_budget(relay) for relay in (False, True)}
+        self.relay_rate = Budget(limits.relay_rate, limits.relay_burst)
         self.per_device = RateLimiter(limits.device_rate, limits.device_burst, limits.max_devices)
         self.slots = StreamSlots(limits.max_streams, limits.max_streams_per_device)
         self.address_streams = CountPerKey(limits.max_streams_per_address)
@@ -51,7 +54,8 @@ class MemoryState:
         return succeed(None)
 
     def _screen(self, ask: Ask) -> None:
-        wait = self.per_address.check(ask.address, ask.now)
+        budget = self.budgets[ask.relay]
+        wait = self.per_address.check(ask.address, ask.now, self.relay_rate if ask.relay else None)
         if wait:
             raise RequestRejected(RATE_LIMITED, retry_after=wait, reason="address_rate")
         self.rate.add(ask.now)  # the load: requests that passed their address's limit
@@ -59,11 +63,11 @@ class MemoryState:
             raise ask.refusal
         if self.slots.full():
             raise RequestRejected(UNAVAILABLE, reason="stream_cap")
-        if self.address_streams.held(ask.address) >= self.address_streams.limit:
+        if not self.address_streams.room(ask.address, budget.streams):
             raise RequestRejected(RATE_LIMITED, retry_after=ADDRESS_STREAMS_RETRY, reason="stream_cap")
         seconds = int(ask.now)
         self.replay.check_unseen(ask.request_id, ask.encapsulated_key, seconds)
-        self.replay.check_room(ask.address, seconds)
+        self.replay.check_room(ask.address, seconds, budget.replay_entries)
         if ask.pow_token is not None:  # last: a request refused above does not spend its work
             self._spend(ask.pow_token, ask.pow_expires, seconds)
 
@@ -83,11 +87,14 @@ class MemoryState:
 
     def _commit(self, ask: Ask, device: bytes) -> Lease | SealedRefusal:
         seconds = int(ask.now)
-        self.replay.remember(ask.request_id, ask.encapsulated_key, ask.timestamp, seconds, ask.address)
+        budget = self.budgets[ask.relay]
+        self.replay.remember(
+            ask.request_id, ask.encapsulated_key, ask.timestamp, seconds, ask.address, budget.replay_entries
+        )
         wait = self.per_device.check(device, ask.now)
         if wait:
             return SealedRefusal("rate_limited", DEVICE_LIMITED, retry_after=wait, reason="device_rate")
-        if not self.address_streams.acquire(ask.address):
+        if not self.address_streams.acquire(ask.address, budget.streams):
             return OVERLOADED
         if not self.slots.acquire(device):
             self.address_streams.release(ask.address)

@@ -267,6 +267,7 @@ class RedisState:
         spent = self.namer.names(b"pow", ask.pow_token or b"", now)
         replay, replay_ahead = self._replay_names(ask)
         second = int(now)
+        budget = limits.address_budget(ask.relay)
         keys = [
             PREFIX + "replay",
             *(PREFIX + "replay:" + n for n in address[:2]),
@@ -281,21 +282,21 @@ class RedisState:
             PREFIX + "pow:" + spent[2],
             PREFIX + "keycheck",
         ]
-        interval = 1000.0 / limits.address_rate
+        interval = 1000.0 / budget.rate
         args: list[object] = [
             int(now * 1000),
             repr(interval),
-            repr(interval * (limits.address_burst - 1)),
+            repr(interval * (budget.burst - 1)),
             int(ask.refusal is not None),
             limits.max_streams,
-            limits.max_streams_per_address,
+            budget.streams,
             int(ask.pow_token is not None),
             ask.pow_expires,
             *replay,
             limits.replay_window,
             limits.replay_future_skew,
             limits.replay_max_entries,
-            limits.replay_max_per_address,
+            budget.replay_entries,
             ask.timestamp,
             *replay_ahead,
             self.namer.check(),
@@ -323,6 +324,7 @@ class RedisState:
         devices = self.namer.names(b"device", device, now)
         replay, replay_ahead = self._replay_names(ask)
         token = os.urandom(LEASE_TOKEN_SIZE)
+        budget = limits.address_budget(ask.relay)
         keys = [
             PREFIX + "replay",
             *(PREFIX + "replay:" + n for n in address[:2]),
@@ -341,12 +343,12 @@ class RedisState:
             limits.replay_window,
             limits.replay_future_skew,
             limits.replay_max_entries,
-            limits.replay_max_per_address,
+            budget.replay_entries,
             repr(interval),
             repr(interval * (limits.device_burst - 1)),
             limits.max_streams,
             limits.max_streams_per_device,
-            limits.max_streams_per_address,
+            budget.streams,
             token.hex(),
             int((now + self.lease_ttl) * 1000),
             *replay_ahead,

@@ -145,8 +145,10 @@ class LateState:
         self.released: list[Lease] = []
         self.entries: list[Deferred[int]] = []
         self.committed: list[Ask] = []  # what each commit was asked, in order
+        self.screened: list[Ask] = []  # what each screen was asked, in order
 
     def screen(self, ask: Ask) -> Deferred[None]:
+        self.screened.append(ask)
         self.screens.append(Deferred())
         return self.screens[-1]
 

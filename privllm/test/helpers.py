@@ -92,6 +92,10 @@ def limits(**overrides: Any) -> Limits:
         pow_max_spent=1000,
         max_addresses=100_000,
         max_devices=100_000,
+        relay_rate=1000.0,
+        relay_burst=1000,
+        relay_streams=1000,
+        relay_replay_entries=1000,
     )
     values.update(overrides)
     return Limits(**values)

@@ -220,3 +220,27 @@ class ProtocolVersions(TestCase):
         self.assertEqual(config.ohttp.relays, ["192.0.2.7", "2001:db8::/48"])
         self.assertIn("protocol.accept_v1", self.error({"PRIVLLM_PROTOCOL__ACCEPT_V1": '"no"'}))
         self.assertIn("ohttp", self.error({"PRIVLLM_OHTTP__RELAY": "[]"}))
+
+    def test_relay_budgets(self) -> None:
+        ohttp = load_config("dev", environ={}).ohttp
+        self.assertEqual(
+            (ohttp.relay_rate, ohttp.relay_burst, ohttp.relay_streams, ohttp.relay_replay_entries),
+            (200.0, 2000, 256, 200_000),
+        )
+        for key, bad in (
+            ("RELAY_RATE", "0"),
+            ("RELAY_RATE", '"fast"'),
+            ("RELAY_BURST", "0"),
+            ("RELAY_BURST", "1.5"),
+            ("RELAY_STREAMS", "0"),
+            ("RELAY_REPLAY_ENTRIES", "1"),
+        ):
+            self.assertIn(f"ohttp.{key.lower()}", self.error({f"PRIVLLM_OHTTP__{key}": bad}), bad)
+        # a relay's share of the replay window is at most the window
+        environ = {"PRIVLLM_REPLAY__MAX_ENTRIES": "100000"}
+        self.assertIn("ohttp.relay_replay_entries", self.error(environ))
+        environ["PRIVLLM_OHTTP__RELAY_REPLAY_ENTRIES"] = "100000"
+        self.assertEqual(load_config("dev", environ=environ).ohttp.relay_replay_entries, 100_000)
+        # above load.max_streams the global cap binds first: allowed
+        environ = {"PRIVLLM_LOAD__MAX_STREAMS": "3", "PRIVLLM_OHTTP__RELAY_STREAMS": "1000"}
+        self.assertEqual(load_config("dev", environ=environ).ohttp.relay_streams, 1000)

@@ -31,9 +31,19 @@ class Gate(TestCase):
         pow_gate = PowGate(Challenges(b"s" * 32, 60), DifficultyPolicy(10, 10, 8, 2, 12))
         self.gate = AdmissionGate(Admission(self.ring, 65536, 60, 5, pow_gate), state)
 
-    def admit(self) -> Deferred:
+    def admit(self, relay: bool = False) -> Deferred:
         body = json.dumps(sealed_request(current_key(self.ring)).body).encode()
-        return self.gate.admit(body, "a", NOW, True)
+        return self.gate.admit(body, "a", NOW, True, relay)
+
+    def test_a_relays_request_asks_the_state_as_a_relays(self) -> None:
+        """Screened and committed under the relay's budget; a refused one is counted under it too."""
+        self.admit(relay=True)
+        self.state.screens[0].callback(None)
+        self.gate.admit(b"{}", "a", NOW, True, relay=True)
+        self.admit()
+        self.assertEqual([ask.relay for ask in self.state.screened], [True, True, False])
+        self.assertIsNotNone(self.state.screened[1].refusal)
+        self.assertEqual([ask.relay for ask in self.state.committed], [True])
 
     def refused(self, d: Deferred) -> RequestRejected:
         failure = self.failureResultOf(d, RequestRejected)
@@ -110,10 +120,19 @@ class GateV2(TestCase):
         admission = Admission(self.ring, 65536, 60, 5)
         self.gate = AdmissionGate(admission, state, AdmissionV2(admission, GatewayKeys(self.ring).accepting))
 
-    def admit(self, timestamp: int = NOW) -> Deferred[AdmittedV2]:
+    def admit(self, timestamp: int = NOW, relay: bool = False) -> Deferred[AdmittedV2]:
         key = current_key(self.ring)
         sealed = seal_chat_request(key_config(key.key_id, key.public_key), os.urandom(32), CHAT, timestamp)
-        return self.gate.admit_v2(sealed.body, None, "a", NOW, True)
+        return self.gate.admit_v2(sealed.body, None, "a", NOW, True, relay)
+
+    def test_a_relays_request_asks_the_state_as_a_relays(self) -> None:
+        self.admit(relay=True)
+        self.state.screens[0].callback(None)
+        self.gate.admit_v2(b"garbage", None, "a", NOW, True, relay=True)
+        self.admit()
+        self.assertEqual([ask.relay for ask in self.state.screened], [True, True, False])
+        self.assertIsNotNone(self.state.screened[1].refusal)
+        self.assertEqual([ask.relay for ask in self.state.committed], [True])
 
     def test_client_gone_while_the_lease_was_taken_gives_it_back(self) -> None:
         d = self.admit()

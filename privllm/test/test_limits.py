@@ -9,8 +9,9 @@ from twisted.trial.unittest import TestCase
 
 from ..protocol.errors import RATE_LIMITED, REPLAY, STALE, UNAVAILABLE, RequestRejected
 from ..protocol.expiring import ExpiringSet
-from ..protocol.ratelimit import RateLimiter
+from ..protocol.ratelimit import Budget, RateLimiter
 from ..protocol.replay import ENTRIES_PER_REQUEST, ReplayWindow
+from ..protocol.slots import CountPerKey
 
 
 def rid(i: int) -> str:
@@ -100,6 +101,27 @@ class Replay(TestCase):
         w.remember("z" * 22, os.urandom(32), 1061, 1061, "new")  # once the old ones expire, room again
         self.assertEqual(len(w), 2)
 
+    def test_a_call_brings_its_own_share(self) -> None:
+        """A relay's bigger share of the window, at the same address key as a client's."""
+        w = ReplayWindow(60, 100, 5, max_per_address=2)
+        w.remember(rid(1), os.urandom(32), 1000, 1000, "relay", share=6)
+        self.assertEqual(self.rejected(w.check_room, "relay", 1000).rejection, RATE_LIMITED)  # its own share: full
+        w.check_room("relay", 1000, 6)
+        w.remember(rid(2), os.urandom(32), 1000, 1000, "relay", share=6)
+        w.remember(rid(3), os.urandom(32), 1000, 1000, "relay", share=6)
+        self.assertEqual(w.owned("relay"), 6)
+        e = self.rejected(w.check_room, "relay", 1000, 6)
+        self.assertEqual((e.rejection, e.retry_after), (RATE_LIMITED, w.longest_life))
+        self.assertRaises(RequestRejected, w.remember, rid(4), os.urandom(32), 1000, 1000, "relay", 6)
+        self.assertEqual(len(w), 6)
+        w.remember(rid(5), os.urandom(32), 1000, 1000, "client")  # another address keeps its own
+
+    def test_a_share_never_passes_the_whole_window(self) -> None:
+        w = ReplayWindow(60, 4, 5, max_per_address=2)
+        w.remember(rid(1), os.urandom(32), 1000, 1000, "relay", share=100)
+        w.remember(rid(2), os.urandom(32), 1000, 1000, "relay", share=100)
+        self.assertEqual(self.rejected(w.check_room, "relay", 1000, 100).rejection, UNAVAILABLE)
+
     def test_clock_jump(self) -> None:
         w = ReplayWindow(60, 100, 5)
         w.remember("a" * 22, b"e" * 32, 1000, 1000, "x")
@@ -120,8 +142,52 @@ class Expiring(TestCase):
         s.purge(10)
         self.assertEqual((len(s), "c" in s, s.owned("o")), (1, True, 0))
 
+    def test_a_call_brings_its_own_share(self) -> None:
+        s = ExpiringSet(10, max_per_owner=1)
+        s.add("a", 10, "o", share=3)
+        self.assertTrue(s.full("o"))
+        self.assertFalse(s.full("o", share=3))
+        s.add("b", 10, "o", share=3)
+        s.add("c", 10, "o", share=3)
+        self.assertTrue(s.full("o", share=3))
+        self.assertRaises(ValueError, s.add, "d", 10, "o", 3)
+        self.assertEqual(s.owned("o"), 3)
+
+
+class StreamsPerKey(TestCase):
+    def test_a_call_brings_its_own_limit(self) -> None:
+        streams = CountPerKey(1)
+        self.assertTrue(streams.acquire("relay", 3))
+        self.assertFalse(streams.room("relay"))  # the cap's own limit: full
+        self.assertFalse(streams.acquire("relay"))
+        self.assertTrue(streams.acquire("relay", 3) and streams.acquire("relay", 3))
+        self.assertFalse(streams.room("relay", 3))
+        self.assertFalse(streams.acquire("relay", 3))
+        for _ in range(3):
+            streams.release("relay")
+        self.assertEqual((streams.held("relay"), len(streams)), (0, 0))
+
 
 class GCRA(TestCase):
+    def test_a_call_brings_its_own_budget(self) -> None:
+        """A relay at the same key as a client: its bigger budget, then refused; a client's
+        smaller one is already spent by the relay's debt."""
+        limiter = RateLimiter(rate=1.0, burst=2, max_keys=10)
+        relay = Budget(rate=4.0, burst=20)
+        self.assertEqual([limiter.check("k", 0.0, relay) for _ in range(20)], [0] * 20)
+        self.assertEqual(limiter.check("k", 0.0, relay), 1)
+        self.assertGreaterEqual(limiter.check("k", 0.0), 1)
+        self.assertEqual(limiter.check("k", 0.25, relay), 0)  # one interval of the relay's rate later
+        self.assertEqual(limiter.check("other", 0.0), 0)
+        self.assertEqual(limiter.check("other", 0.0), 0)
+        self.assertEqual(limiter.check("other", 0.0), 1)  # its own budget: burst 2
+
+    def test_a_budget_is_positive(self) -> None:
+        for rate, burst in ((0.0, 1), (-1.0, 1), (1.0, 0)):
+            self.assertRaises(ValueError, Budget, rate, burst)
+        self.assertRaises(ValueError, RateLimiter, 0.0, 1, 1)
+        self.assertRaises(ValueError, RateLimiter, 1.0, 1, 0)
+
     def test_burst_then_limit_then_recovery(self) -> None:
         clock = Clock()
         limiter = RateLimiter(rate=2.0, burst=5, max_keys=10)

@@ -9,10 +9,11 @@ from twisted.trial.unittest import TestCase
 
 from .. import workers
 from ..config import ConfigError, load_config
-from ..config.schema import BALANCE, Backend, Chat, Config, Defaults, Harmony, Load, Server
+from ..config.schema import BALANCE, Backend, Chat, Config, Defaults, Harmony, Load, Ohttp, RateLimit, Replay, Server
 from ..harmony.dialect import EFFORT
 from ..protocol.chat import REASONING_EFFORT, VERBOSITY, ChatLimits
 from ..protocol.life import Timeouts
+from ..services.router import limits as router_limits
 from ..state.interface import Limits
 from ..upstream.instructions import INSTRUCTIONS
 from ..upstream.pool import NodePool
@@ -85,6 +86,21 @@ class NoRestatedDefaults(TestCase):
             (7, 11, "normal"),
         )
         self.assertEqual((settings.retries, settings.idle_timeout, settings.queue_timeout), (5, 33.0, 4.0))
+
+    def test_the_relay_budgets_reach_the_state_limits(self) -> None:
+        ohttp = Ohttp(relay_rate=3.5, relay_burst=7, relay_streams=9, relay_replay_entries=11)
+        budget = router_limits(Config(ohttp=ohttp)).address_budget(relay=True)
+        self.assertEqual((budget.rate, budget.burst, budget.streams, budget.replay_entries), (3.5, 7, 9, 11))
+        client = router_limits(Config()).address_budget(relay=False)
+        self.assertEqual(
+            (client.rate, client.burst, client.streams, client.replay_entries),
+            (
+                RateLimit().per_address_rate,
+                RateLimit().per_address_burst,
+                Load().max_streams_per_address,
+                Replay().max_entries_per_address,
+            ),
+        )
 
     def test_every_chat_setting_reaches_the_limits(self) -> None:
         limits = dataclasses.asdict(Config().chat_limits())

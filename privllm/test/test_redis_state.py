@@ -46,6 +46,10 @@ LIMITS = Limits(
     pow_max_spent=1000,
     max_addresses=1000,
     max_devices=1000,
+    relay_rate=1.0,
+    relay_burst=100,
+    relay_streams=100,
+    relay_replay_entries=1000,
 )
 PASSWORD = "correct-horse-battery-staple"
 
@@ -76,6 +80,7 @@ class Behaviour:
     assertEqual: Any
     assertIs: Any
     assertIsInstance: Any
+    assertTrue: Any
     failureResultOf: Any
 
     async def states(self, limits: Limits = LIMITS) -> tuple[AdmissionState, AdmissionState]:
@@ -206,6 +211,42 @@ class Behaviour:
         await b.screen(second)
         self.assertIsInstance(await a.commit(first, device(3)), Lease)
         self.assertEqual(await b.commit(second, device(4)), OVERLOADED)
+
+    async def test_a_relay_is_held_to_its_own_rate_a_client_to_the_address_rate(self) -> None:
+        a, b = await self.states(limits(address_burst=2, relay_burst=5))
+        now = time.time()
+        for n in range(5):  # more than a client's burst, across routers
+            await (a if n % 2 else b).screen(ask(n, now=now, relay=True))
+        await self.rejected(a.screen(ask(5, now=now, relay=True)), 429, retry=1, reason="address_rate")
+        # the same key as a client's: the relay's debt leaves it nothing
+        await self.rejected(b.screen(ask(6, now=now)), 429, reason="address_rate")
+        for n in range(2):
+            await (a if n else b).screen(ask(7 + n, address="192.0.2.9", now=now))
+        await self.rejected(a.screen(ask(9, address="192.0.2.9", now=now)), 429, retry=1, reason="address_rate")
+
+    async def test_a_relay_is_held_to_its_own_stream_cap(self) -> None:
+        a, b = await self.states(limits(max_streams_per_address=1, relay_streams=3))
+        held = [await self.admit(a if n % 2 else b, ask(n, relay=True), device(n)) for n in range(3)]
+        self.assertTrue(all(isinstance(lease, Lease) for lease in held))
+        await self.rejected(a.screen(ask(3, relay=True)), 429, retry=1, reason="stream_cap")
+        await self.rejected(b.screen(ask(4)), 429, retry=1, reason="stream_cap")  # a client at the same key
+        lease = held[0]
+        assert isinstance(lease, Lease)
+        b.release(lease)  # b took it: every lease is given back where it was counted
+        await self.settle()
+        self.assertIsInstance(await self.admit(a, ask(5, relay=True), device(5)), Lease)
+        client = await self.admit(a, ask(6, address="192.0.2.9"), device(6))
+        self.assertIsInstance(client, Lease)
+        await self.rejected(b.screen(ask(7, address="192.0.2.9")), 429, retry=1, reason="stream_cap")
+
+    async def test_a_relay_is_held_to_its_own_share_of_the_replay_window(self) -> None:
+        a, b = await self.states(limits(replay_max_per_address=2, relay_replay_entries=6))
+        for n in range(3):
+            self.assertIsInstance(await self.admit(a if n % 2 else b, ask(n, relay=True), device(n)), Lease)
+        await self.rejected(a.screen(ask(3, relay=True)), 429, retry=30 + 5 + 1, reason="replay_room")
+        self.assertIsInstance(await self.admit(b, ask(4, address="192.0.2.9"), device(4)), Lease)
+        await self.rejected(a.screen(ask(5, address="192.0.2.9")), 429, retry=30 + 5 + 1, reason="replay_room")
+        self.assertEqual(await a.replay_entries(time.time()), 8)
 
     async def test_load_counts_requests_and_streams(self) -> None:
         a, _ = await self.states()

@@ -23,7 +23,7 @@ from .fakes import FakeUpstream
 from .helpers import NOW, ring
 
 DAY = 86400
-LIMITS = Limits(1000, 1000, 1000, 1000, 100, 100, 100, 30, 5, 40, 40, 1000, 1000, 1000)
+LIMITS = Limits(1000, 1000, 1000, 1000, 100, 100, 100, 30, 5, 40, 40, 1000, 1000, 1000, 1000, 1000, 100, 40)
 
 
 class Gauges(TestCase):

@@ -69,13 +69,16 @@ class Router(TestCase):
     pow_gate: PowGate | None = None
     accept_v1 = True
     device_rate = 1e6
+    address_burst = 100
     pad_to = 64
 
     def setUp(self) -> None:
         self.clock = Clock()
         self.clock.advance(NOW)
         self.ring: KeyRing = ring()
-        self.state = MemoryState(limits(device_rate=self.device_rate, device_burst=1))
+        self.state = MemoryState(
+            limits(device_rate=self.device_rate, device_burst=1, address_burst=self.address_burst, address_rate=0.001)
+        )
         admission = Admission(self.ring, LIMIT, 60, 5, self.pow_gate)
         self.gateway = GatewayKeys(self.ring)
         gate = AdmissionGate(admission, self.state, AdmissionV2(admission, self.gateway.accepting))
@@ -399,6 +402,43 @@ class Relays(Router):
             self.assertIsNotNone(cap.buildProtocol(IPv4Address("TCP", "10.9.1.2", 1)), "a relay is not capped")
         self.assertIsNotNone(cap.buildProtocol(IPv4Address("TCP", "10.8.1.2", 1)))
         self.assertIsNone(cap.buildProtocol(IPv4Address("TCP", "10.8.1.2", 2)), "anyone else is")
+
+
+class RelayBudget(Router):
+    """A relay carries many clients: it is held to its own (bigger) budget, not a client's."""
+
+    address_burst = 3
+
+    def status(self, transport: StringTransport) -> int:
+        return int(transport.value().split(b" ", 2)[1])
+
+    def test_from_a_relay_more_than_a_clients_burst_pass(self) -> None:
+        for n in range(self.address_burst + 3):
+            self.device = os.urandom(32)
+            _, transport = self.post(self.sealed().body, peer="10.9.1.2")
+            self.assertEqual(self.status(transport), 200, n)
+        self.assertEqual(self.state.address_streams.held("10.9.1.2"), self.address_burst + 3)
+
+    def test_from_a_client_the_burst_then_429(self) -> None:
+        for _ in range(self.address_burst):
+            self.device = os.urandom(32)
+            _, transport = self.post(self.sealed().body, peer="10.8.1.2")
+            self.assertEqual(self.status(transport), 200)
+        _, transport = self.post(self.sealed().body, peer="10.8.1.2")
+        status, error = self.refusal(transport)
+        self.assertEqual((status, error["error"]), (429, "rate_limited"))
+
+    def test_v1_from_a_relay_counts_as_the_relays_too(self) -> None:
+        """Refused requests count against the address first: a relay's against its budget."""
+        v1 = b"POST /api/chat HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
+        for peer, last in (("10.9.1.2", 400), ("10.8.1.2", 429)):
+            for _ in range(self.address_burst):
+                protocol, transport = self.connect(peer)
+                protocol.dataReceived(v1)
+                self.assertEqual(self.refusal(transport)[0], 400)
+            protocol, transport = self.connect(peer)
+            protocol.dataReceived(v1)
+            self.assertEqual(self.refusal(transport)[0], last, peer)
 
 
 class KeysRoute(Router):

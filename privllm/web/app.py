@@ -65,7 +65,7 @@ class RouterApp:
         metrics: RouterMetrics,
         hsts_max_age: int,
         settings: StreamSettings,
-        client_address: Callable[[Request], str] | None = None,
+        client_address: ClientAddress | None = None,
         cors: CorsPolicy | None = None,
         ohttp_keys: Callable[[], SignedKeyConfigs] | None = None,
         accept_v1: bool = True,
@@ -146,7 +146,8 @@ class RouterApp:
         except RequestRejected as e:  # a trusted proxy's header that is no bare address
             return self._reject(request, e.rejection)
         body = self._body(request)
-        admitted = self._gate.admit(body, address, self._clock.seconds(), self._ready())
+        relay = self._client_address.relay(request)  # a relay's v1 requests count as a relay's too
+        admitted = self._gate.admit(body, address, self._clock.seconds(), self._ready(), relay)
         del body
         answered: Deferred[Any] = admitted.addCallbacks(
             lambda a: self._stream(request, a, self._start), lambda f: self._refused(request, f)
@@ -182,7 +183,8 @@ class RouterApp:
         body = self._body(request)
         pow_header = request.requestHeaders.getRawHeaders(POW_HEADER)
         now = self._clock.seconds()
-        admitted = self._gate.admit_v2(body, pow_header, address, now, self._ready())
+        relay = self._client_address.relay(request)
+        admitted = self._gate.admit_v2(body, pow_header, address, now, self._ready(), relay)
         del body
         answered: Deferred[Any] = admitted.addCallbacks(
             lambda a: self._answer_v2(request, a), lambda f: self._refused(request, f)

@@ -154,3 +154,9 @@ class ClientAddress:
                     raise RequestRejected(MALFORMED)
                 return self._policy.key(forwarded)
         return self._policy.key(peer)
+
+    def relay(self, request: Request) -> bool:
+        """Whether the request's peer is an Oblivious HTTP relay (by its TCP address only; no
+        header is read): its requests are held to the relay's own budgets."""
+        peer = peer_address(request.getClientAddress())
+        return peer is not None and self._policy.relay(peer)

@@ -92,15 +92,30 @@ class AdmissionV2:
         self._keys = keys
 
     def prepare(
-        self, body: bytes, pow_header: Sequence[bytes] | None, address: str, now: float, backend_ready: bool, load: Load
+        self,
+        body: bytes,
+        pow_header: Sequence[bytes] | None,
+        address: str,
+        now: float,
+        backend_ready: bool,
+        load: Load,
+        relay: bool = False,
     ) -> tuple[Ask, PreparedV2 | None]:
+        """`relay`: the peer is an Oblivious HTTP relay, held to the relay's budget."""
         try:
-            return self._prepare(body, pow_header, address, now, backend_ready, load)
+            return self._prepare(body, pow_header, address, now, backend_ready, load, relay)
         except RequestRejected as e:
-            return Ask(address, now, refusal=e), None
+            return Ask(address, now, refusal=e, relay=relay), None
 
     def _prepare(
-        self, body: bytes, pow_header: Sequence[bytes] | None, address: str, now: float, backend_ready: bool, load: Load
+        self,
+        body: bytes,
+        pow_header: Sequence[bytes] | None,
+        address: str,
+        now: float,
+        backend_ready: bool,
+        load: Load,
+        relay: bool,
     ) -> tuple[Ask, PreparedV2]:
         if not backend_ready:
             raise RequestRejected(UNAVAILABLE, reason="no_node")
@@ -125,6 +140,7 @@ class AdmissionV2:
             timestamp=seconds,
             pow_token=token,
             pow_expires=expires,
+            relay=relay,
         )
         return ask, PreparedV2(body, keys)
 
