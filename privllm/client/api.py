@@ -58,6 +58,7 @@ __all__ = [
     "BODY_TIMEOUT",
     "ERROR_CODE",
     "IDLE_SECONDS",
+    "MAX_CLOCK_CORRECTION",
     "MAX_ERROR_BYTES",
     "MAX_RETRY_AFTER",
     "NETWORK_ERRORS",
