@@ -48,7 +48,7 @@ from ..protocol.ohttp.wire import decode_varint, encode_varint, varint_size
 from ..protocol.pow import Challenges, leading_zero_bits
 from ..protocol.v2.request import SealedV2, open_chat_request, seal_chat_request
 from ..protocol.v2.response import EVENTS_TYPE, ResponseReader, ResponseStream, http_date
-from .vectors import render_json, write_or_check
+from .vectors import PLAINTEXT, render_json, write_or_check
 
 PATH = os.path.join(os.path.dirname(__file__), "..", "..", "docs", "vectors", "protocol-v2.json")
 CHACHA = SymmetricSuite(KDF_HKDF_SHA256, AEAD_CHACHA20_POLY1305)
@@ -62,15 +62,7 @@ TIMESTAMP = ISSUED + 30
 WINDOW, FUTURE_SKEW = Replay().window, Replay().future_skew  # the router's defaults
 STALE_NOW = TIMESTAMP + WINDOW + 1
 AUTHORITY = "privllm"
-CHAT: dict[str, Any] = {
-    "messages": [
-        {"role": "system", "content": "Answer briefly."},
-        {"role": "user", "content": "Grüße! Which planet is largest? 🪐"},
-    ],
-    "max_tokens": 64,
-    "temperature": 0.5,
-    "verbosity": "brief",
-}
+CHAT: dict[str, Any] = PLAINTEXT  # v1's vectors' chat: the same question in both versions
 ANSWER_PAD = 64
 DONE: dict[str, Any] = {
     "type": "done",
