@@ -16,7 +16,9 @@ import hashlib
 import http.client
 import json
 import os
+import secrets
 import shutil
+import socket
 import ssl
 import struct
 import tempfile
@@ -30,6 +32,7 @@ from privllm.keys.pki import CA_CERT, create_ca, issue
 from privllm.protocol.ohttp.keyconfig import KeyConfig, parse_key_configs
 from privllm.protocol.v2.request import SealedV2, seal_chat_request
 from privllm.protocol.v2.response import ResponseReader
+from privllm.test.redis_server import RedisServer, available
 from privllm.test.relay import Relay
 from privllm.test.stack import Daemon, shared
 
@@ -162,6 +165,32 @@ class ThroughARelay(TestCase):
         kept = everything_kept(daemon)
         for address in CLIENTS:
             self.assertNotIn(address, kept)
+
+    def test_the_shared_state_holds_no_client_address(self) -> None:
+        """With the admission state in a real redis-server (what many routers share): after
+        chats and refusals from two clients through the relay, nothing in Redis, keys or values,
+        holds either client's address, as text or as its four bytes."""
+        if not available():
+            raise AssertionError("redis-server is missing: run scripts/bootstrap.sh")
+        redis = RedisServer(password=secrets.token_hex(16))
+        self.addCleanup(redis.close)
+        started = time.monotonic()
+        daemon, relay, ca = behind_relay("redis", {"state": redis.state_section()})
+        time.sleep(max(0.0, started + 7 - time.monotonic()))  # past a fresh Redis's floor (future skew 5 s)
+        for source in CLIENTS:
+            client = RelayClient(relay, ca, daemon.pin(), source)
+            sealed = client.seal(user("Say hi.", 8))
+            self.assertEqual(client.read(sealed, client.post(sealed.body))[-1][1]["type"], "done")
+            self.assertEqual(client.post(sealed.body).status, 409)  # remembered in Redis
+            self.assertEqual(client.post(b"\x00" * 10).status, 400)  # malformed, counted in Redis
+        kept = redis.dump()
+        self.assertIn(b"privllm:", kept, "the dump holds the router's state")
+        for address in CLIENTS:
+            self.assertNotIn(address.encode(), kept)
+            self.assertNotIn(socket.inet_aton(address), kept)
+        everything = everything_kept(daemon)
+        for address in CLIENTS:
+            self.assertNotIn(address, everything)
 
     def test_abuse_controls_count_the_relay_not_its_clients(self) -> None:
         """Two clients behind one relay share the relay's request budget (ohttp.relay_*, not a

@@ -18,12 +18,11 @@ from typing import Any
 
 from twisted.trial.unittest import SkipTest, TestCase
 
-from privllm.keys.files import write_secret
 from privllm.protocol.ohttp.keyconfig import KeyConfig
 from privllm.protocol.v2.keys import verify_key_configs
 from privllm.protocol.v2.request import SealedV2, seal_chat_request
 from privllm.protocol.v2.response import ResponseReader
-from privllm.test.redis_server import USER, RedisServer, available
+from privllm.test.redis_server import RedisServer, available
 from privllm.test.stack import Daemon, shared
 
 from .test_e2e import QUESTION, ROUTER, user
@@ -35,12 +34,9 @@ FUTURE_SKEW = 1
 def redis_router() -> Daemon:
     """One router keeping its admission state in a real redis-server, on the shared llama-server."""
     if not _redis:
-        password = secrets.token_hex(16)
-        redis = RedisServer(password=password)
+        redis = RedisServer(password=secrets.token_hex(16))
         started = time.monotonic()
-        password_file = os.path.join(redis.directory, "password")
-        write_secret(password_file, password.encode() + b"\n")
-        state = {"backend": "redis", "url": redis.url, "user": USER, "password_file": password_file}
+        state = redis.state_section()
         llama = shared(*ROUTER).llama_socket
         sections = {
             "state": state,

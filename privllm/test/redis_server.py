@@ -15,6 +15,8 @@ import subprocess
 import tempfile
 import time
 
+from ..keys.files import write_secret
+
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 USER = "privllm"
 # The ACL line docs/deployment.md gives operators.
@@ -116,6 +118,14 @@ class RedisServer:
     def close(self) -> None:
         self.stop()
         shutil.rmtree(self.directory, ignore_errors=True)
+
+    def state_section(self) -> dict[str, str]:
+        """A router's `[state]` for this server: its socket, the ACL user, a password file (0600)."""
+        assert self.password is not None, "made with a password"
+        password_file = os.path.join(self.directory, "password")
+        if not os.path.exists(password_file):
+            write_secret(password_file, self.password.encode() + b"\n")
+        return {"backend": "redis", "url": self.url, "user": USER, "password_file": password_file}
 
     def command(self, *args: str | bytes | int) -> Reply:
         """One command as the default user; raises RedisError on an error reply."""
