@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 from ..errors import ProtocolError
 from .bhttp import INDETERMINATE_RESPONSE, KNOWN_RESPONSE, Field, Informational, check_fields
-from .errors import AfterFinal, Malformed, OhttpError, TooLarge, Truncated, Unsupported
-from .wire import decode_varint, encode_varint, varint_size
+from .errors import Malformed, TooLarge, Truncated, Unsupported
+from .wire import FedReader, decode_varint, encode_varint, varint_size
 
 __all__ = [
     "BinaryHttpStateError",
@@ -118,12 +118,13 @@ def _peek_varint(buffer: bytearray, offset: int) -> tuple[int, int] | None:
     return decode_varint(buffer[offset:end]), end
 
 
-class ResponseDecoder:
-    """Client: fed any split of a streamed response, yields its parts as they complete."""
+class ResponseDecoder(FedReader[Part]):
+    """Client: fed any split of a streamed response, yields its parts as they complete (content
+    bytes as soon as they arrive)."""
 
     def __init__(self, limits: StreamLimits = StreamLimits()) -> None:
+        super().__init__()
         self._limits = limits
-        self._buffer = bytearray()
         self._state = "framing"  # framing, status, fields, content, chunk, padding
         self._section = ""  # which field section is being read: informational, headers, trailers
         self._status = 0
@@ -132,25 +133,11 @@ class ResponseDecoder:
         self._informational: list[Informational] = []
         self._chunk_left = 0
         self._chunks = 0
-        self._closed = False
         self.finished = False  # the end was read
-
-    def feed(self, data: bytes) -> list[Part]:
-        """The parts `data` completes, in order; content bytes as soon as they arrive."""
-        if self._closed:
-            raise AfterFinal("the decoder ended or failed")
-        try:
-            self._buffer += data
-            return self._advance()
-        except OhttpError:
-            self._closed = True
-            raise
 
     def end(self) -> list[Part]:
         """The input ended: the End that a permitted truncation leaves implied, else Truncated."""
-        if self._closed:
-            raise AfterFinal("the decoder ended or failed")
-        self._closed = True
+        self._closing()
         if self.finished:
             return []
         empty = not self._buffer

@@ -22,11 +22,11 @@ from cryptography.exceptions import InvalidTag
 from pyhpke import KEMKeyPair
 
 from ..errors import ProtocolError
-from .errors import AfterFinal, DecryptFailed, OhttpError, TooLarge, TooManyChunks, Truncated
+from .errors import DecryptFailed, TooLarge, TooManyChunks, Truncated
 from .keyconfig import KeyConfig
 from .message import HEADER_SIZE, Context, GatewayKey, Header, open_hpke, parse_header, receiver_context, sender_context
 from .suites import AEAD_NONCE_SIZE, AEAD_TAG_SIZE, KEM_PUBLIC_KEY_SIZE, SymmetricSuite
-from .wire import decode_varint, encode_varint, varint_size
+from .wire import FedReader, decode_varint, encode_varint, varint_size
 
 __all__ = [
     "FINAL_AAD",
@@ -84,32 +84,18 @@ class _Sealer:
         raise NotImplementedError
 
 
-class _Opener:
+class _Opener(FedReader[bytes]):
     def __init__(self, max_chunk: int, max_chunks: int) -> None:
-        self._buffer = bytearray()
+        super().__init__()
         self._max_sealed = max_chunk + AEAD_TAG_SIZE
         self._max_chunks = max_chunks
         self._count = 0
         self._started = False  # the prefix is read
         self._final = False  # the zero length is read: the rest is the final chunk
-        self._closed = False
-
-    def feed(self, data: bytes) -> list[bytes]:
-        """The plaintext of each chunk completed by `data`, in order. Any error closes the reader."""
-        if self._closed:
-            raise AfterFinal("the message already ended or failed")
-        try:
-            self._buffer += data
-            return self._advance()
-        except OhttpError:
-            self._closed = True
-            raise
 
     def end(self) -> bytes:
         """The transport ended: the final chunk's plaintext (maybe empty), or Truncated."""
-        if self._closed:
-            raise AfterFinal("the message already ended or failed")
-        self._closed = True
+        self._closing()
         if not self._final:
             raise Truncated("no final chunk")
         return self._open_chunk(bytes(self._buffer), final=True)

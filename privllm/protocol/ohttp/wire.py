@@ -3,10 +3,13 @@ QUIC variable-length ones (RFC 9000 section 16)."""
 
 from __future__ import annotations
 
-from .errors import Malformed
+from typing import Generic, TypeVar
+
+from .errors import AfterFinal, Malformed, OhttpError
 
 __all__ = [
     "VARINT_MAX",
+    "FedReader",
     "Reader",
     "decode_varint",
     "encode_varint",
@@ -14,6 +17,38 @@ __all__ = [
 ]
 
 VARINT_MAX = 2**62 - 1
+_T = TypeVar("_T")
+
+
+class FedReader(Generic[_T]):
+    """A reader fed any split of its input: `_advance` turns what is buffered into parts. Any
+    OhttpError closes it for good, as its end does; fed after that, it raises AfterFinal."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+        self._closed = False
+
+    def feed(self, data: bytes) -> list[_T]:
+        """The parts `data` completes, in order."""
+        self._open_or_fail()
+        try:
+            self._buffer += data
+            return self._advance()
+        except OhttpError:
+            self._closed = True
+            raise
+
+    def _closing(self) -> None:
+        """The input ended (`end`): nothing is read after this, whatever `end` finds."""
+        self._open_or_fail()
+        self._closed = True
+
+    def _open_or_fail(self) -> None:
+        if self._closed:
+            raise AfterFinal("the input already ended or failed")
+
+    def _advance(self) -> list[_T]:
+        raise NotImplementedError
 
 
 def encode_varint(value: int) -> bytes:
