@@ -145,7 +145,7 @@ class Client(DocClient):
         conn.request("GET", "/api/ohttp-keys")
         response = conn.getresponse()
         headers = {name.lower().encode(): value.encode() for name, value in response.getheaders()}
-        config = verify_key_configs(response.read(), headers, self.pin, int(time.time()))[0]
+        config = verify_key_configs(response.read(), headers, self.pin, int(time.time())).configs[0]
         return seal_chat_request(config, self.device, user(QUESTION, 8), int(time.time()))
 
     def v2_send(self, body: bytes, port: int, work: str | None = None, raw: bool = False) -> tuple[int, Any]:

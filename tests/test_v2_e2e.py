@@ -78,7 +78,7 @@ class OverTLS:
         assert response.status == 200, (response.status, body)
         assert response.getheader("content-type") == "application/ohttp-keys"
         headers = {name.lower().encode(): value.encode() for name, value in response.getheaders()}
-        return verify_key_configs(body, headers, self.daemon.pin(), int(time.time()))[0]
+        return verify_key_configs(body, headers, self.daemon.pin(), int(time.time())).configs[0]
 
     def seal(self, chat: dict[str, Any], timestamp: int | None = None) -> SealedV2:
         return seal_chat_request(self.config(), self.device, chat, int(time.time()) if timestamp is None else timestamp)

@@ -50,7 +50,7 @@ from ..protocol.response import ResponseReader
 from ..protocol.stream import StreamError
 from ..protocol.suite import POW_MAX_DIFFICULTY
 from ..protocol.v2.keys import HEADERS as KEY_CONFIG_HEADERS
-from ..protocol.v2.keys import verify_key_configs
+from ..protocol.v2.keys import VerifiedKeyConfigs, verify_key_configs
 from ..protocol.v2.request import SealedV2, seal_chat_request
 from ..protocol.v2.response import ResponseReader as ResponseReaderV2
 
@@ -264,8 +264,7 @@ class PrivllmClient:
         self._agent = agent
         self._keyset: KeySet | None = None
         self._prepared: Encapsulation | None = None
-        self._configs: tuple[KeyConfig, ...] = ()
-        self._configs_window: KeySet | None = None  # v2: the signed issued and expires of the configurations held
+        self._configs: VerifiedKeyConfigs | None = None  # v2: the configurations held, with their signed times
         self._clock_offset = 0  # v2: seconds to add to this device's clock, as the router said
 
     def close(self) -> Deferred[None]:
@@ -303,11 +302,7 @@ class PrivllmClient:
             }
             try:
                 self._configs = verify_key_configs(body, fields, self._pin, self._now())
-                # Verified: the times are exact decimal integers, covered by the signature.
-                self._configs_window = KeySet(
-                    [], int(fields[KEY_CONFIG_HEADERS[1]]), int(fields[KEY_CONFIG_HEADERS[2]])
-                )
-                return self._configs
+                return self._configs.configs
             except StaleKeySet as e:
                 if attempt:
                     raise ProtocolFailure(f"key configurations rejected: {e}") from e
@@ -317,12 +312,12 @@ class PrivllmClient:
 
     async def current_key_configs(self) -> tuple[KeyConfig, ...]:
         """v2: the configurations held, while fresh; else newly fetched ones."""
-        if self._configs_window is not None:
+        if self._configs is not None:
             try:
-                self._configs_window.check_fresh(self._now())
-                return self._configs
+                self._configs.check_fresh(self._now())
+                return self._configs.configs
             except StaleKeySet:
-                self._configs_window = None
+                self._configs = None
         return await self.fetch_key_configs()
 
     async def current_keys(self) -> list[PublishedKey]:

@@ -30,6 +30,7 @@ __all__ = [
     "KeySetError",
     "PublishedKey",
     "StaleKeySet",
+    "check_fresh",
     "choose_key",
     "keyset_document",
     "verify_keyset",
@@ -60,11 +61,16 @@ class KeySet:
     expires: int
 
     def check_fresh(self, now: int) -> None:
-        """The client rule: valid from issued_at to expires, each end widened by the clock skew."""
-        if now + KEYSET_CLOCK_SKEW < self.issued_at:
-            raise StaleKeySet("the key set is not valid yet (is this device's clock right?)")
-        if now >= self.expires + KEYSET_CLOCK_SKEW:
-            raise StaleKeySet("the key set has expired")
+        check_fresh(self.issued_at, self.expires, now)
+
+
+def check_fresh(issued_at: int, expires: int, now: int) -> None:
+    """The client rule for anything signed with a lifetime (v1's key set, v2's key
+    configurations): valid from issued_at to expires, each end widened by the clock skew."""
+    if now + KEYSET_CLOCK_SKEW < issued_at:
+        raise StaleKeySet("the key set is not valid yet (is this device's clock right?)")
+    if now >= expires + KEYSET_CLOCK_SKEW:
+        raise StaleKeySet("the key set has expired")
 
 
 def keyset_document(

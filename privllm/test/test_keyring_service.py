@@ -148,7 +148,9 @@ class Service(TestCase):
 
         def served() -> tuple[int, ...]:
             signed = s.ohttp_keys()
-            configs = verify_key_configs(signed.body, dict(signed.headers()), self.pin, int(self.clock.seconds()))
+            configs = verify_key_configs(
+                signed.body, dict(signed.headers()), self.pin, int(self.clock.seconds())
+            ).configs
             self.assertLessEqual(int(self.clock.seconds()) - signed.issued, s.RESIGN_EVERY)
             self.assertEqual(signed.expires - signed.issued, LIFETIME)
             return tuple(c.key_id for c in configs)

@@ -79,7 +79,7 @@ class Good(TestCase):
         r = ring()
         published = r.published(NOW)
         s = sign_key_configs([key_config(k.key_id, k.public_key) for k in published], NOW, NOW + LIFETIME, IDENTITY)
-        configs = verify_key_configs(s.body, dict(s.headers()), PIN, NOW)
+        configs = verify_key_configs(s.body, dict(s.headers()), PIN, NOW).configs
         self.assertEqual([(c.key_id, c.public_key) for c in configs], [(k.key_id, k.public_key) for k in published])
         self.assertEqual(s.body, encode_key_configs(list(configs)))
         self.assertTrue(all(c.suites == SUITES and c.kem_id == 0x0020 for c in configs))

@@ -452,7 +452,7 @@ class KeysRoute(Router):
         self.assertEqual(headers[b"cache-control"], b"public, max-age=300")
         body = rest if b"content-length" in headers else dechunk(rest)[0]
         pin = IDENTITY.public_key().public_bytes_raw()
-        configs = verify_key_configs(body, headers, pin, NOW)
+        configs = verify_key_configs(body, headers, pin, NOW).configs
         self.assertEqual([c.key_id for c in configs], [k.key_id for k in self.ring.published(NOW)])
 
     def test_no_current_key_is_503_not_an_empty_list(self) -> None:

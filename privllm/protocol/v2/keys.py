@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from ..encoding import EncodingError, b64decode, b64encode
 from ..keyring import KeyRing, RingKey
-from ..keyset import MAX_KEYSET_LIFETIME, MAX_TIME, KeySet, KeySetError
+from ..keyset import MAX_KEYSET_LIFETIME, MAX_TIME, KeySetError, check_fresh
 from ..ohttp.errors import OhttpError
 from ..ohttp.keyconfig import KeyConfig, encode_key_configs, parse_key_configs
 from ..ohttp.message import GatewayKey
@@ -39,6 +39,7 @@ __all__ = [
     "SUITES",
     "GatewayKeys",
     "SignedKeyConfigs",
+    "VerifiedKeyConfigs",
     "key_config",
     "sign_key_configs",
     "verify_key_configs",
@@ -93,9 +94,21 @@ def _time(value: bytes | None, low: int, high: int) -> int:
     return number
 
 
+@dataclass(frozen=True)
+class VerifiedKeyConfigs:
+    """What a client holds: the configurations, and the signed times that say how long."""
+
+    configs: tuple[KeyConfig, ...]
+    issued: int
+    expires: int
+
+    def check_fresh(self, now: int) -> None:
+        check_fresh(self.issued, self.expires, now)
+
+
 def verify_key_configs(
     body: bytes, headers: dict[bytes, bytes], pinned_identity: bytes, now: int
-) -> tuple[KeyConfig, ...]:
+) -> VerifiedKeyConfigs:
     """The client's check: the signing key is the pinned one, the signature holds, the set is
     fresh at `now`; `headers` by lower-case name. Raises KeySetError (StaleKeySet when a good
     signature covers an old or future set)."""
@@ -116,8 +129,9 @@ def verify_key_configs(
         configs = parse_key_configs(body)
     except OhttpError as e:
         raise KeySetError("malformed key configurations") from e
-    KeySet([], issued, expires).check_fresh(now)
-    return configs
+    verified = VerifiedKeyConfigs(configs, issued, expires)
+    verified.check_fresh(now)
+    return verified
 
 
 def _ascii(value: bytes | None) -> str | None:
