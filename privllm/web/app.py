@@ -139,20 +139,11 @@ class RouterApp:
     def chat(self, request: Request) -> bytes | Deferred[Any]:
         if not self._accept_v1:
             return self.not_found(request, None)
-        if self._media_type(request) != b"application/json":
-            return self._reject(request, UNSUPPORTED_MEDIA_TYPE)
-        try:
-            address = self._client_address(request)
-        except RequestRejected as e:  # a trusted proxy's header that is no bare address
-            return self._reject(request, e.rejection)
-        body = self._body(request)
-        relay = self._client_address.relay(request)  # a relay's v1 requests count as a relay's too
-        admitted = self._gate.admit(body, address, self._clock.seconds(), self._ready(), relay)
-        del body
-        answered: Deferred[Any] = admitted.addCallbacks(
-            lambda a: self._stream(request, a, self._start), lambda f: self._refused(request, f)
-        )
-        return answered
+
+        def admit(body: bytes, address: str, relay: bool) -> Deferred[Any]:
+            return self._gate.admit(body, address, self._clock.seconds(), self._ready(), relay)
+
+        return self._admit(request, b"application/json", admit, lambda a: self._stream(request, a, self._start))
 
     @app.route("/api/ohttp-keys", methods=["GET"])
     def ohttp_keys(self, request: Request) -> bytes:
@@ -174,21 +165,32 @@ class RouterApp:
     def ohttp(self, request: Request) -> bytes | Deferred[Any]:
         if self._ohttp_keys is None or self._gate.admission_v2 is None:
             return self.not_found(request, None)
-        if self._media_type(request) != OHTTP_REQUEST:
+        pow_header = request.requestHeaders.getRawHeaders(POW_HEADER)
+
+        def admit(body: bytes, address: str, relay: bool) -> Deferred[Any]:
+            return self._gate.admit_v2(body, pow_header, address, self._clock.seconds(), self._ready(), relay)
+
+        return self._admit(request, OHTTP_REQUEST, admit, lambda a: self._answer_v2(request, a))
+
+    def _admit(
+        self,
+        request: Request,
+        media_type: bytes,
+        admit: Callable[[bytes, str, bool], Deferred[Any]],
+        answer: Callable[[Any], Any],
+    ) -> bytes | Deferred[Any]:
+        """What both versions' chat routes do before and after their admission."""
+        if self._media_type(request) != media_type:
             return self._reject(request, UNSUPPORTED_MEDIA_TYPE)
         try:
             address = self._client_address(request)
         except RequestRejected as e:  # a trusted proxy's header that is no bare address
             return self._reject(request, e.rejection)
+        relay = self._client_address.relay(request)  # a relay's v1 requests count as a relay's too
         body = self._body(request)
-        pow_header = request.requestHeaders.getRawHeaders(POW_HEADER)
-        now = self._clock.seconds()
-        relay = self._client_address.relay(request)
-        admitted = self._gate.admit_v2(body, pow_header, address, now, self._ready(), relay)
+        admitted = admit(body, address, relay)
         del body
-        answered: Deferred[Any] = admitted.addCallbacks(
-            lambda a: self._answer_v2(request, a), lambda f: self._refused(request, f)
-        )
+        answered: Deferred[Any] = admitted.addCallbacks(answer, lambda f: self._refused(request, f))
         return answered
 
     @app.route("/api/chat", methods=["OPTIONS"])
