@@ -45,7 +45,7 @@ from ..protocol.ohttp.suites import (
     hpke_suite,
 )
 from ..protocol.ohttp.wire import decode_varint, encode_varint, varint_size
-from ..protocol.pow import Challenges, leading_zero_bits
+from ..protocol.pow import Challenges, leading_zero_bits, solve, work_hash
 from ..protocol.v2.request import SealedV2, open_chat_request, seal_chat_request
 from ..protocol.v2.response import EVENTS_TYPE, ResponseReader, ResponseStream, http_date
 from .vectors import PLAINTEXT, render_json, write_or_check
@@ -312,8 +312,8 @@ def pow_vector(enc: bytes) -> tuple[dict[str, Any], bytes]:
     required = Challenges(secret, POW_TTL).issue(POW_DIFFICULTY, POW_NOW, POW_ADDRESS, token=token)
     challenge_b64 = str(required["challenge"])
     challenge = b64decode(challenge_b64)
-    nonce = solve_enc(challenge, enc, POW_DIFFICULTY)
-    digest = hashlib.sha256(challenge + enc + nonce).digest()
+    nonce = solve(challenge, enc, POW_DIFFICULTY)
+    digest = work_hash(challenge, enc, nonce)
     return {
         "router_secret_hex": secret.hex(),
         "router_token_hex": token.hex(),
@@ -329,14 +329,6 @@ def pow_vector(enc: bytes) -> tuple[dict[str, Any], bytes]:
         "leading_zero_bits": leading_zero_bits(digest),
         "header_text": f"{challenge_b64}.{b64encode(nonce)}",
     }, challenge
-
-
-def solve_enc(challenge: bytes, enc: bytes, difficulty: int) -> bytes:
-    for counter in range(1 << 24):
-        nonce = counter.to_bytes(8, "big")
-        if leading_zero_bits(hashlib.sha256(challenge + enc + nonce).digest()) >= difficulty:
-            return nonce
-    raise AssertionError("no nonce")
 
 
 def key_configs_negatives(keys: dict[str, Any]) -> list[dict[str, Any]]:
@@ -555,7 +547,7 @@ def response_negatives(answer: dict[str, Any], sealed: SealedV2) -> list[dict[st
 def pow_negatives(pow_: dict[str, Any], challenge: bytes) -> list[dict[str, Any]]:
     nonce = bytes.fromhex(pow_["nonce_hex"])
     other_enc = v1_suite.public_of(seed("ephemeral lifted"))
-    assert leading_zero_bits(hashlib.sha256(challenge + other_enc + nonce).digest()) < POW_DIFFICULTY
+    assert leading_zero_bits(work_hash(challenge, other_enc, nonce)) < POW_DIFFICULTY
     expires = pow_["required"]["expires"]
     cases = [
         ("pow_other_enc", "the good header, sent with a request of another enc", other_enc, POW_NOW, "too_weak"),
